@@ -1,0 +1,3 @@
+from mproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""`mproxy sidecar`: placeholder until its issue lands; it says so instead of pretending to work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser("sidecar", help="(not implemented yet)")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    print("mproxy sidecar: not implemented yet", file=sys.stderr)
+    return 2

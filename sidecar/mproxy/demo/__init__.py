@@ -1,0 +1,1 @@
+"""`mproxy demo`: an edge, a sidecar and sample backends on loopback."""

@@ -1,0 +1,1 @@
+"""The edge role: the public M-PROXY relay that sidecars dial."""

@@ -1,0 +1,1 @@
+"""Prometheus metrics with cardinality guards (per route, per client)."""

@@ -1,0 +1,1 @@
+"""HTTP endpoints shared by the roles: /healthz, /readyz, /metrics, status JSON; structured logging."""

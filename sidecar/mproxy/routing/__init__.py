@@ -1,0 +1,1 @@
+"""Route matching by service name, serviceport, TLS SNI / HTTP Host (exact and wildcard)."""

@@ -1,0 +1,1 @@
+"""Certificates for TLS: a small CA and leaf certificates (demo, tests, webhook)."""

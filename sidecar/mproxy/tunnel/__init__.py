@@ -1,0 +1,1 @@
+"""The tunnel: WebSocket transport, handshake, heartbeats, reconnect, and the stream multiplexer."""
