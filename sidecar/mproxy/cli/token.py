@@ -1,17 +1,56 @@
-"""`mproxy token`: placeholder until its issue lands; it says so instead of pretending to work."""
+"""`mproxy token`: mint a tunnel token (JWT HS256, telebit claims `domains` and `ports`).
+
+    mproxy token --secret-file /etc/mproxy/secret --domain example.com --port 5050 --ttl 30d
+
+The token is printed on stdout only, so it can be captured into a Kubernetes Secret.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 3600, 90m, 12h or 30d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("token", help="(not implemented yet)")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "token", help="mint a tunnel token for the edge (JWT HS256)",
+        description="Mint a tunnel token. Each --domain also covers every name under it.",
+    )
+    parser.add_argument("--secret-file", required=True, help="file holding the edge's shared secret")
+    parser.add_argument("--domain", action="append", default=[], help="a name to grant (repeatable)")
+    parser.add_argument(
+        "--port", action="append", type=int, default=[], help="a TCP port to grant (repeatable)"
+    )
+    parser.add_argument("--ttl", type=parse_duration, default=None,
+                        help="lifetime, e.g. 3600, 90m, 12h, 30d (default: no expiry)")
+    parser.add_argument("--subject", default=None, help="optional 'sub' claim naming the holder")
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    print("mproxy token: not implemented yet", file=sys.stderr)
-    return 2
+    from mproxy.edge.auth import mint, read_secret
+    from mproxy.edge.jwt import TokenError
+
+    if not args.domain and not args.port:
+        print("mproxy token: grant at least one --domain or --port", file=sys.stderr)
+        return 2
+    try:
+        secret = read_secret(args.secret_file)
+        token = mint(secret, domains=args.domain, ports=args.port, ttl=args.ttl, subject=args.subject)
+    except (ValueError, TokenError) as exc:
+        print(f"mproxy token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
