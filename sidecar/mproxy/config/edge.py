@@ -1,0 +1,321 @@
+"""The edge relay config schema, loaded by `mproxy edge --config FILE`.
+
+`load_edge_config(text_or_mapping)` validates YAML text (or a parsed mapping) into a frozen `EdgeConfig`;
+every error is a `ConfigError` whose message starts with the field path. Same style as the sidecar schema
+(mproxy/config/sidecar.py). See docs/edge.md for the meaning of every field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from mproxy.config import fields as f
+from mproxy.config.errors import ConfigError
+from mproxy.config.sidecar import LOG_FORMATS, LOG_LEVELS, split_listen
+
+__all__ = [
+    "ConfigError",
+    "EdgeConfig",
+    "EdgeHeartbeat",
+    "EdgeHttp",
+    "EdgeLimits",
+    "ListenerConfig",
+    "TunnelEndpoint",
+    "load_edge_config",
+]
+
+LISTENER_KINDS = ("tls", "http", "tcp")
+# The service name each listener kind puts in `connection` frames (what telebit sends).
+SERVICE_OF_KIND = {"tls": "https", "http": "http", "tcp": "tcp"}
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    kind: str  # tls | http | tcp
+    listen: str  # HOST:PORT
+    public_port: int | None = None  # the port clients see; serviceport in frames, and what tokens grant
+    proxy_protocol: bool = False  # expect a PROXY v1/v2 header from a trusted proxy
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen, "listeners[].listen")
+
+    @property
+    def service(self) -> str:
+        return SERVICE_OF_KIND[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "listen": self.listen}
+        if self.public_port is not None:
+            out["publicPort"] = self.public_port
+        out["proxyProtocol"] = self.proxy_protocol
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelEndpoint:
+    listen: str = "0.0.0.0:8443"
+    path: str = "/"
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen, "tunnel.listen")
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"listen": self.listen, "path": self.path}
+        if self.cert_file is not None:
+            out["tls"] = {"certFile": self.cert_file, "keyFile": self.key_file}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    streams_per_tunnel: int = 1000
+    connections_per_client: int = 100  # concurrent connections from one client address
+    connection_rate: float = 50.0  # new connections per second per client address (token bucket)
+    connection_burst: int = 100
+    sniff_timeout_seconds: float = 10.0  # time a client has to send its ClientHello / request line
+    idle_timeout_seconds: float = 900.0
+    stream_buffer_bytes: int = 1048576  # pause a client (or ask the tunnel to) past this much unsent data
+    max_frame_bytes: int = 1048576
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "streamsPerTunnel": self.streams_per_tunnel,
+            "connectionsPerClient": self.connections_per_client,
+            "connectionRate": self.connection_rate,
+            "connectionBurst": self.connection_burst,
+            "sniffTimeoutSeconds": self.sniff_timeout_seconds,
+            "idleTimeoutSeconds": self.idle_timeout_seconds,
+            "streamBufferBytes": self.stream_buffer_bytes,
+            "maxFrameBytes": self.max_frame_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeHeartbeat:
+    interval_seconds: float = 15.0
+    timeout_seconds: float = 45.0
+    auth_timeout_seconds: float = 10.0  # a tunnel must present a valid token within this
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intervalSeconds": self.interval_seconds,
+            "timeoutSeconds": self.timeout_seconds,
+            "authTimeoutSeconds": self.auth_timeout_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeHttp:
+    listen: str = "0.0.0.0:9090"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen, "http.listen")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"listen": self.listen}
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLogging:
+    format: str = "json"
+    level: str = "info"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "level": self.level}
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    secret_file: str
+    listeners: tuple[ListenerConfig, ...] = ()
+    tunnel: TunnelEndpoint = field(default_factory=TunnelEndpoint)
+    trusted_proxies: tuple[str, ...] = ()
+    limits: EdgeLimits = field(default_factory=EdgeLimits)
+    heartbeat: EdgeHeartbeat = field(default_factory=EdgeHeartbeat)
+    http: EdgeHttp = field(default_factory=EdgeHttp)
+    logging: EdgeLogging = field(default_factory=EdgeLogging)
+    drain_seconds: float = 20.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "auth": {"secretFile": self.secret_file},
+            "listeners": [item.to_dict() for item in self.listeners],
+            "tunnel": self.tunnel.to_dict(),
+            "trustedProxies": list(self.trusted_proxies),
+            "limits": self.limits.to_dict(),
+            "heartbeat": self.heartbeat.to_dict(),
+            "http": self.http.to_dict(),
+            "logging": self.logging.to_dict(),
+            "drainSeconds": self.drain_seconds,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(c, strict=False) for c in self.trusted_proxies)
+
+
+def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
+    """Validate YAML text (or an already parsed mapping) into an EdgeConfig; raises ConfigError."""
+    if isinstance(source, str | bytes):
+        try:
+            data = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError("", f"the config is not valid YAML{where}: {exc}") from None
+    else:
+        data = source
+    root = f.mapping(data, "(root)")
+    f.only_keys(root, "", {"auth", "listeners", "tunnel", "trustedProxies", "limits", "heartbeat", "http",
+                           "logging", "drainSeconds"})
+    if "auth" not in root:
+        raise ConfigError("auth", "is required (auth.secretFile holds the shared token secret)")
+    auth = f.mapping(root["auth"], "auth")
+    f.only_keys(auth, "auth", {"secretFile"})
+    listeners = _listeners(root)
+    tunnel = _tunnel(root)
+    http = _http(root)
+    _no_port_clash(listeners, tunnel, http)
+    return EdgeConfig(
+        secret_file=f.string(auth, "secretFile", "auth"),
+        listeners=listeners,
+        tunnel=tunnel,
+        trusted_proxies=_trusted(root),
+        limits=_limits(root),
+        heartbeat=_heartbeat(root),
+        http=http,
+        logging=_logging(root),
+        drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
+    )
+
+
+def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
+    out: list[ListenerConfig] = []
+    for i, item in enumerate(f.seq(root, "listeners", "")):
+        path = f"listeners[{i}]"
+        obj = f.mapping(item, path)
+        f.only_keys(obj, path, {"kind", "listen", "publicPort", "proxyProtocol"})
+        if "kind" not in obj:
+            raise ConfigError(f"{path}.kind", f"is required (one of {', '.join(LISTENER_KINDS)})")
+        kind = f.choice(obj, "kind", path, "tls", LISTENER_KINDS)
+        listen = f.string(obj, "listen", path)
+        _, port = split_listen(listen, f"{path}.listen")
+        public_port = None
+        if obj.get("publicPort") is not None:
+            public_port = f.integer(obj, "publicPort", path, 0, 1, 65535)
+        if kind == "tcp" and port == 0 and public_port is None:
+            raise ConfigError(f"{path}.publicPort", "is required for a tcp listener on port 0 "
+                              "(tokens grant tcp ports by number)")
+        proxy_protocol = obj.get("proxyProtocol", False)
+        if not isinstance(proxy_protocol, bool):
+            raise ConfigError(f"{path}.proxyProtocol", f"must be true or false (got {proxy_protocol!r})")
+        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol))
+    tcp_ports = [item.public_port or item.host_port[1] for item in out if item.kind == "tcp"]
+    for port in tcp_ports:
+        if tcp_ports.count(port) > 1:
+            raise ConfigError("listeners", f"two tcp listeners claim public port {port}; tokens could not "
+                              "tell them apart")
+    return tuple(out)
+
+
+def _tunnel(root: Mapping[str, Any]) -> TunnelEndpoint:
+    obj = f.mapping(root.get("tunnel"), "tunnel")
+    f.only_keys(obj, "tunnel", {"listen", "path", "tls"})
+    listen = f.string(obj, "listen", "tunnel", "0.0.0.0:8443")
+    split_listen(listen, "tunnel.listen")
+    path = f.string(obj, "path", "tunnel", "/")
+    if not path.startswith("/"):
+        raise ConfigError("tunnel.path", f"must start with / (got {path!r})")
+    cert = key = None
+    if obj.get("tls") is not None:
+        tls = f.mapping(obj["tls"], "tunnel.tls")
+        f.only_keys(tls, "tunnel.tls", {"certFile", "keyFile"})
+        cert = f.string(tls, "certFile", "tunnel.tls")
+        key = f.string(tls, "keyFile", "tunnel.tls")
+    return TunnelEndpoint(listen, path, cert, key)
+
+
+def _trusted(root: Mapping[str, Any]) -> tuple[str, ...]:
+    out = []
+    for i, cidr in enumerate(f.seq(root, "trustedProxies", "")):
+        try:
+            out.append(str(ipaddress.ip_network(str(cidr), strict=False)))
+        except ValueError:
+            raise ConfigError(f"trustedProxies[{i}]",
+                              f"must be an address or CIDR such as 10.0.0.0/8 (got {cidr!r})") from None
+    return tuple(out)
+
+
+def _limits(root: Mapping[str, Any]) -> EdgeLimits:
+    obj = f.mapping(root.get("limits"), "limits")
+    f.only_keys(obj, "limits", {"streamsPerTunnel", "connectionsPerClient", "connectionRate",
+                                "connectionBurst", "sniffTimeoutSeconds", "idleTimeoutSeconds",
+                                "streamBufferBytes", "maxFrameBytes"})
+    return EdgeLimits(
+        streams_per_tunnel=f.integer(obj, "streamsPerTunnel", "limits", 1000, 1, 1_000_000),
+        connections_per_client=f.integer(obj, "connectionsPerClient", "limits", 100, 1, 1_000_000),
+        connection_rate=f.number(obj, "connectionRate", "limits", 50.0, 0.01, 1_000_000),
+        connection_burst=f.integer(obj, "connectionBurst", "limits", 100, 1, 1_000_000),
+        sniff_timeout_seconds=f.number(obj, "sniffTimeoutSeconds", "limits", 10.0, 0.01, 600),
+        idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
+        stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 1048576, 1024, 64 * 1024 * 1024),
+        max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
+    )
+
+
+def _heartbeat(root: Mapping[str, Any]) -> EdgeHeartbeat:
+    obj = f.mapping(root.get("heartbeat"), "heartbeat")
+    f.only_keys(obj, "heartbeat", {"intervalSeconds", "timeoutSeconds", "authTimeoutSeconds"})
+    interval = f.number(obj, "intervalSeconds", "heartbeat", 15.0, 0.01, 3600)
+    timeout = f.number(obj, "timeoutSeconds", "heartbeat", 45.0, 0.02, 7200)
+    if timeout <= interval:
+        raise ConfigError("heartbeat.timeoutSeconds",
+                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
+    auth = f.number(obj, "authTimeoutSeconds", "heartbeat", 10.0, 0.01, 600)
+    return EdgeHeartbeat(interval, timeout, auth)
+
+
+def _http(root: Mapping[str, Any]) -> EdgeHttp:
+    obj = f.mapping(root.get("http"), "http")
+    f.only_keys(obj, "http", {"listen"})
+    listen = f.string(obj, "listen", "http", "0.0.0.0:9090")
+    split_listen(listen, "http.listen")
+    return EdgeHttp(listen)
+
+
+def _logging(root: Mapping[str, Any]) -> EdgeLogging:
+    obj = f.mapping(root.get("logging"), "logging")
+    f.only_keys(obj, "logging", {"format", "level"})
+    return EdgeLogging(
+        format=f.choice(obj, "format", "logging", "json", LOG_FORMATS),
+        level=f.choice(obj, "level", "logging", "info", LOG_LEVELS),
+    )
+
+
+def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: EdgeHttp) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    named = [(f"listeners[{i}].listen", item.host_port) for i, item in enumerate(listeners)]
+    named += [("tunnel.listen", tunnel.host_port), ("http.listen", http.host_port)]
+    for path, (host, port) in named:
+        if port == 0:
+            continue  # the kernel picks a free port
+        if (host, port) in seen:
+            raise ConfigError(path, f"{host}:{port} is already used by {seen[(host, port)]}")
+        seen[(host, port)] = path

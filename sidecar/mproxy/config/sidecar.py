@@ -1,0 +1,390 @@
+"""The sidecar config schema: the contract between the operator (which renders it into a ConfigMap)
+and `mproxy sidecar` (which loads it).
+
+`load_sidecar_config(text_or_mapping)` validates a YAML text or a parsed mapping and returns a frozen
+`SidecarConfig`; every error is a `ConfigError` whose message starts with the field path.
+`SidecarConfig.to_dict()` renders the camelCase mapping back (the operator dumps it as YAML).
+See docs/sidecar.md for the meaning of every field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from mproxy.config import fields as f
+from mproxy.config.errors import ConfigError
+
+__all__ = [
+    "BackendConfig",
+    "ConfigError",
+    "EdgeConfig",
+    "HeartbeatConfig",
+    "HttpConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "MatchConfig",
+    "MetricsConfig",
+    "ReconnectConfig",
+    "RouteConfig",
+    "SidecarConfig",
+    "load_sidecar_config",
+]
+
+SERVICES_HINT = ("https", "http", "ssh", "tcp", "tls")
+TOKEN_IN = ("header", "query", "handshake")
+PROXY_PROTOCOLS = ("none", "v1", "v2")
+LABEL_TIERS = ("off", "route", "client")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    urls: tuple[str, ...]
+    connections_per_url: int = 1
+    token_file: str | None = None
+    ca_file: str | None = None
+    token_in: str = "header"  # noqa: S105 (how the token is sent, not a token)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"urls": list(self.urls), "connectionsPerUrl": self.connections_per_url}
+        if self.token_file is not None:
+            out["tokenFile"] = self.token_file
+        if self.ca_file is not None:
+            out["caFile"] = self.ca_file
+        out["tokenIn"] = self.token_in
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MatchConfig:
+    services: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    hostnames: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.services:
+            out["services"] = list(self.services)
+        if self.ports:
+            out["ports"] = list(self.ports)
+        if self.hostnames:
+            out["hostnames"] = list(self.hostnames)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    host: str
+    port: int
+    connect_timeout_seconds: float = 5.0
+    proxy_protocol: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "connectTimeoutSeconds": self.connect_timeout_seconds,
+            "proxyProtocol": self.proxy_protocol,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    backend: BackendConfig
+    match: MatchConfig = field(default_factory=MatchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "match": self.match.to_dict(), "backend": self.backend.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_streams_per_tunnel: int = 1000
+    max_streams_per_client: int = 100
+    idle_timeout_seconds: float = 900.0
+    max_frame_bytes: int = 1048576
+    # A backend whose unsent data passes this asks the relay to pause that client.
+    stream_buffer_bytes: int = 262144
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "maxStreamsPerTunnel": self.max_streams_per_tunnel,
+            "maxStreamsPerClient": self.max_streams_per_client,
+            "idleTimeoutSeconds": self.idle_timeout_seconds,
+            "maxFrameBytes": self.max_frame_bytes,
+            "streamBufferBytes": self.stream_buffer_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    interval_seconds: float = 10.0
+    timeout_seconds: float = 30.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intervalSeconds": self.interval_seconds, "timeoutSeconds": self.timeout_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectConfig:
+    initial_seconds: float = 0.1
+    max_seconds: float = 30.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"initialSeconds": self.initial_seconds, "maxSeconds": self.max_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    labels: str = "client"
+    max_clients: int = 200
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels, "maxClients": self.max_clients}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: str = "0.0.0.0:9090"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen, "http.listen")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"listen": self.listen}
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: str = "json"
+    level: str = "info"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "level": self.level}
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    edge: EdgeConfig
+    routes: tuple[RouteConfig, ...] = ()
+    default_route: str | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    drain_seconds: float = 20.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "edge": self.edge.to_dict(),
+            "routes": [r.to_dict() for r in self.routes],
+            "defaultRoute": self.default_route,
+            "limits": self.limits.to_dict(),
+            "heartbeat": self.heartbeat.to_dict(),
+            "reconnect": self.reconnect.to_dict(),
+            "metrics": self.metrics.to_dict(),
+            "http": self.http.to_dict(),
+            "logging": self.logging.to_dict(),
+            "drainSeconds": self.drain_seconds,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def route(self, name: str) -> RouteConfig | None:
+        return next((r for r in self.routes if r.name == name), None)
+
+
+def split_listen(value: str, path: str) -> tuple[str, int]:
+    """"0.0.0.0:9090", "[::1]:9090" or ":9090" -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(path, f"must be HOST:PORT, e.g. 0.0.0.0:9090 (got {value!r})")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfig:
+    """Validate YAML text (or an already parsed mapping) into a SidecarConfig; raises ConfigError."""
+    if isinstance(source, str | bytes):
+        try:
+            data = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError("", f"the config is not valid YAML{where}: {exc}") from None
+    else:
+        data = source
+    root = f.mapping(data, "(root)")
+    f.only_keys(
+        root,
+        "",
+        {"edge", "routes", "defaultRoute", "limits", "heartbeat", "reconnect", "metrics", "http",
+         "logging", "drainSeconds"},
+    )
+    routes = _routes(root)
+    default_route = f.opt_string(root, "defaultRoute", "")
+    if default_route is not None and default_route not in {r.name for r in routes}:
+        raise ConfigError("defaultRoute", f"names no route (got {default_route!r}; routes: "
+                          f"{', '.join(r.name for r in routes) or 'none'})")
+    cfg = SidecarConfig(
+        edge=_edge(root),
+        routes=routes,
+        default_route=default_route,
+        limits=_limits(root),
+        heartbeat=_heartbeat(root),
+        reconnect=_reconnect(root),
+        metrics=_metrics(root),
+        http=_http(root),
+        logging=_logging(root),
+        drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
+    )
+    return cfg
+
+
+def _edge(root: Mapping[str, Any]) -> EdgeConfig:
+    if "edge" not in root:
+        raise ConfigError("edge", "is required (edge.urls lists the edge relay WebSocket URLs)")
+    obj = f.mapping(root["edge"], "edge")
+    f.only_keys(obj, "edge", {"urls", "connectionsPerUrl", "tokenFile", "caFile", "tokenIn"})
+    urls = f.seq(obj, "urls", "edge")
+    if not urls:
+        raise ConfigError("edge.urls", "needs at least one ws:// or wss:// URL")
+    for i, url in enumerate(urls):
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or len(url) < 6:
+            raise ConfigError(f"edge.urls[{i}]", f"must be a ws:// or wss:// URL (got {url!r})")
+    return EdgeConfig(
+        urls=tuple(urls),
+        connections_per_url=f.integer(obj, "connectionsPerUrl", "edge", 1, 1, 64),
+        token_file=f.opt_string(obj, "tokenFile", "edge"),
+        ca_file=f.opt_string(obj, "caFile", "edge"),
+        token_in=f.choice(obj, "tokenIn", "edge", "header", TOKEN_IN),
+    )
+
+
+def _hostname(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"must be a host name such as example.com or *.example.com (got {value!r})")
+    name = value.lower().rstrip(".")
+    body = name[2:] if name.startswith("*.") else name
+    labels = body.split(".")
+    if not body or any(not lbl or len(lbl) > 63 for lbl in labels) or any(
+        not (c.isalnum() or c in "-_") for c in body.replace(".", "")
+    ):
+        raise ConfigError(path, f"must be a host name such as example.com or *.example.com (got {value!r})")
+    return name
+
+
+def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
+    out: list[RouteConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(f.seq(root, "routes", "")):
+        path = f"routes[{i}]"
+        obj = f.mapping(item, path)
+        f.only_keys(obj, path, {"name", "match", "backend"})
+        name = f.string(obj, "name", path)
+        if name in seen:
+            raise ConfigError(f"{path}.name", f"duplicate route name {name!r}: names must be unique")
+        seen.add(name)
+        m = f.mapping(obj.get("match"), f"{path}.match")
+        f.only_keys(m, f"{path}.match", {"services", "ports", "hostnames"})
+        services = []
+        for j, svc in enumerate(f.seq(m, "services", f"{path}.match")):
+            if not isinstance(svc, str) or not svc or "," in svc:
+                raise ConfigError(f"{path}.match.services[{j}]",
+                                  f"must be a service name such as {', '.join(SERVICES_HINT)} (got {svc!r})")
+            services.append(svc.lower())
+        ports = []
+        for j, port in enumerate(f.seq(m, "ports", f"{path}.match")):
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ConfigError(f"{path}.match.ports[{j}]", f"must be 1-65535 (got {port!r})")
+            ports.append(port)
+        hostnames = [
+            _hostname(h, f"{path}.match.hostnames[{j}]")
+            for j, h in enumerate(f.seq(m, "hostnames", f"{path}.match"))
+        ]
+        if "backend" not in obj:
+            raise ConfigError(f"{path}.backend", "is required (host and port of the Service)")
+        b = f.mapping(obj["backend"], f"{path}.backend")
+        bpath = f"{path}.backend"
+        f.only_keys(b, bpath, {"host", "port", "connectTimeoutSeconds", "proxyProtocol"})
+        if "port" not in b:
+            raise ConfigError(f"{bpath}.port", "is required")
+        backend = BackendConfig(
+            host=f.string(b, "host", bpath),
+            port=f.integer(b, "port", bpath, 0, 1, 65535),
+            connect_timeout_seconds=f.number(b, "connectTimeoutSeconds", bpath, 5.0, 0.001, 300),
+            proxy_protocol=f.choice(b, "proxyProtocol", bpath, "none", PROXY_PROTOCOLS),
+        )
+        out.append(RouteConfig(name=name, backend=backend,
+                               match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames))))
+    return tuple(out)
+
+
+def _limits(root: Mapping[str, Any]) -> LimitsConfig:
+    obj = f.mapping(root.get("limits"), "limits")
+    f.only_keys(obj, "limits", {"maxStreamsPerTunnel", "maxStreamsPerClient", "idleTimeoutSeconds",
+                                "maxFrameBytes", "streamBufferBytes"})
+    return LimitsConfig(
+        max_streams_per_tunnel=f.integer(obj, "maxStreamsPerTunnel", "limits", 1000, 1, 1_000_000),
+        max_streams_per_client=f.integer(obj, "maxStreamsPerClient", "limits", 100, 1, 1_000_000),
+        idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
+        max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
+        stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 262144, 1024, 64 * 1024 * 1024),
+    )
+
+
+def _heartbeat(root: Mapping[str, Any]) -> HeartbeatConfig:
+    obj = f.mapping(root.get("heartbeat"), "heartbeat")
+    f.only_keys(obj, "heartbeat", {"intervalSeconds", "timeoutSeconds"})
+    interval = f.number(obj, "intervalSeconds", "heartbeat", 10.0, 0.01, 3600)
+    timeout = f.number(obj, "timeoutSeconds", "heartbeat", 30.0, 0.02, 7200)
+    if timeout <= interval:
+        raise ConfigError("heartbeat.timeoutSeconds",
+                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
+    return HeartbeatConfig(interval, timeout)
+
+
+def _reconnect(root: Mapping[str, Any]) -> ReconnectConfig:
+    obj = f.mapping(root.get("reconnect"), "reconnect")
+    f.only_keys(obj, "reconnect", {"initialSeconds", "maxSeconds"})
+    initial = f.number(obj, "initialSeconds", "reconnect", 0.1, 0.001, 3600)
+    cap = f.number(obj, "maxSeconds", "reconnect", 30.0, 0.01, 86400)
+    if cap < initial:
+        raise ConfigError("reconnect.maxSeconds", f"must be >= initialSeconds ({cap:g} < {initial:g})")
+    return ReconnectConfig(initial, cap)
+
+
+def _metrics(root: Mapping[str, Any]) -> MetricsConfig:
+    obj = f.mapping(root.get("metrics"), "metrics")
+    f.only_keys(obj, "metrics", {"labels", "maxClients"})
+    return MetricsConfig(
+        labels=f.choice(obj, "labels", "metrics", "client", LABEL_TIERS),
+        max_clients=f.integer(obj, "maxClients", "metrics", 200, 1, 100_000),
+    )
+
+
+def _http(root: Mapping[str, Any]) -> HttpConfig:
+    obj = f.mapping(root.get("http"), "http")
+    f.only_keys(obj, "http", {"listen"})
+    listen = f.string(obj, "listen", "http", "0.0.0.0:9090")
+    split_listen(listen, "http.listen")
+    return HttpConfig(listen)
+
+
+def _logging(root: Mapping[str, Any]) -> LoggingConfig:
+    obj = f.mapping(root.get("logging"), "logging")
+    f.only_keys(obj, "logging", {"format", "level"})
+    return LoggingConfig(
+        format=f.choice(obj, "format", "logging", "json", LOG_FORMATS),
+        level=f.choice(obj, "level", "logging", "info", LOG_LEVELS),
+    )
