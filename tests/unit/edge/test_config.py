@@ -1,0 +1,73 @@
+"""The edge config schema: a full example loads; each mistake is named by its field path."""
+
+from __future__ import annotations
+
+import pytest
+
+from mproxy.config.edge import load_edge_config
+from mproxy.config.errors import ConfigError
+
+FULL = """
+auth: {secretFile: /etc/mproxy/secret}
+listeners:
+  - {kind: tls, listen: "0.0.0.0:443"}
+  - {kind: http, listen: "0.0.0.0:80", proxyProtocol: true}
+  - {kind: tcp, listen: "0.0.0.0:5050", publicPort: 6060}
+tunnel:
+  listen: "0.0.0.0:8443"
+  path: /tunnel
+  tls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key}
+trustedProxies: [10.0.0.0/8, "::1"]
+limits: {streamsPerTunnel: 50, connectionsPerClient: 10, connectionRate: 5, connectionBurst: 10}
+heartbeat: {intervalSeconds: 5, timeoutSeconds: 15}
+http: {listen: "127.0.0.1:9090"}
+logging: {format: text, level: debug}
+drainSeconds: 3
+"""
+
+
+def test_full_example_round_trips() -> None:
+    cfg = load_edge_config(FULL)
+    assert [item.kind for item in cfg.listeners] == ["tls", "http", "tcp"]
+    assert cfg.listeners[2].public_port == 6060 and cfg.listeners[1].proxy_protocol
+    assert cfg.listeners[0].service == "https"
+    assert cfg.tunnel.tls and cfg.tunnel.path == "/tunnel"
+    assert cfg.trusted_proxies == ("10.0.0.0/8", "::1/128")
+    assert cfg.limits.streams_per_tunnel == 50 and cfg.limits.connection_rate == 5.0
+    assert cfg.heartbeat.timeout_seconds == 15
+    assert load_edge_config(cfg.to_yaml()) == cfg
+
+
+def test_minimal_config_has_defaults() -> None:
+    cfg = load_edge_config("auth: {secretFile: s}")
+    assert cfg.listeners == () and cfg.tunnel.path == "/" and not cfg.tunnel.tls
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("listeners: []", "auth"),
+        ("auth: {secretFile: ''}", "auth.secretFile"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: udp, listen: ':1'}]", "listeners[0].kind"),
+        ("auth: {secretFile: s}\nlisteners: [{listen: ':1'}]", "listeners[0].kind"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: 'nope'}]", "listeners[0].listen"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: tcp, listen: ':0'}]", "listeners[0].publicPort"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: ':1', prot: 1}]", "listeners[0].prot"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: tcp, listen: ':1'}, {kind: tcp, listen: ':2', "
+         "publicPort: 1}]", "listeners"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: ':9'}]\nhttp: {listen: ':9'}",
+         "http.listen"),
+        ("auth: {secretFile: s}\ntunnel: {path: tunnel}", "tunnel.path"),
+        ("auth: {secretFile: s}\ntunnel: {tls: {certFile: a}}", "tunnel.tls.keyFile"),
+        ("auth: {secretFile: s}\ntrustedProxies: [10.0.0.0/33]", "trustedProxies[0]"),
+        ("auth: {secretFile: s}\nlimits: {streamsPerTunnel: 0}", "limits.streamsPerTunnel"),
+        ("auth: {secretFile: s}\nheartbeat: {intervalSeconds: 5, timeoutSeconds: 5}",
+         "heartbeat.timeoutSeconds"),
+        ("auth: {secretFile: s}\nlogging: {level: loud}", "logging.level"),
+        ("auth: [", ""),
+    ],
+)
+def test_errors_name_the_field(text: str, path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_edge_config(text)
+    assert err.value.path == path, str(err.value)
