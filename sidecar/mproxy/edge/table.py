@@ -1,0 +1,105 @@
+"""The edge routing table: which tunnels serve a name or a port, and which one gets the next client.
+
+A tunnel is registered under every domain and port its tokens grant. A name is looked up longest
+suffix first (`a.b.example.com` tries `a.b.example.com`, `b.example.com`, `example.com`), so a more
+specific grant wins over a broader one. Among the tunnels for a key the next client goes to the one with
+the fewest active streams; ties are broken round robin, so replicas share load evenly even when idle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
+
+from mproxy.edge.auth import Grant
+
+
+class Routable(Protocol):
+    @property
+    def active_streams(self) -> int: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+
+T = TypeVar("T", bound=Routable)
+
+
+class RoutingTable(Generic[T]):
+    def __init__(self) -> None:
+        # Names (str) and ports (int) share one table; the key types never collide.
+        self._keys: dict[str | int, list[T]] = {}
+        self._grants: dict[int, tuple[T, Grant]] = {}
+        self._turn: dict[str | int, int] = {}
+
+    @staticmethod
+    def _keys_of(grant: Grant) -> list[str | int]:
+        return [*grant.domains, *grant.ports]
+
+    def set_grant(self, tunnel: T, grant: Grant) -> None:
+        """Register `tunnel` for exactly what `grant` allows (replacing any earlier grant)."""
+        self.remove(tunnel)
+        if grant.empty:
+            return
+        self._grants[id(tunnel)] = (tunnel, grant)
+        for key in self._keys_of(grant):
+            self._keys.setdefault(key, []).append(tunnel)
+
+    def remove(self, tunnel: T) -> None:
+        """Forget `tunnel` at once: no new client is routed to it after this returns."""
+        entry = self._grants.pop(id(tunnel), None)
+        if entry is None:
+            return
+        _, grant = entry
+        for key in self._keys_of(grant):
+            tunnels = self._keys.get(key)
+            if tunnels is None:
+                continue
+            tunnels[:] = [t for t in tunnels if t is not tunnel]
+            if not tunnels:
+                del self._keys[key]
+
+    def grant_of(self, tunnel: T) -> Grant | None:
+        entry = self._grants.get(id(tunnel))
+        return entry[1] if entry else None
+
+    @staticmethod
+    def _suffixes(name: str) -> Iterator[str]:
+        while name:
+            yield name
+            _, _, name = name.partition(".")
+
+    def match_name(self, name: str) -> tuple[str | None, list[T]]:
+        """The most specific granted domain covering `name`, and its tunnels."""
+        for key in self._suffixes(name):
+            tunnels = self._keys.get(key)
+            if tunnels:
+                return key, tunnels
+        return None, []
+
+    def pick_name(self, name: str) -> T | None:
+        key, tunnels = self.match_name(name)
+        return self._pick(key, tunnels) if key is not None else None
+
+    def pick_port(self, port: int) -> T | None:
+        return self._pick(port, self._keys.get(port, []))
+
+    def _pick(self, key: str | int, tunnels: list[T]) -> T | None:
+        live = [t for t in tunnels if t.accepting]
+        if not live:
+            return None
+        fewest = min(t.active_streams for t in live)
+        ties = [t for t in live if t.active_streams == fewest]
+        turn = self._turn.get(key, 0)
+        self._turn[key] = turn + 1
+        return ties[turn % len(ties)]
+
+    def names(self) -> dict[str, int]:
+        """Granted domain -> number of tunnels serving it (for status and metrics)."""
+        return {k: len(v) for k, v in self._keys.items() if isinstance(k, str)}
+
+    def ports(self) -> dict[int, int]:
+        return {k: len(v) for k, v in self._keys.items() if isinstance(k, int)}
+
+    def __len__(self) -> int:
+        return len(self._grants)

@@ -1,0 +1,77 @@
+"""The routing table: grants decide what a tunnel gets; fewest streams, then round robin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mproxy.edge.auth import Grant
+from mproxy.edge.table import RoutingTable
+
+
+@dataclass(eq=False)
+class FakeTunnel:
+    label: str
+    active_streams: int = 0
+    accepting: bool = True
+
+
+def grant(*domains: str, ports: tuple[int, ...] = ()) -> Grant:
+    return Grant(frozenset(domains), frozenset(ports))
+
+
+def test_longest_suffix_wins_and_nothing_else_matches() -> None:
+    table: RoutingTable[FakeTunnel] = RoutingTable()
+    broad, narrow = FakeTunnel("broad"), FakeTunnel("narrow")
+    table.set_grant(broad, grant("example.com"))
+    table.set_grant(narrow, grant("b.example.com"))
+    assert table.pick_name("example.com") is broad
+    assert table.pick_name("x.example.com") is broad
+    assert table.pick_name("a.b.example.com") is narrow
+    assert table.pick_name("b.example.com") is narrow
+    assert table.pick_name("badexample.com") is None
+    assert table.pick_name("com") is None
+
+
+def test_ports_are_separate_from_names() -> None:
+    table: RoutingTable[FakeTunnel] = RoutingTable()
+    t = FakeTunnel("t")
+    table.set_grant(t, grant(ports=(5050,)))
+    assert table.pick_port(5050) is t
+    assert table.pick_port(5051) is None
+    assert table.pick_name("5050") is None
+
+
+def test_fewest_streams_then_round_robin() -> None:
+    table: RoutingTable[FakeTunnel] = RoutingTable()
+    a, b, c = FakeTunnel("a"), FakeTunnel("b"), FakeTunnel("c")
+    for t in (a, b, c):
+        table.set_grant(t, grant("app.test"))
+    picks = [table.pick_name("app.test") for _ in range(6)]
+    assert sorted(p.label for p in picks if p) == ["a", "a", "b", "b", "c", "c"]
+    a.active_streams, b.active_streams, c.active_streams = 3, 1, 2
+    assert table.pick_name("app.test") is b
+    b.accepting = False
+    assert table.pick_name("app.test") is c
+
+
+def test_removal_is_immediate_and_complete() -> None:
+    table: RoutingTable[FakeTunnel] = RoutingTable()
+    a, b = FakeTunnel("a"), FakeTunnel("b")
+    table.set_grant(a, grant("app.test", ports=(7000,)))
+    table.set_grant(b, grant("app.test"))
+    table.remove(a)
+    assert all(table.pick_name("app.test") is b for _ in range(5))
+    assert table.pick_port(7000) is None
+    table.remove(b)
+    assert table.pick_name("app.test") is None
+    assert table.names() == {} and table.ports() == {} and len(table) == 0
+
+
+def test_regrant_replaces() -> None:
+    table: RoutingTable[FakeTunnel] = RoutingTable()
+    a = FakeTunnel("a")
+    table.set_grant(a, grant("one.test"))
+    table.set_grant(a, grant("two.test"))
+    assert table.pick_name("one.test") is None
+    assert table.pick_name("two.test") is a
+    assert table.names() == {"two.test": 1}
