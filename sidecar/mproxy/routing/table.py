@@ -1,0 +1,111 @@
+"""The route table: which backend a client stream goes to.
+
+A route matches on service name (https, http, ssh, tcp, tls or any custom name), serviceport and host name
+(exact, or a "*.example.com" wildcard that matches any name below example.com). Empty criteria match
+anything. When several routes match, the most specific wins: an exact name beats a wildcard, a longer
+wildcard beats a shorter one, any name beats no name; then a listed port beats any port, a listed service
+beats any service; ties go to the route listed first. Nothing matching falls to the default route, if any;
+otherwise the stream is refused (a stream never reaches an address that no route declares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["Backend", "Route", "RouteTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    host: str
+    port: int
+    connect_timeout: float = 5.0
+    proxy_protocol: str = "none"  # none | v1 | v2
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    backend: Backend
+    services: frozenset[str] = frozenset()
+    ports: frozenset[int] = frozenset()
+    hostnames: tuple[str, ...] = ()
+
+    def name_score(self, name: str) -> tuple[int, int] | None:
+        """How specifically this route's host names match `name` (None: no match)."""
+        if not self.hostnames:
+            return (0, 0)
+        if not name:
+            return None
+        best: tuple[int, int] | None = None
+        for pattern in self.hostnames:
+            if pattern.startswith("*."):
+                suffix = pattern[1:]  # ".example.com"
+                if name.endswith(suffix) and len(name) > len(suffix):
+                    score = (1, len(suffix))
+                else:
+                    continue
+            elif pattern == name:
+                score = (2, len(name))
+            else:
+                continue
+            if best is None or score > best:
+                best = score
+        return best
+
+
+class RouteTable:
+    """An immutable, validated set of routes; `match()` is pure and cheap."""
+
+    def __init__(self, routes: Iterable[Route], default: str | None = None) -> None:
+        self.routes = tuple(routes)
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError("route names must be unique")
+        self.default: Route | None = None
+        if default is not None:
+            self.default = next((r for r in self.routes if r.name == default), None)
+            if self.default is None:
+                raise ValueError(f"default route {default!r} is not one of the routes")
+        self._by_name = {r.name: r for r in self.routes}
+
+    def get(self, name: str) -> Route | None:
+        return self._by_name.get(name)
+
+    def _candidates(self, service: str, serviceport: int | None) -> list[Route]:
+        return [
+            r
+            for r in self.routes
+            if (not r.services or service in r.services)
+            and (not r.ports or (serviceport is not None and serviceport in r.ports))
+        ]
+
+    def wants_name(self, service: str, serviceport: int | None) -> bool:
+        """True when a host name could change the outcome: then sniff SNI/Host if the relay sent none."""
+        return any(r.hostnames for r in self._candidates(service.lower(), serviceport))
+
+    def match(self, service: str, serviceport: int | str | None, name: str = "") -> Route | None:
+        port = _port(serviceport)
+        name = name.lower().rstrip(".")
+        service = service.lower()
+        best: tuple[tuple[int, int, int, int, int], Route] | None = None
+        for index, route in enumerate(self._candidates(service, port)):
+            ns = route.name_score(name)
+            if ns is None:
+                continue
+            key = (ns[0], ns[1], 1 if route.ports else 0, 1 if route.services else 0, -index)
+            if best is None or key > best[0]:
+                best = (key, route)
+        if best is not None:
+            return best[1]
+        return self.default
+
+
+def _port(value: int | str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
