@@ -1,0 +1,50 @@
+"""Client addresses: the `family,address,port` triple that names one client stream in a tunnel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mproxy.codec.errors import LocalProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A client address, as strings exactly as they appear on the wire ("IPv4", "127.0.0.1", "51234")."""
+
+    family: str
+    address: str
+    port: str
+
+    @property
+    def client_id(self) -> str:
+        """The reference's addrToId: the stream key. Peers echo these exact bytes back, so never normalise."""
+        return f"{self.family},{self.address},{self.port}"
+
+    @classmethod
+    def from_client_id(cls, client_id: str) -> Address:
+        parts = client_id.split(",")
+        if len(parts) != 3:
+            raise LocalProtocolError(
+                f"client id {client_id!r} must be 'family,address,port' (3 comma-separated fields), "
+                f"got {len(parts)} fields"
+            )
+        return cls(parts[0], parts[1], parts[2])
+
+
+def address_from_peername(peername: Any) -> Address:
+    """Address of a socket peer, from `socket.getpeername()` or `transport.get_extra_info("peername")`.
+
+    IPv4 peers give (host, port), IPv6 peers (host, port, flowinfo, scope_id). A dual-stack socket reports
+    IPv4 clients as "::ffff:a.b.c.d" with family IPv6, as node does.
+    """
+    if not isinstance(peername, tuple | list) or len(peername) < 2:
+        raise LocalProtocolError(
+            f"peername {peername!r} is not an IP socket address (expected (host, port, ...)); "
+            "M-PROXY can only name TCP clients"
+        )
+    host, port = peername[0], peername[1]
+    if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
+        raise LocalProtocolError(f"peername {peername!r} is not an IP socket address (host str, port int)")
+    family = "IPv6" if ":" in host else "IPv4"
+    return Address(family, host, str(port))

@@ -1,0 +1,156 @@
+"""The M-PROXY v1 packer: header bytes that match the reference (proxy-packer 2.0.4) byte for byte.
+
+Frame = 0xFE, one byte header length, ASCII header, body. Unlike the reference, a field with a comma or
+a non-ASCII character, or a header over 255 bytes, is refused (LocalProtocolError): the reference would
+silently write a frame that desynchronises the tunnel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mproxy.codec.address import Address
+from mproxy.codec.errors import LocalProtocolError
+from mproxy.codec.jsjson import js_json_bytes
+
+VERSION_BYTE = 0xFE  # 255 - version 1
+MAX_HEADER = 255
+_VERSION = bytes([VERSION_BYTE])
+_PAD = b" "  # what the reference's legacy `pack` sends instead of an empty body
+
+_NAMES_7 = ("family", "address", "port", "datalen", "service", "serviceport", "name")
+_NAMES_8 = (*_NAMES_7, "servicename")
+_NAMES_CONTROL = ("family", "address", "port", "datalen", "service")
+
+
+def _fail(fields: Sequence[str], names: Sequence[str], header: str) -> LocalProtocolError:
+    """Name the first offending field (only called once a fast check has failed)."""
+    for name, value in zip(names, fields, strict=False):
+        if "," in value:
+            return LocalProtocolError(
+                f"field {name}={value!r} contains a comma, which would split the header; remove it"
+            )
+        if not value.isascii():
+            return LocalProtocolError(f"field {name}={value!r} is not ASCII; M-PROXY v1 headers are ASCII")
+    return LocalProtocolError(
+        f"header is {len(header)} bytes, over the {MAX_HEADER}-byte limit of M-PROXY v1 "
+        f"(the reference would wrap the length byte and desynchronise the tunnel); shorten the name "
+        f"or address: {header[:80]!r}..."
+    )
+
+
+def pack_raw_header(fields: Sequence[str], names: Sequence[str] = _NAMES_8) -> bytes:
+    """Header bytes (version, length, ASCII fields joined by commas) from already-formatted fields."""
+    header = ",".join(fields)
+    if header.count(",") != len(fields) - 1 or not header.isascii() or len(header) > MAX_HEADER:
+        raise _fail(fields, names, header)
+    if not header:
+        raise LocalProtocolError("header is empty; M-PROXY v1 needs at least family,address,port,datalen")
+    return _VERSION + bytes((len(header),)) + header.encode("ascii")
+
+
+def _datalen(datalen: int) -> str:
+    if datalen < 0:
+        raise LocalProtocolError(f"datalen {datalen} is negative")
+    return str(datalen)
+
+
+def pack_header(
+    addr: Address | None,
+    service: str,
+    datalen: int,
+    *,
+    serviceport: str | int = "",
+    name: str = "",
+    servicename: str = "",
+) -> bytes:
+    """Header bytes only (the reference's packHeader); send the `datalen` body bytes after it.
+
+    service "control" gives `,,,<n>,control` (addr ignored); "connection" gives the 8-field connection
+    header with `servicename` as field 8; anything else the 7-field data/end/error/pause/resume header.
+    """
+    if service == "control":
+        return pack_raw_header(("", "", "", _datalen(datalen), "control"), _NAMES_CONTROL)
+    if addr is None:
+        raise LocalProtocolError(f"a {service!r} frame needs the client address (addr is None)")
+    sp = str(serviceport)
+    if service == "connection":
+        fields: tuple[str, ...] = (
+            addr.family, addr.address, addr.port, _datalen(datalen), "connection", sp, name, servicename
+        )
+        return pack_raw_header(fields, _NAMES_8)
+    fields = (addr.family, addr.address, addr.port, _datalen(datalen), service, sp, name)
+    return pack_raw_header(fields, _NAMES_7)
+
+
+def pack(
+    addr: Address | None,
+    body: bytes,
+    service: str,
+    *,
+    serviceport: str | int = "",
+    name: str = "",
+    servicename: str = "",
+    legacy_pad: bool = True,
+) -> bytes:
+    """Header + body (the reference's `pack`: an empty body is sent as one space when legacy_pad)."""
+    if legacy_pad and not body:
+        body = _PAD
+    head = pack_header(addr, service, len(body), serviceport=serviceport, name=name, servicename=servicename)
+    return head + bytes(body)
+
+
+def pack_connection(addr: Address, *, service: str, serviceport: str | int = "", name: str = "") -> bytes:
+    """A new client stream (header only), as the relay sends it: `service` goes into field 8."""
+    return pack_header(addr, "connection", 0, serviceport=serviceport, name=name, servicename=service)
+
+
+def pack_data_header(
+    addr: Address, datalen: int, *, service: str, serviceport: str | int = "", name: str = ""
+) -> bytes:
+    """Header of a data frame; write the `datalen` payload bytes right after it (no copy)."""
+    return pack_header(addr, service, datalen, serviceport=serviceport, name=name)
+
+
+def pack_data(
+    addr: Address, data: bytes, *, service: str, serviceport: str | int = "", name: str = ""
+) -> bytes:
+    """A complete data frame (header + payload)."""
+    return pack_header(addr, service, len(data), serviceport=serviceport, name=name) + bytes(data)
+
+
+def pack_end(addr: Address, *, serviceport: str | int = "", name: str = "") -> bytes:
+    """The stream is closed (header only, as packHeader(addr, null, 'end'))."""
+    return pack_header(addr, "end", 0, serviceport=serviceport, name=name)
+
+
+def _with_body(addr: Address, service: str, body: bytes, serviceport: str | int, name: str) -> bytes:
+    return pack_header(addr, service, len(body), serviceport=serviceport, name=name) + body
+
+
+def pack_error(
+    addr: Address, message: str, code: str, *, serviceport: str | int = "", name: str = ""
+) -> bytes:
+    """The stream failed: body `{"message":...,"code":...}` as packHeader(addr, {message, code}, 'error')."""
+    return _with_body(addr, "error", js_json_bytes({"message": message, "code": code}), serviceport, name)
+
+
+def _count_body(buffered: int) -> bytes:
+    # The reference sends a falsy body (0) as no body at all.
+    return js_json_bytes(buffered) if buffered else b""
+
+
+def pack_pause(addr: Address, buffered: int = 0, *, serviceport: str | int = "", name: str = "") -> bytes:
+    """Ask the peer to stop sending this client's data; `buffered` (bytes queued) is informational."""
+    return _with_body(addr, "pause", _count_body(buffered), serviceport, name)
+
+
+def pack_resume(addr: Address, buffered: int = 0, *, serviceport: str | int = "", name: str = "") -> bytes:
+    """Ask the peer to send this client's data again."""
+    return _with_body(addr, "resume", _count_body(buffered), serviceport, name)
+
+
+def pack_control(value: object) -> bytes:
+    """A control message: `,,,<n>,control` + JSON.stringify(value)."""
+    body = js_json_bytes(value)
+    return pack_header(None, "control", len(body)) + body

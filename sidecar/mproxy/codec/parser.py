@@ -1,0 +1,267 @@
+"""Incremental M-PROXY v1 parser: bytes in any chunking -> events, in order.
+
+Sans-IO: `Parser.feed(chunk)` returns the events completed by that chunk. Hot-path design:
+- frames wholly inside a chunk are cut out with slicing (one memcpy per body, none when a chunk is
+  exactly one body, as the relay sends it);
+- parsed headers are cached by their raw bytes (a stream repeats the same few headers), so a data frame
+  costs a dict lookup, two slices and one event;
+- memory is bounded: at most one partial header (<= 257 bytes) and one body (<= max_body) are held.
+
+Stricter than the reference, which logs and carries on: a bad version byte, a zero header length, a
+non-ASCII header, a missing, non-numeric or negative datalen and a body over `max_body` raise
+RemoteProtocolError naming the absolute byte offset. After that the parser is dead (framing is lost).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import NoReturn
+
+from mproxy.codec.errors import RemoteProtocolError
+from mproxy.codec.events import Connection, Control, End, Error, Event, Message, Pause, Resume
+from mproxy.codec.packer import VERSION_BYTE
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+_CACHE_LIMIT = 512
+
+# A parsed header: (make_event(body) -> Event, datalen).
+_Header = tuple[Callable[[bytes], Event], int]
+
+
+def _control_value(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    """message and code of an error body; the reference uses E_UNKNOWN_ERR when it is not JSON."""
+    value = _control_value(body)
+    if isinstance(value, dict):
+        message, code = value.get("message", ""), value.get("code", "")
+        return (
+            message if isinstance(message, str) else json.dumps(message),
+            code if isinstance(code, str) else json.dumps(code),
+        )
+    return body.decode("utf-8", "replace"), "E_UNKNOWN_ERR"
+
+
+def _factory(fields: list[str]) -> Callable[[bytes], Event]:
+    """A function building the event of this header around a body (dispatch as the reference does)."""
+    family, address, port, _, service, serviceport, name, servicename = fields[:8]
+    if service == "connection":
+        return lambda data: Connection(
+            family=family, address=address, port=port, service=servicename, serviceport=serviceport,
+            name=name, data=data, servicename=servicename, service_field=service,
+        )
+    if service == "control":
+        return lambda data: Control(
+            family=family, address=address, port=port, service=service, serviceport=serviceport,
+            name=name, data=data, value=_control_value(data),
+        )
+    if service == "error":
+
+        def make_error(data: bytes) -> Event:
+            message, code = _error_fields(data)
+            return Error(
+                family=family, address=address, port=port, service=service, serviceport=serviceport,
+                name=name, data=data, message=message, code=code,
+            )
+
+        return make_error
+    cls = {"end": End, "pause": Pause, "resume": Resume}.get(service, Message)
+    return lambda data: cls(
+        family=family, address=address, port=port, service=service, serviceport=serviceport,
+        name=name, data=data,
+    )
+
+
+class Parser:
+    """Turns a byte stream into events. Not thread-safe; one per tunnel direction."""
+
+    __slots__ = ("_cache", "_dead", "_head", "_head_at", "_make", "_need", "_parts", "max_body", "offset")
+
+    def __init__(self, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.max_body = max_body
+        self.offset = 0  # bytes consumed so far (absolute offset of the next byte)
+        self._cache: dict[bytes, _Header] = {}
+        self._dead: RemoteProtocolError | None = None
+        self._head = b""  # partial header (version byte onwards) carried to the next chunk
+        self._head_at = 0  # absolute offset of _head[0]
+        self._need = 0  # body bytes still missing
+        self._parts: list[bytes] = []  # body bytes received so far
+        self._make: Callable[[bytes], Event] | None = None  # event factory of the pending body
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no frame is half received (a clean place for the stream to end)."""
+        return not self._head and self._make is None
+
+    def close(self) -> None:
+        """Declare end of stream: raises RemoteProtocolError when it ends inside a frame."""
+        if self._dead is not None:
+            raise self._dead
+        if self._head:
+            self._die(self._head_at, f"stream ended inside a frame header ({len(self._head)} bytes received)")
+        if self._make is not None:
+            got = sum(map(len, self._parts))
+            self._die(self.offset, f"stream ended inside a frame body ({self._need} of {got + self._need} "
+                                   "body bytes missing)")
+
+    def _die(self, offset: int, reason: str, events: list[Event] | None = None) -> NoReturn:
+        err = RemoteProtocolError(offset, reason)
+        if events:
+            err.events = events
+        self._dead = err
+        raise err
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Event]:
+        """Consume `chunk`; return the events it completes, in stream order.
+
+        Raises RemoteProtocolError (with `.events` = the events decoded before the fault in this chunk).
+        """
+        if self._dead is not None:
+            raise self._dead
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        n = len(chunk)
+        events: list[Event] = []
+        if not n:
+            return events
+        base = self.offset
+        pos = 0
+        if self._make is not None:
+            pos = self._continue_body(chunk, n, events)
+        elif self._head:
+            pos = self._continue_head(chunk, n, events, base)
+        cache = self._cache
+        append = events.append
+        # Fast loop: frames that start in this chunk.
+        while pos < n:
+            if chunk[pos] != VERSION_BYTE:
+                self._bad_version(chunk[pos], base + pos, events)
+            if pos + 1 == n:
+                self._head, self._head_at = chunk[pos:], base + pos
+                break
+            hend = pos + 2 + chunk[pos + 1]
+            if hend == pos + 2:
+                self._die(base + pos + 1, "header length 0 is invalid (a header holds at least "
+                                          "family,address,port,datalen)", events)
+            if hend > n:
+                self._head, self._head_at = chunk[pos:], base + pos
+                break
+            raw = chunk[pos + 2:hend]
+            header = cache.get(raw)
+            if header is None:
+                header = self._parse_header(raw, base + pos + 2, events)
+            make, datalen = header
+            end = hend + datalen
+            if end <= n:
+                append(make(chunk[hend:end]))
+                pos = end
+            else:
+                self._make = make
+                self._need = end - n
+                if hend < n:
+                    self._parts.append(chunk[hend:])
+                break
+        self.offset = base + n
+        return events
+
+    def _continue_body(self, chunk: bytes, n: int, events: list[Event]) -> int:
+        need = self._need
+        if need >= n:
+            self._parts.append(chunk)  # the whole chunk is body: keep it, no copy
+            self._need = need - n
+            if need > n:
+                return n
+            pos = n
+        else:
+            self._parts.append(chunk[:need])
+            self._need = 0
+            pos = need
+        parts = self._parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        make = self._make
+        assert make is not None
+        self._parts = []
+        self._make = None
+        events.append(make(body))
+        return pos
+
+    def _continue_head(self, chunk: bytes, n: int, events: list[Event], base: int) -> int:
+        head = self._head
+        pos = 0
+        if len(head) == 1:
+            head += chunk[:1]
+            pos = 1
+            if head[1] == 0:
+                self._die(base, "header length 0 is invalid (a header holds at least "
+                                "family,address,port,datalen)", events)
+        missing = 2 + head[1] - len(head)
+        if missing > n - pos:
+            self._head = head + chunk[pos:]
+            return n
+        head += chunk[pos:pos + missing]
+        pos += missing
+        self._head = b""
+        raw = head[2:]
+        header = self._cache.get(raw)
+        if header is None:
+            header = self._parse_header(raw, self._head_at + 2, events)
+        make, datalen = header
+        take = min(datalen, n - pos)
+        if take == datalen:
+            events.append(make(chunk[pos:pos + datalen]))
+            return pos + datalen
+        self._make = make
+        self._need = datalen - take
+        if take:
+            self._parts.append(chunk[pos:])
+        return n
+
+    def _bad_version(self, byte: int, offset: int, events: list[Event]) -> NoReturn:
+        self._die(offset, f"version byte 0x{byte:02x} is not 0xfe (M-PROXY v1); the stream is not "
+                          "M-PROXY or lost its framing", events)
+
+    def _parse_header(self, raw: bytes, at: int, events: list[Event]) -> _Header:
+        """Validate and decode one header (`at` = absolute offset of its first byte); cache the result."""
+        if not raw.isascii():
+            bad = next(i for i, b in enumerate(raw) if b > 0x7F)
+            self._die(at + bad, f"header byte 0x{raw[bad]:02x} is not ASCII", events)
+        fields = raw.decode("ascii").split(",")
+        if len(fields) < 4:
+            self._die(at, f"header {_show(raw)} has {len(fields)} fields; at least 4 "
+                          "(family,address,port,datalen) are required", events)
+        text = fields[3]
+        text_at = at + len(fields[0]) + len(fields[1]) + len(fields[2]) + 3
+        if not text.isdigit():
+            what = "empty" if not text else ("negative" if text.startswith("-") else "not a decimal number")
+            self._die(text_at, f"datalen {text!r} is {what}", events)
+        datalen = int(text)
+        if datalen > self.max_body:
+            self._die(text_at, f"datalen {datalen} is over the {self.max_body}-byte body limit", events)
+        if len(fields) < 8:
+            fields += [""] * (8 - len(fields))
+        header = (_factory(fields), datalen)
+        cache = self._cache
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[raw] = header
+        return header
+
+
+def _show(raw: bytes) -> str:
+    return repr(raw[:80].decode("ascii", "replace"))
+
+
+def parse_all(data: bytes | bytearray | memoryview, max_body: int = DEFAULT_MAX_BODY) -> list[Event]:
+    """Parse a complete stream; raises RemoteProtocolError if it is malformed or ends inside a frame."""
+    parser = Parser(max_body)
+    events = parser.feed(data)
+    parser.close()
+    return events
+
+
