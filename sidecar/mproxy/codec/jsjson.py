@@ -33,7 +33,7 @@ def js_number(x: float | int) -> str:
         return "Infinity" if x > 0 else "-Infinity"
     if x == 0:
         return "0"
-    if x.is_integer() and abs(x) < 1e21:
+    if x.is_integer() and abs(x) < 2**53:
         return str(int(x))
     sign, digit_tuple, exp = Decimal(repr(x)).as_tuple()
     assert isinstance(exp, int)
