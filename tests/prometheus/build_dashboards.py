@@ -1,0 +1,412 @@
+"""Source of the Grafana dashboards shipped in charts/mproxy/dashboards/.
+
+    python -m tests.prometheus.build_dashboards      # rewrite the JSON files from this source
+
+The JSON files are committed (the chart ships them as they are); test_dashboards.py fails when they drift
+from this source, and checks each one's conventions and runs every query against a real Prometheus.
+Conventions (kubernetes-mixin's): stable uids, a `datasource` variable, `$__rate_interval`, a unit and a
+description on every panel.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parents[2] / "charts" / "mproxy" / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+RI = "$__rate_interval"
+
+# Filters every sidecar / edge / operator query carries (Grafana multi-value variables, regex matchers).
+SC = 'namespace=~"$namespace", pod=~"$pod"'
+ED = 'namespace=~"$namespace", pod=~"$pod"'
+OP = 'namespace=~"$namespace", pod=~"$pod"'
+
+
+@dataclass
+class Panel:
+    title: str
+    description: str
+    unit: str
+    exprs: list[tuple[str, str]]  # (expr, legend)
+    kind: str = "timeseries"
+    width: int = 12
+    height: int = 8
+    stack: bool = False
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+    decimals: int | None = None
+    max: float | None = None
+
+
+@dataclass
+class Row:
+    title: str
+    panels: list[Panel]
+
+
+def _variable(name: str, label: str, metric: str, selector: str = "") -> dict[str, Any]:
+    query = f"label_values({metric}{{{selector}}}, {name})" if selector else f"label_values({metric}, {name})"
+    return {
+        "name": name, "label": label, "type": "query", "datasource": DS,
+        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "definition": query, "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [], "regex": "", "sort": 1, "hide": 0,
+    }
+
+
+def _datasource_variable() -> dict[str, Any]:
+    return {
+        "name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+        "current": {"selected": False, "text": "default", "value": "default"},
+        "options": [], "regex": "", "refresh": 1, "hide": 0, "includeAll": False, "multi": False,
+    }
+
+
+def _custom_variable(name: str, label: str, values: list[str], default: str) -> dict[str, Any]:
+    return {
+        "name": name, "label": label, "type": "custom", "query": ",".join(values),
+        "current": {"selected": True, "text": default, "value": default},
+        "options": [{"selected": v == default, "text": v, "value": v} for v in values],
+        "hide": 0, "includeAll": False, "multi": False,
+    }
+
+
+def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": panel.unit, "mappings": panel.mappings}
+    if panel.decimals is not None:
+        defaults["decimals"] = panel.decimals
+    if panel.max is not None:
+        defaults["max"] = panel.max
+    options: dict[str, Any]
+    if panel.kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if panel.stack else 10,
+            "showPoints": "never", "spanNulls": False,
+            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
+        }
+        options = {
+            "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                       "calcs": ["lastNotNull", "max"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    elif panel.kind == "stat":
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value", "graphMode": "area", "justifyMode": "auto", "textMode": "auto",
+            "orientation": "auto",
+        }
+    elif panel.kind == "state-timeline":
+        defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0}
+        options = {
+            "mergeValues": True, "showValue": "never", "alignValue": "left", "rowHeight": 0.9,
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "single", "sort": "none"},
+        }
+    elif panel.kind == "bargauge":
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
+        }
+    else:
+        raise ValueError(f"unknown panel kind {panel.kind}")
+    return {
+        "id": pid, "type": panel.kind, "title": panel.title, "description": panel.description,
+        "datasource": DS, "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options,
+        "targets": [
+            {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i),
+             "range": True, "instant": False, "editorMode": "code"}
+            for i, (expr, legend) in enumerate(panel.exprs)
+        ],
+    }
+
+
+def dashboard(uid: str, title: str, description: str, rows: list[Row],
+              variables: list[dict[str, Any]]) -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    pid, y = 1, 0
+    for row in rows:
+        panels.append({"id": pid, "type": "row", "title": row.title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid, y, x, row_h = pid + 1, y + 1, 0, 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x, y, row_h = 0, y + row_h, 0
+            panels.append(_panel_json(panel, pid, x, y))
+            pid, x, row_h = pid + 1, x + panel.width, max(row_h, panel.height)
+        y += row_h
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["mproxy"],
+        "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1, "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"}, "timepicker": {}, "timezone": "", "fiscalYearStartMonth": 0,
+        "liveNow": False, "weekStart": "", "links": [
+            {"title": "mproxy dashboards", "type": "dashboards", "tags": ["mproxy"], "asDropdown": True,
+             "includeVars": True, "keepTime": True},
+        ],
+        "annotations": {"list": [{
+            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+            "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+            "type": "dashboard",
+        }]},
+        "templating": {"list": [_datasource_variable(), *variables]},
+        "panels": panels,
+    }
+
+
+CONNECTED = [
+    {"type": "value", "options": {
+        "0": {"text": "disconnected", "color": "red", "index": 0},
+        "1": {"text": "connected", "color": "green", "index": 1},
+    }},
+]
+ACTIVITY = [
+    {"type": "value", "options": {
+        "0": {"text": "disconnected", "color": "red", "index": 0},
+        "1": {"text": "idle", "color": "blue", "index": 1},
+        "2": {"text": "carrying traffic", "color": "green", "index": 2},
+    }},
+]
+
+
+def tunnels() -> dict[str, Any]:
+    s = "mproxy_sidecar_"
+    rows = [
+        Row("Tunnel state", [
+            Panel("Connected sidecars", "Sidecars with at least one connected tunnel, out of all sidecars "
+                  "scraped.", "none", [
+                      (f"sum(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}))", "connected"),
+                      (f"count(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}))", "sidecars"),
+                  ], kind="stat", width=6),
+            Panel("Disconnected sidecars", "Sidecars with no connected tunnel right now: their workload "
+                  "gets no public traffic. MproxyTunnelDown fires after 5 minutes of this.", "none", [
+                      (f"count(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}) == 0) or vector(0)",
+                       "disconnected"),
+                  ], kind="stat", width=6),
+            Panel("Streams open now", "Client streams open through all selected tunnels now.", "none", [
+                (f"sum({s}streams_active{{{SC}}})", "streams"),
+            ], kind="stat", width=6),
+            Panel("Reconnects (1h)", "Tunnel reconnects in the last hour, all reasons.", "none", [
+                (f"sum(increase({s}tunnel_reconnects_total{{{SC}}}[1h]))", "reconnects"),
+            ], kind="stat", width=6, decimals=0),
+            Panel("Connected, per tunnel", "Connection state of each sidecar's tunnel to the edge "
+                  "(1 = connected, 0 = disconnected).", "none", [
+                      (f"max by (namespace, pod, edge) ({s}tunnel_connected{{{SC}}})",
+                       "{{namespace}}/{{pod}} {{edge}}"),
+                  ], kind="state-timeline", width=12, mappings=CONNECTED),
+            Panel("Disconnected vs idle", "Tells a broken tunnel from a quiet one: disconnected (no "
+                  "tunnel), idle (connected, no stream open), carrying traffic (connected, streams open).",
+                  "none", [
+                      (f"max by (namespace, pod) ({s}tunnel_connected{{{SC}}})"
+                       f" * (1 + (sum by (namespace, pod) ({s}streams_active{{{SC}}}) > bool 0))",
+                       "{{namespace}}/{{pod}}"),
+                  ], kind="state-timeline", width=12, mappings=ACTIVITY),
+            Panel("Reconnects by reason", "Rate of tunnel reconnects, by the reason the previous "
+                  "connection ended. See the MproxyTunnelFlapping runbook for each reason.", "ops", [
+                      (f"sum by (reason) (rate({s}tunnel_reconnects_total{{{SC}}}[{RI}]))", "{{reason}}"),
+                  ], width=24),
+        ]),
+        Row("Streams", [
+            Panel("Streams active", "Client streams open now, per sidecar.", "none", [
+                (f"sum by (namespace, pod) ({s}streams_active{{{SC}}})", "{{namespace}}/{{pod}}"),
+            ]),
+            Panel("Streams opened", "Rate of new client streams per sidecar.", "ops", [
+                (f"sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
+                 "{{namespace}}/{{pod}}"),
+            ]),
+            Panel("Bytes in / out", "Payload bytes per second through the tunnels: in = from clients to "
+                  "backends, out = from backends to clients.", "Bps", [
+                      (f"sum by (direction) (rate({s}bytes_total{{{SC}}}[{RI}]))", "{{direction}}"),
+                  ]),
+            Panel("Flow-control pauses", "Rate of pause frames: a stream whose reader is slower than its "
+                  "writer is paused instead of stalling the other streams of the tunnel.", "ops", [
+                      (f"sum by (namespace, pod) (rate({s}stream_pauses_total{{{SC}}}[{RI}]))",
+                       "{{namespace}}/{{pod}}"),
+                  ]),
+        ]),
+        Row("Errors and latency", [
+            Panel("Stream errors by reason", "Rate of streams that ended in an error, by reason "
+                  "(backend refused, timed out, reset, no route...).", "ops", [
+                      (f"sum by (reason) (rate({s}stream_errors_total{{{SC}}}[{RI}]))", "{{reason}}"),
+                  ], stack=True),
+            Panel("Stream error ratio", "Share of opened streams that ended in an error. "
+                  "MproxyBackendErrorsHigh fires above 5% for 10 minutes.", "percentunit", [
+                      (f"sum by (namespace, pod) (rate({s}stream_errors_total{{{SC}}}[{RI}]))"
+                       f" / sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
+                       "{{namespace}}/{{pod}}"),
+                  ]),
+            Panel("Backend connect latency", "Time for the sidecar to open the TCP connection to the "
+                  "backend Service, p50 and p99.", "s", [
+                      (f"histogram_quantile(0.5, sum by (le) "
+                       f"(rate({s}backend_connect_duration_seconds_bucket{{{SC}}}[{RI}])))", "p50"),
+                      (f"histogram_quantile(0.99, sum by (le) "
+                       f"(rate({s}backend_connect_duration_seconds_bucket{{{SC}}}[{RI}])))", "p99"),
+                  ]),
+            Panel("Stream duration", "How long client streams last, from open to close, p50 and p99.", "s", [
+                (f"histogram_quantile(0.5, sum by (le) "
+                 f"(rate({s}stream_duration_seconds_bucket{{{SC}}}[{RI}])))", "p50"),
+                (f"histogram_quantile(0.99, sum by (le) "
+                 f"(rate({s}stream_duration_seconds_bucket{{{SC}}}[{RI}])))", "p99"),
+            ]),
+        ]),
+    ]
+    return dashboard(
+        "mproxy-tunnels", "mproxy / Tunnels",
+        "Sidecar tunnels: connected or not, idle or busy, reconnects, streams, bytes, errors, latency.",
+        rows, [
+            _variable("namespace", "Namespace", f"{s}tunnel_connected"),
+            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
+        ],
+    )
+
+
+def clients() -> dict[str, Any]:
+    s = "mproxy_sidecar_"
+    rows = [
+        Row("Per client (top-k, the rest counted as \"other\")", [
+            Panel("Bytes per client", "Payload bytes per second per client, the $k busiest. The sidecar "
+                  "labels its top clients by name and counts the rest as client=\"other\", so the series "
+                  "count stays bounded.", "Bps", [
+                      (f"topk($k, sum by (client) (rate({s}client_bytes_total{{{SC}}}[{RI}])))",
+                       "{{client}}"),
+                  ], width=12, stack=True),
+            Panel("Streams per client", "New streams per second per client, the $k busiest (\"other\" "
+                  "holds every client beyond the sidecar's maxClients).", "ops", [
+                      (f"topk($k, sum by (client) (rate({s}client_streams_total{{{SC}}}[{RI}])))",
+                       "{{client}}"),
+                  ], width=12, stack=True),
+            Panel("Share of bytes in \"other\"", "Fraction of bytes from clients not individually labelled. "
+                  "If it grows, raise the Tunnel's spec.metrics.maxClients.", "percentunit", [
+                      (f"sum(rate({s}client_bytes_total{{client=\"other\", {SC}}}[{RI}]))"
+                       f" / sum(rate({s}client_bytes_total{{{SC}}}[{RI}]))", "other"),
+                  ], width=12, max=1),
+            Panel("Top clients by bytes (1h)", "Bytes per client over the last hour, the $k biggest.",
+                  "bytes", [
+                      (f"topk($k, sum by (client) (increase({s}client_bytes_total{{{SC}}}[1h])))",
+                       "{{client}}"),
+                  ], kind="bargauge", width=12),
+        ]),
+        Row("Per route", [
+            Panel("Streams per route", "New streams per second per route of the Tunnel.", "ops", [
+                (f"sum by (route) (rate({s}streams_opened_total{{{SC}}}[{RI}]))", "{{route}}"),
+            ], stack=True),
+            Panel("Bytes per route", "Payload bytes per second per route.", "Bps", [
+                (f"sum by (route) (rate({s}route_bytes_total{{{SC}}}[{RI}]))", "{{route}}"),
+            ], stack=True),
+        ]),
+    ]
+    return dashboard(
+        "mproxy-clients", "mproxy / Clients",
+        "Who uses the tunnels: bytes and streams per client (bounded top-k with an \"other\" bucket) "
+        "and per route.",
+        rows, [
+            _variable("namespace", "Namespace", f"{s}tunnel_connected"),
+            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
+            _custom_variable("k", "Top", ["5", "10", "20", "50"], "10"),
+        ],
+    )
+
+
+def edge() -> dict[str, Any]:
+    e = "mproxy_edge_"
+    rows = [
+        Row("Tunnels", [
+            Panel("Tunnels connected", "Sidecar tunnels connected to the selected edge pods.", "none", [
+                (f"sum({e}tunnels_connected{{{ED}}})", "tunnels"),
+            ], kind="stat", width=8),
+            Panel("Names served", "Names (domains and ports) with at least one tunnel behind them.",
+                  "none", [
+                      (f"count(sum by (name) ({e}name_tunnels{{{ED}}}) > 0) or vector(0)", "names"),
+                  ], kind="stat", width=8),
+            Panel("Rejected clients (1h)", "Client connections the edge turned away in the last hour.",
+                  "none", [
+                      (f"sum(increase({e}rejects_total{{{ED}}}[1h]))", "rejected"),
+                  ], kind="stat", width=8, decimals=0),
+            Panel("Tunnels per name", "How many tunnels serve each name; the edge balances a name's clients "
+                  "over them. A name dropping to zero means its clients are rejected.", "none", [
+                      (f"sum by (name) ({e}name_tunnels{{{ED}}})", "{{name}}"),
+                  ], width=24),
+        ]),
+        Row("Clients", [
+            Panel("Client connections by service and result", "Rate of client connections accepted by the "
+                  "public listeners, by service (tls, http, tcp...) and result.", "ops", [
+                      (f"sum by (service, result) (rate({e}client_connections_total{{{ED}}}[{RI}]))",
+                       "{{service}} {{result}}"),
+                  ], stack=True),
+            Panel("Rejects by reason", "Rate of client connections the edge refused, by reason (no tunnel "
+                  "for the name, limits, bad handshake...).", "ops", [
+                      (f"sum by (reason) (rate({e}rejects_total{{{ED}}}[{RI}]))", "{{reason}}"),
+                  ], stack=True),
+            Panel("Bytes in / out", "Payload bytes per second relayed between clients and tunnels: in = "
+                  "from clients, out = to clients.", "Bps", [
+                      (f"sum by (direction) (rate({e}bytes_total{{{ED}}}[{RI}]))", "{{direction}}"),
+                  ], width=24),
+        ]),
+    ]
+    return dashboard(
+        "mproxy-edge", "mproxy / Edge",
+        "The public edge relay: tunnels per name, client connections, rejects and bytes.",
+        rows, [
+            _variable("namespace", "Namespace", f"{e}tunnels_connected"),
+            _variable("pod", "Pod", f"{e}tunnels_connected", 'namespace=~"$namespace"'),
+        ],
+    )
+
+
+def operator() -> dict[str, Any]:
+    o = "mproxy_operator_"
+    rows = [
+        Row("Reconciliation", [
+            Panel("Reconciles", "Rate of Tunnel reconciliations, by result.", "ops", [
+                (f"sum by (result) (rate({o}reconciles_total{{{OP}}}[{RI}]))", "{{result}}"),
+            ], stack=True),
+            Panel("Reconcile errors", "Rate of failed reconciliations. MproxyOperatorReconcileErrors fires "
+                  "when they persist for 15 minutes.", "ops", [
+                      (f"sum by (namespace, pod) (rate({o}reconcile_errors_total{{{OP}}}[{RI}]))",
+                       "{{namespace}}/{{pod}}"),
+                  ]),
+        ]),
+        Row("Admission webhook", [
+            Panel("Webhook latency", "Latency of the sidecar-injection webhook, p50 and p99. Pod creation "
+                  "waits on it; MproxyWebhookLatencyHigh fires when p99 stays above 1s.", "s", [
+                      (f"histogram_quantile(0.5, sum by (le) "
+                       f"(rate({o}webhook_duration_seconds_bucket{{{OP}}}[{RI}])))", "p50"),
+                      (f"histogram_quantile(0.99, sum by (le) "
+                       f"(rate({o}webhook_duration_seconds_bucket{{{OP}}}[{RI}])))", "p99"),
+                  ]),
+            Panel("Webhook requests", "Rate of admission requests answered, per result.", "ops", [
+                (f"sum by (result) (rate({o}webhook_duration_seconds_count{{{OP}}}[{RI}]))", "{{result}}"),
+            ], stack=True),
+        ]),
+    ]
+    return dashboard(
+        "mproxy-operator", "mproxy / Operator",
+        "The mproxy operator: Tunnel reconciliations, their errors, and the sidecar-injection webhook.",
+        rows, [
+            _variable("namespace", "Namespace", f"{o}reconciles_total"),
+            _variable("pod", "Pod", f"{o}reconciles_total", 'namespace=~"$namespace"'),
+        ],
+    )
+
+
+DASHBOARDS = {"tunnels": tunnels, "clients": clients, "edge": edge, "operator": operator}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+def main() -> int:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, build in DASHBOARDS.items():
+        path = OUT_DIR / f"mproxy-{name}.json"
+        path.write_text(render(build))
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The shipped Grafana dashboards: generated from their source, and following the conventions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from tests.prometheus import build_dashboards
+from tests.prometheus.harness import dashboard_files, dashboard_targets, iter_panels, load_dashboard
+
+pytestmark = pytest.mark.prometheus
+
+TARGETS = dashboard_targets()
+
+# Panels that must show data once traffic has gone through the stack: (dashboard uid, panel title).
+# Every other query must parse; those may be legitimately empty in a healthy system (no reconnects yet).
+CORE = {
+    ("mproxy-tunnels", "Connected sidecars"),
+    ("mproxy-tunnels", "Connected, per tunnel"),
+    ("mproxy-tunnels", "Disconnected vs idle"),
+    ("mproxy-tunnels", "Streams open now"),
+    ("mproxy-tunnels", "Streams opened"),
+    ("mproxy-tunnels", "Bytes in / out"),
+    ("mproxy-tunnels", "Backend connect latency"),
+    ("mproxy-tunnels", "Stream duration"),
+    ("mproxy-tunnels", "Stream errors by reason"),
+    ("mproxy-clients", "Bytes per client"),
+    ("mproxy-clients", "Streams per client"),
+    ("mproxy-clients", "Streams per route"),
+    ("mproxy-edge", "Tunnels connected"),
+    ("mproxy-edge", "Tunnels per name"),
+    ("mproxy-edge", "Client connections by service and result"),
+    ("mproxy-edge", "Rejects by reason"),
+    ("mproxy-edge", "Bytes in / out"),
+}
+
+
+def test_dashboards_match_their_source() -> None:
+    """The JSON in the chart is what build_dashboards.py writes (regenerate it, never hand-edit)."""
+    expected = {f"mproxy-{name}.json": build_dashboards.render(build)
+                for name, build in build_dashboards.DASHBOARDS.items()}
+    actual = {p.name: p.read_text() for p in dashboard_files()}
+    assert actual == expected, "run: python -m tests.prometheus.build_dashboards"
+
+
+@pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
+def test_dashboard_conventions(path: Any) -> None:
+    board = load_dashboard(path)
+    assert board["uid"] == path.stem, "the uid is the file name: stable across installs, links keep working"
+    assert board["title"].startswith("mproxy / ")
+    assert 36 <= board["schemaVersion"] <= 41
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in iter_panels(board)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in iter_panels(board):
+        if panel["type"] == "row":
+            continue
+        where = f"{path.name}: panel {panel['title']!r}"
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+        assert panel.get("description", "").strip(), f"{where} needs a description"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{where} needs a unit"
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, where
+        assert panel["targets"], f"{where} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            for window in re.findall(r"\[([^\]]+)\]", target["expr"]):
+                # Short windows must follow the scrape interval; fixed ones only for "last hour" totals.
+                assert window in ("$__rate_interval", "1h"), f"{where}: [{window}]: use [$__rate_interval]"
+
+
+def test_dashboard_titles_are_unique_within_a_dashboard() -> None:
+    for path in dashboard_files():
+        titles = [p["title"] for p in iter_panels(load_dashboard(path)) if p["type"] != "row"]
+        assert len(titles) == len(set(titles)), path.name
+
+
+def test_core_panels_exist() -> None:
+    present = {(t.dashboard, t.panel) for t in TARGETS}
+    assert present >= CORE, f"core panels renamed or removed: {sorted(CORE - present)}"
