@@ -1,0 +1,643 @@
+"""The stream multiplexer: many client streams over one M-PROXY tunnel, role-neutral.
+
+A `Multiplexer` owns one tunnel's byte stream in both directions. Bytes from the peer go in through
+`feed()` (sync: parse, dispatch to streams); bytes for the peer come out of `run_writer(send)`, a task that
+packs queued stream data into frames, round robin across streams, and hands batches to `send` (e.g. a
+WebSocket's send_bytes). `mproxy.tunnel.ws.run_tunnel` wires both to an aiohttp WebSocket.
+
+Each client stream is a `Stream`, which behaves like an asyncio transport for its `StreamHandler` (which
+behaves like an asyncio protocol): the handler gets `data_received`, `eof_received`, `error_received`,
+`pause_writing`/`resume_writing` and `stream_closed`; it calls `stream.write()`, `write_eof()`,
+`abort(message, code)`, `pause_reading()`/`resume_reading()`.
+
+How a role uses it:
+- Edge (opens streams): `stream = mux.open_stream(addr, handler, service="https", serviceport=443,
+  name="example.com")` sends the `connection` frame; then `stream.write(first_bytes)` and so on.
+  `mux.can_open(addr.address)` says whether the limits allow one more stream.
+- Sidecar (accepts streams): `Multiplexer(on_stream=accept)`; `accept(stream)` is called on a `connection`
+  frame (or, with `implicit_open=True`, on data for an unknown client, as old relays send it) and returns the
+  stream's handler. Limits (streams per tunnel, per client address) are enforced before `accept` is called:
+  the client gets an `error` frame, the tunnel carries on. During shutdown `mux.draining = True` refuses new
+  streams the same way (code E_SHUTTING_DOWN) so the relay can try another replica.
+- Flow control, both ways, per stream:
+  * outbound: `stream.write()` never blocks; when the stream's queued bytes pass `high_water` (or the peer
+    sent `pause` for this client) the handler's `pause_writing()` is called: stop reading your socket.
+    `resume_writing()` follows when the queue drains below `low_water` and the peer has not paused us.
+  * inbound: when the handler's sink is full, it calls `stream.pause_reading()` (sends `pause` to the
+    peer) and `stream.resume_reading()` later (sends `resume`).
+- Fairness: the writer takes at most `frame_size` bytes from a stream per turn, round robin, and bounds
+  each batch to `batch_size`, so a bulk stream cannot starve an interactive one. Control, connection,
+  pause/resume and error frames go first.
+- Half-close: `write_eof()` sends `end` after the queued data; the peer's `end` arrives as
+  `eof_received()`. A stream is closed (and `stream_closed()` called once) when both sides sent `end`, on
+  any `error` either way, on `abort()`, on the idle timeout, or when the tunnel closes.
+- Control channel: `mux.send_control(value)`; incoming control values go to `on_control(value)`.
+- Closing the tunnel: `mux.close(reason)` closes every stream (handlers see `stream_closed(reason)`);
+  malformed input makes `feed()` raise `TunnelProtocolError` (the runner then closes the tunnel, 1002).
+
+Not thread-safe: use from the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mproxy.codec import (
+    Address,
+    Connection,
+    Control,
+    End,
+    Error,
+    Event,
+    Message,
+    Parser,
+    Pause,
+    RemoteProtocolError,
+    Resume,
+    pack_connection,
+    pack_control,
+    pack_end,
+    pack_error,
+    pack_header,
+    pack_pause,
+    pack_resume,
+)
+
+__all__ = [
+    "E_IDLE",
+    "E_LIMIT",
+    "E_SHUTTING_DOWN",
+    "Multiplexer",
+    "MuxLimits",
+    "Stream",
+    "StreamHandler",
+    "TunnelProtocolError",
+]
+
+log = logging.getLogger("mproxy.tunnel")
+
+E_LIMIT = "E_LIMIT"
+E_IDLE = "E_IDLE"
+E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
+E_CONN_CLOSED = "E_CONN_CLOSED"
+E_NO_CONN = "E_NO_CONN"
+E_BUFFER = "E_BUFFER"
+
+
+class TunnelProtocolError(Exception):
+    """The peer sent bytes that are not valid M-PROXY; the tunnel must be closed (reason in str())."""
+
+
+class StreamHandler:
+    """Callbacks for one stream (like asyncio.Protocol). Override what you need; defaults do nothing."""
+
+    def data_received(self, data: bytes) -> None:
+        """Peer data for this client."""
+
+    def eof_received(self) -> None:
+        """The peer sent `end`: it will send no more data (half-close)."""
+
+    def error_received(self, message: str, code: str) -> None:
+        """The peer sent `error`; the stream is closed right after this call."""
+
+    def pause_writing(self) -> None:
+        """Stop producing data for `stream.write()` (queue full or the peer paused this client)."""
+
+    def resume_writing(self) -> None:
+        """Producing may continue."""
+
+    def stream_closed(self, reason: str | None) -> None:
+        """Called exactly once when the stream is gone; `reason` None means a clean end both ways."""
+
+
+@dataclass(frozen=True, slots=True)
+class MuxLimits:
+    max_streams: int = 1000  # concurrent streams in this tunnel
+    max_streams_per_client: int = 100  # concurrent streams per client address (not port)
+    idle_timeout: float = 900.0  # seconds without data either way before a stream is closed
+    max_frame_bytes: int = 1 << 20  # largest frame body accepted from the peer
+    frame_size: int = 64 * 1024  # largest data frame body we send
+    batch_size: int = 256 * 1024  # bytes packed per send() call
+    high_water: int = 256 * 1024  # per-stream outbound queue: pause the producer above this
+    low_water: int = 64 * 1024  # ... and resume it below this
+    recent_closed: int = 4096  # remembered closed client ids (late frames for them are dropped)
+
+
+class Stream:
+    """One client stream in a tunnel (the transport side of a StreamHandler)."""
+
+    __slots__ = (
+        "_eof_sent",
+        "_forget_after_eof",
+        "_handler",
+        "_local_full",
+        "_out",
+        "_out_size",
+        "_paused_peer",
+        "_producer_paused",
+        "_queued",
+        "_remote_paused",
+        "_want_eof",
+        "addr",
+        "bytes_in",
+        "bytes_out",
+        "client_id",
+        "closed",
+        "eof_received",
+        "last_active",
+        "mux",
+        "name",
+        "opened_at",
+        "service",
+        "serviceport",
+        "tags",
+    )
+
+    def __init__(self, mux: Multiplexer, addr: Address, service: str, serviceport: str, name: str) -> None:
+        self.mux = mux
+        self.addr = addr
+        self.client_id = addr.client_id
+        self.service = service
+        self.serviceport = serviceport
+        self.name = name
+        self._handler: StreamHandler = StreamHandler()
+        self._out: deque[bytes | memoryview] = deque()
+        self._out_size = 0
+        self._queued = False  # in the writer's round-robin queue
+        self._want_eof = False
+        self._eof_sent = False
+        self._forget_after_eof = False
+        self.eof_received = False
+        self.closed = False
+        self._local_full = False
+        self._remote_paused = False
+        self._producer_paused = False
+        self._paused_peer = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        now = mux.now()
+        self.opened_at = now
+        self.last_active = now
+        self.tags: dict[str, str] = {}  # free for the role (e.g. route name) and its logs/metrics
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.client_id} {self.service}:{self.serviceport} {self.name!r}>"
+
+    @property
+    def handler(self) -> StreamHandler:
+        return self._handler
+
+    def set_handler(self, handler: StreamHandler) -> None:
+        self._handler = handler
+        if self._producer_paused:
+            handler.pause_writing()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued for the peer and not yet handed to the tunnel transport."""
+        return self._out_size
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._producer_paused
+
+    # -- the handler's side ------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue data for the peer; never blocks. Ignored after write_eof() or close."""
+        if self.closed or self._want_eof or not data:
+            return
+        if not isinstance(data, bytes | memoryview):
+            data = bytes(data)  # the caller may reuse its bytearray
+        n = len(data)
+        self._out.append(data)
+        self._out_size += n
+        self.bytes_out += n
+        self.last_active = self.mux.now()
+        if not self._queued:
+            self._queued = True
+            self.mux._ready.append(self)
+            self.mux._wake()
+        if self._out_size > self.mux.limits.high_water and not self._local_full:
+            self._local_full = True
+            self._update_producer()
+
+    def write_eof(self) -> None:
+        """Send `end` after the queued data (half-close)."""
+        if self.closed or self._want_eof:
+            return
+        self._want_eof = True
+        if not self._queued:
+            self._queued = True
+            self.mux._ready.append(self)
+            self.mux._wake()
+
+    def abort(self, message: str = "stream aborted", code: str = "E_ABORTED") -> None:
+        """Drop queued data, send `error` {message, code} to the peer, close the stream."""
+        if self.closed:
+            return
+        self.mux._urgent(pack_error(self.addr, message, code))
+        self._close(f"{code}: {message}")
+
+    def close(self) -> None:
+        """Close quietly: `end` after the queued data, then forget the stream (later peer data is
+        dropped) without waiting for the peer's `end`."""
+        if self.closed:
+            return
+        self._forget_after_eof = True
+        if self._eof_sent:
+            self._close(None)
+        else:
+            self.write_eof()
+
+    def pause_reading(self) -> None:
+        """Ask the peer to stop sending this client's data (our sink is full)."""
+        if not self._paused_peer and not self.closed:
+            self._paused_peer = True
+            self.mux.pauses_sent += 1
+            self.mux._urgent(pack_pause(self.addr, self._out_size))
+
+    def resume_reading(self) -> None:
+        if self._paused_peer and not self.closed:
+            self._paused_peer = False
+            self.mux._urgent(pack_resume(self.addr, 0))
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused_peer
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _update_producer(self) -> None:
+        want = self._local_full or self._remote_paused
+        if want != self._producer_paused and not self.closed:
+            self._producer_paused = want
+            try:
+                if want:
+                    self._handler.pause_writing()
+                else:
+                    self._handler.resume_writing()
+            except Exception:
+                log.exception("stream handler failed in pause/resume_writing (%s)", self.client_id)
+
+    def _take(self, budget: int, out: list[bytes | memoryview]) -> int:
+        """Append up to `budget` data bytes (as one frame) plus a due `end`; return bytes appended."""
+        used = 0
+        if self._out_size:
+            n = min(budget, self._out_size)
+            header = pack_header(self.addr, self.service or "tcp", n, serviceport=self.serviceport,
+                                 name=self.name)
+            out.append(header)
+            used += len(header) + n
+            left = n
+            q = self._out
+            while left:
+                chunk = q[0]
+                size = len(chunk)
+                if size <= left:
+                    q.popleft()
+                    out.append(chunk)
+                    left -= size
+                else:
+                    view = chunk if type(chunk) is memoryview else memoryview(chunk)
+                    out.append(view[:left])
+                    q[0] = view[left:]
+                    left = 0
+            self._out_size -= n
+            if self._local_full and self._out_size <= self.mux.limits.low_water:
+                self._local_full = False
+                self._update_producer()
+        if not self._out_size and self._want_eof and not self._eof_sent:
+            self._eof_sent = True
+            end = pack_end(self.addr)
+            out.append(end)
+            used += len(end)
+            if self.eof_received or self._forget_after_eof:
+                self._close(None)
+        return used
+
+    def _close(self, reason: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._out.clear()
+        self._out_size = 0
+        self.mux._forget(self)
+        try:
+            self._handler.stream_closed(reason)
+        except Exception:
+            log.exception("stream handler failed in stream_closed (%s)", self.client_id)
+
+
+Accept = Callable[[Stream], StreamHandler]
+
+
+class Multiplexer:
+    """One tunnel's streams; see the module docstring for the protocol between roles and streams."""
+
+    def __init__(
+        self,
+        *,
+        on_stream: Accept | None = None,
+        on_control: Callable[[object], None] | None = None,
+        limits: MuxLimits | None = None,
+        implicit_open: bool = False,
+        name: str = "tunnel",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.limits = limits or MuxLimits()
+        self.name = name
+        self._on_stream = on_stream
+        self._on_control = on_control
+        self.implicit_open = implicit_open
+        self.now = clock or asyncio.get_running_loop().time
+        self._parser = Parser(max_body=self.limits.max_frame_bytes)
+        self.streams: dict[str, Stream] = {}
+        self._per_client: dict[str, int] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._urgent_q: deque[bytes] = deque()
+        self._ready: deque[Stream] = deque()
+        self._wakeup = asyncio.Event()
+        self.closed = False
+        self.close_reason: str | None = None
+        self.draining = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        # counters (read by the roles' metrics and /status)
+        self.streams_opened = 0
+        self.refused: dict[str, int] = {}
+        self.pauses_sent = 0
+        self.pauses_received = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.frames_received = 0
+
+    # -- outbound ---------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def _urgent(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._urgent_q.append(frame)
+        self._wake()
+
+    def send_control(self, value: object) -> None:
+        """Queue a control message (JSON-serialisable value), sent before any stream data."""
+        self._urgent(pack_control(value))
+
+    def send_error(self, addr: Address, message: str, code: str) -> None:
+        """An `error` frame for a client that has no stream here (e.g. refused)."""
+        self._urgent(pack_error(addr, message, code))
+
+    def can_open(self, client_address: str) -> bool:
+        lim = self.limits
+        return (
+            not self.closed
+            and len(self.streams) < lim.max_streams
+            and self._per_client.get(client_address, 0) < lim.max_streams_per_client
+        )
+
+    def open_stream(
+        self,
+        addr: Address,
+        handler: StreamHandler,
+        *,
+        service: str,
+        serviceport: str | int = "",
+        name: str = "",
+    ) -> Stream:
+        """Edge side: send `connection` for a new client and return its stream."""
+        if self.closed:
+            raise ConnectionError(f"tunnel {self.name} is closed ({self.close_reason})")
+        if addr.client_id in self.streams:
+            raise ValueError(f"client {addr.client_id} already has a stream in this tunnel")
+        stream = Stream(self, addr, service, str(serviceport), name)
+        stream._handler = handler
+        self._register(stream)
+        self._urgent(pack_connection(addr, service=service, serviceport=serviceport, name=name))
+        return stream
+
+    def _register(self, stream: Stream) -> None:
+        self.streams[stream.client_id] = stream
+        self._per_client[stream.addr.address] = self._per_client.get(stream.addr.address, 0) + 1
+        self._recent.pop(stream.client_id, None)
+        self.streams_opened += 1
+
+    def _forget(self, stream: Stream) -> None:
+        if self.streams.pop(stream.client_id, None) is stream:
+            key = stream.addr.address
+            n = self._per_client.get(key, 1) - 1
+            if n > 0:
+                self._per_client[key] = n
+            else:
+                self._per_client.pop(key, None)
+            self._remember_closed(stream.client_id)
+        if not self.streams and self._idle_waiters:
+            for fut in self._idle_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._idle_waiters.clear()
+
+    def _remember_closed(self, client_id: str) -> None:
+        recent = self._recent
+        recent[client_id] = None
+        if len(recent) > self.limits.recent_closed:
+            recent.popitem(last=False)
+
+    def has_pending_output(self) -> bool:
+        return bool(self._urgent_q or self._ready)
+
+    def next_batch(self) -> list[bytes | memoryview]:
+        """Frames for the next send: urgent frames first, then stream data round robin."""
+        out: list[bytes | memoryview] = []
+        size = 0
+        budget = self.limits.batch_size
+        urgent = self._urgent_q
+        while urgent and size < budget:
+            frame = urgent.popleft()
+            out.append(frame)
+            size += len(frame)
+        ready = self._ready
+        frame_size = self.limits.frame_size
+        while ready and size < budget:
+            stream = ready.popleft()
+            if stream.closed:
+                stream._queued = False
+                continue
+            size += stream._take(min(frame_size, budget - size), out)
+            if not stream.closed and (stream._out_size or (stream._want_eof and not stream._eof_sent)):
+                ready.append(stream)
+            else:
+                stream._queued = False
+        return out
+
+    async def run_writer(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send batches until the tunnel closes; `send` raising ends the writer (and so the tunnel)."""
+        wakeup = self._wakeup
+        while not self.closed:
+            if not self.has_pending_output():
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            batch = self.next_batch()
+            if not batch:
+                continue
+            data = b"".join(batch)
+            self.bytes_sent += len(data)
+            await send(data)
+
+    # -- inbound ----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Process bytes from the peer. Raises TunnelProtocolError on malformed input."""
+        if self.closed:
+            return
+        self.bytes_received += len(data)
+        try:
+            events = self._parser.feed(data)
+        except RemoteProtocolError as exc:
+            for event in getattr(exc, "events", None) or ():
+                self._dispatch(event)
+            raise TunnelProtocolError(f"malformed M-PROXY data from the peer at {exc}") from None
+        for event in events:
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        self.frames_received += 1
+        cls = type(event)
+        if cls is Control:
+            assert isinstance(event, Control)
+            if self._on_control is not None:
+                self._on_control(event.value)
+            return
+        client_id = event.client_id
+        stream = self.streams.get(client_id)
+        if cls is Message:
+            if stream is None:
+                if client_id in self._recent:
+                    return  # late data for a stream we closed: drop it, the peer has our end/error
+                if not self.implicit_open:
+                    self.send_error(event.addr, "no matching connection", E_NO_CONN)
+                    self._remember_closed(client_id)
+                    return
+                stream = self._accept(event, event.service, event.serviceport, event.name)
+                if stream is None:
+                    return
+            n = len(event.data)
+            stream.bytes_in += n
+            stream.last_active = self.now()
+            try:
+                stream._handler.data_received(event.data)
+            except Exception as exc:
+                log.exception("stream handler failed in data_received (%s)", client_id)
+                stream.abort(f"internal error: {type(exc).__name__}", "E_INTERNAL")
+            return
+        if cls is Connection:
+            assert isinstance(event, Connection)
+            if stream is not None:
+                return  # duplicate connection frame: the stream exists already
+            self._accept(event, event.service, event.serviceport, event.name)
+            return
+        if stream is None:
+            if cls in (Pause, Resume) and client_id not in self._recent:
+                self.send_error(event.addr, "no matching connection", E_NO_CONN)
+            return
+        if cls is End:
+            if stream.eof_received:
+                return
+            stream.eof_received = True
+            stream.last_active = self.now()
+            try:
+                stream._handler.eof_received()
+            except Exception:
+                log.exception("stream handler failed in eof_received (%s)", client_id)
+            if stream._eof_sent and not stream.closed:
+                stream._close(None)
+        elif cls is Error:
+            assert isinstance(event, Error)
+            try:
+                stream._handler.error_received(event.message, event.code)
+            except Exception:
+                log.exception("stream handler failed in error_received (%s)", client_id)
+            stream._close(f"peer error {event.code}: {event.message}")
+        elif cls is Pause:
+            self.pauses_received += 1
+            stream._remote_paused = True
+            stream._update_producer()
+        elif cls is Resume:
+            stream._remote_paused = False
+            stream._update_producer()
+
+    def _refuse(self, event: Event, message: str, code: str) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1
+        self.send_error(event.addr, message, code)
+        self._remember_closed(event.client_id)
+
+    def _accept(self, event: Event, service: str, serviceport: str, name: str) -> Stream | None:
+        if self.draining:
+            self._refuse(event, "this tunnel is shutting down, retry on another", E_SHUTTING_DOWN)
+            return None
+        if self._on_stream is None:
+            self._refuse(event, "this peer does not accept streams", "E_NO_SERVICE")
+            return None
+        lim = self.limits
+        if len(self.streams) >= lim.max_streams:
+            self._refuse(event, f"too many streams in this tunnel (limit {lim.max_streams})", E_LIMIT)
+            return None
+        if self._per_client.get(event.address, 0) >= lim.max_streams_per_client:
+            self._refuse(event, f"too many streams from this client address (limit "
+                                f"{lim.max_streams_per_client})", E_LIMIT)
+            return None
+        stream = Stream(self, event.addr, service, serviceport, name)
+        self._register(stream)
+        try:
+            stream._handler = self._on_stream(stream)
+        except Exception as exc:
+            log.exception("accepting stream %s failed", stream.client_id)
+            stream.abort(f"internal error: {type(exc).__name__}", "E_INTERNAL")
+            return None
+        return stream
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def sweep_idle(self) -> int:
+        """Close streams idle longer than the idle timeout (error E_IDLE both ways); returns how many."""
+        deadline = self.now() - self.limits.idle_timeout
+        idle = [s for s in self.streams.values() if s.last_active < deadline]
+        for stream in idle:
+            stream.abort(f"idle for more than {self.limits.idle_timeout:g} s", E_IDLE)
+        return len(idle)
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until no stream is open; True if that happened within `timeout`."""
+        if not self.streams:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self, reason: str) -> None:
+        """The tunnel is gone: close every stream (handlers see `stream_closed(reason)`)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for stream in list(self.streams.values()):
+            stream._close(f"tunnel closed: {reason}")
+        self._urgent_q.clear()
+        self._ready.clear()
+        self._wakeup.set()
+        for fut in self._idle_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._idle_waiters.clear()
