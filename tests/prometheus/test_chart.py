@@ -1,0 +1,92 @@
+"""The chart ships the dashboards as ConfigMaps for Grafana's sidecar and the rules as PrometheusRules.
+
+With helm (built by tests/k8s/controlplane/build.sh into the cache, or on PATH) the chart is rendered for
+real; without it the templates are checked as text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.prometheus.harness import CHART, alert_files, dashboard_files
+
+pytestmark = pytest.mark.prometheus
+
+TEMPLATES = CHART / "templates"
+RUNBOOKS_URL = "https://runbooks.example.test/mproxy/runbooks.md"
+
+
+def _helm() -> str | None:
+    cache = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
+    built = cache / "k8s" / "bin" / "helm"
+    if built.is_file() and os.access(built, os.X_OK):
+        return str(built)
+    return shutil.which("helm")
+
+
+HELM = _helm() if (CHART / "Chart.yaml").is_file() else None
+
+
+def _render(*sets: str) -> list[dict[str, Any]]:
+    assert HELM is not None
+    argv = [HELM, "template", "obs", str(CHART), "--namespace", "obs"]
+    for s in sets:
+        argv += ["--set-string" if "labels." in s else "--set", s]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.skipif(HELM is None, reason="no helm or no Chart.yaml: checked as text instead")
+def test_helm_renders_dashboards_and_rules() -> None:
+    docs = _render(
+        "grafana.dashboards.enabled=true", "prometheusRule.enabled=true",
+        f"prometheusRule.runbookUrl={RUNBOOKS_URL}", "prometheusRule.labels.release=kps",
+    )
+    maps = [d for d in docs if d["kind"] == "ConfigMap"
+            and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    shipped = {}
+    for cm in maps:
+        assert cm["metadata"]["namespace"] == "obs"
+        shipped.update(cm["data"])
+    assert shipped == {p.name: p.read_text().rstrip("\n") for p in dashboard_files()}
+    for text in shipped.values():
+        json.loads(text)
+
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rules and all(r["metadata"]["labels"]["release"] == "kps" for r in rules)
+    got = [g for r in rules for g in r["spec"]["groups"]]
+    want = [g for p in alert_files() for g in yaml.safe_load(p.read_text())["groups"]]
+    for group in want:
+        for rule in group["rules"]:
+            anchor = rule["annotations"]["runbook_url"].partition("#")[2]
+            rule["annotations"]["runbook_url"] = f"{RUNBOOKS_URL}#{anchor}"
+    assert got == want  # the $labels templates came through unrendered
+
+
+@pytest.mark.skipif(HELM is None, reason="no helm or no Chart.yaml: checked as text instead")
+def test_helm_renders_nothing_when_disabled() -> None:
+    docs = _render("grafana.dashboards.enabled=false", "prometheusRule.enabled=false")
+    assert not [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert not [d for d in docs if d.get("metadata", {}).get("labels", {}).get("grafana_dashboard")]
+
+
+def test_templates_as_text() -> None:
+    dashboards = (TEMPLATES / "grafana-dashboards.yaml").read_text()
+    assert "((.Values.grafana).dashboards).enabled" in dashboards
+    assert '.Files.Glob "dashboards/*.json"' in dashboards
+    assert 'grafana_dashboard: "1"' in dashboards
+    rules = (TEMPLATES / "prometheusrule.yaml").read_text()
+    assert "(.Values.prometheusRule).enabled" in rules
+    assert '.Files.Glob "alerts/*.yaml"' in rules
+    assert "kind: PrometheusRule" in rules
+    assert dashboard_files() and alert_files()
+    for path in alert_files():  # each file becomes a PrometheusRule spec as it is
+        assert set(yaml.safe_load(path.read_text())) == {"groups"}, path.name
