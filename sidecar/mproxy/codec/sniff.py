@@ -114,7 +114,9 @@ def _client_hello_sni(body: bytes) -> str | None:
 
 _TCHAR = rb"!#$%&'*+.^_`|~0-9A-Za-z-"
 _REQUEST_LINE = re.compile(rb"[" + _TCHAR + rb"]{1,32} [^\s]+ HTTP/\d\.\d\r?\n")
-_PARTIAL_LINE = re.compile(rb"[" + _TCHAR + rb"]{1,32}(?: [^\s]*(?: [^\s]*)?)?")
+_PARTIAL_LINE = re.compile(  # a prefix of a request line: method, target, "HTTP/d.d"
+    rb"[" + _TCHAR + rb"]{1,32}(?: [^\s]*(?: (?:H(?:T(?:T(?:P(?:/(?:\d(?:\.\d?)?)?)?)?)?)?)?)?)?"
+)
 _HOST = re.compile(rb"host[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 

@@ -1,0 +1,93 @@
+"""Packer: reference shapes, legacy padding, and refusal (naming the field) of what the wire cannot carry."""
+
+from __future__ import annotations
+
+import pytest
+
+from mproxy.codec import (
+    MAX_HEADER,
+    VERSION_BYTE,
+    Address,
+    LocalProtocolError,
+    pack,
+    pack_connection,
+    pack_control,
+    pack_data_header,
+    pack_end,
+    pack_error,
+    pack_header,
+    pack_pause,
+    pack_resume,
+    parse_all,
+)
+
+A = Address("IPv4", "127.0.1.1", "4321")
+
+
+def h(text: str) -> bytes:
+    return bytes([0xFE, len(text)]) + text.encode()
+
+
+def test_header_shapes() -> None:
+    head = pack_header(A, "https", 5, serviceport=443, name="x.io")
+    assert head == h("IPv4,127.0.1.1,4321,5,https,443,x.io")
+    assert pack_header(None, "control", 9) == b"\xfe\x0c,,,9,control"
+    assert pack_header(A, "control", 9) == b"\xfe\x0c,,,9,control"  # addr ignored, as the reference does
+    conn = pack_connection(A, service="https", serviceport="443", name="x.io")
+    assert conn == h("IPv4,127.0.1.1,4321,0,connection,443,x.io,https")
+    assert pack_data_header(A, 10, service="tcp", serviceport=5050) == h("IPv4,127.0.1.1,4321,10,tcp,5050,")
+    assert pack_end(A) == h("IPv4,127.0.1.1,4321,0,end,,")
+    assert VERSION_BYTE == 0xFE and MAX_HEADER == 255
+
+
+def test_legacy_pad_and_header_only() -> None:
+    assert pack(A, b"", "end") == h("IPv4,127.0.1.1,4321,1,end,,") + b" "
+    assert pack(A, b"", "end", legacy_pad=False) == pack_end(A)
+    assert pack(A, b"abc", "tcp") == pack_header(A, "tcp", 3) + b"abc"
+
+
+def test_json_bodies() -> None:
+    err = pack_error(A, "no matching connection", "E_NO_CONN")
+    assert err.endswith(b'{"message":"no matching connection","code":"E_NO_CONN"}')
+    assert pack_pause(A) == pack_header(A, "pause", 0)
+    assert pack_pause(A, 1048577) == pack_header(A, "pause", 7) + b"1048577"
+    assert pack_resume(A, 5) == pack_header(A, "resume", 1) + b"5"
+    assert pack_control([-1, None]).hex() == "fe0c2c2c2c392c636f6e74726f6c5b2d312c6e756c6c5d"
+    [e] = parse_all(err)
+    assert (e.message, e.code) == ("no matching connection", "E_NO_CONN")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"addr": Address("IPv4", "1,2", "3")}, "address"),
+        ({"addr": Address("IP,v4", "1", "3")}, "family"),
+        ({"addr": Address("IPv4", "1", "3,")}, "port"),
+        ({"service": "ht,tp"}, "service"),
+        ({"serviceport": "4,43"}, "serviceport"),
+        ({"name": "a,b.example"}, "name"),
+        ({"service": "connection", "servicename": "h,ttps"}, "servicename"),
+        ({"name": "exämple.com"}, "name"),
+    ],
+)
+def test_refuses_commas_and_non_ascii_naming_the_field(kwargs: dict, field: str) -> None:
+    args = {"addr": A, "service": "https", "serviceport": "443", "name": "x.io", **kwargs}
+    with pytest.raises(LocalProtocolError, match=rf"^field {field}="):
+        pack_header(args.pop("addr"), args.pop("service"), 1, **args)
+
+
+def test_refuses_header_over_255_bytes() -> None:
+    base = len(pack_header(A, "https", 1, serviceport=443, name="")) - 2
+    ok = pack_header(A, "https", 1, serviceport=443, name="n" * (MAX_HEADER - base))
+    assert ok[1] == MAX_HEADER and len(ok) == MAX_HEADER + 2
+    with pytest.raises(LocalProtocolError, match="over the 255-byte limit"):
+        pack_header(A, "https", 1, serviceport=443, name="n" * (MAX_HEADER - base + 1))
+
+
+def test_refuses_negative_length_and_missing_address() -> None:
+    with pytest.raises(LocalProtocolError, match="negative"):
+        pack_header(A, "tcp", -1)
+    with pytest.raises(LocalProtocolError, match="needs the client address"):
+        pack_header(None, "tcp", 1)
+    with pytest.raises(LocalProtocolError, match="cannot be sent as JSON"):
+        pack_control([object()])

@@ -1,0 +1,83 @@
+"""SNI and Host sniffing: the name, "not this protocol" (None) and "need more bytes" kept apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
+
+HELLO = (Path(__file__).parent / "vectors" / "sni.hello.bin").read_bytes()
+
+
+def test_sni_of_the_reference_hello_and_every_prefix() -> None:
+    assert sniff_sni(HELLO) == "pokemap.hellabit.com"
+    assert sniff_sni(HELLO + b"trailing application data") == "pokemap.hellabit.com"
+    for i in range(len(HELLO)):
+        assert sniff_sni(HELLO[:i]) is NEED_MORE, i
+
+
+def _client_hello(exts: bytes) -> bytes:
+    body = b"\x03\x03" + b"r" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += len(exts).to_bytes(2, "big") + exts
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return hs
+
+
+def _sni_ext(name: bytes) -> bytes:
+    entry = b"\x00" + len(name).to_bytes(2, "big") + name
+    lst = len(entry).to_bytes(2, "big") + entry
+    return b"\x00\x00" + len(lst).to_bytes(2, "big") + lst
+
+
+def _records(hs: bytes, size: int) -> bytes:
+    out = b""
+    for i in range(0, len(hs), size):
+        frag = hs[i:i + size]
+        out += b"\x16\x03\x01" + len(frag).to_bytes(2, "big") + frag
+    return out
+
+
+def test_sni_uppercase_fragmented_and_absent() -> None:
+    hs = _client_hello(b"\x00\x17\x00\x00" + _sni_ext(b"WWW.Example.COM"))
+    assert sniff_sni(_records(hs, 20)) == "www.example.com"  # reassembled across records
+    assert sniff_sni(_records(hs, 20)[:50]) is NEED_MORE
+    assert sniff_sni(_records(_client_hello(b""), 1000)) is None  # no extension: route by port
+    assert sniff_sni(_records(_client_hello(_sni_ext(b"a,b")), 1000)) is None  # unusable in a header
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"GET / HTTP/1.1\r\n", b"SSH-2.0-OpenSSH\r\n", b"\x16\x01", b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00"],
+)
+def test_not_tls(data: bytes) -> None:
+    assert sniff_sni(data) is None
+
+
+def test_sniff_bound() -> None:
+    big = b"\x16\x03\x01\x48\x00" + b"\x01\x00\x48\x00"  # claims an 18 KiB hello split over records
+    assert sniff_sni(big) is NEED_MORE
+    record = b"\x16\x03\x01\x40\x00" + b"\x01\xff\xff\xff" + b"\x00" * (0x4000 - 4)
+    endless = record * 3
+    assert len(endless) > MAX_SNIFF_BYTES
+    assert sniff_sni(endless) is None
+    assert sniff_http_host(b"GET /" + b"a" * MAX_SNIFF_BYTES) is None
+
+
+def test_http_host() -> None:
+    assert sniff_http_host(b"GET / HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\n") == "example.com"
+    assert sniff_http_host(b"POST /x HTTP/1.0\nhost:a.b\n\n") == "a.b"
+    assert sniff_http_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n") == "::1"
+    assert sniff_http_host(b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n") is None
+    assert sniff_http_host(b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n") is None
+
+
+def test_http_need_more_and_not_http() -> None:
+    head = b"GET /index.html HTTP/1.1\r\nAccept: */*\r\nHost: example.com\r\n\r\n"
+    for i in range(head.index(b"Host") + len(b"Host: example.com\r\n")):
+        assert sniff_http_host(head[:i]) is NEED_MORE, head[:i]
+    assert sniff_http_host(b"\x16\x03\x01") is None
+    assert sniff_http_host(b"SSH-2.0-x\r\n") is None
+    assert sniff_http_host(b"GET / FTP/1.0\r\n") is None
+    assert sniff_http_host(b"G E T") is None
