@@ -84,6 +84,9 @@ class EdgeControl:
         self.hello_acked = False
         self.grant = Grant()
 
+    def has_grant(self) -> bool:
+        return not self.grant.empty
+
     @staticmethod
     def hello() -> list[Any]:
         return hello_message()

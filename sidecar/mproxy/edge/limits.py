@@ -31,7 +31,7 @@ class ClientLimiter:
 
     def admit(self, address: str) -> str | None:
         """Count a new connection from `address`; returns None if admitted, else the reject reason
-        ("client_connections", "client_rate" or "too_many_clients"). Call `release` when it closes."""
+        ("too_many_connections", "rate_limited" or "too_many_clients"). Call `release` when it closes."""
         now = self._clock()
         entry = self._table.get(address)
         if entry is None:
@@ -43,9 +43,9 @@ class ClientLimiter:
         entry.tokens = min(self.burst, entry.tokens + (now - entry.stamp) * self.rate)
         entry.stamp = now
         if entry.open >= self.max_open:
-            return "client_connections"
+            return "too_many_connections"
         if entry.tokens < 1.0:
-            return "client_rate"
+            return "rate_limited"
         entry.tokens -= 1.0
         entry.open += 1
         return None

@@ -16,7 +16,7 @@ class Clock:
 def test_concurrency_cap_and_release() -> None:
     lim = ClientLimiter(max_open=2, rate=1000, burst=1000)
     assert lim.admit("a") is None and lim.admit("a") is None
-    assert lim.admit("a") == "client_connections"
+    assert lim.admit("a") == "too_many_connections"
     assert lim.admit("b") is None  # other addresses are unaffected
     lim.release("a")
     assert lim.admit("a") is None
@@ -25,10 +25,10 @@ def test_concurrency_cap_and_release() -> None:
 def test_rate_refills_over_time() -> None:
     clock = Clock()
     lim = ClientLimiter(max_open=100, rate=2, burst=3, clock=clock)
-    assert [lim.admit("a") for _ in range(4)] == [None, None, None, "client_rate"]
+    assert [lim.admit("a") for _ in range(4)] == [None, None, None, "rate_limited"]
     clock.now += 0.5  # one token back at 2/s
     assert lim.admit("a") is None
-    assert lim.admit("a") == "client_rate"
+    assert lim.admit("a") == "rate_limited"
 
 
 def test_table_is_bounded() -> None:

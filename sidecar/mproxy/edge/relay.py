@@ -1,0 +1,369 @@
+"""The edge relay: tunnels in over WebSocket, public clients out to them.
+
+    relay = EdgeRelay(config, secret)
+    await relay.start()          # listeners, tunnel endpoint, /healthz /readyz /metrics /status
+    ...
+    await relay.drain()          # SIGTERM: stop accepting, let streams finish (drainSeconds), close
+
+Each tunnel is a `TunnelSession`: the tunnel core's Multiplexer run over the aiohttp WebSocket by
+`run_tunnel` (heartbeats, dead-peer timeout), plus the telebit control channel (`EdgeControl`) that turns
+tokens into a grant. The routing table only ever holds what a tunnel's tokens grant; a session leaves it
+the moment its tunnel ends, and the multiplexer then closes every client socket it carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import ssl
+import time
+from typing import Any
+
+from aiohttp import web
+
+from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
+from mproxy.config.edge import EdgeConfig
+from mproxy.edge.bridge import ClientBridge
+from mproxy.edge.control import EdgeControl, tokens_from_request
+from mproxy.edge.limits import ClientLimiter
+from mproxy.edge.listener import ClientRequest, PublicListener, Refused
+from mproxy.edge.table import RoutingTable
+from mproxy.metrics.edge import EdgeMetrics
+from mproxy.tunnel.mux import Multiplexer, MuxLimits
+from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
+
+log = logging.getLogger("mproxy.edge")
+
+_ids = itertools.count(1)
+
+
+class TunnelSession:
+    """One connected tunnel (a sidecar or device WebSocket)."""
+
+    def __init__(self, relay: EdgeRelay, remote: str) -> None:
+        self.relay = relay
+        self.id = next(_ids)
+        self.remote = remote
+        self.control = EdgeControl(relay.secret)
+        self.mux: Multiplexer | None = None
+        self.draining = False
+        self.connected_at = time.time()
+        self.stop = asyncio.Event()
+
+    @property
+    def active_streams(self) -> int:
+        return len(self.mux.streams) if self.mux is not None else 0
+
+    @property
+    def accepting(self) -> bool:
+        mux = self.mux
+        return (mux is not None and not mux.closed and not self.draining
+                and len(mux.streams) < mux.limits.max_streams)
+
+    def on_control(self, value: object) -> None:
+        result = self.control.handle(value)
+        assert self.mux is not None
+        for message in result.replies:
+            self.mux.send_control(message)
+        for reason in result.rejected:
+            self.relay.metrics.tunnel_rejects.labels(reason).inc()
+            log.warning("tunnel %d (%s): token refused: %s", self.id, self.remote, reason)
+        if result.grant_changed:
+            self.relay.regrant(self)
+
+    def status(self) -> dict[str, Any]:
+        grant = self.control.grant
+        mux = self.mux
+        return {
+            "id": self.id,
+            "remote": self.remote,
+            "domains": sorted(grant.domains),
+            "ports": sorted(grant.ports),
+            "streams": self.active_streams,
+            "draining": self.draining,
+            "connectedSeconds": round(time.time() - self.connected_at, 1),
+            "bytesSent": mux.bytes_sent if mux else 0,
+            "bytesReceived": mux.bytes_received if mux else 0,
+        }
+
+
+class EdgeRelay:
+    def __init__(self, config: EdgeConfig, secret: bytes, *, metrics: EdgeMetrics | None = None) -> None:
+        self.config = config
+        self.secret = secret
+        self.metrics = metrics or EdgeMetrics()
+        self.table: RoutingTable[TunnelSession] = RoutingTable()
+        self.sessions: set[TunnelSession] = set()
+        lim = config.limits
+        self.limiter = ClientLimiter(max_open=lim.connections_per_client, rate=lim.connection_rate,
+                                     burst=lim.connection_burst)
+        networks = config.trusted_networks
+        self.listeners = [
+            PublicListener(item, route=self.route, limiter=self.limiter, trusted=networks,
+                           sniff_timeout=lim.sniff_timeout_seconds, on_reject=self._on_reject)
+            for item in config.listeners
+        ]
+        self.draining = False
+        self.started = False
+        self.tunnel_port = 0
+        self.http_port = 0
+        self._runners: list[web.AppRunner] = []
+        self._tunnel_tasks: set[asyncio.Task[Any]] = set()
+        self._client_tasks: set[asyncio.Task[Any]] = set()
+        self.mux_limits = MuxLimits(
+            max_streams=lim.streams_per_tunnel,
+            max_streams_per_client=lim.connections_per_client,
+            idle_timeout=lim.idle_timeout_seconds,
+            max_frame_bytes=lim.max_frame_bytes,
+        )
+        self._check_frame = min(self.mux_limits.frame_size, lim.max_frame_bytes)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for listener in self.listeners:
+            await listener.start()
+        self.tunnel_port = await self._serve(self.tunnel_app(), self.config.tunnel.host_port,
+                                             self._tunnel_ssl(), "tunnel.listen")
+        self.http_port = await self._serve(self.http_app(), self.config.http.host_port, None, "http.listen")
+        self.started = True
+        log.info("edge ready: tunnel endpoint on port %d, listeners %s", self.tunnel_port,
+                 ", ".join(f"{item.config.kind}:{item.port}" for item in self.listeners))
+
+    def _tunnel_ssl(self) -> ssl.SSLContext | None:
+        tunnel = self.config.tunnel
+        if tunnel.cert_file is None or tunnel.key_file is None:
+            return None
+        from mproxy.tls import server_context
+
+        return server_context(tunnel.cert_file, tunnel.key_file)
+
+    async def _serve(self, app: web.Application, host_port: tuple[str, int], ctx: ssl.SSLContext | None,
+                     field: str) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host_port[0], host_port[1], ssl_context=ctx)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host_port[0]}:{host_port[1]} ({field}): "
+                          f"{exc.strerror}") from None
+        server = site._server
+        assert server is not None and isinstance(server, asyncio.Server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Graceful stop: refuse new clients and tunnels, let open streams finish (up to `grace`
+        seconds, default drainSeconds), then close everything."""
+        timeout = self.config.drain_seconds if grace is None else grace
+        self.draining = True
+        self.metrics.draining.set(1)
+        for listener in self.listeners:
+            await listener.stop_accepting()
+        deadline = asyncio.get_running_loop().time() + timeout
+        for session in list(self.sessions):
+            session.draining = True
+            if session.mux is not None:
+                left = max(0.0, deadline - asyncio.get_running_loop().time())
+                await session.mux.wait_idle(left)
+        await self.close()
+
+    async def close(self) -> None:
+        self.draining = True
+        for session in list(self.sessions):
+            session.stop.set()
+        if self._tunnel_tasks:
+            await asyncio.wait(self._tunnel_tasks, timeout=3.0)
+        for listener in self.listeners:
+            await listener.close()
+        for runner in self._runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self._runners.clear()
+
+    # -- clients ------------------------------------------------------------------------------------
+
+    def _on_reject(self, kind: str, reason: str) -> None:
+        service = {"tls": "https", "http": "http"}.get(kind, "tcp")
+        self.metrics.client_rejected(service, reason)
+
+    async def route(self, req: ClientRequest) -> None:
+        """Called by a listener with an identified client: pick a tunnel, open a stream, relay."""
+        if self.draining:
+            raise Refused("draining", "the edge is shutting down; retry shortly")
+        if req.name:
+            key, _ = self.table.match_name(req.name)
+            session = self.table.pick_name(req.name)
+            label = key or ""
+        else:
+            session = self.table.pick_port(req.serviceport)
+            label = ""
+        if session is None:
+            what = req.name or f"port {req.serviceport}"
+            raise Refused("no_tunnel", f"no tunnel is connected for {what}")
+        mux = session.mux
+        assert mux is not None
+        try:
+            # Refuse here, before anything is sent: a header over 255 bytes would corrupt the tunnel.
+            pack_connection(req.addr, service=req.service, serviceport=req.serviceport, name=req.name)
+            pack_data_header(req.addr, self._check_frame, service=req.service, serviceport=req.serviceport,
+                             name=req.name)
+        except LocalProtocolError:
+            raise Refused("name_too_long", f"the name {req.name[:40]}... is too long for an M-PROXY "
+                          "header (255 bytes with the client address)") from None
+        if not mux.can_open(req.addr.address):
+            raise Refused("tunnel_full", "the tunnel for this name is at its stream limit; retry later")
+        bridge = ClientBridge(req.reader, req.writer, high_water=self.config.limits.stream_buffer_bytes)
+        stream = mux.open_stream(req.addr, bridge, service=req.service, serviceport=req.serviceport,
+                                 name=req.name)
+        bridge.stream = stream
+        self.metrics.clients_active.labels(req.service).inc()
+        started = time.monotonic()
+        try:
+            await bridge.pump(req.initial)
+        finally:
+            if not stream.closed:
+                stream.abort("the edge dropped the client", "E_CLIENT")
+            self.metrics.clients_active.labels(req.service).dec()
+            reason = bridge.close_reason
+            if reason is None:
+                result = "ok"
+            elif reason.startswith("tunnel closed"):
+                result = "tunnel_closed"
+            else:
+                result = "error"
+            self.metrics.client_done(req.service, label, result, stream.bytes_out, stream.bytes_in,
+                                     time.monotonic() - started)
+
+    # -- tunnels ------------------------------------------------------------------------------------
+
+    def regrant(self, session: TunnelSession) -> None:
+        if session.mux is None or session.mux.closed:
+            return
+        self.table.set_grant(session, session.control.grant)
+        self.metrics.set_tunnel_names(self.table.names())
+
+    def _forget(self, session: TunnelSession) -> None:
+        self.table.remove(session)
+        self.sessions.discard(session)
+        self.metrics.set_tunnel_names(self.table.names())
+        self.metrics.tunnels_connected.set(len(self.sessions))
+
+    def tunnel_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(self.config.tunnel.path, self.handle_tunnel)
+        return app
+
+    async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
+        if self.draining:
+            return web.json_response({"error": "the edge is shutting down; reconnect to another"}, status=503)
+        remote = request.remote or "?"
+        session = TunnelSession(self, remote)
+        tokens = tokens_from_request(request.query_string, request.headers.get("Authorization"))
+        refused = []
+        for token in tokens:
+            reason = session.control.add_token(token)
+            if reason is not None:
+                refused.append(reason)
+                self.metrics.tunnel_rejects.labels(reason).inc()
+        if tokens and session.control.grant.empty:
+            log.warning("tunnel from %s refused: %s", remote, ", ".join(refused))
+            return web.json_response(
+                {"error": f"token refused: {', '.join(refused)}", "code": "E_AUTH"}, status=401
+            )
+        lim = self.config.limits
+        ws = web.WebSocketResponse(autoping=False, compress=False,
+                                   max_msg_size=max(4 << 20, 2 * lim.max_frame_bytes + 65536))
+        await ws.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tunnel_tasks.add(task)
+        mux = Multiplexer(on_control=session.on_control, limits=self.mux_limits, name=f"tunnel {session.id}")
+        session.mux = mux
+        self.sessions.add(session)
+        self.metrics.tunnel_connects.inc()
+        self.metrics.tunnels_connected.set(len(self.sessions))
+        mux.send_control(EdgeControl.hello())
+        self.regrant(session)
+        hb = self.config.heartbeat
+        guard = asyncio.ensure_future(self._guard(session, ws))
+        try:
+            result = await run_tunnel(ws, mux, heartbeat=Heartbeat(hb.interval_seconds, hb.timeout_seconds),
+                                      stop=session.stop)
+        finally:
+            guard.cancel()
+            self._forget(session)
+            self._tunnel_tasks.discard(task)
+        if result.reason == "protocol_error":
+            self.metrics.tunnel_rejects.labels("protocol_error").inc()
+        log.info("tunnel %d from %s closed: %s", session.id, remote, result)
+        return ws
+
+    async def _guard(self, session: TunnelSession, ws: web.WebSocketResponse) -> None:
+        """Close a tunnel that presents no valid token in time, and drop tokens as they expire."""
+        hb = self.config.heartbeat
+        await asyncio.sleep(hb.auth_timeout_seconds)
+        if session.control.grant.empty:
+            self.metrics.tunnel_rejects.labels("no_token").inc()
+            log.warning("tunnel %d from %s sent no valid token within %g s; closing", session.id,
+                        session.remote, hb.auth_timeout_seconds)
+            await self._close_policy(session, ws, "no valid token; send add_token or ?access_token=")
+            return
+        while True:
+            await asyncio.sleep(1.0)
+            if session.control.expire():
+                self.regrant(session)
+                if not session.control.has_grant():
+                    self.metrics.tunnel_rejects.labels("expired").inc()
+                    await self._close_policy(session, ws, "every token of this tunnel has expired")
+                    return
+
+    async def _close_policy(self, session: TunnelSession, ws: web.WebSocketResponse, message: str) -> None:
+        self.table.remove(session)
+        if session.mux is not None:
+            session.mux.close(message)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(code=CLOSE_POLICY, message=message.encode()[:120]), 2.0)
+
+    # -- observability ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "edge",
+            "draining": self.draining,
+            "listeners": [{"kind": item.config.kind, "port": item.port, "publicPort": item.public_port}
+                          for item in self.listeners],
+            "tunnelPort": self.tunnel_port,
+            "names": self.table.names(),
+            "ports": {str(k): v for k, v in self.table.ports().items()},
+            "tunnels": [s.status() for s in sorted(self.sessions, key=lambda s: s.id)],
+        }
+
+    def http_app(self) -> web.Application:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if self.started and not self.draining:
+                return web.Response(text="ready\n")
+            return web.Response(text="draining\n" if self.draining else "starting\n", status=503)
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def status(_: web.Request) -> web.Response:
+            return web.json_response(self.status())
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/status", status)
+        return app

@@ -1,0 +1,91 @@
+"""Edge relay metrics (`mproxy_edge_*`), on a per-instance CollectorRegistry.
+
+Cardinality is bounded by construction: the `name` label is never the raw SNI or Host a client sent
+(anyone can send a million random names); it is the *granted* domain the client was routed to, which
+only a token signed with the edge's secret can create, or "" when the client was not routed. Series for a
+name are deleted when the last tunnel granting it leaves. Reasons and services are fixed sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SERVICES = ("https", "http", "tcp")
+CLIENT_RESULTS = ("ok", "rejected", "tunnel_closed", "error")
+MAX_NAMES = 10_000  # a backstop in case someone mints tokens for very many domains
+
+
+class EdgeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.tunnels = Gauge("mproxy_edge_tunnels", "Tunnels currently connected and serving a granted name.",
+                             ["name"], registry=r)
+        self.tunnels_connected = Gauge("mproxy_edge_tunnels_connected",
+                                       "WebSocket tunnels currently connected (authenticated or not).",
+                                       registry=r)
+        self.tunnel_connects = Counter("mproxy_edge_tunnel_connects_total",
+                                       "Tunnel WebSocket connections accepted.", registry=r)
+        self.tunnel_rejects = Counter("mproxy_edge_tunnel_rejects_total",
+                                      "Tunnels or tokens refused, by reason (bad_signature, expired, "
+                                      "no_token, protocol_error, ...).", ["reason"], registry=r)
+        self.clients = Counter("mproxy_edge_client_connections_total",
+                               "Client connections by service, granted name and result.",
+                               ["service", "name", "result"], registry=r)
+        self.clients_active = Gauge("mproxy_edge_client_connections_active",
+                                    "Client connections currently open, by service.", ["service"], registry=r)
+        self.bytes = Counter("mproxy_edge_bytes_total",
+                             "Client payload bytes relayed; direction in = client to tunnel.",
+                             ["service", "name", "direction"], registry=r)
+        self.rejects = Counter("mproxy_edge_rejects_total",
+                               "Client connections refused, by reason (no_tunnel, rate_limited, ...).",
+                               ["reason"], registry=r)
+        self.duration = Histogram("mproxy_edge_client_connection_duration_seconds",
+                                  "How long client connections stayed open.", ["service"],
+                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
+        self.draining = Gauge("mproxy_edge_draining", "1 while the edge drains before shutting down.",
+                              registry=r)
+        for service in SERVICES:
+            self.clients_active.labels(service)
+            self.duration.labels(service)
+        for reason in ("no_tunnel", "rate_limited", "too_many_connections", "sniff_timeout", "no_name",
+                       "name_too_long", "tunnel_full", "draining"):
+            self.rejects.labels(reason)
+        self._names: set[str] = set()
+
+    def _name(self, name: str) -> str:
+        return name if name in self._names or len(self._names) < MAX_NAMES else "(other)"
+
+    def set_tunnel_names(self, counts: dict[str, int]) -> None:
+        """Publish tunnels per granted name; names no tunnel serves any more lose their series."""
+        for gone in self._names - counts.keys():
+            self.tunnels.remove(gone)
+            for service in SERVICES:
+                for result in CLIENT_RESULTS:
+                    _remove(self.clients, service, gone, result)
+                for direction in ("in", "out"):
+                    _remove(self.bytes, service, gone, direction)
+        self._names = set(list(counts)[:MAX_NAMES])
+        for name in self._names:
+            self.tunnels.labels(name).set(counts[name])
+
+    def client_done(self, service: str, name: str, result: str, bytes_in: int, bytes_out: int,
+                    seconds: float) -> None:
+        name = self._name(name) if name else ""
+        self.clients.labels(service, name, result).inc()
+        if bytes_in:
+            self.bytes.labels(service, name, "in").inc(bytes_in)
+        if bytes_out:
+            self.bytes.labels(service, name, "out").inc(bytes_out)
+        self.duration.labels(service).observe(seconds)
+
+    def client_rejected(self, service: str, reason: str) -> None:
+        self.rejects.labels(reason).inc()
+        self.clients.labels(service, "", "rejected").inc()
+
+
+def _remove(metric: Counter, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

@@ -1,0 +1,95 @@
+"""Through the edge on real sockets: TLS by SNI (never terminated), HTTP by Host, raw TCP by port."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+
+from .harness import (
+    TCP_PUBLIC_PORT,
+    Device,
+    http_get,
+    metrics_text,
+    ports,
+    start_backends,
+    start_edge,
+    status,
+    tcp_roundtrip,
+    tls_request,
+    token,
+    tunnel_url,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+async def closed_at_once(port: int, payload: bytes) -> bool:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    try:
+        return await asyncio.wait_for(reader.read(), 3) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("token_in", ["handshake", "query", "header"])
+async def test_tls_http_tcp_through_the_edge(tmp_path, token_in) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["app.test", "www.app.test"])
+    dev = Device(tunnel_url(relay), token(["app.test"], [TCP_PUBLIC_PORT]), token_in=token_in,
+                 names={"app.test": back.https_port, "www.app.test": back.https_port,
+                        "web.app.test": back.http_port},
+                 tcp={TCP_PUBLIC_PORT: back.echo_port})
+    try:
+        await dev.start()
+        p = ports(relay)
+        # TLS passthrough: the backend's certificate (issued by our CA) verifies end to end
+        assert await tls_request(p["tls"], "app.test", back.ca) == b"A:ping"
+        assert await tls_request(p["tls"], "www.app.test", back.ca, b"sub") == b"A:sub"
+        status_code, body, _ = await http_get(p["http"], "Web.App.test:8080", "/")
+        assert (status_code, body) == (200, "hello A host=Web.App.test:8080 path=/")
+        status_code, body, _ = await http_get(p["http"], "web.app.test", "/")
+        assert status_code == 200 and body == "hello A host=web.app.test path=/"
+        payload = bytes(range(256)) * 1000
+        assert await tcp_roundtrip(p["tcp"], payload) == payload
+        st = await status(relay)
+        assert st["names"] == {"app.test": 1} and st["ports"] == {str(TCP_PUBLIC_PORT): 1}
+        text = await metrics_text(relay)
+        assert 'mproxy_edge_tunnels{name="app.test"} 1.0' in text
+        assert 'mproxy_edge_client_connections_total{name="app.test",result="ok",service="https"} 2.0' in text
+        assert 'mproxy_edge_bytes_total{direction="in",name="",service="tcp"} 256000.0' in text
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
+
+
+async def test_unknown_names_are_refused_in_their_protocol(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.https_port})
+    try:
+        await dev.start()
+        p = ports(relay)
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            await tls_request(p["tls"], "other.test", back.ca)
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            await tls_request(p["tls"], "notapp.test", back.ca)
+        code, body, headers = await http_get(p["http"], "other.test")
+        assert code == 502 and "no tunnel" in body and headers["X-Mproxy-Reason"] == "no_tunnel"
+        # a tcp port nobody was granted: closed at once
+        assert await closed_at_once(p["tcp"], b"hello")
+        # plain text on the TLS port
+        assert await closed_at_once(p["tls"], b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        text = await metrics_text(relay)
+        assert 'mproxy_edge_rejects_total{reason="no_tunnel"} 4.0' in text
+        assert 'mproxy_edge_rejects_total{reason="not_tls"} 1.0' in text
+        assert "other.test" not in text  # client-chosen names never become label values
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
