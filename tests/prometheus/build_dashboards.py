@@ -359,35 +359,62 @@ def edge() -> dict[str, Any]:
 def operator() -> dict[str, Any]:
     o = "mproxy_operator_"
     rows = [
+        Row("Tunnels", [
+            Panel("Tunnels ready", "Tunnels whose last reconciliation left them Ready.", "none", [
+                (f"sum(max by (namespace, pod) ({o}tunnels{{ready=\"true\", {OP}}}))", "ready"),
+            ], kind="stat", width=8),
+            Panel("Tunnels not ready", "Tunnels whose last reconciliation left them not Ready; their "
+                  "status conditions say why (kubectl get tunnels -A).", "none", [
+                      (f"sum(max by (namespace, pod) ({o}tunnels{{ready=\"false\", {OP}}}))", "not ready"),
+                  ], kind="stat", width=8),
+            Panel("Workload rollouts (1h)", "Workloads the operator restarted in the last hour because "
+                  "their sidecar changed or went away.", "none", [
+                      (f"sum(increase({o}workload_rollouts_total{{{OP}}}[1h]))", "rollouts"),
+                  ], kind="stat", width=8, decimals=0),
+        ]),
         Row("Reconciliation", [
-            Panel("Reconciles", "Rate of Tunnel reconciliations, by result.", "ops", [
-                (f"sum by (result) (rate({o}reconciles_total{{{OP}}}[{RI}]))", "{{result}}"),
-            ], stack=True),
-            Panel("Reconcile errors", "Rate of failed reconciliations. MproxyOperatorReconcileErrors fires "
-                  "when they persist for 15 minutes.", "ops", [
-                      (f"sum by (namespace, pod) (rate({o}reconcile_errors_total{{{OP}}}[{RI}]))",
-                       "{{namespace}}/{{pod}}"),
-                  ]),
+            Panel("Reconciles", "Rate of Tunnel reconciliations, by trigger (change, timer, service, "
+                  "gateway) and result.", "ops", [
+                      (f"sum by (trigger, result) (rate({o}reconciles_total{{{OP}}}[{RI}]))",
+                       "{{trigger}} {{result}}"),
+                  ], stack=True),
+            Panel("Reconcile errors", "Rate of failed reconciliations (API errors, retried), by trigger. "
+                  "MproxyOperatorReconcileErrors fires when they persist for 15 minutes.", "ops", [
+                      (f"sum by (trigger) (rate({o}reconcile_errors_total{{{OP}}}[{RI}]))", "{{trigger}}"),
+                  ], stack=True),
+            Panel("Reconcile duration", "Time to reconcile one Tunnel, p50 and p99.", "s", [
+                (f"histogram_quantile(0.5, sum by (le) "
+                 f"(rate({o}reconcile_duration_seconds_bucket{{{OP}}}[{RI}])))", "p50"),
+                (f"histogram_quantile(0.99, sum by (le) "
+                 f"(rate({o}reconcile_duration_seconds_bucket{{{OP}}}[{RI}])))", "p99"),
+            ], width=24),
         ]),
         Row("Admission webhook", [
-            Panel("Webhook latency", "Latency of the sidecar-injection webhook, p50 and p99. Pod creation "
-                  "waits on it; MproxyWebhookLatencyHigh fires when p99 stays above 1s.", "s", [
+            Panel("Webhook latency", "Latency of the sidecar-injection webhook, request to response, p50 "
+                  "and p99. Pod creation waits on it; MproxyWebhookLatencyHigh fires when p99 stays above "
+                  "1s.", "s", [
                       (f"histogram_quantile(0.5, sum by (le) "
                        f"(rate({o}webhook_duration_seconds_bucket{{{OP}}}[{RI}])))", "p50"),
                       (f"histogram_quantile(0.99, sum by (le) "
                        f"(rate({o}webhook_duration_seconds_bucket{{{OP}}}[{RI}])))", "p99"),
                   ]),
-            Panel("Webhook requests", "Rate of admission requests answered, per result.", "ops", [
+            Panel("Webhook requests", "Rate of admission reviews answered, by result.", "ops", [
                 (f"sum by (result) (rate({o}webhook_duration_seconds_count{{{OP}}}[{RI}]))", "{{result}}"),
             ], stack=True),
+            Panel("Injections by outcome", "Pod admissions by outcome: injected, skipped (already injected "
+                  "or no Tunnel selects the pod), refused; dry runs apart.", "ops", [
+                      (f"sum by (outcome, dry_run) (rate({o}injections_total{{{OP}}}[{RI}]))",
+                       "{{outcome}} (dry run {{dry_run}})"),
+                  ], width=24, stack=True),
         ]),
     ]
     return dashboard(
         "mproxy-operator", "mproxy / Operator",
-        "The mproxy operator: Tunnel reconciliations, their errors, and the sidecar-injection webhook.",
+        "The mproxy operator: Tunnel readiness, reconciliations and their errors, the sidecar-injection "
+        "webhook's latency and outcomes.",
         rows, [
-            _variable("namespace", "Namespace", f"{o}reconciles_total"),
-            _variable("pod", "Pod", f"{o}reconciles_total", 'namespace=~"$namespace"'),
+            _variable("namespace", "Namespace", f"{o}tunnels"),
+            _variable("pod", "Pod", f"{o}tunnels", 'namespace=~"$namespace"'),
         ],
     )
 
