@@ -21,7 +21,8 @@ class EdgeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.tunnels = Gauge("mproxy_edge_tunnels", "Tunnels currently connected and serving a granted name.",
+        self.tunnels = Gauge("mproxy_edge_name_tunnels",
+                             "Tunnels currently connected per granted name (0: its clients are turned away).",
                              ["name"], registry=r)
         self.tunnels_connected = Gauge("mproxy_edge_tunnels_connected",
                                        "WebSocket tunnels currently connected (authenticated or not).",
@@ -56,20 +57,34 @@ class EdgeMetrics:
         self._names: set[str] = set()
 
     def _name(self, name: str) -> str:
-        return name if name in self._names or len(self._names) < MAX_NAMES else "(other)"
+        return name if name in self._names else "(other)"
 
     def set_tunnel_names(self, counts: dict[str, int]) -> None:
-        """Publish tunnels per granted name; names no tunnel serves any more lose their series."""
-        for gone in self._names - counts.keys():
-            self.tunnels.remove(gone)
-            for service in SERVICES:
-                for result in CLIENT_RESULTS:
-                    _remove(self.clients, service, gone, result)
-                for direction in ("in", "out"):
-                    _remove(self.bytes, service, gone, direction)
-        self._names = set(list(counts)[:MAX_NAMES])
-        for name in self._names:
-            self.tunnels.labels(name).set(counts[name])
+        """Publish tunnels per granted name. A name whose last tunnel left stays at 0 (that is the
+        signal an operator wants), until MAX_NAMES forces the oldest idle names out."""
+        for name in list(self._names):
+            if name not in counts:
+                self.tunnels.labels(name).set(0)
+        for name, n in counts.items():
+            if name not in self._names:
+                if len(self._names) >= MAX_NAMES and not self._evict(counts):
+                    continue
+                self._names.add(name)
+            self.tunnels.labels(name).set(n)
+
+    def _evict(self, counts: dict[str, int]) -> bool:
+        """Forget one name that no tunnel serves, with all its series; False if none can go."""
+        for gone in self._names:
+            if gone not in counts:
+                self._names.discard(gone)
+                _remove(self.tunnels, gone)
+                for service in SERVICES:
+                    for result in CLIENT_RESULTS:
+                        _remove(self.clients, service, gone, result)
+                    for direction in ("in", "out"):
+                        _remove(self.bytes, service, gone, direction)
+                return True
+        return False
 
     def client_done(self, service: str, name: str, result: str, bytes_in: int, bytes_out: int,
                     seconds: float) -> None:
@@ -86,6 +101,6 @@ class EdgeMetrics:
         self.clients.labels(service, "", "rejected").inc()
 
 
-def _remove(metric: Counter, *labels: str) -> None:
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)

@@ -59,7 +59,7 @@ async def test_tls_http_tcp_through_the_edge(tmp_path, token_in) -> None:  # typ
         st = await status(relay)
         assert st["names"] == {"app.test": 1} and st["ports"] == {str(TCP_PUBLIC_PORT): 1}
         text = await metrics_text(relay)
-        assert 'mproxy_edge_tunnels{name="app.test"} 1.0' in text
+        assert 'mproxy_edge_name_tunnels{name="app.test"} 1.0' in text
         assert 'mproxy_edge_client_connections_total{name="app.test",result="ok",service="https"} 2.0' in text
         assert 'mproxy_edge_bytes_total{direction="in",name="",service="tcp"} 256000.0' in text
     finally:
