@@ -29,9 +29,14 @@ _CACHE_LIMIT = 512
 _Header = tuple[Callable[[bytes], Event], int]
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _control_value(body: bytes) -> object:
+    """JSON.parse(body.toString()) as node does it: UTF-8 with replacement, no NaN/Infinity."""
     try:
-        return json.loads(body)
+        return json.loads(body.decode("utf-8", "replace"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return None
 
