@@ -1,4 +1,8 @@
-"""`mproxy edge`: placeholder until its issue lands; it says so instead of pretending to work."""
+"""`mproxy edge --config FILE`: run the edge relay that sidecars dial (see docs/edge.md).
+
+SIGTERM or SIGINT drains: listeners stop accepting, /readyz turns 503, open client streams get up to
+`drainSeconds` to finish, then tunnels are closed with 1001 (going away) and the process exits 0.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,81 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("edge", help="(not implemented yet)")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "edge", help="run the edge relay (public listeners + tunnel endpoint)",
+        description="Run the M-PROXY edge relay: public TLS/HTTP/TCP listeners and the WebSocket endpoint "
+                    "that sidecars dial.",
+    )
+    parser.add_argument("--config", required=True, help="edge config file (YAML, see docs/edge.md)")
+    parser.add_argument("--check", action="store_true", help="validate the config and the secret, then exit")
     parser.set_defaults(run=_run)
 
 
+def setup_logging(fmt: str, level: str) -> None:
+    import json
+    import logging
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            out = {"time": self.formatTime(record), "level": record.levelname.lower(),
+                   "logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                out["error"] = self.formatException(record.exc_info)
+            return json.dumps(out)
+
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel("WARNING")
+
+
 def _run(args: argparse.Namespace) -> int:
-    print("mproxy edge: not implemented yet", file=sys.stderr)
-    return 2
+    import asyncio
+
+    from mproxy.config.edge import load_edge_config
+    from mproxy.config.errors import ConfigError
+    from mproxy.config.loader import load_file
+    from mproxy.edge.auth import read_secret
+
+    try:
+        config = load_file(args.config, load_edge_config)
+        secret = read_secret(config.secret_file)
+    except (ConfigError, ValueError) as exc:
+        print(f"mproxy edge: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"mproxy edge: {args.config} is valid ({len(config.listeners)} listeners)")
+        return 0
+    setup_logging(config.logging.format, config.logging.level)
+    try:
+        return asyncio.run(serve(config, secret))
+    except OSError as exc:
+        print(f"mproxy edge: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+async def serve(config: Any, secret: bytes) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from mproxy.edge.relay import EdgeRelay
+
+    relay = EdgeRelay(config, secret)
+    await relay.start()
+    ports = ", ".join(f"{item.config.kind}={item.port}" for item in relay.listeners)
+    # One line on stdout that scripts (and the tests) can wait for.
+    print(f"mproxy edge ready: tunnel={relay.tunnel_port} http={relay.http_port} {ports}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("mproxy.edge").info("draining for up to %g s", config.drain_seconds)
+    await relay.drain()
+    return 0

@@ -1,0 +1,77 @@
+"""`mproxy edge` as a real process: config errors are one clear line; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .harness import SECRET, Device, start_backends, tls_request, token
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bad_config_is_one_clear_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text("auth: {secretFile: /nonexistent/secret}\nlisteners: [{kind: tls, listen: 'x'}]\n")
+    out = subprocess.run([sys.executable, "-m", "mproxy", "edge", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "listeners[0].listen" in out.stderr and "Traceback" not in out.stderr
+    cfg.write_text("auth: {secretFile: /nonexistent/secret}\n")
+    out = subprocess.run([sys.executable, "-m", "mproxy", "edge", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cannot read the token secret file" in out.stderr
+
+
+async def test_edge_process_serves_and_drains_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(f"""
+auth: {{secretFile: {secret}}}
+listeners: [{{kind: tls, listen: "127.0.0.1:0"}}]
+tunnel: {{listen: "127.0.0.1:0"}}
+http: {{listen: "127.0.0.1:0"}}
+logging: {{format: json, level: info}}
+drainSeconds: 5
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mproxy", "edge", "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    back = await start_backends(tmp_path, ["cli.test"])
+    dev = None
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert line.startswith("mproxy edge ready"), line
+        fields = dict(part.split("=") for part in line.split()[3:])
+        tok = token(["cli.test"])
+        dev = Device(f"ws://127.0.0.1:{fields['tunnel']}/", tok, names={"cli.test": back.https_port})
+        await dev.start()
+        assert await tls_request(int(fields["tls"]), "cli.test", back.ca) == b"A:ping"
+        # a client in the middle of a conversation when SIGTERM arrives still finishes it
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", int(fields["tls"]), ssl=back.ca.client_context(), server_hostname="cli.test")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        writer.write(b"during drain")
+        assert await asyncio.wait_for(reader.read(100), 5) == b"A:during drain"
+        writer.close()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert time.monotonic() - started < 10
+        assert proc.stderr is not None
+        logs = (await proc.stderr.read()).decode()
+        assert tok not in logs and "draining" in logs
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if dev is not None:
+            await dev.close()
+        await back.close()
