@@ -1,0 +1,62 @@
+"""Gateway mode: the sidecar as a Deployment of its own, owned by the Tunnel (pure builder)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mproxy_operator import names
+from mproxy_operator.model import TunnelSpec
+from mproxy_operator.podspec import SidecarDefaults, sidecar_container, sidecar_volumes
+from mproxy_operator.render import owner_reference
+
+
+def gateway_labels(tunnel_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mproxy",
+        "app.kubernetes.io/component": "gateway",
+        "app.kubernetes.io/instance": tunnel_name,
+        names.GATEWAY_LABEL: tunnel_name,
+    }
+
+
+def gateway_deployment(
+    tunnel: Mapping[str, Any], spec: TunnelSpec, defaults: SidecarDefaults
+) -> dict[str, Any]:
+    meta = tunnel["metadata"]
+    name = meta["name"]
+    selector = gateway_labels(name)
+    container = sidecar_container(spec, defaults, native=False)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": names.gateway_name(name),
+            "namespace": meta["namespace"],
+            "labels": {**selector, "app.kubernetes.io/managed-by": names.MANAGED_BY},
+            "ownerReferences": [owner_reference(tunnel)],
+        },
+        "spec": {
+            "replicas": spec.gateway_replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                # No config hash here: the sidecar reloads routes from the ConfigMap without a restart.
+                "metadata": {"labels": {**selector, names.TUNNEL_LABEL: name}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": int(spec.drain_seconds) + 10,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": sidecar_volumes(name, spec),
+                },
+            },
+        },
+    }

@@ -1,0 +1,108 @@
+"""Render the sidecar config (the contract in mproxy.config.sidecar) and the ConfigMap that carries it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
+from mproxy_operator import names
+from mproxy_operator.model import TunnelSpec
+from mproxy_operator.resolve import Resolved
+
+
+def sidecar_config_dict(spec: TunnelSpec, resolved: list[Resolved]) -> dict[str, Any]:
+    """The camelCase mapping, before validation. Unresolved routes are left out."""
+    edge: dict[str, Any] = {
+        "urls": list(spec.edge.urls),
+        "connectionsPerUrl": spec.edge.connections_per_url,
+        "tokenFile": f"{names.TOKEN_DIR}/{names.TOKEN_FILE}",
+        "tokenIn": spec.edge.token_in,
+    }
+    if spec.edge.ca is not None:
+        edge["caFile"] = f"{names.CA_DIR}/{names.CA_FILE}"
+    routes = []
+    for r in resolved:
+        match: dict[str, Any] = {}
+        if r.route.services:
+            match["services"] = list(r.route.services)
+        if r.route.ports:
+            match["ports"] = list(r.route.ports)
+        if r.route.hostnames:
+            match["hostnames"] = list(r.route.hostnames)
+        routes.append(
+            {
+                "name": r.route.name,
+                "match": match,
+                "backend": {
+                    "host": r.host,
+                    "port": r.port,
+                    "connectTimeoutSeconds": r.route.connect_timeout_seconds,
+                    "proxyProtocol": r.route.proxy_protocol,
+                },
+            }
+        )
+    resolved_names = {r.route.name for r in resolved}
+    default_route = spec.default_route if spec.default_route in resolved_names else None
+    return {
+        "edge": edge,
+        "routes": routes,
+        "defaultRoute": default_route,
+        "limits": dict(spec.limits),
+        "metrics": {"labels": spec.metrics_labels, "maxClients": spec.metrics_max_clients},
+        "http": {"listen": f"0.0.0.0:{spec.metrics_port}"},
+        "logging": {"format": "json", "level": spec.log_level},
+        "drainSeconds": spec.drain_seconds,
+    }
+
+
+def render_config(spec: TunnelSpec, resolved: list[Resolved]) -> SidecarConfig:
+    """Validated with the sidecar's own schema, so the operator never ships a config the sidecar refuses.
+    Raises mproxy.config.ConfigError."""
+    return load_sidecar_config(sidecar_config_dict(spec, resolved))
+
+
+def config_text(config: SidecarConfig) -> str:
+    return config.to_yaml()
+
+
+def digest(data: object) -> str:
+    """A short stable hash of JSON-able data (config, sidecar container)."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_map(tunnel: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """The ConfigMap owned by the Tunnel (garbage-collected with it)."""
+    meta = tunnel["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.config_map_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {
+                "app.kubernetes.io/name": "mproxy",
+                "app.kubernetes.io/component": "sidecar-config",
+                "app.kubernetes.io/managed-by": names.MANAGED_BY,
+                names.TUNNEL_LABEL: meta["name"],
+            },
+            "annotations": {"mproxy.dev/config-hash": digest(text)},
+            "ownerReferences": [owner_reference(tunnel)],
+        },
+        "data": {names.CONFIG_KEY: text},
+    }
+
+
+def owner_reference(tunnel: Mapping[str, Any]) -> dict[str, Any]:
+    meta = tunnel["metadata"]
+    return {
+        "apiVersion": f"{names.GROUP}/{names.VERSION}",
+        "kind": names.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

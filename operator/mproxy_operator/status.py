@@ -1,0 +1,169 @@
+"""The Tunnel's status: counts and conditions (pure). lastTransitionTime moves only when a status flips."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mproxy_operator.model import TunnelSpec
+from mproxy_operator.resolve import Resolved, Unresolved
+
+
+@dataclass(frozen=True, slots=True)
+class PodCounts:
+    selected: int = 0  # pods the selector picks (and that opted in to injection)
+    injected: int = 0  # of those, pods carrying this Tunnel's sidecar
+    ready: int = 0  # injected pods whose Ready condition is True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCounts:
+    exists: bool = False
+    replicas: int = 0
+    ready: int = 0
+    available: bool = False
+
+
+def pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def condition(
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:1024],
+        "observedGeneration": generation,
+        "lastTransitionTime": since or now,
+    }
+
+
+def _routes_condition(
+    resolved: Sequence[Resolved], unresolved: Sequence[Unresolved]
+) -> tuple[bool, str, str]:
+    if unresolved:
+        reasons = sorted({u.reason for u in unresolved})
+        reason = reasons[0] if len(reasons) == 1 else "RoutesUnresolved"
+        return False, reason, "; ".join(u.message for u in unresolved)
+    return True, "AllRoutesResolved", f"{len(resolved)} route(s) resolved to Services"
+
+
+def build_status(
+    *,
+    generation: int,
+    spec: TunnelSpec,
+    resolved: Sequence[Resolved],
+    unresolved: Sequence[Unresolved],
+    pods: PodCounts,
+    gateway: GatewayCounts,
+    config_map: str,
+    config_hash: str,
+    sidecar_hash: str,
+    previous: Iterable[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    prev = list(previous)
+    conditions = []
+    routes_ok, reason, message = _routes_condition(resolved, unresolved)
+    conditions.append(condition("RoutesResolved", routes_ok, reason, message, generation, prev, now))
+    if spec.mode == "Gateway":
+        if not gateway.exists:
+            wl_ok, wl_reason, wl_msg = False, "DeploymentMissing", "the gateway Deployment is not created yet"
+        elif spec.gateway_replicas == 0:
+            wl_ok, wl_reason, wl_msg = False, "ScaledToZero", "spec.gateway.replicas is 0"
+        elif gateway.available:
+            wl_ok, wl_reason, wl_msg = (
+                True,
+                "MinimumReplicasAvailable",
+                f"{gateway.ready} of {spec.gateway_replicas} gateway replicas ready",
+            )
+        else:
+            wl_ok, wl_reason, wl_msg = (
+                False,
+                "ReplicasNotReady",
+                f"{gateway.ready} of {spec.gateway_replicas} gateway replicas ready",
+            )
+        conditions.append(condition("GatewayAvailable", wl_ok, wl_reason, wl_msg, generation, prev, now))
+    else:
+        if pods.selected == 0:
+            wl_ok, wl_reason, wl_msg = (
+                False,
+                "NoPods",
+                "no running pod matches spec.selector and carries the label mproxy.dev/inject=enabled",
+            )
+        elif pods.injected < pods.selected:
+            wl_ok, wl_reason = False, "PodsWithoutSidecar"
+            wl_msg = (
+                f"{pods.selected - pods.injected} of {pods.selected} selected pods have no sidecar (created "
+                "before the Tunnel or while the webhook was down); roll their workloads"
+            )
+        else:
+            wl_ok, wl_reason = True, "AllPodsInjected"
+            wl_msg = f"{pods.injected} pod(s) carry the sidecar, {pods.ready} ready"
+        conditions.append(condition("SidecarsInjected", wl_ok, wl_reason, wl_msg, generation, prev, now))
+    workload = conditions[-1]
+    ready = routes_ok and workload["status"] == "True"
+    if ready:
+        r_reason, r_msg = "Ready", "the tunnel config is rendered and the sidecars are in place"
+    elif not routes_ok:
+        r_reason, r_msg = "RoutesUnresolved", message
+    else:
+        r_reason, r_msg = str(workload["reason"]), str(workload["message"])
+    conditions.insert(0, condition("Ready", ready, r_reason, r_msg, generation, prev, now))
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "configMap": config_map,
+        "configHash": config_hash,
+        "sidecarHash": sidecar_hash,
+        "routes": [
+            *({"name": r.route.name, "backend": f"{r.host}:{r.port}", "resolved": True} for r in resolved),
+            *(
+                {
+                    "name": u.route.name,
+                    "backend": f"{u.route.service}:{u.route.port}",
+                    "resolved": False,
+                    "message": u.message,
+                }
+                for u in unresolved
+            ),
+        ],
+        "conditions": conditions,
+    }
+    if spec.mode == "Gateway":
+        status.update(
+            gatewayReplicas=gateway.replicas,
+            gatewayReadyReplicas=gateway.ready,
+            selectedPods=0,
+            injectedPods=0,
+            readyPods=0,
+        )
+    else:
+        status.update(selectedPods=pods.selected, injectedPods=pods.injected, readyPods=pods.ready)
+    return status
+
+
+def failed_status(
+    generation: int, reason: str, message: str, previous: Iterable[Mapping[str, Any]], now: str
+) -> dict[str, Any]:
+    """When the spec itself is unusable: Ready=False with the reason, nothing else changes."""
+    prev = list(previous)
+    return {
+        "observedGeneration": generation,
+        "conditions": [condition("Ready", False, reason, message, generation, prev, now)],
+    }

@@ -1,0 +1,79 @@
+"""The webhook certificate: a CA and a leaf that a real TLS handshake accepts for the given names."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from mproxy_operator.certs import CertBundle, covers, expires_within, make_bundle
+
+
+def test_bundle_serves_tls_that_verifies_against_its_ca(tmp_path: Path) -> None:
+    bundle = make_bundle(["mproxy-webhook.mproxy-system.svc", "127.0.0.1"])
+    bundle.write(tmp_path)
+    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"ok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.recv(2) == b"ok"
+    thread.join(5)
+    listener.close()
+
+
+def test_wrong_name_fails_verification(tmp_path: Path) -> None:
+    bundle = make_bundle(["only.example.test"])
+    bundle.write(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        client_ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    thread.join(5)
+    listener.close()
+
+
+def test_covers_expiry_and_read_back(tmp_path: Path) -> None:
+    bundle = make_bundle(["a.example.test", "10.0.0.1"], days=10)
+    assert covers(bundle.cert_pem, ["a.example.test", "10.0.0.1"])
+    assert not covers(bundle.cert_pem, ["b.example.test"])
+    assert expires_within(bundle.cert_pem, 30) and not expires_within(bundle.cert_pem, 5)
+    assert CertBundle.read(bundle.write(tmp_path)) == bundle
+
+
+def test_no_names_is_an_error() -> None:
+    with pytest.raises(ValueError, match="at least one host name"):
+        make_bundle([])
