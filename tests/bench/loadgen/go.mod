@@ -1,0 +1,3 @@
+module mproxy.invalid/bench/loadgen
+
+go 1.22

@@ -1,0 +1,306 @@
+"""The measured systems. Each carries client streams from an entry port on 127.0.0.1 to the backend.
+
+A system is two roles: the *edge* (the public side, where clients connect) and the *device* (the side
+beside the backend that dials the edge). Direct loopback has neither: clients reach the backend itself.
+Every peer runs with its documented defaults, bound to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbench.procs import BenchError, Proc, free_port, wait_port
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    repo: Path
+    cache: Path
+    work: Path  # per-run scratch dir for configs and logs
+    loadgen: Path
+
+    @property
+    def peers_bin(self) -> Path:
+        return self.cache / "peers" / "bin"
+
+    @property
+    def python(self) -> Path:
+        return self.repo / ".venv" / "bin" / "python"
+
+
+def echo_once(port: int, timeout: float = 1.0) -> bool:
+    """One end-to-end echo through the entry port: True when the backend answered."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"Ep")
+            return s.recv(1) == b"p"
+    except OSError:
+        return False
+
+
+class System:
+    name = "?"
+    label = "?"
+    describe = ""
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        self.ctx = ctx
+        self.backend_port = backend_port
+        self.entry = 0
+        self.edge: Proc | None = None
+        self.device: Proc | None = None
+        self.logdir = ctx.work / self.name
+
+    # Roles; direct loopback has none.
+    def start_edge(self) -> Proc | None:
+        return None
+
+    def start_device(self) -> Proc | None:
+        return None
+
+    def edge_ready(self) -> None:
+        """Wait until the edge listens for devices."""
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.edge = self.start_edge()
+        if self.edge is not None:
+            self.edge_ready()
+        self.device = self.start_device()
+        self.wait_flowing(timeout)
+
+    def wait_flowing(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in (self.edge, self.device):
+                if proc is not None and not proc.alive():
+                    raise BenchError(f"{proc.name} exited with {proc.popen.returncode}: {proc.tail()}")
+            if echo_once(self.entry):
+                return
+            time.sleep(0.05)
+        tails = "; ".join(f"{p.name}: {p.tail(400)}" for p in (self.edge, self.device) if p is not None)
+        raise BenchError(f"no traffic through {self.label} after {timeout:.0f}s ({tails})")
+
+    def restart_edge(self) -> tuple[float, float]:
+        """Stop the edge, start a new one; return (time it was gone, time the new one was spawned)."""
+        if self.edge is None:
+            raise BenchError(f"{self.label} has no edge to restart")
+        self.edge.stop()
+        stopped = time.time()
+        self.edge = self.start_edge()
+        return stopped, self.edge.started if self.edge else time.time()
+
+    def stop(self) -> None:
+        for proc in (self.device, self.edge):
+            if proc is not None:
+                proc.stop()
+
+
+class Direct(System):
+    name, label = "direct", "direct loopback"
+    describe = "client connects straight to the backend (the ceiling)"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.entry = self.backend_port
+        self.wait_flowing(timeout)
+
+
+class Chisel(System):
+    name, label = "chisel", "chisel"
+    describe = "chisel server --reverse / chisel client R:... (SSH over WebSocket)"
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.control = free_port()
+        self.entry = free_port()
+
+    def start_edge(self) -> Proc:
+        exe = self.ctx.peers_bin / "chisel"
+        argv = [str(exe), "server", "--host", "127.0.0.1", "--port", str(self.control), "--reverse"]
+        return Proc("chisel-server", argv, self.logdir)
+
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
+    def start_device(self) -> Proc:
+        exe = self.ctx.peers_bin / "chisel"
+        remote = f"R:127.0.0.1:{self.entry}:127.0.0.1:{self.backend_port}"
+        argv = [str(exe), "client", f"http://127.0.0.1:{self.control}", remote]
+        return Proc("chisel-client", argv, self.logdir)
+
+
+class Frp(System):
+    name, label = "frp", "frp"
+    describe = "frps / frpc, one tcp proxy (yamux over one TCP connection, the default)"
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.control = free_port()
+        self.entry = free_port()
+
+    def start_edge(self) -> Proc:
+        conf = self.logdir / "frps.toml"
+        conf.write_text(
+            f'bindAddr = "127.0.0.1"\nbindPort = {self.control}\nproxyBindAddr = "127.0.0.1"\n'
+            'log.level = "warn"\n'
+        )
+        return Proc("frps", [str(self.ctx.peers_bin / "frps"), "-c", str(conf)], self.logdir)
+
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
+    def start_device(self) -> Proc:
+        conf = self.logdir / "frpc.toml"
+        conf.write_text(
+            f'serverAddr = "127.0.0.1"\nserverPort = {self.control}\nloginFailExit = false\n'
+            'log.level = "warn"\n\n'
+            f'[[proxies]]\nname = "bench"\ntype = "tcp"\nlocalIP = "127.0.0.1"\n'
+            f"localPort = {self.backend_port}\nremotePort = {self.entry}\n"
+        )
+        return Proc("frpc", [str(self.ctx.peers_bin / "frpc"), "-c", str(conf)], self.logdir)
+
+
+class Rathole(System):
+    name, label = "rathole", "rathole"
+    describe = "rathole server / client, tcp transport (one data connection per stream)"
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.control = free_port()
+        self.entry = free_port()
+        self.token = secrets.token_hex(16)
+
+    def start_edge(self) -> Proc:
+        conf = self.logdir / "server.toml"
+        conf.write_text(
+            f'[server]\nbind_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
+            f'[server.services.bench]\nbind_addr = "127.0.0.1:{self.entry}"\n'
+        )
+        return Proc("rathole-server", [str(self.ctx.peers_bin / "rathole"), "--server", str(conf)],
+                    self.logdir, env={"RUST_LOG": "warn"})
+
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
+    def start_device(self) -> Proc:
+        conf = self.logdir / "client.toml"
+        conf.write_text(
+            f'[client]\nremote_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
+            f'[client.services.bench]\nlocal_addr = "127.0.0.1:{self.backend_port}"\n'
+        )
+        return Proc("rathole-client", [str(self.ctx.peers_bin / "rathole"), "--client", str(conf)],
+                    self.logdir, env={"RUST_LOG": "warn"})
+
+
+class Bore(System):
+    name, label = "bore", "bore"
+    describe = "bore server / bore local (control port 7835 is fixed; one TCP connection per stream)"
+    CONTROL = 7835
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.entry = free_port()
+
+    def start_edge(self) -> Proc:
+        argv = [str(self.ctx.peers_bin / "bore"), "server", "--bind-addr", "127.0.0.1",
+                "--min-port", str(self.entry), "--max-port", str(self.entry)]
+        return Proc("bore-server", argv, self.logdir, env={"RUST_LOG": "warn"})
+
+    def edge_ready(self) -> None:
+        wait_port(self.CONTROL, proc=self.edge)
+
+    def start_device(self) -> Proc:
+        argv = [str(self.ctx.peers_bin / "bore"), "local", str(self.backend_port), "--local-host",
+                "127.0.0.1", "--to", "127.0.0.1", "--port", str(self.entry)]
+        return Proc("bore-local", argv, self.logdir, env={"RUST_LOG": "warn"})
+
+
+def _secret_and_token(ctx: Context, logdir: Path, port: int) -> tuple[Path, str]:
+    """A fresh shared secret and a token granting `port`, minted by `mproxy token`."""
+    secret = logdir / "secret"
+    secret.write_text(secrets.token_hex(32) + "\n")
+    secret.chmod(0o600)
+    out = subprocess.run(
+        [str(ctx.python), "-m", "mproxy", "token", "--secret-file", str(secret), "--port", str(port)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    if out.returncode != 0:
+        raise BenchError(f"mproxy token failed: {out.stderr.strip()[-300:]}")
+    return secret, out.stdout.strip()
+
+
+class Reference(System):
+    name, label = "reference", "reference (node proxy-packer)"
+    describe = "tests/interop/node relay.js + device.js: telebit-style relay and device on proxy-packer 2.0.4"
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.control = free_port()
+        self.entry = free_port()
+        self.node_dir = ctx.repo / "tests" / "interop" / "node"
+        for script in ("relay.js", "device.js"):
+            if not (self.node_dir / script).is_file():
+                raise BenchError(f"tests/interop/node/{script} is missing (written with the data plane)")
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.secret, self.token = _secret_and_token(ctx, self.logdir, self.entry)
+
+    def start_edge(self) -> Proc:
+        argv = ["node", str(self.node_dir / "relay.js"), "--listen", f"127.0.0.1:{self.control}",
+                "--secret-file", str(self.secret), "--tcp-port", str(self.entry)]
+        return Proc("relay.js", argv, self.logdir)
+
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
+    def start_device(self) -> Proc:
+        argv = ["node", str(self.node_dir / "device.js"), "--url", f"ws://127.0.0.1:{self.control}/",
+                "--token", self.token, "--port", f"{self.entry}={self.backend_port}", "--quiet"]
+        return Proc("device.js", argv, self.logdir)
+
+
+class Mproxy(System):
+    name, label = "mproxy", "mproxy"
+    describe = "mproxy edge + mproxy sidecar (Python asyncio, M-PROXY over WebSocket)"
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.control = free_port()
+        self.entry = free_port()
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.secret, self.token = _secret_and_token(ctx, self.logdir, self.entry)
+
+    def start_edge(self) -> Proc:
+        argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--listen", f"127.0.0.1:{self.control}",
+                "--secret-file", str(self.secret), "--tcp-port", str(self.entry)]
+        return Proc("mproxy-edge", argv, self.logdir)
+
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
+    def start_device(self) -> Proc:
+        conf = self.logdir / "sidecar.yaml"
+        argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(conf)]
+        return Proc("mproxy-sidecar", argv, self.logdir)
+
+
+SYSTEMS: dict[str, type[System]] = {
+    cls.name: cls for cls in (Direct, Mproxy, Reference, Chisel, Frp, Rathole, Bore)
+}
+
+
+def pids(system: System) -> dict[str, int]:
+    """The processes whose memory the idle scenario measures."""
+    out = {}
+    with contextlib.suppress(AttributeError):
+        if system.edge is not None:
+            out["edge"] = system.edge.pid
+        if system.device is not None:
+            out["device"] = system.device.pid
+    return out
