@@ -53,6 +53,8 @@ def _build(path: str) -> bytes:
             raise ValueError("give either \"filepath\" or \"json\" as the body, not both")
         return pack_js(address, spec["json"], kind, body_is_json=True)
     filepath = spec.get("filepath")
+    if filepath is None and kind is not None:
+        return pack_js(address, None, kind, body_is_json=True)  # Packer.pack(address, null, kind)
     if not isinstance(filepath, str):
         raise ValueError('the input has no "filepath" (payload file, relative to the JSON file) or "json"')
     body = (src.parent / filepath).read_bytes()
