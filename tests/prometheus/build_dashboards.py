@@ -167,13 +167,24 @@ ACTIVITY = [
     {"type": "value", "options": {
         "0": {"text": "disconnected", "color": "red", "index": 0},
         "1": {"text": "idle", "color": "blue", "index": 1},
-        "2": {"text": "carrying traffic", "color": "green", "index": 2},
+        "2": {"text": "carrying streams", "color": "green", "index": 2},
     }},
 ]
 
 
+def _quantiles(metric: str, sel: str, by: str = "") -> list[tuple[str, str]]:
+    """p50 and p99 of a histogram, optionally per `by` label."""
+    group = f"{by}, le" if by else "le"
+    legend = f"{{{{{by}}}}} " if by else ""
+    return [
+        (f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{sel}}}[{RI}])))", f"{legend}p{p}")
+        for q, p in (("0.5", "50"), ("0.99", "99"))
+    ]
+
+
 def tunnels() -> dict[str, Any]:
     s = "mproxy_sidecar_"
+    per_tunnel = "namespace, pod, edge, connection"
     rows = [
         Row("Tunnel state", [
             Panel("Connected sidecars", "Sidecars with at least one connected tunnel, out of all sidecars "
@@ -181,81 +192,89 @@ def tunnels() -> dict[str, Any]:
                       (f"sum(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}))", "connected"),
                       (f"count(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}))", "sidecars"),
                   ], kind="stat", width=6),
-            Panel("Disconnected sidecars", "Sidecars with no connected tunnel right now: their workload "
-                  "gets no public traffic. MproxyTunnelDown fires after 5 minutes of this.", "none", [
+            Panel("Disconnected sidecars", "Sidecars with no connected tunnel right now: their pod gets no "
+                  "public traffic through mproxy. MproxyTunnelDown fires after 5 minutes of this.", "none", [
                       (f"count(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}) == 0) or vector(0)",
                        "disconnected"),
                   ], kind="stat", width=6),
-            Panel("Streams open now", "Client streams open through all selected tunnels now.", "none", [
-                (f"sum({s}streams_active{{{SC}}})", "streams"),
+            Panel("Streams open now", "Client streams open through the selected sidecars now.", "none", [
+                (f"sum({s}tunnel_streams{{{SC}}})", "streams"),
             ], kind="stat", width=6),
             Panel("Reconnects (1h)", "Tunnel reconnects in the last hour, all reasons.", "none", [
                 (f"sum(increase({s}tunnel_reconnects_total{{{SC}}}[1h]))", "reconnects"),
             ], kind="stat", width=6, decimals=0),
-            Panel("Connected, per tunnel", "Connection state of each sidecar's tunnel to the edge "
-                  "(1 = connected, 0 = disconnected).", "none", [
-                      (f"max by (namespace, pod, edge) ({s}tunnel_connected{{{SC}}})",
-                       "{{namespace}}/{{pod}} {{edge}}"),
+            Panel("Connected, per tunnel", "Connection state of each tunnel connection from a sidecar to an "
+                  "edge (1 = connected, 0 = disconnected).", "none", [
+                      (f"max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}})",
+                       "{{namespace}}/{{pod}} {{edge}} #{{connection}}"),
                   ], kind="state-timeline", width=12, mappings=CONNECTED),
             Panel("Disconnected vs idle", "Tells a broken tunnel from a quiet one: disconnected (no "
-                  "tunnel), idle (connected, no stream open), carrying traffic (connected, streams open).",
-                  "none", [
-                      (f"max by (namespace, pod) ({s}tunnel_connected{{{SC}}})"
-                       f" * (1 + (sum by (namespace, pod) ({s}streams_active{{{SC}}}) > bool 0))",
-                       "{{namespace}}/{{pod}}"),
+                  "connection), idle (connected, no stream open), carrying streams (connected, streams "
+                  "open). An idle tunnel is healthy.", "none", [
+                      (f"max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}})"
+                       f" * (1 + (max by ({per_tunnel}) ({s}tunnel_streams{{{SC}}}) > bool 0))",
+                       "{{namespace}}/{{pod}} {{edge}} #{{connection}}"),
                   ], kind="state-timeline", width=12, mappings=ACTIVITY),
-            Panel("Reconnects by reason", "Rate of tunnel reconnects, by the reason the previous "
-                  "connection ended. See the MproxyTunnelFlapping runbook for each reason.", "ops", [
+            Panel("Connected for", "Time since each tunnel connection last came up; a short time that keeps "
+                  "resetting means flapping.", "s", [
+                      (f"(time() - max by ({per_tunnel}) "
+                       f"({s}tunnel_last_connected_timestamp_seconds{{{SC}}}))"
+                       f" * (max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}}) > 0)",
+                       "{{namespace}}/{{pod}} {{edge}} #{{connection}}"),
+                  ]),
+            Panel("Reconnects by reason", "Rate of tunnel reconnects, by the reason the previous connection "
+                  "ended. The MproxyTunnelFlapping runbook explains each reason.", "ops", [
                       (f"sum by (reason) (rate({s}tunnel_reconnects_total{{{SC}}}[{RI}]))", "{{reason}}"),
-                  ], width=24),
+                  ], stack=True),
         ]),
-        Row("Streams", [
-            Panel("Streams active", "Client streams open now, per sidecar.", "none", [
-                (f"sum by (namespace, pod) ({s}streams_active{{{SC}}})", "{{namespace}}/{{pod}}"),
+        Row("Streams and bytes", [
+            Panel("Streams open, per sidecar", "Client streams open now, per sidecar.", "none", [
+                (f"sum by (namespace, pod) ({s}tunnel_streams{{{SC}}})", "{{namespace}}/{{pod}}"),
             ]),
-            Panel("Streams opened", "Rate of new client streams per sidecar.", "ops", [
+            Panel("Streams opened", "Rate of client streams routed to a backend, per sidecar.", "ops", [
                 (f"sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
                  "{{namespace}}/{{pod}}"),
             ]),
-            Panel("Bytes in / out", "Payload bytes per second through the tunnels: in = from clients to "
-                  "backends, out = from backends to clients.", "Bps", [
-                      (f"sum by (direction) (rate({s}bytes_total{{{SC}}}[{RI}]))", "{{direction}}"),
+            Panel("Bytes in / out", "Payload bytes per second: in = from clients to backends, out = from "
+                  "backends to clients.", "Bps", [
+                      (f"sum(rate({s}received_bytes_total{{{SC}}}[{RI}]))", "in"),
+                      (f"sum(rate({s}sent_bytes_total{{{SC}}}[{RI}]))", "out"),
                   ]),
-            Panel("Flow-control pauses", "Rate of pause frames: a stream whose reader is slower than its "
-                  "writer is paused instead of stalling the other streams of the tunnel.", "ops", [
-                      (f"sum by (namespace, pod) (rate({s}stream_pauses_total{{{SC}}}[{RI}]))",
-                       "{{namespace}}/{{pod}}"),
-                  ]),
+            Panel("Flow-control pauses", "Rate of pauses: relay = the sidecar asked the relay to pause a "
+                  "client (slow backend); backend = the relay paused the sidecar (slow client). A paused "
+                  "stream waits instead of stalling the tunnel's other streams.", "ops", [
+                      (f"sum by (direction) (rate({s}pauses_total{{{SC}}}[{RI}]))", "{{direction}}"),
+                  ], stack=True),
         ]),
         Row("Errors and latency", [
-            Panel("Stream errors by reason", "Rate of streams that ended in an error, by reason "
-                  "(backend refused, timed out, reset, no route...).", "ops", [
-                      (f"sum by (reason) (rate({s}stream_errors_total{{{SC}}}[{RI}]))", "{{reason}}"),
-                  ], stack=True),
-            Panel("Stream error ratio", "Share of opened streams that ended in an error. "
+            Panel("Stream errors by reason", "Rate of streams that ended in an error, by reason.", "ops", [
+                (f"sum by (reason) (rate({s}stream_errors_total{{{SC}}}[{RI}]))", "{{reason}}"),
+            ], stack=True),
+            Panel("Stream error ratio", "Share of opened streams that ended in an error, per sidecar. "
                   "MproxyBackendErrorsHigh fires above 5% for 10 minutes.", "percentunit", [
                       (f"sum by (namespace, pod) (rate({s}stream_errors_total{{{SC}}}[{RI}]))"
                        f" / sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
                        "{{namespace}}/{{pod}}"),
                   ]),
-            Panel("Backend connect latency", "Time for the sidecar to open the TCP connection to the "
-                  "backend Service, p50 and p99.", "s", [
-                      (f"histogram_quantile(0.5, sum by (le) "
-                       f"(rate({s}backend_connect_duration_seconds_bucket{{{SC}}}[{RI}])))", "p50"),
-                      (f"histogram_quantile(0.99, sum by (le) "
-                       f"(rate({s}backend_connect_duration_seconds_bucket{{{SC}}}[{RI}])))", "p99"),
+            Panel("Streams refused by reason", "Rate of streams refused before reaching a backend (no "
+                  "route for the name or port, a limit, draining).", "ops", [
+                      (f"sum by (reason) (rate({s}streams_refused_total{{{SC}}}[{RI}]))", "{{reason}}"),
+                  ], stack=True),
+            Panel("Backend connect latency", "Time for the sidecar to connect to the backend Service, p50 "
+                  "and p99 (successful connects).", "s",
+                  _quantiles(f"{s}backend_connect_duration_seconds", SC)),
+            Panel("Stream duration", "How long client streams last, open to close, p50 and p99.", "s",
+                  _quantiles(f"{s}stream_duration_seconds", SC)),
+            Panel("Config reloads", "Rate of config file reloads, by result (refused: the new file was "
+                  "invalid and the previous config stays).", "ops", [
+                      (f"sum by (result) (rate({s}config_reloads_total{{{SC}}}[{RI}]))", "{{result}}"),
                   ]),
-            Panel("Stream duration", "How long client streams last, from open to close, p50 and p99.", "s", [
-                (f"histogram_quantile(0.5, sum by (le) "
-                 f"(rate({s}stream_duration_seconds_bucket{{{SC}}}[{RI}])))", "p50"),
-                (f"histogram_quantile(0.99, sum by (le) "
-                 f"(rate({s}stream_duration_seconds_bucket{{{SC}}}[{RI}])))", "p99"),
-            ]),
         ]),
     ]
     return dashboard(
         "mproxy-tunnels", "mproxy / Tunnels",
-        "Sidecar tunnels: connected or not, idle or busy, reconnects, streams, bytes, errors, latency.",
+        "Sidecar tunnels: connected or not, idle or busy, reconnects, streams, bytes, pauses, errors, "
+        "backend latency.",
         rows, [
             _variable("namespace", "Namespace", f"{s}tunnel_connected"),
             _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
@@ -266,42 +285,67 @@ def tunnels() -> dict[str, Any]:
 def clients() -> dict[str, Any]:
     s = "mproxy_sidecar_"
     rows = [
-        Row("Per client (top-k, the rest counted as \"other\")", [
-            Panel("Bytes per client", "Payload bytes per second per client, the $k busiest. The sidecar "
-                  "labels its top clients by name and counts the rest as client=\"other\", so the series "
-                  "count stays bounded.", "Bps", [
-                      (f"topk($k, sum by (client) (rate({s}client_bytes_total{{{SC}}}[{RI}])))",
+        Row("Per client (top k; the rest is client=\"other\")", [
+            Panel("Bytes from clients", "Bytes per second received from each client, the $k busiest. The "
+                  "sidecar labels at most maxClients clients (Tunnel spec.metrics.maxClients) and folds "
+                  "the rest into client=\"other\", so the series count stays bounded.", "Bps", [
+                      (f"topk($k, sum by (client) (rate({s}received_bytes_total{{{SC}}}[{RI}])))",
                        "{{client}}"),
-                  ], width=12, stack=True),
-            Panel("Streams per client", "New streams per second per client, the $k busiest (\"other\" "
-                  "holds every client beyond the sidecar's maxClients).", "ops", [
-                      (f"topk($k, sum by (client) (rate({s}client_streams_total{{{SC}}}[{RI}])))",
-                       "{{client}}"),
-                  ], width=12, stack=True),
-            Panel("Share of bytes in \"other\"", "Fraction of bytes from clients not individually labelled. "
-                  "If it grows, raise the Tunnel's spec.metrics.maxClients.", "percentunit", [
-                      (f"sum(rate({s}client_bytes_total{{client=\"other\", {SC}}}[{RI}]))"
-                       f" / sum(rate({s}client_bytes_total{{{SC}}}[{RI}]))", "other"),
-                  ], width=12, max=1),
-            Panel("Top clients by bytes (1h)", "Bytes per client over the last hour, the $k biggest.",
-                  "bytes", [
-                      (f"topk($k, sum by (client) (increase({s}client_bytes_total{{{SC}}}[1h])))",
-                       "{{client}}"),
-                  ], kind="bargauge", width=12),
+                  ]),
+            Panel("Bytes to clients", "Bytes per second sent to each client, the $k busiest.", "Bps", [
+                (f"topk($k, sum by (client) (rate({s}sent_bytes_total{{{SC}}}[{RI}])))", "{{client}}"),
+            ]),
+            Panel("Streams per client", "New streams per second per client, the $k busiest.", "ops", [
+                (f"topk($k, sum by (client) (rate({s}streams_opened_total{{{SC}}}[{RI}])))", "{{client}}"),
+            ]),
+            Panel("Open streams per client", "Streams open now per client, the $k biggest.", "none", [
+                (f"topk($k, sum by (client) ({s}streams_active{{{SC}}}))", "{{client}}"),
+            ]),
+            Panel("Errors per client", "Stream errors per second per client, the $k worst.", "ops", [
+                (f"topk($k, sum by (client) (rate({s}stream_errors_total{{{SC}}}[{RI}])))", "{{client}}"),
+            ]),
+            Panel("Top clients by bytes (1h)", "Bytes exchanged with each client over the last hour (both "
+                  "directions), the $k biggest.", "bytes", [
+                      (f"topk($k, sum by (client) (increase({s}received_bytes_total{{{SC}}}[1h]))"
+                       f" + sum by (client) (increase({s}sent_bytes_total{{{SC}}}[1h])))", "{{client}}"),
+                  ], kind="bargauge"),
+        ]),
+        Row("Cardinality guard", [
+            Panel("Share of bytes in \"other\"", "Fraction of bytes from clients not labelled individually. "
+                  "If it grows, raise the Tunnel's spec.metrics.maxClients (more series) or accept it.",
+                  "percentunit", [
+                      (f"sum(rate({s}received_bytes_total{{client=\"other\", {SC}}}[{RI}]))"
+                       f" / sum(rate({s}received_bytes_total{{{SC}}}[{RI}]))", "other"),
+                  ], max=1),
+            Panel("Clients tracked", "Client label values each sidecar tracks now (at most maxClients), and "
+                  "how often it evicts one into \"other\".", "none", [
+                      (f"sum by (namespace, pod) ({s}metrics_clients{{{SC}}})",
+                       "{{namespace}}/{{pod}} tracked"),
+                      (f"sum by (namespace, pod) (rate({s}metrics_client_evictions_total{{{SC}}}[{RI}]))",
+                       "{{namespace}}/{{pod}} evictions/s"),
+                  ]),
         ]),
         Row("Per route", [
             Panel("Streams per route", "New streams per second per route of the Tunnel.", "ops", [
                 (f"sum by (route) (rate({s}streams_opened_total{{{SC}}}[{RI}]))", "{{route}}"),
             ], stack=True),
-            Panel("Bytes per route", "Payload bytes per second per route.", "Bps", [
-                (f"sum by (route) (rate({s}route_bytes_total{{{SC}}}[{RI}]))", "{{route}}"),
+            Panel("Bytes per route", "Payload bytes per second per route, in (from clients) and out (to "
+                  "clients).", "Bps", [
+                      (f"sum by (route) (rate({s}received_bytes_total{{{SC}}}[{RI}]))", "{{route}} in"),
+                      (f"sum by (route) (rate({s}sent_bytes_total{{{SC}}}[{RI}]))", "{{route}} out"),
+                  ]),
+            Panel("Errors per route", "Stream errors per second per route and reason.", "ops", [
+                (f"sum by (route, reason) (rate({s}stream_errors_total{{{SC}}}[{RI}]))",
+                 "{{route}} {{reason}}"),
             ], stack=True),
+            Panel("Backend connect latency per route", "Time to connect to each route's backend, p50 and "
+                  "p99.", "s", _quantiles(f"{s}backend_connect_duration_seconds", SC, "route")),
         ]),
     ]
     return dashboard(
         "mproxy-clients", "mproxy / Clients",
-        "Who uses the tunnels: bytes and streams per client (bounded top-k with an \"other\" bucket) "
-        "and per route.",
+        "Who uses the tunnels: bytes, streams and errors per client (bounded top-k with an \"other\" "
+        "bucket) and per route.",
         rows, [
             _variable("namespace", "Namespace", f"{s}tunnel_connected"),
             _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
@@ -314,41 +358,59 @@ def edge() -> dict[str, Any]:
     e = "mproxy_edge_"
     rows = [
         Row("Tunnels", [
-            Panel("Tunnels connected", "Sidecar tunnels connected to the selected edge pods.", "none", [
-                (f"sum({e}tunnels_connected{{{ED}}})", "tunnels"),
-            ], kind="stat", width=8),
-            Panel("Names served", "Names (domains and ports) with at least one tunnel behind them.",
+            Panel("Tunnels connected", "Sidecar tunnels (WebSockets) connected to the selected edge pods.",
                   "none", [
-                      (f"count(sum by (name) ({e}name_tunnels{{{ED}}}) > 0) or vector(0)", "names"),
-                  ], kind="stat", width=8),
-            Panel("Rejected clients (1h)", "Client connections the edge turned away in the last hour.",
-                  "none", [
-                      (f"sum(increase({e}rejects_total{{{ED}}}[1h]))", "rejected"),
-                  ], kind="stat", width=8, decimals=0),
+                      (f"sum({e}tunnels_connected{{{ED}}})", "tunnels"),
+                  ], kind="stat", width=6),
+            Panel("Names served", "Granted names with at least one tunnel behind them.", "none", [
+                (f"count(max by (name) ({e}name_tunnels{{{ED}}}) > 0) or vector(0)", "names"),
+            ], kind="stat", width=6),
+            Panel("Names without a tunnel", "Names that had tunnels and have none now: their clients are "
+                  "turned away. MproxyEdgeNoTunnelForName fires after 5 minutes.", "none", [
+                      (f"count(max by (name) ({e}name_tunnels{{{ED}}}) == 0) or vector(0)", "names"),
+                  ], kind="stat", width=6),
+            Panel("Draining", "Edge pods draining before shutdown (they accept no new clients).", "none", [
+                (f"sum({e}draining{{{ED}}})", "draining"),
+            ], kind="stat", width=6),
             Panel("Tunnels per name", "How many tunnels serve each name; the edge balances a name's clients "
-                  "over them. A name dropping to zero means its clients are rejected.", "none", [
+                  "over them. Zero means its clients are turned away.", "none", [
                       (f"sum by (name) ({e}name_tunnels{{{ED}}})", "{{name}}"),
-                  ], width=24),
+                  ]),
+            Panel("Tunnel connects and refusals", "Rate of tunnel WebSocket connections accepted, and of "
+                  "tunnels or tokens refused by reason (bad signature, expired, no token...).", "ops", [
+                      (f"sum(rate({e}tunnel_connects_total{{{ED}}}[{RI}]))", "accepted"),
+                      (f"sum by (reason) (rate({e}tunnel_rejects_total{{{ED}}}[{RI}]))",
+                       "refused: {{reason}}"),
+                  ]),
         ]),
         Row("Clients", [
-            Panel("Client connections by service and result", "Rate of client connections accepted by the "
-                  "public listeners, by service (tls, http, tcp...) and result.", "ops", [
+            Panel("Client connections by service and result", "Rate of client connections that ended, by "
+                  "service (https, http, tcp) and result.", "ops", [
                       (f"sum by (service, result) (rate({e}client_connections_total{{{ED}}}[{RI}]))",
                        "{{service}} {{result}}"),
                   ], stack=True),
             Panel("Rejects by reason", "Rate of client connections the edge refused, by reason (no tunnel "
-                  "for the name, limits, bad handshake...).", "ops", [
+                  "for the name, rate limited, too many connections, sniff timeout...).", "ops", [
                       (f"sum by (reason) (rate({e}rejects_total{{{ED}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
-            Panel("Bytes in / out", "Payload bytes per second relayed between clients and tunnels: in = "
-                  "from clients, out = to clients.", "Bps", [
+            Panel("Client connections open", "Client connections open now, by service.", "none", [
+                (f"sum by (service) ({e}client_connections_active{{{ED}}})", "{{service}}"),
+            ]),
+            Panel("Client connection duration", "How long client connections stay open, p50 and p99.", "s",
+                  _quantiles(f"{e}client_connection_duration_seconds", ED)),
+            Panel("Bytes in / out", "Payload bytes per second relayed: in = from clients to tunnels, out = "
+                  "to clients.", "Bps", [
                       (f"sum by (direction) (rate({e}bytes_total{{{ED}}}[{RI}]))", "{{direction}}"),
-                  ], width=24),
+                  ]),
+            Panel("Bytes per name", "Payload bytes per second per granted name (both directions), the 10 "
+                  "busiest.", "Bps", [
+                      (f"topk(10, sum by (name) (rate({e}bytes_total{{{ED}}}[{RI}])))", "{{name}}"),
+                  ]),
         ]),
     ]
     return dashboard(
         "mproxy-edge", "mproxy / Edge",
-        "The public edge relay: tunnels per name, client connections, rejects and bytes.",
+        "The public edge relay: tunnels per name, client connections by service and result, rejects, bytes.",
         rows, [
             _variable("namespace", "Namespace", f"{e}tunnels_connected"),
             _variable("pod", "Pod", f"{e}tunnels_connected", 'namespace=~"$namespace"'),
