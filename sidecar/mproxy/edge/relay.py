@@ -196,14 +196,18 @@ class EdgeRelay:
         if self.draining:
             raise Refused("draining", "the edge is shutting down; retry shortly")
         if req.name:
-            key, _ = self.table.match_name(req.name)
+            key, candidates = self.table.match_name(req.name)
             session = self.table.pick_name(req.name)
             label = key or ""
         else:
+            candidates = self.table.tunnels_for_port(req.serviceport)
             session = self.table.pick_port(req.serviceport)
             label = ""
         if session is None:
             what = req.name or f"port {req.serviceport}"
+            if candidates:
+                raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or draining; "
+                              "retry later")
             raise Refused("no_tunnel", f"no tunnel is connected for {what}")
         mux = session.mux
         assert mux is not None

@@ -81,6 +81,9 @@ class RoutingTable(Generic[T]):
         key, tunnels = self.match_name(name)
         return self._pick(key, tunnels) if key is not None else None
 
+    def tunnels_for_port(self, port: int) -> list[T]:
+        return list(self._keys.get(port, []))
+
     def pick_port(self, port: int) -> T | None:
         return self._pick(port, self._keys.get(port, []))
 

@@ -1,0 +1,112 @@
+"""PROXY protocol from a trusted balancer, and the per-client and per-tunnel limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mproxy import proxyproto
+from mproxy.codec import Address
+from mproxy.tunnel.mux import Stream
+
+from .harness import Device, http_get, metrics_text, ports, start_backends, start_edge, token, tunnel_url
+
+pytestmark = pytest.mark.e2e
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_proxy_protocol_from_a_trusted_balancer(tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, trustedProxies=["127.0.0.0/8"],
+                             listeners=[{"kind": "http", "listen": "127.0.0.1:0", "proxyProtocol": True}])
+    back = await start_backends(tmp_path, ["app.test"])
+    seen: list[Address] = []
+
+    def on_stream(stream: Stream) -> None:
+        seen.append(stream.addr)
+
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port},
+                 on_stream=on_stream)
+    try:
+        await dev.start()
+        p = ports(relay)
+        header = proxyproto.encode(version, ("203.0.113.7", 51234), ("10.0.0.1", 80))
+        answer = await _raw(p["http"], header + REQUEST)
+        assert answer.startswith(b"HTTP/1.1 200") and b"hello A" in answer
+        assert seen == [Address("IPv4", "203.0.113.7", "51234")]
+        # a malformed PROXY header from the balancer is refused, not forwarded
+        answer = await _raw(p["http"], b"PROXY TCP4 nonsense\r\n" + REQUEST)
+        assert answer.startswith(b"HTTP/1.1 400") and b"bad_proxy_header" in answer
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
+
+
+async def test_proxy_header_from_an_untrusted_peer_is_not_believed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, trustedProxies=["10.0.0.0/8"],
+                             listeners=[{"kind": "http", "listen": "127.0.0.1:0", "proxyProtocol": True}])
+    try:
+        header = proxyproto.encode("v1", ("203.0.113.7", 51234), ("10.0.0.1", 80))
+        answer = await _raw(ports(relay)["http"], header + REQUEST)
+        assert answer.startswith(b"HTTP/1.1 400")  # treated as a (malformed) direct client
+    finally:
+        await relay.close()
+
+
+async def test_connection_rate_per_client_address(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, limits={"connectionRate": 0.5, "connectionBurst": 3})
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
+    try:
+        await dev.start()
+        p = ports(relay)
+        codes = [(await http_get(p["http"], "app.test"))[0] for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        assert 'mproxy_edge_rejects_total{reason="rate_limited"} 2.0' in await metrics_text(relay)
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
+
+
+async def test_concurrent_connections_per_client_and_streams_per_tunnel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, limits={"connectionsPerClient": 2, "streamsPerTunnel": 1})
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
+    held = []
+    try:
+        await dev.start()
+        p = ports(relay)
+        _r, w = await asyncio.open_connection("127.0.0.1", p["http"])
+        w.write(b"GET /slow?s=1.5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        held.append(w)
+        await asyncio.sleep(0.3)
+        # the tunnel's single stream is taken: 503 tunnel_full
+        assert (await _raw(p["http"], REQUEST)).startswith(b"HTTP/1.1 503")
+        _r2, w2 = await asyncio.open_connection("127.0.0.1", p["http"])
+        held.append(w2)  # idle, sniffing: counts against this address
+        await asyncio.sleep(0.1)
+        assert (await _raw(p["http"], REQUEST)).startswith(b"HTTP/1.1 429")
+        text = await metrics_text(relay)
+        assert 'mproxy_edge_rejects_total{reason="tunnel_full"} 1.0' in text
+        assert 'mproxy_edge_rejects_total{reason="too_many_connections"} 1.0' in text
+    finally:
+        for w in held:
+            w.close()
+        await dev.close()
+        await back.close()
+        await relay.close()
