@@ -129,10 +129,18 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
                         spy.kill()
             if scen not in ("restart",):
                 try:
-                    scenarios.settle(system, 15.0)
-                except BenchError as exc:
-                    errors.setdefault(f"{name}/{scen}", f"stopped carrying traffic afterwards: {exc}")
-                    break
+                    scenarios.settle(system, 10.0)
+                except BenchError:
+                    # Measure the next scenario on a fresh instance, and say so in the report.
+                    errors.setdefault(f"{name}/{scen}", "stopped carrying traffic after this scenario; "
+                                      "restarted for the next one")
+                    log(f"  {name}: stopped carrying traffic after {scen}; restarting it")
+                    system.stop()
+                    try:
+                        system.start()
+                    except BenchError as exc:
+                        errors.setdefault(f"{name}/{scen}", f"could not restart: {exc}")
+                        break
     finally:
         system.stop()
     return metrics

@@ -8,6 +8,7 @@ Every peer runs with its documented defaults, bound to 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import socket
 import subprocess
@@ -238,7 +239,8 @@ def _secret_and_token(ctx: Context, logdir: Path, port: int) -> tuple[Path, str]
 
 class Reference(System):
     name, label = "reference", "reference (node proxy-packer)"
-    describe = "tests/interop/node relay.js + device.js: telebit-style relay and device on proxy-packer 2.0.4"
+    describe = ("tests/interop/node relay.js + device.js: telebit-style relay and device on the reference "
+                "codec (proxy-packer) and ws, under node")
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
@@ -248,45 +250,106 @@ class Reference(System):
         for script in ("relay.js", "device.js"):
             if not (self.node_dir / script).is_file():
                 raise BenchError(f"tests/interop/node/{script} is missing (written with the data plane)")
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self.secret, self.token = _secret_and_token(ctx, self.logdir, self.entry)
+        if not (self.node_dir / "node_modules" / "proxy-packer").is_dir():
+            raise BenchError("npm proxy-packer is not installed (run scripts/bootstrap)")
+        self.token = secrets.token_hex(16)
 
     def start_edge(self) -> Proc:
-        argv = ["node", str(self.node_dir / "relay.js"), "--listen", f"127.0.0.1:{self.control}",
-                "--secret-file", str(self.secret), "--tcp-port", str(self.entry)]
-        return Proc("relay.js", argv, self.logdir)
+        conf = {"host": "127.0.0.1", "wsPort": self.control, "token": self.token,
+                "listeners": [{"port": self.entry, "service": "tcp", "serviceport": self.entry, "name": ""}]}
+        path = self.logdir / "relay.json"
+        path.write_text(json.dumps(conf))
+        # relay.js reads commands on stdin and exits at its end: keep a pipe open.
+        return Proc("relay.js", ["node", str(self.node_dir / "relay.js"), str(path)], self.logdir,
+                    cwd=self.node_dir, stdin=subprocess.PIPE)
 
     def edge_ready(self) -> None:
         wait_port(self.control, proc=self.edge)
+        wait_port(self.entry, proc=self.edge)
 
     def start_device(self) -> Proc:
         argv = ["node", str(self.node_dir / "device.js"), "--url", f"ws://127.0.0.1:{self.control}/",
                 "--token", self.token, "--port", f"{self.entry}={self.backend_port}", "--quiet"]
-        return Proc("device.js", argv, self.logdir)
+        return Proc("device.js", argv, self.logdir, cwd=self.node_dir)
+
+
+# Limits raised far past the scenarios (10,000 idle streams, thousands of new streams a second from one
+# address): the benchmark measures the data path, not the abuse limits.
+EDGE_YAML = """\
+auth:
+  secretFile: {secret}
+listeners:
+  - kind: tcp
+    listen: "127.0.0.1:{entry}"
+tunnel:
+  listen: "127.0.0.1:{control}"
+  path: /
+limits:
+  streamsPerTunnel: 1000000
+  connectionsPerClient: 1000000
+  connectionRate: 1000000
+  connectionBurst: 1000000
+http:
+  listen: "127.0.0.1:{http}"
+logging:
+  format: text
+  level: warning
+drainSeconds: 1
+"""
+
+SIDECAR_YAML = """\
+edge:
+  urls: ["ws://127.0.0.1:{control}/"]
+  tokenFile: {token_file}
+routes:
+  - name: bench
+    match:
+      ports: [{entry}]
+    backend:
+      host: 127.0.0.1
+      port: {backend}
+limits:
+  maxStreamsPerTunnel: 1000000
+  maxStreamsPerClient: 1000000
+http:
+  listen: "127.0.0.1:{http}"
+logging:
+  format: text
+  level: warning
+drainSeconds: 1
+"""
 
 
 class Mproxy(System):
     name, label = "mproxy", "mproxy"
-    describe = "mproxy edge + mproxy sidecar (Python asyncio, M-PROXY over WebSocket)"
+    describe = "mproxy edge + mproxy sidecar (Python asyncio, M-PROXY over WebSocket), one tunnel"
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
         self.control = free_port()
         self.entry = free_port()
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.secret, self.token = _secret_and_token(ctx, self.logdir, self.entry)
+        self.secret, token = _secret_and_token(ctx, self.logdir, self.entry)
+        token_file = self.logdir / "token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        self.edge_conf = self.logdir / "edge.yaml"
+        self.edge_conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entry, control=self.control,
+                                                   http=free_port()))
+        self.sidecar_conf = self.logdir / "sidecar.yaml"
+        self.sidecar_conf.write_text(SIDECAR_YAML.format(control=self.control, token_file=token_file,
+                                                         entry=self.entry, backend=backend_port,
+                                                         http=free_port()))
 
     def start_edge(self) -> Proc:
-        argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--listen", f"127.0.0.1:{self.control}",
-                "--secret-file", str(self.secret), "--tcp-port", str(self.entry)]
+        argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
         return Proc("mproxy-edge", argv, self.logdir)
 
     def edge_ready(self) -> None:
         wait_port(self.control, proc=self.edge)
 
     def start_device(self) -> Proc:
-        conf = self.logdir / "sidecar.yaml"
-        argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(conf)]
+        argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(self.sidecar_conf)]
         return Proc("mproxy-sidecar", argv, self.logdir)
 
 
