@@ -1,0 +1,240 @@
+"""The sidecar process: tunnel slots, routes, metrics, HTTP endpoints, config reload and graceful stop.
+
+`Sidecar(config, config_path=...)`; `await sidecar.start()`; `await sidecar.shutdown()` (what SIGTERM does:
+refuse new streams with E_SHUTTING_DOWN so the relay can use another replica, let streams in flight finish
+up to `drainSeconds`, then close every tunnel with 1001). A reloaded config swaps the route table for new
+streams (streams in flight keep their backend), applies limits, and adds or drains tunnel slots whose URL
+set changed. The metrics label tier and the HTTP listen address apply at the next restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from mproxy.config.loader import ConfigWatcher
+from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
+from mproxy.metrics.sidecar import SidecarMetrics
+from mproxy.observe.http import ObserveServer
+from mproxy.routing import Backend, Route, RouteTable
+from mproxy.sidecar.backend import BackendOptions, BackendStream
+from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
+from mproxy.tunnel import Stream, StreamHandler
+
+__all__ = ["Sidecar", "build_table"]
+
+log = logging.getLogger("mproxy.sidecar")
+
+METRICS_FLUSH_SECONDS = 2.0
+
+
+def build_table(cfg: SidecarConfig) -> RouteTable:
+    routes = [
+        Route(
+            name=r.name,
+            backend=Backend(r.backend.host, r.backend.port, r.backend.connect_timeout_seconds,
+                            r.backend.proxy_protocol),
+            services=frozenset(r.match.services),
+            ports=frozenset(r.match.ports),
+            hostnames=r.match.hostnames,
+        )
+        for r in cfg.routes
+    ]
+    return RouteTable(routes, cfg.default_route)
+
+
+class Sidecar:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        config_path: str | None = None,
+        registry: CollectorRegistry | None = None,
+        serve_http: bool = True,
+        reload_interval: float = 2.0,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.table = build_table(config)
+        self.metrics = SidecarMetrics(registry, tier=config.metrics.labels,
+                                      max_clients=config.metrics.max_clients)
+        self.tunnels: list[TunnelClient] = []
+        self.started_at = time.time()
+        self.draining = False
+        self._serve_http = serve_http
+        self._reload_interval = reload_interval
+        self.http: ObserveServer | None = None
+        self.watcher: ConfigWatcher[SidecarConfig] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    def _backend_opts(self) -> BackendOptions:
+        return BackendOptions(stream_buffer=self.config.limits.stream_buffer_bytes)
+
+    def accept(self, stream: Stream, tunnel: TunnelClient) -> StreamHandler:
+        # The table is captured per stream: a reload never re-routes a stream in flight.
+        return BackendStream(stream, self.table, self.metrics, self._backend_opts(), tunnel.label)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _slots(self, cfg: SidecarConfig) -> list[tuple[str, int]]:
+        return [(url, i) for url in cfg.edge.urls for i in range(cfg.edge.connections_per_url)]
+
+    def _new_tunnel(self, url: str, index: int) -> TunnelClient:
+        t = TunnelClient(url, index, lambda: self.config, self.accept, self._tunnel_state)
+        self.tunnels.append(t)
+        t.start()
+        return t
+
+    def _tunnel_state(self, t: TunnelClient) -> None:
+        conn = str(t.index)
+        if t.state == "connected":
+            self.metrics.tunnel_up(t.edge, conn)
+        elif t.state == "backoff":
+            self.metrics.tunnel_down(t.edge, conn, _reason_label(t.last_error))
+        elif t.state == "stopped":
+            self.metrics.tunnel_connected.labels(t.edge, conn).set(0)
+
+    async def start(self) -> None:
+        if self._serve_http:
+            host, port = self.config.http.host_port
+            self.http = ObserveServer(self.metrics.registry, self.ready, self.status, host=host, port=port)
+            await self.http.start()
+            log.info("HTTP endpoints on %s:%d", host, self.http.port)
+        for url, index in self._slots(self.config):
+            self._new_tunnel(url, index)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._flush_loop()))
+        if self.config_path:
+            self.watcher = ConfigWatcher(self.config_path, load_sidecar_config, self.apply_config,
+                                         interval=self._reload_interval)
+            self._tasks.append(loop.create_task(self.watcher.run()))
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def shutdown(self) -> None:
+        """Drain: refuse new streams, wait for streams in flight up to drainSeconds, close with 1001."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        in_flight = sum(len(t.mux.streams) for t in self.tunnels if t.mux and not t.mux.closed)
+        log.info("shutting down: %d streams in flight, waiting up to %g s", in_flight,
+                 self.config.drain_seconds)
+        deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
+        await asyncio.gather(*(t.drain_and_stop(deadline) for t in self.tunnels))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._flush_metrics()
+        if self.http is not None:
+            await self.http.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    # -- reload -----------------------------------------------------------------------------------
+
+    def apply_config(self, new: SidecarConfig) -> None:
+        old = self.config
+        try:
+            table = build_table(new)
+        except ValueError as exc:  # the schema already checks this; belt and braces
+            log.error("config reload refused: %s", exc)
+            self.metrics.config_reloads.labels("refused").inc()
+            return
+        self.config = new
+        self.table = table
+        limits = mux_limits(new)
+        for t in self.tunnels:
+            if t.mux is not None:
+                t.mux.limits = limits
+        if new.metrics != old.metrics or new.http != old.http:
+            log.warning("metrics and http settings change at the next restart")
+        want = self._slots(new)
+        have = {(t.url, t.index): t for t in self.tunnels if not t.stopping}
+        for slot in want:
+            if slot not in have:
+                self._new_tunnel(*slot)
+        loop = asyncio.get_running_loop()
+        for slot, t in have.items():
+            if slot not in want:
+                deadline = loop.time() + new.drain_seconds
+                self._tasks.append(loop.create_task(self._retire(t, deadline)))
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config applied: %d routes, %d tunnel connections", len(new.routes), len(want))
+
+    async def _retire(self, t: TunnelClient, deadline: float) -> None:
+        await t.drain_and_stop(deadline)
+        with contextlib.suppress(ValueError):
+            self.tunnels.remove(t)
+
+    # -- observability ----------------------------------------------------------------------------
+
+    def _flush_metrics(self) -> None:
+        for t in self.tunnels:
+            mux = t.mux
+            if mux is None or mux.closed:
+                continue
+            for stream in mux.streams.values():
+                handler = stream.handler
+                if isinstance(handler, BackendStream):
+                    handler.flush_metrics()
+            self.metrics.tunnel_streams.labels(t.edge, str(t.index)).set(len(mux.streams))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_SECONDS)
+            self._flush_metrics()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        if any(t.connected for t in self.tunnels):
+            return True, ""
+        errors = "; ".join(f"{t.label}: {t.last_error}" for t in self.tunnels if t.last_error)
+        return False, "no tunnel connected" + (f" ({errors})" if errors else "")
+
+    def status(self) -> dict[str, Any]:
+        self._flush_metrics()
+        tunnels = [t.status() for t in self.tunnels]
+        return {
+            "role": "sidecar",
+            "ready": self.ready()[0],
+            "draining": self.draining,
+            "startedAt": self.started_at,
+            "routes": [r.name for r in self.table.routes],
+            "defaultRoute": self.table.default.name if self.table.default else None,
+            "tunnels": tunnels,
+            "streams": sum(t["streams"] for t in tunnels),
+            "config": {
+                "path": self.config_path,
+                "reloads": self.watcher.reloads if self.watcher else 0,
+                "rejected": self.watcher.rejected if self.watcher else 0,
+                "lastError": self.watcher.last_error if self.watcher else None,
+            },
+        }
+
+
+def _reason_label(error: str | None) -> str:
+    """A bounded label value for why a tunnel went down."""
+    if not error:
+        return "unknown"
+    head = error.split(":", 1)[0].strip()
+    known = {"peer_closed", "protocol_error", "dead_peer", "transport_error", "closed"}
+    if head in known:
+        return head
+    if "refused the token" in error:
+        return "auth_failed"
+    if "HTTP" in error:
+        return "handshake_failed"
+    return "connect_failed"

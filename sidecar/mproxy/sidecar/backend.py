@@ -1,0 +1,322 @@
+"""One client stream on the sidecar: route it, connect its backend, pipe both ways with flow control.
+
+`BackendStream` is the stream's handler (see mproxy.tunnel.mux). Life of a stream:
+1. routing: by the relay's service/serviceport/name; without a name, when a hostname route could apply,
+   sniff TLS SNI or HTTP Host from the first bytes (bounded by MAX_SNIFF_BYTES). No route -> `error`
+   E_NO_ROUTE, and no connection is attempted.
+2. connecting: early data is held (bounded; past the stream buffer we ask the relay to pause the client).
+   A refused, unreachable or slow backend -> `error` with the errno-style code; the tunnel carries on.
+3. open: an optional PROXY v1/v2 header with the client address, then the early data, then both ways:
+   relay data -> backend socket; backend data -> stream.write(). A backend whose write buffer passes the
+   high-water mark makes us ask the relay to pause that client; a relay pause stops reading the backend.
+   `end` both ways becomes a TCP half-close (write_eof) where the socket allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+
+from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
+from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
+from mproxy.proxyproto import encode as encode_proxy
+from mproxy.routing import Route, RouteTable
+from mproxy.tunnel import Stream, StreamHandler
+
+__all__ = ["BackendOptions", "BackendStream"]
+
+log = logging.getLogger("mproxy.sidecar")
+
+E_NO_ROUTE = "E_NO_ROUTE"
+E_BUFFER = "E_BUFFER"
+E_BACKEND = "E_BACKEND"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    stream_buffer: int = 256 * 1024  # backend write-buffer high water; relay pause above it
+    hard_buffer_factor: int = 8  # past stream_buffer * this, a client that ignores pause is cut off
+
+
+def _errno_code(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "ETIMEDOUT"
+    if isinstance(exc, socket.gaierror):
+        return "ENOTFOUND"
+    num = getattr(exc, "errno", None)
+    if isinstance(num, int) and num in errno.errorcode:
+        return errno.errorcode[num]
+    return E_BACKEND
+
+
+class _BackendProtocol(asyncio.Protocol):
+    """The backend socket's protocol; forwards everything to its BackendStream."""
+
+    __slots__ = ("_owner", "_write")
+
+    def __init__(self, owner: BackendStream) -> None:
+        self._owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._write = self._owner.stream.write
+        self._owner._connected(transport)
+
+    def data_received(self, data: bytes) -> None:
+        # asyncio reads up to 256 KiB per call; the mux keeps these bytes (no copy) until sent.
+        self._write(data)
+
+    def eof_received(self) -> bool:
+        self._owner._backend_eof()
+        return True  # keep the socket open for the other direction (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._backend_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._owner._backend_full(True)
+
+    def resume_writing(self) -> None:
+        self._owner._backend_full(False)
+
+
+class BackendStream(StreamHandler):
+    __slots__ = (
+        "_connect_task",
+        "_early",
+        "_early_size",
+        "_flushed_in",
+        "_flushed_out",
+        "_peer_eof",
+        "_read_paused",
+        "meter",
+        "metrics",
+        "opts",
+        "route",
+        "state",
+        "stream",
+        "table",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, stream: Stream, table: RouteTable, metrics: SidecarMetrics, opts: BackendOptions,
+                 tunnel: str) -> None:
+        self.stream = stream
+        self.table = table
+        self.metrics = metrics
+        self.opts = opts
+        self.tunnel = tunnel
+        self.state = "routing"
+        self.route: Route | None = None
+        self.transport: asyncio.Transport | None = None
+        self.meter: StreamMeter | None = None
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._peer_eof = False
+        self._read_paused = False  # the mux asked us to stop reading the backend
+        self._connect_task: asyncio.Task[None] | None = None
+        self._flushed_in = 0
+        self._flushed_out = 0
+        if stream.name or not table.wants_name(stream.service, _port(stream.serviceport)):
+            self._route(stream.name)
+
+    def _extra(self) -> dict[str, str]:
+        return {"tunnel": self.tunnel, "client": self.stream.client_id,
+                "route": self.route.name if self.route else "-"}
+
+    # -- routing and connecting -------------------------------------------------------------------
+
+    def _sniff(self) -> None:
+        data = b"".join(self._early)
+        if len(self._early) > 1:
+            self._early = [data]
+        sni = sniff_sni(data)
+        if isinstance(sni, str):
+            self._route(sni)
+            return
+        host = sniff_http_host(data)
+        if isinstance(host, str):
+            self._route(host)
+            return
+        if (sni is NEED_MORE or host is NEED_MORE) and not self._peer_eof and len(data) < MAX_SNIFF_BYTES:
+            return
+        self._route("")
+
+    def _route(self, name: str) -> None:
+        s = self.stream
+        route = self.table.match(s.service, s.serviceport, name)
+        if route is None:
+            self.state = "closed"
+            self.metrics.refuse("no_route")
+            log.info("no route for service=%s port=%s name=%r: refused", s.service, s.serviceport, name,
+                     extra=self._extra())
+            s.abort(f"no route for service {s.service!r} port {s.serviceport!r} name {name!r}", E_NO_ROUTE)
+            return
+        self.route = route
+        s.tags["route"] = route.name
+        self.state = "connecting"
+        self.meter = self.metrics.stream_opened(route.name, s.addr.address)
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect(route))
+
+    async def _connect(self, route: Route) -> None:
+        b = route.backend
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(b.connect_timeout):
+                await loop.create_connection(lambda: _BackendProtocol(self), b.host, b.port)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError) as exc:
+            if self.state == "closed":
+                return
+            code = _errno_code(exc)
+            detail = (f"timed out after {b.connect_timeout:g} s" if isinstance(exc, TimeoutError)
+                      else (exc.strerror or str(exc)))
+            log.warning("backend %s:%d unreachable: %s", b.host, b.port, detail, extra=self._extra())
+            if self.meter:
+                self.meter.error("backend_" + code.lower())
+            self.stream.abort(f"backend {b.host}:{b.port} of route {route.name!r}: {detail}", code)
+            return
+        self.metrics.observe_connect(route.name, loop.time() - started)
+
+    def _connected(self, transport: asyncio.Transport) -> None:
+        if self.state == "closed":
+            transport.abort()
+            return
+        self.transport = transport
+        self.state = "open"
+        # asyncio already sets TCP_NODELAY on TCP transports.
+        high = self.opts.stream_buffer
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        assert self.route is not None
+        if self.route.backend.proxy_protocol != "none":
+            peer = transport.get_extra_info("peername")
+            dst = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+            src = (self.stream.addr.address, _port(self.stream.addr.port) or 0)
+            transport.write(encode_proxy(self.route.backend.proxy_protocol, src, dst))
+        if self._early:
+            transport.writelines(self._early)
+            self._early = []
+            self._early_size = 0
+        if self.stream.reading_paused and transport.get_write_buffer_size() <= high:
+            self.stream.resume_reading()
+        if self._read_paused:
+            transport.pause_reading()
+        if self._peer_eof and transport.can_write_eof():
+            transport.write_eof()
+
+    # -- relay -> backend (StreamHandler) ---------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None:
+            t.write(data)
+            if t.get_write_buffer_size() > self.opts.stream_buffer * self.opts.hard_buffer_factor:
+                self._overflow()
+            return
+        if self.state == "closed":
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > self.opts.stream_buffer and not self.stream.reading_paused:
+            self.stream.pause_reading()
+            if self.meter:
+                self.meter.pause("relay")
+        if self._early_size > self.opts.stream_buffer * self.opts.hard_buffer_factor + MAX_SNIFF_BYTES:
+            self._overflow()
+            return
+        if self.state == "routing":
+            self._sniff()
+
+    def _overflow(self) -> None:
+        if self.meter:
+            self.meter.error("buffer_overflow")
+        self.stream.abort("the client kept sending while paused: buffer limit exceeded", E_BUFFER)
+
+    def eof_received(self) -> None:
+        self._peer_eof = True
+        if self.state == "routing":
+            self._sniff()
+        t = self.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            t.write_eof()
+
+    def error_received(self, message: str, code: str) -> None:
+        if self.meter:
+            self.meter.error("client_" + (code or "error").lower()[:32])
+
+    def pause_writing(self) -> None:
+        self._read_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self.meter:
+            self.meter.pause("backend")
+
+    def resume_writing(self) -> None:
+        self._read_paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def stream_closed(self, reason: str | None) -> None:
+        self.state = "closed"
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if reason is None:
+                t.close()
+            else:
+                t.abort()
+        self._early = []
+        self.flush_metrics()
+        if self.meter:
+            if reason is not None and "E_IDLE" in reason:
+                self.meter.error("idle")
+            elif reason is not None and reason.startswith("tunnel closed"):
+                self.meter.error("tunnel_closed")
+            self.meter.close()
+
+    def flush_metrics(self) -> None:
+        if self.meter is None:
+            return
+        s = self.stream
+        din, dout = s.bytes_in - self._flushed_in, s.bytes_out - self._flushed_out
+        if din or dout:
+            self._flushed_in, self._flushed_out = s.bytes_in, s.bytes_out
+            self.meter.add_bytes(din, dout)
+
+    # -- backend events ---------------------------------------------------------------------------
+
+    def _backend_eof(self) -> None:
+        self.stream.write_eof()
+
+    def _backend_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.stream.closed:
+            return
+        if exc is not None:
+            if self.meter:
+                self.meter.error("backend_reset")
+            self.stream.abort(f"backend connection lost: {exc}", _errno_code(exc))
+        else:
+            self.stream.close()
+
+    def _backend_full(self, full: bool) -> None:
+        if full:
+            self.stream.pause_reading()
+            if self.meter:
+                self.meter.pause("relay")
+        else:
+            self.stream.resume_reading()
+
+
+def _port(value: str) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,280 @@
+"""One tunnel connection slot of the sidecar: dial the edge, hold the tunnel, reconnect with backoff.
+
+Each slot dials one edge URL over WebSocket (plain ws for tests, wss with an optional CA bundle), presents
+the token (Authorization: Bearer, ?access_token=, or the telebit `add_token` command after the relay's
+hello), then runs a Multiplexer that accepts streams until the tunnel ends. It then waits a full-jitter
+backoff delay and dials again; DNS is resolved again on every attempt (no DNS cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from mproxy.codec import Hello, reply
+from mproxy.observe.logs import redact_url
+from mproxy.tunnel import (
+    Backoff,
+    CommandError,
+    ControlChannel,
+    Heartbeat,
+    Multiplexer,
+    MuxLimits,
+    Stream,
+    StreamHandler,
+    run_tunnel,
+)
+
+if TYPE_CHECKING:
+    from mproxy.config.sidecar import SidecarConfig
+
+__all__ = ["TunnelClient", "mux_limits", "read_token"]
+
+log = logging.getLogger("mproxy.sidecar.tunnel")
+
+STABLE_SECONDS = 10.0  # a tunnel that lived this long resets the backoff
+DIAL_TIMEOUT = 15.0
+
+
+def read_token(cfg: SidecarConfig) -> str | None:
+    """The token, read fresh on every dial (Secrets rotate): edge.tokenFile, else $MPROXY_TOKEN."""
+    path = cfg.edge.token_file
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError as exc:
+            log.error("cannot read edge.tokenFile %s: %s", path, exc.strerror or exc)
+            return None
+    return os.environ.get("MPROXY_TOKEN") or None
+
+
+def mux_limits(cfg: SidecarConfig) -> MuxLimits:
+    lim = cfg.limits
+    frame = min(64 * 1024, lim.max_frame_bytes)
+    return MuxLimits(
+        max_streams=lim.max_streams_per_tunnel,
+        max_streams_per_client=lim.max_streams_per_client,
+        idle_timeout=lim.idle_timeout_seconds,
+        max_frame_bytes=lim.max_frame_bytes,
+        frame_size=frame,
+        batch_size=max(4 * frame, 64 * 1024),
+        high_water=lim.stream_buffer_bytes,
+        low_water=lim.stream_buffer_bytes // 4,
+    )
+
+
+def _with_query_token(url: str, token: str) -> str:
+    parts = urlsplit(url)
+    query = (parts.query + "&" if parts.query else "") + urlencode({"access_token": token})
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, parts.fragment))
+
+
+class TunnelClient:
+    def __init__(
+        self,
+        url: str,
+        index: int,
+        get_config: Callable[[], SidecarConfig],
+        accept: Callable[[Stream, TunnelClient], StreamHandler],
+        on_state: Callable[[TunnelClient], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.index = index
+        self.edge = redact_url(url)
+        self.label = f"{self.edge}#{index}"
+        self._get_config = get_config
+        self._accept = accept
+        self._on_state = on_state
+        self.state = "idle"
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self.connects = 0
+        self.mux: Multiplexer | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()  # interrupts the backoff sleep when stopping
+        self._tunnel_stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._auth_reason: str | None = None
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"tunnel {self.label}")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    def status(self) -> dict[str, Any]:
+        mux = self.mux
+        return {
+            "edge": self.edge,
+            "connection": self.index,
+            "state": self.state,
+            "connectedSince": self.connected_since,
+            "connects": self.connects,
+            "lastError": self.last_error,
+            "streams": len(mux.streams) if mux and not mux.closed else 0,
+            "streamsOpened": mux.streams_opened if mux else 0,
+            "refused": dict(mux.refused) if mux else {},
+        }
+
+    async def drain_and_stop(self, deadline: float) -> None:
+        """Refuse new streams, let streams in flight finish until `deadline` (loop time), close 1001."""
+        self._stopping = True
+        mux = self.mux
+        if mux is not None and not mux.closed:
+            mux.draining = True
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining > 0 and mux.streams:
+                await mux.wait_idle(remaining)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._tunnel_stop is not None:
+            self._tunnel_stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(self)
+
+    async def run(self) -> None:
+        cfg = self._get_config()
+        backoff = Backoff(cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds)
+        connector = aiohttp.TCPConnector(use_dns_cache=False, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while not self._stopping:
+                started = time.monotonic()
+                reason = await self._attempt(session)
+                if self.stopping:
+                    break
+                if time.monotonic() - started >= STABLE_SECONDS:
+                    backoff.reset()
+                cfg = self._get_config()
+                backoff.initial, backoff.cap = cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds
+                delay = backoff.next_delay()
+                self._set_state("backoff")
+                log.info("tunnel down (%s); reconnecting in %.2f s", reason, delay,
+                         extra={"tunnel": self.label})
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        self._set_state("stopped")
+
+    def _ssl(self, cfg: SidecarConfig) -> ssl.SSLContext | bool:
+        if not self.url.startswith("wss://"):
+            return False
+        return ssl.create_default_context(cafile=cfg.edge.ca_file)
+
+    async def _attempt(self, session: aiohttp.ClientSession) -> str:
+        cfg = self._get_config()
+        token = read_token(cfg)
+        mode = cfg.edge.token_in
+        url, headers = self.url, {}
+        if token and mode == "query":
+            url = _with_query_token(url, token)
+        elif token and mode == "header":
+            headers["Authorization"] = f"Bearer {token}"
+        self._set_state("connecting")
+        try:
+            ssl_ctx = self._ssl(cfg)
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                ws = await session.ws_connect(
+                    url, headers=headers, ssl=ssl_ctx, autoping=False, autoclose=True, compress=0,
+                    max_msg_size=max(4 << 20, 2 * cfg.limits.max_frame_bytes),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            reason = "auth_failed" if exc.status in (401, 403) else "handshake_failed"
+            return self._failed(reason, f"the edge answered HTTP {exc.status} to the WebSocket upgrade")
+        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
+            return self._failed("connect_failed", f"{type(exc).__name__}: {exc}")
+        control = ControlChannel(lambda value: mux.send_control(value), name=self.label)
+        mux = Multiplexer(
+            on_stream=lambda stream: self._accept(stream, self),
+            on_control=control.feed,
+            limits=mux_limits(cfg),
+            implicit_open=True,
+            name=self.label,
+        )
+        stop = asyncio.Event()
+        self._tunnel_stop = stop
+        tasks: set[asyncio.Task[None]] = set()
+
+        def on_hello(hello: Hello) -> None:
+            mux.send_control(reply(hello.id))
+            if token and mode == "handshake":
+                task = asyncio.get_running_loop().create_task(self._add_token(control, token, stop))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        control.on_hello = on_hello
+        control.handlers["grant"] = lambda req: None
+        control.handlers["access_token"] = lambda req: None
+        self.mux = mux
+        self.connects += 1
+        self.connected_since = time.time()
+        self.last_error = None
+        self._set_state("connected")
+        log.info("tunnel connected", extra={"tunnel": self.label})
+        if self._stopping:
+            stop.set()
+        result = await run_tunnel(ws, mux, heartbeat=Heartbeat(cfg.heartbeat.interval_seconds,
+                                                               cfg.heartbeat.timeout_seconds), stop=stop)
+        control.close()
+        for task in list(tasks):
+            task.cancel()
+        self._tunnel_stop = None
+        self.connected_since = None
+        reason = self._auth_reason or result.reason
+        self._auth_reason = None
+        if reason != "auth_failed" and reason != "shutdown":
+            self.last_error = str(result)
+            level = logging.INFO if result.reason == "peer_closed" else logging.WARNING
+            log.log(level, "tunnel closed: %s", result, extra={"tunnel": self.label})
+        return reason
+
+    async def _add_token(self, control: ControlChannel, token: str, stop: asyncio.Event) -> None:
+        try:
+            answer = await control.request("add_token", token)
+        except CommandError as exc:
+            log.warning("add_token got no answer: %s", exc, extra={"tunnel": self.label})
+            return
+        if not answer.ok:
+            err = answer.error
+            detail = (f"{err.get('code', '')} {err.get('message', '')}".strip() if isinstance(err, dict)
+                      else str(err)[:200]) or "refused"
+            self.last_error = f"the edge refused the token ({detail}); check edge.tokenFile"
+            log.error("%s", self.last_error, extra={"tunnel": self.label})
+            self._auth_reason = "auth_failed"
+            stop.set()
+
+    def _failed(self, reason: str, detail: str) -> str:
+        self.last_error = detail
+        log.warning("cannot reach the edge: %s", detail, extra={"tunnel": self.label})
+        return reason
