@@ -8,10 +8,16 @@ gets their tails in its report.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 
 import pytest
+import yaml
 from tests.conftest import need
-from tests.prometheus.procs import ProcGroup
+from tests.prometheus.harness import PrometheusAPI, alert_files, wait_for
+from tests.prometheus.procs import ProcGroup, free_port
+from tests.prometheus.stack import Stack, start_stack
+
+SCRAPES_BEFORE = 2  # samples before any traffic, so that rate() sees the first burst as an increase
 
 _LOG_GROUPS: list[ProcGroup] = []
 
@@ -30,6 +36,77 @@ def prometheus_bin() -> str:
     need(path, "prometheus is not on PATH (scripts/install-prometheus installs Debian's prometheus)")
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A backend, an edge relay and a sidecar on loopback, routing app.test through the tunnel."""
+    group = ProcGroup(tmp_path_factory.mktemp("mproxy-stack"))
+    _LOG_GROUPS.append(group)
+    try:
+        yield start_stack(group)
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(
+    prometheus_bin: str, stack: Stack, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PrometheusAPI]:
+    """A real Prometheus that has scraped the stack before, between and after two bursts of traffic.
+
+    Two bursts, because a labelled series is born with its first sample: rate() over it is positive only
+    when a later burst moves it again while Prometheus watches.
+    """
+    work = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        # The shipped alert rules load too: a rule whose expression fails on real data shows as unhealthy.
+        "rule_files": [str(p) for p in alert_files()],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [
+                # The labels Kubernetes service discovery would add; dashboards group by them.
+                {"targets": [target], "labels": {"namespace": "mproxy-test", "pod": f"{job}-{i}"}}
+                for i, target in enumerate(targets)
+            ]}
+            for job, targets in stack.targets.items()
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    group = ProcGroup(work)
+    _LOG_GROUPS.append(group)
+    proc = group.start("prometheus", [
+        prometheus_bin, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        f"--web.console.templates={work}", f"--web.console.libraries={work}",
+    ])
+    api = PrometheusAPI(f"http://127.0.0.1:{port}")
+    n_targets = sum(len(t) for t in stack.targets.values())
+
+    def scrapes() -> int:
+        """The fewest successful scrapes of any target so far."""
+        proc.check_alive()
+        stack.check_alive()
+        result = api.query("sum by (job, instance) (count_over_time(up[5m]) * (up == 1))")
+        if result.get("status") != "success" or len(result["data"]["result"]) < n_targets:
+            return 0
+        return min(int(float(r["value"][1])) for r in result["data"]["result"])
+
+    def wait_scrapes(more: int) -> None:
+        want = scrapes() + more
+        wait_for(lambda: scrapes() >= want, 20, f"{more} more successful scrapes of every mproxy target")
+
+    try:
+        wait_for(lambda: proc.check_alive() or api.ready(), 20, "Prometheus to become ready")
+        wait_scrapes(SCRAPES_BEFORE)
+        stack.drive_traffic()
+        wait_scrapes(2)
+        stack.drive_traffic()
+        wait_scrapes(2)
+        yield api
+    finally:
+        group.stop()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -56,6 +56,15 @@ class ProcGroup:
         self.procs.append(proc)
         return proc
 
+    def run(self, name: str, argv: Sequence[str], timeout: float = 30) -> str:
+        """Run a short command to completion; its stdout, or an error carrying its output."""
+        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL)
+        (self.log_dir / f"{name}.log").write_text(result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"{name} exited with status {result.returncode}: {result.stderr.strip()}")
+        return result.stdout
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:

@@ -1,0 +1,146 @@
+"""Real mproxy processes on loopback for Prometheus to scrape: a backend, an edge relay and a sidecar.
+
+Started with the project's own command line (`mproxy token`, `mproxy edge`, `mproxy sidecar`), exactly as
+an operator would run them. Traffic is plain HTTP through the edge's HTTP listener; some of it fails on
+purpose so that the error panels have something to show:
+- Host app.test     -> route "app"  -> a live backend (streams, bytes, latency, two client addresses);
+- Host dead.test    -> route "dead" -> a closed port (a stream error on the sidecar);
+- Host nobody.test  -> no tunnel grants it (a reject with reason no_tunnel on the edge).
+The sidecar also dials a second edge URL where nothing listens (a disconnected tunnel next to a connected
+one, and failed dials counted as reconnects), and a second sidecar dials only that URL (a pod with no
+connected tunnel at all, what MproxyTunnelDown is about).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tests.prometheus.harness import wait_for
+from tests.prometheus.procs import Proc, ProcGroup, free_port
+
+SECRET = b"prometheus-test-secret-0123456789abcdef"
+CLIENT_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two clients, so per-client panels have two series
+
+
+def mproxy_argv() -> list[str]:
+    exe = shutil.which("mproxy", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "mproxy"]
+
+
+@dataclass
+class Stack:
+    group: ProcGroup
+    edge_http_port: int = 0
+    targets: dict[str, list[str]] = field(default_factory=dict)  # job -> ["127.0.0.1:port"]
+
+    def check_alive(self) -> None:
+        for proc in self.group.procs:
+            proc.check_alive()
+
+    def metrics_urls(self) -> list[str]:
+        return [f"http://{t}/metrics" for targets in self.targets.values() for t in targets]
+
+    def request(self, host: str, path: str = "/", source: str = "127.0.0.1") -> int:
+        """One HTTP request through the edge; the status code, or 0 when the connection was dropped."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.edge_http_port, timeout=5,
+                                          source_address=(source, 0))
+        try:
+            conn.request("GET", path, headers={"Host": host, "Connection": "close"})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException):
+            return 0
+        finally:
+            conn.close()
+
+    def drive_traffic(self) -> None:
+        for source in CLIENT_ADDRESSES:
+            for _ in range(3):
+                status = self.request("app.test", "/", source)
+                assert status == 200, f"GET app.test through the edge from {source} answered {status}"
+        assert self.request("dead.test") != 200
+        assert self.request("nobody.test") != 200
+
+
+def _wait_line(proc: Proc, pattern: str, timeout: float = 20) -> re.Match[str]:
+    def found() -> re.Match[str] | None:
+        proc.check_alive()
+        return re.search(pattern, proc.log.read_text(errors="replace"))
+
+    match: re.Match[str] = wait_for(found, timeout, f"{proc.name} to log {pattern!r}")
+    return match
+
+
+def _write_yaml(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def start_stack(group: ProcGroup) -> Stack:
+    work = group.log_dir
+    mproxy = mproxy_argv()
+    stack = Stack(group)
+
+    # The backend: a real HTTP server (the standard library's), and a port where nothing listens.
+    backend_port, dead_port = free_port(), free_port()
+    group.start("backend", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(backend_port),
+                            "--directory", str(work)])
+
+    secret_file = work / "secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    edge_config = _write_yaml(work / "edge.yaml", {
+        "auth": {"secretFile": str(secret_file)},
+        "listeners": [{"kind": "http", "listen": "127.0.0.1:0"}],
+        "tunnel": {"listen": "127.0.0.1:0", "path": "/tunnel"},
+        "http": {"listen": "127.0.0.1:0"},
+        "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 5, "authTimeoutSeconds": 5},
+        "logging": {"format": "text", "level": "info"},
+        "drainSeconds": 0,
+    })
+    edge = group.start("edge", [*mproxy, "edge", "--config", str(edge_config)])
+    ready = _wait_line(edge, r"mproxy edge ready: tunnel=(\d+) http=(\d+) http=(\d+)")
+    tunnel_port, edge_metrics_port, stack.edge_http_port = (int(g) for g in ready.groups())
+    stack.targets["mproxy-edge"] = [f"127.0.0.1:{edge_metrics_port}"]
+
+    token = group.run("token", [*mproxy, "token", "--secret-file", str(secret_file),
+                                "--domain", "app.test", "--domain", "dead.test"])
+    token_file = work / "token"
+    token_file.write_text(token.strip() + "\n")
+    dead_edge = f"ws://127.0.0.1:{free_port()}/tunnel"
+    routes = [
+        {"name": "app", "match": {"hostnames": ["app.test"]},
+         "backend": {"host": "127.0.0.1", "port": backend_port}},
+        {"name": "dead", "match": {"hostnames": ["dead.test"]},
+         "backend": {"host": "127.0.0.1", "port": dead_port, "connectTimeoutSeconds": 2}},
+    ]
+    sidecars = {
+        "sidecar": [f"ws://127.0.0.1:{tunnel_port}/tunnel", dead_edge],
+        "sidecar-lonely": [dead_edge],
+    }
+    stack.targets["mproxy-sidecar"] = []
+    for name, urls in sidecars.items():
+        metrics_port = free_port()
+        config = _write_yaml(work / f"{name}.yaml", {
+            "edge": {"urls": urls, "tokenFile": str(token_file)},
+            "routes": routes,
+            "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 5},
+            "reconnect": {"initialSeconds": 0.2, "maxSeconds": 1},
+            "metrics": {"labels": "client", "maxClients": 10},
+            "http": {"listen": f"127.0.0.1:{metrics_port}"},
+            "logging": {"format": "text", "level": "info"},
+            "drainSeconds": 0,
+        })
+        group.start(name, [*mproxy, "sidecar", "--config", str(config)])
+        stack.targets["mproxy-sidecar"].append(f"127.0.0.1:{metrics_port}")
+
+    # Ready once the edge routes app.test through the tunnel to the backend.
+    wait_for(lambda: stack.check_alive() or stack.request("app.test") == 200, 20,
+             "app.test to answer 200 through edge, tunnel and sidecar")
+    return stack
