@@ -81,6 +81,8 @@ def test_valid_streams_any_chunking_and_single_byte_mutations(
     whole, err = _run([stream])
     assert err is None
     assert _run(_split(stream, cuts)) == (whole, None)
+    viewed = Parser(zero_copy=True)
+    assert [e for c in _split(stream, cuts) for e in viewed.feed(c)] == whole
     # One corrupted byte: still only events or a documented error, never anything else.
     i = flip % len(stream)
     _run(_split(stream[:i] + bytes([byte]) + stream[i + 1:], cuts))

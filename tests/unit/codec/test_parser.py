@@ -177,3 +177,33 @@ def test_error_body_that_is_not_json() -> None:
 def test_control_body_that_is_not_json() -> None:
     [event] = parse_all(raw(b",,,3,control") + b"{[}")
     assert event.kind == "control" and event.value is None and event.data == b"{[}"
+
+
+def test_fast_built_events_equal_constructed_ones() -> None:
+    events = parse_all(GOOD + pack_end(A))
+    expected = [
+        Message(family="IPv4", address="10.1.2.3", port="40000", service="https", serviceport="443",
+                name="a.example.com", data=b"hello"),
+        End(family="IPv4", address="10.1.2.3", port="40000", service="end"),
+    ]
+    assert events == expected
+    assert hash(events[0]) == hash(expected[0])
+    assert repr(events[1]) == repr(expected[1])
+    with pytest.raises(AttributeError):
+        events[0].data = b"x"  # type: ignore[misc]
+
+
+def test_zero_copy_bodies_are_views_of_the_chunk() -> None:
+    chunk = GOOD + pack_end(A) + GOOD + pack_data(A, b"", service="tcp")
+    copied = Parser().feed(chunk)
+    viewed = Parser(zero_copy=True).feed(chunk)
+    assert viewed == copied
+    assert isinstance(viewed[0].data, memoryview) and viewed[0].data.obj is chunk
+    assert viewed[0].data.readonly and bytes(viewed[0].data) == b"hello"
+    assert type(viewed[1].data) is bytes  # only Message bodies are views
+    assert all(type(e.data) is bytes for e in copied)
+    # A body that arrives as its own chunk is that chunk in both modes.
+    body = b"z" * 5000
+    parser = Parser(zero_copy=True)
+    parser.feed(pack_data_header(A, len(body), service="tcp"))
+    assert parser.feed(body)[0].data is body
