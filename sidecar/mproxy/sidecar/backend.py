@@ -38,7 +38,13 @@ E_BACKEND = "E_BACKEND"
 @dataclass(frozen=True, slots=True)
 class BackendOptions:
     stream_buffer: int = 256 * 1024  # backend write-buffer high water; relay pause above it
-    hard_buffer_factor: int = 8  # past stream_buffer * this, a client that ignores pause is cut off
+    # A client that keeps sending while paused is cut off past this many buffered bytes. It must cover what
+    # is already in flight when our pause reaches the relay (a round trip of a fast sender).
+    hard_buffer: int = 8 * 1024 * 1024
+
+    @property
+    def hard_limit(self) -> int:
+        return max(self.hard_buffer, 8 * self.stream_buffer)
 
 
 def _errno_code(exc: BaseException) -> str:
@@ -216,7 +222,7 @@ class BackendStream(StreamHandler):
         t = self.transport
         if t is not None:
             t.write(data)
-            if t.get_write_buffer_size() > self.opts.stream_buffer * self.opts.hard_buffer_factor:
+            if t.get_write_buffer_size() > self.opts.hard_limit:
                 self._overflow()
             return
         if self.state == "closed":
@@ -227,13 +233,14 @@ class BackendStream(StreamHandler):
             self.stream.pause_reading()
             if self.meter:
                 self.meter.pause("relay")
-        if self._early_size > self.opts.stream_buffer * self.opts.hard_buffer_factor + MAX_SNIFF_BYTES:
+        if self._early_size > self.opts.hard_limit + MAX_SNIFF_BYTES:
             self._overflow()
             return
         if self.state == "routing":
             self._sniff()
 
     def _overflow(self) -> None:
+        log.warning("client kept sending while paused; cutting it off", extra=self._extra())
         if self.meter:
             self.meter.error("buffer_overflow")
         self.stream.abort("the client kept sending while paused: buffer limit exceeded", E_BUFFER)

@@ -91,6 +91,7 @@ function Tunnel(ws, req) {
 					sock._mpPausedRemote = true;
 					stats.pausesSent += 1;
 					sendFrame(ws, msg, Buffer.from(String(sock.writableLength)), 'pause');
+					emit({ event: 'pause_sent', tunnel: self.id, client: Packer.addrToId(msg) });
 				}
 			}
 		},
@@ -217,6 +218,7 @@ function onClient(listener, sock) {
 		if (sock._mpPausedRemote) {
 			sock._mpPausedRemote = false;
 			sendFrame(ws, addr, Buffer.from('0'), 'resume');
+			emit({ event: 'resume_sent', tunnel: tunnel.id, client: id });
 		}
 	});
 	sock.on('end', function() {
