@@ -117,6 +117,9 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.posting.reporting_instance = socket.gethostname()
         settings.posting.level = logging.WARNING  # kopf's own per-handler chatter stays in the logs
         settings.watching.server_timeout = 270
+        # Tunnels' CRD is installed before the operator; watching all CRDs and namespaces for changes
+        # would need list/watch on both, which least privilege leaves out.
+        settings.scanning.disabled = True
         settings.execution.max_workers = 16
 
     @kopf.on.login(registry=reg, id="login")

@@ -1,0 +1,226 @@
+"""The Helm chart and manifests/ against the real apiserver: lint, render, install, server-side dry run.
+
+There is no container runtime: kwok plays the kubelets, so the operator Deployment's pods become
+"Running" without running anything. What is checked is what the apiserver and controllers do with the
+objects (schema validation, RBAC, webhook configuration, Deployments, PodDisruptionBudget).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "mproxy"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def _template(kube: Any, *args: str, namespace: str = "mproxy-system") -> list[dict[str, Any]]:
+    out = kube.run_helm("template", "mproxy", str(CHART), "--namespace", namespace, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _kinds(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_helm_lint_with_every_ci_values_file(kube: Any) -> None:
+    assert len(CI_VALUES) >= 3
+    for values in CI_VALUES:
+        res = kube.run_helm("lint", str(CHART), "--strict", "-f", str(values), check=False)
+        assert res.returncode == 0, f"{values.name}: {res.stdout}{res.stderr}"
+
+
+def test_the_schema_rejects_unknown_and_bad_values(kube: Any) -> None:
+    for bad, expect in (
+        ("operator.replicaz=2", "replicaz"),
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("webhook.timeoutSeconds=99", "timeoutSeconds"),
+    ):
+        res = kube.run_helm("template", "x", str(CHART), "--set", bad, check=False)
+        assert res.returncode != 0 and expect in res.stderr, res.stderr
+    res = kube.run_helm("template", "x", str(CHART), "--set", "edge.enabled=true", check=False)
+    assert res.returncode != 0 and "edge.secretName is required" in res.stderr
+
+
+def test_default_render(kube: Any) -> None:
+    docs = _kinds(_template(kube))
+    dep = docs[("Deployment", "mproxy-operator")]
+    assert dep["spec"]["replicas"] == 2
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert "helm.sh/chart" not in selector and "app.kubernetes.io/version" not in selector
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/mproxy/mproxy:0.1.0"
+    assert container["args"][0] == "operator"
+    assert "--webhook-config=mproxy" in container["args"]
+    assert "--webhook-host=mproxy-webhook.mproxy-system.svc" in container["args"]
+    sc = container["securityContext"]
+    assert (
+        sc["readOnlyRootFilesystem"]
+        and not sc["allowPrivilegeEscalation"]
+        and sc["capabilities"]["drop"] == ["ALL"]
+    )
+
+    (hook,) = docs[("MutatingWebhookConfiguration", "mproxy")]["webhooks"]
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None" and hook["timeoutSeconds"] == 5
+    assert hook["clientConfig"]["service"] == {
+        "name": "mproxy-webhook",
+        "namespace": "mproxy-system",
+        "path": "/inject-sidecar",
+        "port": 443,
+    }
+    (expr,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expr["operator"] == "NotIn" and {"kube-system", "mproxy-system"} <= set(expr["values"])
+    assert hook["objectSelector"] == {"matchLabels": {"mproxy.dev/inject": "enabled"}}
+
+    role = docs[("ClusterRole", "mproxy-operator")]
+    for rule in role["rules"]:
+        assert "secrets" not in rule["resources"], "no cluster-wide Secret access"
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+    hook_rule = next(r for r in role["rules"] if "mutatingwebhookconfigurations" in r["resources"])
+    assert hook_rule["resourceNames"] == ["mproxy"]
+    assert docs[("PodDisruptionBudget", "mproxy-operator")]["spec"]["minAvailable"] == 1
+    assert ("ClusterKopfPeering", "mproxy") in docs
+    for optional in ("NetworkPolicy", "ServiceMonitor", "PodMonitor", "Certificate", "PrometheusRule"):
+        assert not [k for k in docs if k[0] == optional], optional
+
+
+def test_full_render_with_every_option(kube: Any) -> None:
+    docs = _template(
+        kube,
+        "-f",
+        str(CHART / "ci" / "full-values.yaml"),
+        "-f",
+        str(CHART / "ci" / "cert-manager-values.yaml"),
+    )
+    by = _kinds(docs)
+    kinds = {k for k, _ in by}
+    assert {
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodMonitor",
+        "Certificate",
+        "Issuer",
+        "PrometheusRule",
+    } <= kinds
+    dep = by[("Deployment", "mproxy-operator")]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--webhook-cert-dir=/var/run/mproxy/webhook-tls" in args
+    assert not [a for a in args if a.startswith("--webhook-config")], "cert-manager injects the CA"
+    hook = by[("MutatingWebhookConfiguration", "mproxy")]
+    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mproxy-system/mproxy-webhook"
+    assert hook["webhooks"][0]["failurePolicy"] == "Ignore"
+    assert not [k for k in by if k[0] == "Role"], "no Secret rights when cert-manager makes the certificate"
+
+    # The edge: its rendered config is one the edge's own schema accepts.
+    from mproxy.config.edge import load_edge_config
+
+    cm = by[("ConfigMap", "mproxy-edge")]
+    config = load_edge_config(cm["data"]["edge.yaml"])
+    assert config.secret_file == "/var/run/mproxy/edge/secret"
+    edge = by[("Deployment", "mproxy-edge")]
+    assert edge["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "edge",
+        "--config",
+        "/etc/mproxy/edge.yaml",
+    ]
+    assert by[("Service", "mproxy-edge")]["spec"]["type"] == "ClusterIP"
+
+
+def test_helm_install_into_the_real_apiserver(kube: Any) -> None:
+    ns = f"mproxy-helm-{uuid.uuid4().hex[:6]}"
+    release = f"h{uuid.uuid4().hex[:6]}"
+    res = kube.run_helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "--set",
+        "operator.replicas=2",
+        "--wait=false",
+        timeout=120,
+    )
+    try:
+        assert "STATUS: deployed" in res.stdout
+        full = f"{release}-mproxy"
+        objects = json.loads(
+            kube.kubectl(
+                "get", "deployment,service,serviceaccount,poddisruptionbudget,role", "-n", ns, "-o", "json"
+            ).stdout
+        )["items"]
+        names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+        assert {
+            ("Deployment", f"{full}-operator"),
+            ("Service", f"{full}-webhook"),
+            ("ServiceAccount", f"{full}-operator"),
+            ("PodDisruptionBudget", f"{full}-operator"),
+            ("Role", f"{full}-operator"),
+        } <= names
+        hook = json.loads(kube.kubectl("get", "mutatingwebhookconfiguration", full, "-o", "json").stdout)
+        assert hook["webhooks"][0]["clientConfig"]["service"]["name"] == f"{full}-webhook"
+        kube.kubectl("get", "clusterkopfpeering", full)
+        # The controllers make the pods; kwok "runs" them (the probes are not really executed).
+        kube.wait_for(
+            lambda: (
+                json.loads(
+                    kube.kubectl("get", "deployment", f"{full}-operator", "-n", ns, "-o", "json").stdout
+                )["status"].get("availableReplicas")
+                == 2
+            ),
+            timeout=60,
+            what="2 available operator replicas",
+        )
+        sa = f"system:serviceaccount:{ns}:{full}-operator"
+        for verb, resource, expected in (
+            ("patch", "tunnels.mproxy.dev/status", "yes"),
+            ("list", "services", "yes"),
+            ("create", "configmaps", "yes"),
+            ("get", "secrets", "no"),
+            ("delete", "pods", "no"),
+        ):
+            got = kube.kubectl("auth", "can-i", verb, resource, "--as", sa, "-A", check=False).stdout.strip()
+            assert got == expected, f"{verb} {resource}: {got}"
+    finally:
+        kube.run_helm("uninstall", release, "--namespace", ns, "--wait=false", check=False)
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_manifests_are_current_and_the_server_accepts_them(kube: Any) -> None:
+    res = subprocess.run(
+        [str(REPO / "scripts" / "render-manifests"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=kube.env(HELM=str(kube.helm)),
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    kube.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
+    kube.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/tunnels.mproxy.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+        "--timeout=30s",
+    )
+    # A server-side dry run does not create the Namespace, so the namespaced objects need it to exist.
+    kube.kubectl("create", "namespace", "mproxy-system", check=False)
+    res = kube.kubectl("apply", "--dry-run=server", "-f", str(REPO / "manifests" / "mproxy.yaml"))
+    assert (
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/mproxy created (server dry run)"
+        in res.stdout
+    )
+    assert "deployment.apps/mproxy-operator created (server dry run)" in res.stdout
