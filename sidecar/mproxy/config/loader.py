@@ -60,8 +60,10 @@ class ConfigWatcher(Generic[T]):
         on_change: Callable[[T], None],
         *,
         interval: float = 2.0,
+        on_error: Callable[[ConfigError], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self._on_error = on_error
         self._parse = parse
         self._on_change = on_change
         self.interval = interval
@@ -97,6 +99,8 @@ class ConfigWatcher(Generic[T]):
             self.rejected += 1
             self.last_error = str(exc)
             log.error("config reload refused, keeping the previous config: %s", exc)
+            if self._on_error is not None:
+                self._on_error(exc)
             return False
         self.last_error = None
         self._applied = digest

@@ -113,8 +113,10 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._flush_loop()))
         if self.config_path:
-            self.watcher = ConfigWatcher(self.config_path, load_sidecar_config, self.apply_config,
-                                         interval=self._reload_interval)
+            self.watcher = ConfigWatcher(
+                self.config_path, load_sidecar_config, self.apply_config, interval=self._reload_interval,
+                on_error=lambda _: self.metrics.config_reloads.labels("refused").inc(),
+            )
             self._tasks.append(loop.create_task(self.watcher.run()))
 
     async def wait_stopped(self) -> None:

@@ -187,6 +187,8 @@ async def test_reload_with_streams_in_flight(node_relay, backends, run_sidecar, 
                 while not (sidecar.watcher and sidecar.watcher.rejected):
                     await asyncio.sleep(0.05)
             assert "edge.urls" in (sidecar.status()["config"]["lastError"] or "")
+            assert sidecar.metrics.registry.get_sample_value("mproxy_sidecar_config_reloads_total",
+                                                             {"result": "refused"}) == 1
             assert await tcp_roundtrip(relay.ports[0], b"b") == b"old:b"
             cfg["routes"] = [route("app", new_b.port)]
             path.write_text(yaml.safe_dump(cfg))
