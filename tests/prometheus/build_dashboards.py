@@ -21,7 +21,8 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "$__rate_interval"
 
 # Filters every sidecar / edge / operator query carries (Grafana multi-value variables, regex matchers).
-SC = 'namespace=~"$namespace", pod=~"$pod"'
+# `tunnel` is the Tunnel a sidecar pod belongs to (the chart's PodMonitor copies the mproxy.dev/tunnel label).
+SC = 'namespace=~"$namespace", tunnel=~"$tunnel", pod=~"$pod"'
 ED = 'namespace=~"$namespace", pod=~"$pod"'
 OP = 'namespace=~"$namespace", pod=~"$pod"'
 
@@ -203,6 +204,14 @@ def tunnels() -> dict[str, Any]:
             Panel("Reconnects (1h)", "Tunnel reconnects in the last hour, all reasons.", "none", [
                 (f"sum(increase({s}tunnel_reconnects_total{{{SC}}}[1h]))", "reconnects"),
             ], kind="stat", width=6, decimals=0),
+            Panel("Connected pods per Tunnel", "Pods of each Tunnel with at least one connected tunnel "
+                  "connection, next to all its pods scraped. Zero connected: the Tunnel's names are down "
+                  "(MproxyTunnelUnavailable).", "none", [
+                      (f"sum by (namespace, tunnel) (max by (namespace, tunnel, pod) "
+                       f"({s}tunnel_connected{{{SC}}}))", "{{namespace}}/{{tunnel}} connected"),
+                      (f"count by (namespace, tunnel) (max by (namespace, tunnel, pod) "
+                       f"({s}tunnel_connected{{{SC}}}))", "{{namespace}}/{{tunnel}} pods"),
+                  ], width=24, decimals=0),
             Panel("Connected, per tunnel", "Connection state of each tunnel connection from a sidecar to an "
                   "edge (1 = connected, 0 = disconnected).", "none", [
                       (f"max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}})",
@@ -277,7 +286,8 @@ def tunnels() -> dict[str, Any]:
         "backend latency.",
         rows, [
             _variable("namespace", "Namespace", f"{s}tunnel_connected"),
-            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
+            _variable("tunnel", "Tunnel", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
+            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace", tunnel=~"$tunnel"'),
         ],
     )
 
@@ -348,7 +358,8 @@ def clients() -> dict[str, Any]:
         "bucket) and per route.",
         rows, [
             _variable("namespace", "Namespace", f"{s}tunnel_connected"),
-            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
+            _variable("tunnel", "Tunnel", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
+            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace", tunnel=~"$tunnel"'),
             _custom_variable("k", "Top", ["5", "10", "20", "50"], "10"),
         ],
     )

@@ -66,8 +66,11 @@ def prometheus(
         "rule_files": [str(p) for p in alert_files()],
         "scrape_configs": [
             {"job_name": job, "static_configs": [
-                # The labels Kubernetes service discovery would add; dashboards group by them.
-                {"targets": [target], "labels": {"namespace": "mproxy-test", "pod": f"{job}-{i}"}}
+                # The labels the chart's PodMonitor adds in a cluster; dashboards and alerts group by them.
+                {"targets": [target], "labels": {
+                    "namespace": "mproxy-test", "pod": f"{job}-{i}",
+                    **({"tunnel": stack.tunnels[target]} if target in stack.tunnels else {}),
+                }}
                 for i, target in enumerate(targets)
             ]}
             for job, targets in stack.targets.items()

@@ -38,6 +38,7 @@ class Stack:
     group: ProcGroup
     edge_http_port: int = 0
     targets: dict[str, list[str]] = field(default_factory=dict)  # job -> ["127.0.0.1:port"]
+    tunnels: dict[str, str] = field(default_factory=dict)  # sidecar target -> its Tunnel's name
 
     def check_alive(self) -> None:
         for proc in self.group.procs:
@@ -120,12 +121,12 @@ def start_stack(group: ProcGroup) -> Stack:
         {"name": "dead", "match": {"hostnames": ["dead.test"]},
          "backend": {"host": "127.0.0.1", "port": dead_port, "connectTimeoutSeconds": 2}},
     ]
-    sidecars = {
-        "sidecar": [f"ws://127.0.0.1:{tunnel_port}/tunnel", dead_edge],
-        "sidecar-lonely": [dead_edge],
+    sidecars = {  # process name -> (Tunnel name, edge URLs)
+        "sidecar": ("shop", [f"ws://127.0.0.1:{tunnel_port}/tunnel", dead_edge]),
+        "sidecar-lonely": ("lonely", [dead_edge]),
     }
     stack.targets["mproxy-sidecar"] = []
-    for name, urls in sidecars.items():
+    for name, (tunnel, urls) in sidecars.items():
         metrics_port = free_port()
         config = _write_yaml(work / f"{name}.yaml", {
             "edge": {"urls": urls, "tokenFile": str(token_file)},
@@ -139,6 +140,7 @@ def start_stack(group: ProcGroup) -> Stack:
         })
         group.start(name, [*mproxy, "sidecar", "--config", str(config)])
         stack.targets["mproxy-sidecar"].append(f"127.0.0.1:{metrics_port}")
+        stack.tunnels[f"127.0.0.1:{metrics_port}"] = tunnel
 
     # Ready once the edge routes app.test through the tunnel to the backend.
     wait_for(lambda: stack.check_alive() or stack.request("app.test") == 200, 20,

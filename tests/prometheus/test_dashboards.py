@@ -20,6 +20,7 @@ CORE = {
     ("mproxy-tunnels", "Connected sidecars"): "positive",
     ("mproxy-tunnels", "Disconnected sidecars"): "data",
     ("mproxy-tunnels", "Streams open now"): "data",
+    ("mproxy-tunnels", "Connected pods per Tunnel"): "positive",
     ("mproxy-tunnels", "Connected, per tunnel"): "positive",
     ("mproxy-tunnels", "Disconnected vs idle"): "positive",
     ("mproxy-tunnels", "Connected for"): "positive",

@@ -76,7 +76,8 @@ def test_referenced_metrics_exist_in_a_real_scrape(stack: Stack) -> None:
 # What each alert must be doing on the stack (see stack.py): the expressions select real series, not only
 # parse. Pending = its condition holds and its `for` runs; nothing fires within seconds.
 ALERT_STATES = {
-    "MproxyTunnelDown": "pending",  # sidecar-lonely has no connected tunnel
+    "MproxyTunnelUnavailable": "pending",  # Tunnel "lonely": its only pod has no connected tunnel
+    "MproxyTunnelDown": "pending",  # that pod, sidecar-lonely
     "MproxyTunnelFlapping": "inactive",  # failed dials to the dead edge URL are not flaps
     "MproxyBackendErrorsHigh": "pending",  # dead.test: 1 stream in 8 fails
     "MproxyEdgeNoTunnelForName": "inactive",  # app.test and dead.test keep their tunnel
@@ -98,6 +99,8 @@ def test_alert_rules_evaluate_on_real_data(prometheus: PrometheusAPI) -> None:
     wait_for(lambda: all(r["state"] == ALERT_STATES[n] for n, r in states().items()), 5,
              f"alert states {ALERT_STATES}")
     pending = [a for r in states().values() for a in r.get("alerts", []) if a["state"] == "pending"]
-    assert {a["labels"]["alertname"]: a["labels"]["pod"] for a in pending} == {
-        "MproxyTunnelDown": "mproxy-sidecar-1", "MproxyBackendErrorsHigh": "mproxy-sidecar-0",
+    assert {a["labels"]["alertname"]: (a["labels"]["tunnel"], a["labels"].get("pod")) for a in pending} == {
+        "MproxyTunnelUnavailable": ("lonely", None),
+        "MproxyTunnelDown": ("lonely", "mproxy-sidecar-1"),
+        "MproxyBackendErrorsHigh": ("shop", "mproxy-sidecar-0"),
     }
