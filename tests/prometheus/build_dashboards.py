@@ -249,9 +249,10 @@ def tunnels() -> dict[str, Any]:
                       (f"sum(rate({s}received_bytes_total{{{SC}}}[{RI}]))", "in"),
                       (f"sum(rate({s}sent_bytes_total{{{SC}}}[{RI}]))", "out"),
                   ]),
-            Panel("Flow-control pauses", "Rate of pauses: relay = the sidecar asked the relay to pause a "
-                  "client (slow backend); backend = the relay paused the sidecar (slow client). A paused "
-                  "stream waits instead of stalling the tunnel's other streams.", "ops", [
+            Panel("Flow-control pauses", "Rate of flow-control pauses. relay: the sidecar asked the relay to "
+                  "pause a client (slow backend); backend: the sidecar stopped reading a backend (slow "
+                  "client, or the stream's tunnel queue is full). A paused stream waits instead of stalling "
+                  "the tunnel's other streams.", "ops", [
                       (f"sum by (direction) (rate({s}pauses_total{{{SC}}}[{RI}]))", "{{direction}}"),
                   ], stack=True),
         ]),
@@ -265,8 +266,9 @@ def tunnels() -> dict[str, Any]:
                        f" / sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
                        "{{namespace}}/{{pod}}"),
                   ]),
-            Panel("Streams refused by reason", "Rate of streams refused before reaching a backend (no "
-                  "route for the name or port, a limit, draining).", "ops", [
+            Panel("Streams refused by reason", "Rate of streams refused before reaching a backend, by "
+                  "reason (no_route: no route matches the name or port and there is no default route).",
+                  "ops", [
                       (f"sum by (reason) (rate({s}streams_refused_total{{{SC}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
             Panel("Backend connect latency", "Time for the sidecar to connect to the backend Service, p50 "
