@@ -177,9 +177,31 @@ class Parser:
         if not n:
             return events
         base = self.offset
+        self.offset = base + n
         pos = 0
-        if self._make is not None:
+        make = self._make
+        if make is not None:
+            if self._need == n and not self._parts:
+                # The relay's pattern: the header came alone, this chunk is exactly the body. No copy.
+                self._make = None
+                self._need = 0
+                events.append(make(chunk))
+                return events
             pos = self._continue_body(chunk, n, events)
+            if pos == n:
+                return events
+        elif (
+            n > 2 and chunk[1] == n - 2 and chunk[0] == 0xFE and n - 2 == len(self._last_raw)
+            and chunk.endswith(self._last_raw) and self._last is not None and not self._head
+        ):
+            # The relay's pattern again: this chunk is exactly the previous header, alone.
+            make, datalen = self._last
+            if datalen:
+                self._make = make
+                self._need = datalen
+            else:
+                events.append(make(b""))
+            return events
         elif self._head:
             pos = self._continue_head(chunk, n, events, base)
         append = events.append
@@ -224,7 +246,6 @@ class Parser:
                 break
         self._last_raw = last_raw
         self._last = last
-        self.offset = base + n
         return events
 
     def _finish_body(self, events: list[Event]) -> None:

@@ -207,3 +207,19 @@ def test_zero_copy_bodies_are_views_of_the_chunk() -> None:
     parser = Parser(zero_copy=True)
     parser.feed(pack_data_header(A, len(body), service="tcp"))
     assert parser.feed(body)[0].data is body
+
+
+def test_relay_pattern_header_and_body_as_separate_chunks() -> None:
+    """The relay sends every header and every body as its own WebSocket message."""
+    parser = Parser()
+    head = pack_data_header(A, 3, service="tcp")
+    end = pack_end(A)
+    out = []
+    for piece in (head, b"abc", head, b"def", end, end, head, b"gh", b"i", b"\xfe", end[1:]):
+        out += parser.feed(piece)
+    assert [(e.kind, e.data) for e in out] == [
+        ("message", b"abc"), ("message", b"def"), ("end", b""), ("end", b""), ("message", b"ghi"), ("end", b""),
+    ]
+    assert parser.at_boundary
+    with pytest.raises(RemoteProtocolError, match="header length 0"):
+        parser.feed(b"\xfe\x00\x00")
