@@ -9,6 +9,8 @@ purpose so that the error panels have something to show:
 The sidecar also dials a second edge URL where nothing listens (a disconnected tunnel next to a connected
 one, and failed dials counted as reconnects), and a second sidecar dials only that URL (a pod with no
 connected tunnel at all, what MproxyTunnelDown is about).
+The operator needs a Kubernetes API server to run (tests/k8s starts one; too slow here), so its own metrics
+registry is served alone, by prometheus_client, as its /metrics would: real names, real initial series.
 """
 
 from __future__ import annotations
@@ -68,6 +70,17 @@ class Stack:
                 assert status == 200, f"GET app.test through the edge from {source} answered {status}"
         assert self.request("dead.test") != 200
         assert self.request("nobody.test") != 200
+
+
+_OPERATOR_METRICS = """
+import sys, time
+from prometheus_client import start_http_server
+from mproxy_operator import metrics
+start_http_server(int(sys.argv[1]), addr="127.0.0.1", registry=metrics.REGISTRY)
+print("serving", flush=True)
+while True:
+    time.sleep(3600)
+"""
 
 
 def _wait_line(proc: Proc, pattern: str, timeout: float = 20) -> re.Match[str]:
@@ -141,6 +154,11 @@ def start_stack(group: ProcGroup) -> Stack:
         group.start(name, [*mproxy, "sidecar", "--config", str(config)])
         stack.targets["mproxy-sidecar"].append(f"127.0.0.1:{metrics_port}")
         stack.tunnels[f"127.0.0.1:{metrics_port}"] = tunnel
+
+    operator_port = free_port()
+    operator = group.start("operator-metrics", [sys.executable, "-c", _OPERATOR_METRICS, str(operator_port)])
+    _wait_line(operator, "serving")
+    stack.targets["mproxy-operator"] = [f"127.0.0.1:{operator_port}"]
 
     # Ready once the edge routes app.test through the tunnel to the backend.
     wait_for(lambda: stack.check_alive() or stack.request("app.test") == 200, 20,
