@@ -106,7 +106,7 @@ def ours(size: int) -> dict[str, float]:
     def head_all() -> None:
         heads.clear()
         for _ in range(n):
-            heads.append(pack_data_header(addr, size, service="https", serviceport="443", name="app.example.com"))
+            heads.append(pack_data_header(addr, size, service="https", serviceport="443", name=META["name"]))
 
     pack_t = best(pack_all)
     head_t = best(head_all)
@@ -160,12 +160,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks/codec.md")
     ap.add_argument("--node", default="node")
+    ap.add_argument("--repeats", type=int, default=3, help="alternate ours/reference this many times")
     args = ap.parse_args()
-    ref = reference(args.node)
-    rows = []
-    for size in SIZES:
-        mine = ours(size)
-        rows.append((size, mine, ref[size]))
+    # The machine is shared: alternate the two codecs and keep each figure's best over the repeats.
+    ref: dict[int, dict[str, float]] = {}
+    mine_all: dict[int, dict[str, float]] = {}
+    for _ in range(args.repeats):
+        for size, figures in reference(args.node).items():
+            ref[size] = {k: max(v, ref.get(size, {}).get(k, 0.0)) for k, v in figures.items()}
+        for size in SIZES:
+            figures = ours(size)
+            mine_all[size] = {k: max(v, mine_all.get(size, {}).get(k, 0.0)) for k, v in figures.items()}
+    rows = [(size, mine_all[size], ref[size]) for size in SIZES]
     label = {64: "64 B", 1024: "1 KiB", 16384: "16 KiB", 65536: "64 KiB"}
     lines = [
         "Pack (MB/s of body; ratio = ours / reference)",
