@@ -98,7 +98,11 @@ func serve(c net.Conn, chunk []byte) {
 		buf := make([]byte, 16<<10)
 		io.CopyBuffer(c, c, buf)
 	case 'D':
-		go io.Copy(io.Discard, c) // notice the close
+		go func() {
+			// The client went away (EOF, including a half-close): stop sending, as a server would.
+			io.Copy(io.Discard, c)
+			c.Close()
+		}()
 		for {
 			if _, err := c.Write(chunk); err != nil {
 				return

@@ -65,7 +65,9 @@ def top_inclusive(lines: Iterable[str], n: int = 12, prefix: str = "mproxy/") ->
     self_c, total_c, total = parse_collapsed(lines)
     if not total:
         return []
-    ours = [(f, c) for f, c in total_c.items() if prefix in f]
+    # The entry frames (module, CLI main) cover everything and say nothing.
+    ours = [(f, c) for f, c in total_c.items()
+            if prefix in f and "mproxy/cli/" not in f and "mproxy/__main__" not in f]
     ours.sort(key=lambda fc: -fc[1])
     return [Hot(f, 100 * self_c[f] / total, 100 * c / total) for f, c in ours[:n]]
 

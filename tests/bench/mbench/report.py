@@ -64,6 +64,7 @@ COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
     ("idle KiB/stream, edge", "idle_edge_kib_per_stream", 1, False),
     ("idle KiB/stream, device", "idle_device_kib_per_stream", 1, False),
     ("edge restart → flowing, s", "restart_s", 2, False),
+    ("… after the new edge listens, s", "restart_after_listen_s", 2, False),
 )
 
 
@@ -126,8 +127,11 @@ def goals(table: Table) -> list[Goal]:
         out.append(Goal(f"memory per idle stream, {label}", "≤ 16 KiB", f"{fmt(kib, 1)} KiB",
                         None if kib is None else kib <= 16))
     rs = _median(table, m, "restart_s")
-    out.append(Goal("traffic flows again after an edge restart", "≤ 0.5 s", f"{fmt(rs, 2)} s",
-                    None if rs is None else rs <= 0.5))
+    out.append(Goal("traffic flows again after an edge restart (from the new edge's spawn)", "≤ 0.5 s",
+                    f"{fmt(rs, 2)} s", None if rs is None else rs <= 0.5))
+    rl = _median(table, m, "restart_after_listen_s")
+    out.append(Goal("... from the moment the new edge accepts connections", "≤ 0.5 s", f"{fmt(rl, 2)} s",
+                    None if rl is None else rl <= 0.5))
     cr = _median(table, m, "connrate_per_s")
     best_cr = _best(table, "connrate_per_s", PEERS)
     out.append(Goal("new streams per second ≥ best peer",
@@ -225,8 +229,9 @@ def render(
         f"- **idle**: {plan.get('idle_streams')} streams, each proven end to end by one echo, then held; RSS "
         "growth of the edge and of the device process divided by the streams.",
         "- **edge restart**: the edge process is stopped (SIGTERM) and started again while a probe tries an "
-        "end-to-end echo every 10 ms; seconds from the new edge's spawn to the first echo that succeeds "
-        "(each peer reconnects with its own default policy).",
+        "end-to-end echo every 10 ms; seconds from the new edge's spawn to the first echo that succeeds, "
+        "and from the first connection the new edge accepted (so its start-up time is left out). Each peer "
+        "reconnects with its own default policy.",
         "",
         "## Systems",
         "",

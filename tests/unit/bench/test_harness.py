@@ -117,7 +117,8 @@ def _table() -> dict[str, dict[str, stats.Summary]]:
             "direct": {"bulk1_mbps": 3000.0, "connrate_per_s": 5000.0, "lat_p50_ms": 0.1},
             "mproxy": {"bulk1_mbps": 600.0, "connrate_per_s": 900.0, "lat_p50_ms": 0.5,
                        "loaded_p99_x_idle": 2.0, "idle_edge_kib_per_stream": 12.0,
-                       "idle_device_kib_per_stream": 20.0, "restart_s": 0.3},
+                       "idle_device_kib_per_stream": 20.0, "restart_s": 0.3,
+                       "restart_after_listen_s": 0.6},
             "reference": {"bulk1_mbps": 250.0, "lat_p50_ms": 0.9},
             "frp": {"bulk1_mbps": 700.0, "connrate_per_s": 800.0},
             "bore": {"bulk1_mbps": 180.0, "connrate_per_s": 1000.0},
@@ -158,7 +159,8 @@ def test_goals_compare_against_best_peer_and_reference() -> None:
     assert goals["interactive p99 under bulk ≤ 3x idle p99"].met is True
     assert goals["memory per idle stream, edge"].met is True
     assert goals["memory per idle stream, sidecar"].met is False
-    assert goals["traffic flows again after an edge restart"].met is True
+    assert goals["traffic flows again after an edge restart (from the new edge's spawn)"].met is True
+    assert goals["... from the moment the new edge accepts connections"].met is False
     assert goals["new streams per second ≥ best peer"].met is False  # 900 < bore's 1000
     rendered = report.goals_table(report.goals(_table()))
     assert "**missed**" in rendered and "| met |" in rendered
@@ -236,6 +238,7 @@ def test_top_and_top_inclusive() -> None:
     assert [h.function for h in hot] == ["_read (mproxy/tunnel/mux.py)", "select (selectors.py)"]
     assert hot[0].self_pct == pytest.approx(60.0)
     ours = top_inclusive(COLLAPSED, 5)
-    assert ours[0].function == "<module> (mproxy/__main__.py)" and ours[0].total_pct == pytest.approx(100.0)
-    assert any(h.function == "feed (mproxy/codec/parser.py)" for h in ours)
+    # the entry frame covers everything and is left out; our own functions remain
+    assert [h.function for h in ours] == ["_read (mproxy/tunnel/mux.py)", "feed (mproxy/codec/parser.py)"]
+    assert ours[0].total_pct == pytest.approx(60.0)
     assert top([], 3) == []
