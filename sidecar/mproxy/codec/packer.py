@@ -150,7 +150,14 @@ def pack_resume(addr: Address, buffered: int = 0, *, serviceport: str | int = ""
     return _with_body(addr, "resume", _count_body(buffered), serviceport, name)
 
 
+def _js_falsy(value: object) -> bool:
+    return value is None or value is False or value == "" or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    )
+
+
 def pack_control(value: object) -> bytes:
-    """A control message: `,,,<n>,control` + JSON.stringify(value)."""
-    body = js_json_bytes(value)
+    """A control message: `,,,<n>,control` + JSON.stringify(value). Like the reference, a falsy value
+    (null, false, 0, "") is sent as no body at all; real control messages are arrays."""
+    body = b"" if _js_falsy(value) else js_json_bytes(value)
     return pack_header(None, "control", len(body)) + body
