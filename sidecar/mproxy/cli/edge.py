@@ -22,29 +22,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=_run)
 
 
-def setup_logging(fmt: str, level: str) -> None:
-    import json
-    import logging
-
-    class JsonFormatter(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            out = {"time": self.formatTime(record), "level": record.levelname.lower(),
-                   "logger": record.name, "message": record.getMessage()}
-            if record.exc_info:
-                out["error"] = self.formatException(record.exc_info)
-            return json.dumps(out)
-
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel("WARNING")
-
-
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -52,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     from mproxy.config.errors import ConfigError
     from mproxy.config.loader import load_file
     from mproxy.edge.auth import read_secret
+    from mproxy.observe.logs import setup_logging
 
     try:
         config = load_file(args.config, load_edge_config)

@@ -347,27 +347,14 @@ class EdgeRelay:
             "tunnels": [s.status() for s in sorted(self.sessions, key=lambda s: s.id)],
         }
 
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if not self.started:
+            return False, "starting"
+        return True, "ok"
+
     def http_app(self) -> web.Application:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from mproxy.observe.http import build_app
 
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        async def readyz(_: web.Request) -> web.Response:
-            if self.started and not self.draining:
-                return web.Response(text="ready\n")
-            return web.Response(text="draining\n" if self.draining else "starting\n", status=503)
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def status(_: web.Request) -> web.Response:
-            return web.json_response(self.status())
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/status", status)
-        return app
+        return build_app(self.metrics.registry, self.ready, self.status)

@@ -320,16 +320,25 @@ async def http_get(port: int, host: str, path: str = "/",
 
 
 async def tcp_roundtrip(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    """Send `payload` and read the echo concurrently (every hop has bounded buffers, so a client that
+    writes everything before reading would deadlock against an echo server by design)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    try:
+
+    async def send() -> None:
         writer.write(payload)
         await writer.drain()
-        got = b""
+
+    async def receive() -> bytes:
+        got = bytearray()
         while len(got) < len(payload):
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            chunk = await reader.read(65536)
             if not chunk:
                 break
             got += chunk
+        return bytes(got)
+
+    try:
+        _, got = await asyncio.wait_for(asyncio.gather(send(), receive()), timeout)
         return got
     finally:
         writer.close()
