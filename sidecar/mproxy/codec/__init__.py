@@ -35,6 +35,7 @@ from mproxy.codec.jsjson import js_json_bytes, js_stringify
 from mproxy.codec.packer import (
     MAX_HEADER,
     VERSION_BYTE,
+    data_header_packer,
     pack,
     pack_connection,
     pack_control,
@@ -77,6 +78,7 @@ __all__ = [
     "Request",
     "Resume",
     "address_from_peername",
+    "data_header_packer",
     "error_body",
     "error_reply",
     "hello_message",

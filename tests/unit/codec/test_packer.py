@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mproxy.codec import (
     MAX_HEADER,
     VERSION_BYTE,
     Address,
     LocalProtocolError,
+    data_header_packer,
     pack,
     pack_connection,
     pack_control,
@@ -91,3 +94,31 @@ def test_refuses_negative_length_and_missing_address() -> None:
         pack_header(None, "tcp", 1)
     with pytest.raises(LocalProtocolError, match="cannot be sent as JSON"):
         pack_control([object()])
+
+
+FIELD = st.text(st.characters(max_codepoint=127, blacklist_characters=","), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(family=FIELD, address=FIELD, port=FIELD, service=FIELD, serviceport=FIELD, name=FIELD,
+       datalen=st.integers(-5, 10**30))
+def test_data_header_packer_equals_pack_data_header(
+    family: str, address: str, port: str, service: str, serviceport: str, name: str, datalen: int
+) -> None:
+    a = Address(family, address, port)
+    try:
+        expected: bytes | str = pack_data_header(
+            a, datalen, service=service, serviceport=serviceport, name=name
+        )
+    except LocalProtocolError as err:
+        expected = str(err)
+    try:
+        header = data_header_packer(a, service=service, serviceport=serviceport, name=name)
+        got: bytes | str = header(datalen)
+    except LocalProtocolError as err:
+        got = str(err)
+    if isinstance(got, str) and isinstance(expected, bytes):
+        # Created with datalen 0: fields that only fit with a short datalen are refused up front.
+        assert "over the 255-byte limit" in got
+    else:
+        assert got == expected

@@ -218,7 +218,8 @@ def test_relay_pattern_header_and_body_as_separate_chunks() -> None:
     for piece in (head, b"abc", head, b"def", end, end, head, b"gh", b"i", b"\xfe", end[1:]):
         out += parser.feed(piece)
     assert [(e.kind, e.data) for e in out] == [
-        ("message", b"abc"), ("message", b"def"), ("end", b""), ("end", b""), ("message", b"ghi"), ("end", b""),
+        ("message", b"abc"), ("message", b"def"), ("end", b""), ("end", b""),
+        ("message", b"ghi"), ("end", b""),
     ]
     assert parser.at_boundary
     with pytest.raises(RemoteProtocolError, match="header length 0"):
