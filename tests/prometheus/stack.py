@@ -27,7 +27,7 @@ from tests.prometheus.harness import wait_for
 from tests.prometheus.procs import Proc, ProcGroup, free_port
 
 SECRET = b"prometheus-test-secret-0123456789abcdef"
-CLIENT_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two clients, so per-client panels have two series
+CLIENT_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two clients: per-client series, and evictions into "other"
 
 
 def mproxy_argv() -> list[str]:
@@ -64,11 +64,14 @@ class Stack:
             conn.close()
 
     def drive_traffic(self) -> None:
+        """One burst. The sidecar labels one client at a time (maxClients 1), so each address evicts the
+        other into client="other"; the failing request goes first, so that its error is folded into
+        "other" by the next address and, in the second burst, moves that series (what rate() sees)."""
+        assert self.request("dead.test", "/", CLIENT_ADDRESSES[0]) != 200
         for source in CLIENT_ADDRESSES:
             for _ in range(3):
                 status = self.request("app.test", "/", source)
                 assert status == 200, f"GET app.test through the edge from {source} answered {status}"
-        assert self.request("dead.test") != 200
         assert self.request("nobody.test") != 200
 
 
@@ -146,7 +149,8 @@ def start_stack(group: ProcGroup) -> Stack:
             "routes": routes,
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 5},
             "reconnect": {"initialSeconds": 0.2, "maxSeconds": 1},
-            "metrics": {"labels": "client", "maxClients": 10},
+            # One labelled client at a time: the second address evicts the first into client="other".
+            "metrics": {"labels": "client", "maxClients": 1},
             "http": {"listen": f"127.0.0.1:{metrics_port}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 0,
