@@ -120,7 +120,8 @@ def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options,
         "targets": [
             {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i),
-             "range": True, "instant": False, "editorMode": "code"}
+             # A bar gauge shows one value per series: an instant query keeps topk() to k bars.
+             "range": panel.kind != "bargauge", "instant": panel.kind == "bargauge", "editorMode": "code"}
             for i, (expr, legend) in enumerate(panel.exprs)
         ],
     }
