@@ -38,7 +38,11 @@ var rr = 0;
 var stats = { clients: 0, tunnelsOpened: 0, bytesToDevice: 0, bytesFromDevice: 0, pausesSent: 0 };
 
 function sendFrame(ws, addr, data, service) {
-	// telebit-relay: header and body are two WebSocket messages.
+	// telebit-relay: header and body are two WebSocket messages. packHeader sizes an object body as its
+	// JSON; send exactly those bytes.
+	if (data && !Buffer.isBuffer(data)) {
+		data = Buffer.from(JSON.stringify(data));
+	}
 	var header = Packer.packHeader(addr, data, service);
 	ws.send(header, { binary: true });
 	if (data && data.byteLength) {
