@@ -173,35 +173,34 @@ class Parser:
         if type(chunk) is not bytes:
             chunk = bytes(chunk)
         n = len(chunk)
-        events: list[Event] = []
-        if not n:
-            return events
         base = self.offset
         self.offset = base + n
-        pos = 0
         make = self._make
         if make is not None:
             if self._need == n and not self._parts:
                 # The relay's pattern: the header came alone, this chunk is exactly the body. No copy.
                 self._make = None
                 self._need = 0
-                events.append(make(chunk))
-                return events
-            pos = self._continue_body(chunk, n, events)
-            if pos == n:
-                return events
+                return [make(chunk)]
         elif (
-            n > 2 and chunk[1] == n - 2 and chunk[0] == 0xFE and n - 2 == len(self._last_raw)
-            and chunk.endswith(self._last_raw) and self._last is not None and not self._head
+            n > 2 and chunk[1] == n - 2 and chunk[0] == 0xFE and chunk.endswith(self._last_raw)
+            and n - 2 == len(self._last_raw) and self._last is not None and not self._head
         ):
             # The relay's pattern again: this chunk is exactly the previous header, alone.
             make, datalen = self._last
             if datalen:
                 self._make = make
                 self._need = datalen
-            else:
-                events.append(make(b""))
+                return []
+            return [make(b"")]
+        events: list[Event] = []
+        if not n:
             return events
+        pos = 0
+        if make is not None:
+            pos = self._continue_body(chunk, n, events)
+            if pos == n:
+                return events
         elif self._head:
             pos = self._continue_head(chunk, n, events, base)
         append = events.append
