@@ -25,7 +25,14 @@ from mproxy_operator.render import config_map, digest, render_config
 from mproxy_operator.resolve import resolve_routes
 from mproxy_operator.rollout import WORKLOAD_KINDS, roll_patch, workloads_to_roll
 from mproxy_operator.selectors import to_string
-from mproxy_operator.status import GatewayCounts, PodCounts, build_status, failed_status, pod_is_ready
+from mproxy_operator.status import (
+    GatewayCounts,
+    PodCounts,
+    build_status,
+    failed_status,
+    pod_is_ready,
+    unchanged,
+)
 
 log = logging.getLogger("mproxy_operator.reconcile")
 
@@ -115,7 +122,8 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
     if spec.mode == "Gateway":
         gateway = _apply_gateway(ctx, tunnel, spec)
     else:
-        _delete_gateway(ctx.kube, ns, name)
+        if "gatewayReplicas" in previous:  # it was in Gateway mode until now
+            _delete_gateway(ctx.kube, ns, name)
         pods = _count_pods(ctx.kube, ns, name, spec)
 
     new_hash = sidecar_hash(name, spec, ctx.defaults, native=ctx.native)
@@ -143,6 +151,8 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
         previous=prev_conditions,
         now=now,
     )
+    if unchanged(status, previous):
+        return status  # a timer tick that found nothing new writes nothing (no watch event storm)
     return _write_status(ctx, ns, name, status)
 
 

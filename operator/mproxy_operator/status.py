@@ -154,8 +154,16 @@ def build_status(
             readyPods=0,
         )
     else:
-        status.update(selectedPods=pods.selected, injectedPods=pods.injected, readyPods=pods.ready)
+        # None deletes the keys in the merge patch (a Tunnel switched from Gateway to Sidecar mode).
+        status.update(selectedPods=pods.selected, injectedPods=pods.injected, readyPods=pods.ready,
+                      gatewayReplicas=None, gatewayReadyReplicas=None)
     return status
+
+
+def unchanged(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """True when writing `new` (a merge patch) would not change `old`: the write can be skipped."""
+    return all(old.get(k) == v for k, v in new.items() if v is not None) and all(
+        k not in old for k, v in new.items() if v is None)
 
 
 def failed_status(

@@ -56,6 +56,7 @@ class Operator:
     http: str
     namespace: str
     ns_label: str
+    cmd: list[str]
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -189,7 +190,7 @@ def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
             start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
         )
-    op = Operator(kube, proc, log, f"http://127.0.0.1:{http_port}", op_ns, label)
+    op = Operator(kube, proc, log, f"http://127.0.0.1:{http_port}", op_ns, label, cmd)
 
     def ready() -> bool:
         op.alive()
@@ -675,3 +676,54 @@ def test_metrics_and_webhook_certificate_secret(kube: Any, operator: Operator) -
     hook = json.loads(kube.kubectl("get", "mutatingwebhookconfiguration", FULLNAME, "-o", "json").stdout)
     assert hook["webhooks"][0]["clientConfig"]["caBundle"] == tls["data"]["ca.crt"]
     assert "Traceback" not in operator.log.read_text(errors="replace")
+
+
+def test_a_second_replica_stands_by_but_answers_the_webhook(
+    kube: Any, operator: Operator, ns: str, tmp_path: Path
+) -> None:
+    """kopf peering: the lower-priority replica pauses Tunnel handling; admission is served by both."""
+    webhook_port, http_port = _free_port(), _free_port()
+    cmd = list(operator.cmd)
+    for flag, value in (
+        ("--webhook-listen", f"127.0.0.1:{webhook_port}"),
+        ("--http-listen", f"127.0.0.1:{http_port}"),
+        ("--priority", "50"),
+    ):
+        cmd[cmd.index(flag) + 1] = value
+    log = tmp_path / "second.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+        )
+    second = Operator(
+        kube, proc, log, f"http://127.0.0.1:{http_port}", operator.namespace, operator.ns_label, cmd
+    )
+    try:
+
+        def ready() -> bool:
+            second.alive()
+            with urllib.request.urlopen(f"{second.http}/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        kube.wait_for(ready, timeout=60, what="the second replica's /readyz (its webhook answers)")
+        kube.wait_for(
+            lambda: "Pausing operations in favour of" in log.read_text(errors="replace"),
+            timeout=30,
+            what="the second replica to stand by",
+        )
+        _apply(kube, service("web", [("https", 443)]), secret(), tunnel("standby"), namespace=ns)
+        wait_tunnel(kube, ns, "standby", "reconciled", lambda t: "configHash" in (t.get("status") or {}))
+        # The Tunnel was handled by the first replica only.
+        assert (
+            _metric(second.metrics(), 'mproxy_operator_reconciles_total{result="ok",trigger="change"}') == 0
+        )
+        # Both certificates are the same (kept in one Secret), so either replica can serve the apiserver.
+        operator.alive()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)

@@ -16,6 +16,7 @@ from mproxy_operator.status import (
     condition,
     failed_status,
     pod_is_ready,
+    unchanged,
 )
 
 NOW = "2026-11-25T09:00:00Z"
@@ -175,3 +176,11 @@ def test_failed_status() -> None:
 )
 def test_pod_is_ready(pod_status: dict[str, Any], ready: bool) -> None:
     assert pod_is_ready({"status": pod_status}) is ready
+
+
+def test_unchanged_status_is_not_written_again() -> None:
+    first = _status()
+    stored = {k: v for k, v in first.items() if v is not None}
+    assert unchanged(_status(previous=first["conditions"]), stored)  # same facts, same timestamps
+    assert not unchanged(_status(pods=PodCounts(3, 3, 3)), stored)
+    assert not unchanged(first, {**stored, "gatewayReplicas": 2})  # a stale gateway count must go
