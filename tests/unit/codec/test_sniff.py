@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
 
@@ -81,3 +83,37 @@ def test_http_need_more_and_not_http() -> None:
     assert sniff_http_host(b"SSH-2.0-x\r\n") is None
     assert sniff_http_host(b"GET / FTP/1.0\r\n") is None
     assert sniff_http_host(b"G E T") is None
+
+
+HOST = st.from_regex(r"[A-Za-z0-9.-]{1,40}", fullmatch=True)
+
+
+@st.composite
+def first_bytes(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["tls", "http", "random"]))
+    if kind == "tls":
+        hs = _client_hello(b"\x00\x17\x00\x00" + _sni_ext(draw(HOST).encode()))
+        return _records(hs, draw(st.integers(1, 300)))
+    if kind == "http":
+        return f"GET /{draw(HOST)} HTTP/1.1\r\nAccept: */*\r\nHost: {draw(HOST)}:8443\r\n\r\nbody".encode()
+    return draw(st.binary(max_size=300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=first_bytes(), cut=st.integers(0, 10**6))
+def test_answers_are_final(data: bytes, cut: int) -> None:
+    """Once a sniffer answers (a name or None) for a prefix, more bytes never change the answer."""
+    prefix = data[:cut % (len(data) + 1)]
+    for sniff in (sniff_sni, sniff_http_host):
+        early, late = sniff(prefix), sniff(data)
+        assert early is NEED_MORE or early is None or isinstance(early, str)
+        if early is not NEED_MORE:
+            assert late == early, (sniff.__name__, prefix, early, late)
+
+
+@settings(max_examples=100, deadline=None)
+@given(host=HOST)
+def test_names_are_found(host: str) -> None:
+    hs = _client_hello(b"\x00\x17\x00\x00" + _sni_ext(host.encode()))
+    assert sniff_sni(_records(hs, 16384)) == host.lower()
+    assert sniff_http_host(f"GET / HTTP/1.0\r\nhost:  {host}\r\n\r\n".encode()) == host.lower()
