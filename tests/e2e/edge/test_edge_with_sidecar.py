@@ -1,0 +1,138 @@
+"""The edge with the real sidecar (`mproxy sidecar` processes): real TLS, HTTP and TCP clients; two
+replicas share a name; one is killed (SIGKILL) and every new client goes to the other at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .harness import (
+    TCP_PUBLIC_PORT,
+    Backends,
+    http_get,
+    ports,
+    start_backends,
+    start_edge,
+    status,
+    tcp_roundtrip,
+    tls_request,
+    token,
+    tunnel_url,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+async def start_sidecar(tmp: Path, label: str, url: str, tok: str, back: Backends,
+                        connections: int = 1) -> asyncio.subprocess.Process:
+    token_file = tmp / f"token-{label}"
+    token_file.write_text(tok)
+    cfg = {
+        "edge": {"urls": [url], "connectionsPerUrl": connections, "tokenFile": str(token_file),
+                 "tokenIn": "handshake"},
+        "routes": [
+            {"name": "tls", "match": {"services": ["https"]}, "backend": {"host": "127.0.0.1",
+                                                                        "port": back.https_port}},
+            {"name": "web", "match": {"services": ["http"]}, "backend": {"host": "127.0.0.1",
+                                                                       "port": back.http_port}},
+            {"name": "echo", "match": {"services": ["tcp"]}, "backend": {"host": "127.0.0.1",
+                                                                       "port": back.echo_port}},
+        ],
+        "http": {"listen": "127.0.0.1:0"},
+        "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3},
+        "logging": {"format": "text", "level": "warning"},
+        "drainSeconds": 1,
+    }
+    path = tmp / f"sidecar-{label}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mproxy", "sidecar", "--config", str(path), "--no-reload",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+
+async def wait_tunnels(relay, name: str, want: int, within: float = 15) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while (await status(relay))["names"].get(name, 0) != want:
+        assert time.monotonic() < deadline, f"expected {want} tunnels for {name}: {await status(relay)}"
+        await asyncio.sleep(0.05)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_real_sidecar_carries_tls_http_tcp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["shop.test", "www.shop.test"])
+    proc = await start_sidecar(tmp_path, "A", tunnel_url(relay), token(["shop.test"], [TCP_PUBLIC_PORT]),
+                               back, connections=2)
+    try:
+        await wait_tunnels(relay, "shop.test", 2)
+        p = ports(relay)
+        assert await tls_request(p["tls"], "www.shop.test", back.ca) == b"A:ping"
+        code, body, _ = await http_get(p["http"], "shop.test")
+        assert (code, body) == (200, "hello A host=shop.test path=/")
+        payload = bytes(range(256)) * 8192  # 2 MiB
+        assert await tcp_roundtrip(p["tcp"], payload, timeout=20) == payload
+        # every stream is closed on both tunnels shortly after its client left
+        deadline = time.monotonic() + 3
+        while {t["streams"] for t in (await status(relay))["tunnels"]} != {0}:
+            assert time.monotonic() < deadline, await status(relay)
+            await asyncio.sleep(0.05)
+    finally:
+        await stop(proc)
+        await back.close()
+        await relay.close()
+
+
+async def test_two_sidecars_then_one_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back_a = await start_backends(tmp_path, ["app.test"], label="A")
+    back_b = await start_backends(tmp_path, ["app.test"], label="B", ca=back_a.ca)
+    tok = token(["app.test"])
+    proc_a = await start_sidecar(tmp_path, "A", tunnel_url(relay), tok, back_a)
+    proc_b = await start_sidecar(tmp_path, "B", tunnel_url(relay), tok, back_b)
+    procs = {b"A": proc_a, b"B": proc_b}
+    try:
+        await wait_tunnels(relay, "app.test", 2)
+        p = ports(relay)
+        answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"x") for _ in range(10)]
+        assert sorted(answers) == [b"A:x"] * 5 + [b"B:x"] * 5
+
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", p["tls"], ssl=back_a.ca.client_context(), server_hostname="app.test")
+        writer.write(b"hold")
+        first = await asyncio.wait_for(reader.read(100), 5)
+        victim_label = first[:1]
+        procs[victim_label].kill()  # SIGKILL: no goodbye
+        started = time.monotonic()
+        try:
+            data = await asyncio.wait_for(reader.read(100), 8)
+            assert data == b"", data
+        except (ConnectionError, OSError):
+            pass
+        assert time.monotonic() - started < 5  # not left hanging
+        writer.close()
+        await wait_tunnels(relay, "app.test", 1, within=5)
+        survivor = b"B" if victim_label == b"A" else b"A"
+        answers = await asyncio.gather(
+            *(tls_request(p["tls"], "app.test", back_a.ca, b"y") for _ in range(10))
+        )
+        assert answers == [survivor + b":y"] * 10
+    finally:
+        for proc in procs.values():
+            await stop(proc)
+        await back_a.close()
+        await back_b.close()
+        await relay.close()
