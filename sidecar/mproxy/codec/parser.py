@@ -241,7 +241,7 @@ class Parser:
                 self._make = make
                 self._need = end - n
                 if hend < n:
-                    self._parts.append(memoryview(chunk)[hend:])
+                    self._parts.append(_tail(chunk, hend, n))
                 break
         self._last_raw = last_raw
         self._last = last
@@ -298,7 +298,7 @@ class Parser:
         self._make = make
         self._need = datalen - (n - pos)
         if pos < n:
-            self._parts.append(memoryview(chunk)[pos:])
+            self._parts.append(_tail(chunk, pos, n))
         return n
 
     def _bad_version(self, byte: int, offset: int, events: list[Event]) -> NoReturn:
@@ -330,6 +330,13 @@ class Parser:
             cache.clear()
         cache[raw] = header
         return header
+
+
+def _tail(chunk: bytes, start: int, n: int) -> bytes | memoryview:
+    """The start of a body that continues in later chunks. A view avoids a copy (the body is copied once,
+    when joined), but keeps the whole chunk alive: only take one when it covers most of the chunk, so
+    what is held stays within twice the body."""
+    return memoryview(chunk)[start:] if 2 * (n - start) >= n else chunk[start:]
 
 
 def _show(raw: bytes) -> str:

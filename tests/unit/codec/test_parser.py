@@ -224,3 +224,17 @@ def test_relay_pattern_header_and_body_as_separate_chunks() -> None:
     assert parser.at_boundary
     with pytest.raises(RemoteProtocolError, match="header length 0"):
         parser.feed(b"\xfe\x00\x00")
+
+
+def test_a_body_starting_at_the_end_of_a_big_chunk_does_not_pin_the_chunk() -> None:
+    big = pack_data(A, b"x" * 100_000, service="tcp")
+    head = pack_data_header(A, 10, service="tcp")
+    parser = Parser()
+    assert len(parser.feed(big + head + b"abc")) == 1
+    [part] = parser._parts
+    assert type(part) is bytes and part == b"abc"  # a copy of 3 bytes, not a view of 100 KB
+    parser = Parser()
+    parser.feed(pack_data_header(A, 1000, service="tcp") + b"a" * 900)
+    [part] = parser._parts
+    assert isinstance(part, memoryview)  # most of the chunk: a view, copied once when joined
+    assert parser.feed(b"b" * 100)[0].data == b"a" * 900 + b"b" * 100
