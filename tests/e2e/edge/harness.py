@@ -219,7 +219,9 @@ class Device:
 
     def __init__(self, url: str, tok: str | None, *, names: dict[str, int] | None = None,
                  tcp: dict[int, int] | None = None, token_in: str = "handshake",
-                 on_stream: Callable[[Stream], None] | None = None) -> None:
+                 on_stream: Callable[[Stream], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.url = url
         self.token = tok
         self.names = names or {}
@@ -267,7 +269,8 @@ class Device:
             url += "?access_token=" + self.token
         elif self.token and self.token_in == "header":
             headers["Authorization"] = f"Bearer {self.token}"
-        self.ws = await self.session.ws_connect(url, headers=headers, autoping=False, max_msg_size=0)
+        self.ws = await self.session.ws_connect(url, headers=headers, autoping=False, max_msg_size=0,
+                                                ssl=self.ssl_context if self.ssl_context else True)
         self.mux = Multiplexer(on_stream=self._accept, on_control=self._on_control,
                                limits=MuxLimits(), name="test-device")
         self.task = asyncio.ensure_future(run_tunnel(self.ws, self.mux, heartbeat=Heartbeat(1, 3),
