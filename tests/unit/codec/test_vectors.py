@@ -77,3 +77,21 @@ def test_seed_readme_hexdump_is_the_first_vector() -> None:
     assert len(wire) == 0xE3
     assert wire == VECTORS[0]["wire"]
     assert wire[28:] == (VECTORS_DIR / "sni.hello.bin").read_bytes()
+
+
+def test_reference_parse_js_chunkings_deliver_its_12_messages() -> None:
+    """proxy-packer's test/parse.js: its stream whole, byte by byte, then doubled and cut in its
+    'overlapping' pieces, through one parser: 12 events, every data one the 199-byte ClientHello."""
+    wire = (VECTORS_DIR / "parse-js-stream.bin").read_bytes()
+    hello = (VECTORS_DIR / "sni.hello.bin").read_bytes()
+    parser = Parser()
+    events = parser.feed(wire)
+    for i in range(len(wire)):
+        events += parser.feed(wire[i:i + 1])
+    doubled = wire + wire
+    for a, b in ((0, 7), (7, 14), (14, 21), (21, 28), (28, 217), (217, 224), (224, 238), (238, len(doubled))):
+        events += parser.feed(doubled[a:b])
+    assert len(events) == 12
+    assert [e.kind for e in events] == ["connection", "message", "end"] * 4
+    assert all(e.data == hello for e in events if e.kind == "message")
+    assert all(e.service == "foo-https" for e in events if e.kind == "connection")
