@@ -51,7 +51,7 @@ def _line(event: Any) -> str:
     elif isinstance(event, Error):
         out["message"] = event.message
         out["code"] = event.code
-    return json.dumps(out, ensure_ascii=False)
+    return json.dumps(out)  # ASCII: safe whatever the terminal's encoding
 
 
 def _unpack(src: IO[bytes], out: IO[str], max_body: int | None) -> None:
@@ -73,6 +73,9 @@ def _unpack(src: IO[bytes], out: IO[str], max_body: int | None) -> None:
 def _run(args: argparse.Namespace) -> int:
     from mproxy.codec.errors import ProtocolError
 
+    if args.max_body is not None and args.max_body < 0:
+        print("mproxy unpack: --max-body must be 0 or more bytes", file=sys.stderr)
+        return 2
     try:
         if args.input == "-":
             _unpack(sys.stdin.buffer, sys.stdout, args.max_body)

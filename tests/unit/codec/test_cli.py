@@ -152,3 +152,13 @@ def test_unpack_large_stream_across_read_chunks(tmp_path: Path) -> None:
     code, out, _ = inproc("unpack", str(tmp_path / "big.bin"))
     assert code == 0
     assert [base64.b64decode(x["data"]) for x in _lines(out)] == [body] * 3
+
+
+def test_unpack_output_is_ascii_and_max_body_is_checked(tmp_path: Path) -> None:
+    from mproxy.codec import pack_error
+
+    (tmp_path / "e.bin").write_bytes(pack_error(Address("IPv4", "1.2.3.4", "5"), "é café", "E_X"))
+    code, out, _ = inproc("unpack", str(tmp_path / "e.bin"))
+    assert code == 0 and out.isascii() and _lines(out)[0]["message"] == "é café"
+    code, _, err = inproc("unpack", "--max-body", "-1", str(tmp_path / "e.bin"))
+    assert code == 2 and "--max-body must be 0 or more" in err
