@@ -253,8 +253,8 @@ header and each body its own chunk, as telebit-relay sends them over the WebSock
 
 ## Reading the figures
 
-- Per frame, Python pays about 1 us for the parser loop and the event (a frozen dataclass whose seven
-  slots are filled directly: 3x cheaper than its `__init__`); node pays about half of that. That is the
+- Per frame, Python pays about 1.2-1.6 us for the parser loop and the event (a frozen dataclass whose
+  seven slots are filled directly: 3x cheaper than its `__init__`); node pays a little less. That is the
   whole cost at 64 B and in the relay-messages chunking, where neither side copies anything.
 - With bodies inside larger chunks, the reference hands out Buffer views (no copy) except for bodies that
   straddle two chunks, which it copies into a fresh, zero-filled Buffer. By default we return `bytes`
