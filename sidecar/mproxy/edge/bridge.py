@@ -19,6 +19,8 @@ log = logging.getLogger("mproxy.edge")
 
 READ_CHUNK = 64 * 1024
 CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is cut off
+REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
+RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
 
 
 class ClientBridge(StreamHandler):
@@ -37,11 +39,16 @@ class ClientBridge(StreamHandler):
         self.peer_error: tuple[str, str] | None = None
         self.received_any = False
         self._drain_task: asyncio.Task[None] | None = None
+        # What the client sent, until the sidecar answers: a refused stream can be replayed elsewhere.
+        self.sent: bytearray | None = bytearray()
+        self.retry = False
 
     # -- StreamHandler: called by the multiplexer ------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.received_any = True
+        if not self.received_any:
+            self.received_any = True
+            self.sent = None  # the sidecar answered: this client can no longer move elsewhere
         transport = self.transport
         if transport.is_closing():
             return
@@ -76,6 +83,10 @@ class ClientBridge(StreamHandler):
         self.close_reason = reason
         self.done.set()
         self.can_send.set()
+        if (self.peer_error is not None and self.peer_error[1] in RETRY_CODES and self.sent is not None
+                and not self.received_any):
+            self.retry = True  # leave the client open: the relay replays it onto another tunnel
+            return
         if reason is not None and reason.startswith("tunnel closed"):
             self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
         else:
@@ -93,21 +104,42 @@ class ClientBridge(StreamHandler):
         stream = self.stream
         assert stream is not None
         if initial:
+            self._record(initial)
             stream.write(initial)
         read = self.reader.read
+        done = asyncio.ensure_future(self.done.wait())
         try:
-            while not stream.closed:
-                if not self.can_send.is_set():
-                    await self.can_send.wait()
-                    continue
-                data = await read(READ_CHUNK)
-                if not data:
-                    stream.write_eof()
-                    break
-                stream.write(data)
-        except (ConnectionError, OSError) as exc:
-            if not stream.closed:
-                stream.abort(f"client connection failed: {type(exc).__name__}", "E_CLIENT")
-        await self.done.wait()
-        if self._drain_task is not None:
-            self._drain_task.cancel()
+            try:
+                while not stream.closed:
+                    if not self.can_send.is_set():
+                        await self.can_send.wait()
+                        continue
+                    reading = asyncio.ensure_future(read(READ_CHUNK))
+                    await asyncio.wait((reading, done), return_when=asyncio.FIRST_COMPLETED)
+                    if not reading.done():
+                        reading.cancel()  # the stream closed; unread client bytes stay in the reader
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await reading
+                        break
+                    data = reading.result()
+                    if not data:
+                        stream.write_eof()
+                        break
+                    self._record(data)
+                    stream.write(data)
+            except (ConnectionError, OSError) as exc:
+                if not stream.closed:
+                    stream.abort(f"client connection failed: {type(exc).__name__}", "E_CLIENT")
+            await done
+        finally:
+            done.cancel()
+            if self._drain_task is not None:
+                self._drain_task.cancel()
+
+    def _record(self, data: bytes) -> None:
+        sent = self.sent
+        if sent is not None:
+            if len(sent) + len(data) > REPLAY_MAX:
+                self.sent = None
+            else:
+                sent += data

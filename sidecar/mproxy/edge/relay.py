@@ -37,6 +37,8 @@ from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
 log = logging.getLogger("mproxy.edge")
 
 _ids = itertools.count(1)
+MAX_ATTEMPTS = 3  # tunnels tried for one client when sidecars refuse it before answering
+E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
 
 
 class TunnelSession:
@@ -191,26 +193,15 @@ class EdgeRelay:
         service = {"tls": "https", "http": "http"}.get(kind, "tcp")
         self.metrics.client_rejected(service, reason)
 
-    async def route(self, req: ClientRequest) -> None:
-        """Called by a listener with an identified client: pick a tunnel, open a stream, relay."""
-        if self.draining:
-            raise Refused("draining", "the edge is shutting down; retry shortly")
+    def _pick(self, req: ClientRequest, exclude: set[int]) -> tuple[TunnelSession | None, bool, str]:
+        """(tunnel, whether any tunnel serves this at all, metric name label)."""
         if req.name:
             key, candidates = self.table.match_name(req.name)
-            session = self.table.pick_name(req.name)
-            label = key or ""
-        else:
-            candidates = self.table.tunnels_for_port(req.serviceport)
-            session = self.table.pick_port(req.serviceport)
-            label = ""
-        if session is None:
-            what = req.name or f"port {req.serviceport}"
-            if candidates:
-                raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or draining; "
-                              "retry later")
-            raise Refused("no_tunnel", f"no tunnel is connected for {what}")
-        mux = session.mux
-        assert mux is not None
+            return self.table.pick_name(req.name, exclude), bool(candidates), key or ""
+        candidates = self.table.tunnels_for_port(req.serviceport)
+        return self.table.pick_port(req.serviceport, exclude), bool(candidates), ""
+
+    def _check_header(self, req: ClientRequest) -> None:
         try:
             # Refuse here, before anything is sent: a header over 255 bytes would corrupt the tunnel.
             pack_connection(req.addr, service=req.service, serviceport=req.serviceport, name=req.name)
@@ -219,29 +210,77 @@ class EdgeRelay:
         except LocalProtocolError:
             raise Refused("name_too_long", f"the name {req.name[:40]}... is too long for an M-PROXY "
                           "header (255 bytes with the client address)") from None
-        if not mux.can_open(req.addr.address):
-            raise Refused("tunnel_full", "the tunnel for this name is at its stream limit; retry later")
-        bridge = ClientBridge(req.reader, req.writer, high_water=self.config.limits.stream_buffer_bytes)
-        stream = mux.open_stream(req.addr, bridge, service=req.service, serviceport=req.serviceport,
-                                 name=req.name)
-        bridge.stream = stream
-        self.metrics.clients_active.labels(req.service).inc()
+
+    async def route(self, req: ClientRequest) -> None:
+        """Called by a listener with an identified client: pick a tunnel, open a stream, relay.
+
+        A sidecar that refuses the stream before answering anything (E_SHUTTING_DOWN while it drains,
+        E_LIMIT) gets the client replayed onto another tunnel, so rolling restarts lose no client."""
+        if self.draining:
+            raise Refused("draining", "the edge is shutting down; retry shortly")
+        self._check_header(req)
+        what = req.name or f"port {req.serviceport}"
+        tried: set[int] = set()
+        initial = req.initial
         started = time.monotonic()
+        bytes_in = bytes_out = 0
+        label = ""
+        result = "error"
+        active = False
         try:
-            await bridge.pump(req.initial)
+            for _ in range(MAX_ATTEMPTS):
+                session, known, label = self._pick(req, tried)
+                if session is None:
+                    if known:
+                        raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
+                                      "draining; retry later")
+                    raise Refused("no_tunnel", f"no tunnel is connected for {what}")
+                mux = session.mux
+                assert mux is not None
+                if not mux.can_open(req.addr.address):
+                    tried.add(id(session))
+                    continue
+                bridge = ClientBridge(req.reader, req.writer,
+                                      high_water=self.config.limits.stream_buffer_bytes)
+                bridge.stream = mux.open_stream(req.addr, bridge, service=req.service,
+                                                serviceport=req.serviceport, name=req.name)
+                if not active:
+                    active = True
+                    self.metrics.clients_active.labels(req.service).inc()
+                try:
+                    await bridge.pump(initial)
+                finally:
+                    stream = bridge.stream
+                    if not stream.closed:
+                        stream.abort("the edge dropped the client", "E_CLIENT")
+                bytes_in += stream.bytes_out
+                bytes_out += stream.bytes_in
+                if not bridge.retry:
+                    reason = bridge.close_reason
+                    if reason is None:
+                        result = "ok"
+                    elif reason.startswith("tunnel closed"):
+                        result = "tunnel_closed"
+                    return
+                # The sidecar refused before saying anything: try another tunnel with the same bytes.
+                tried.add(id(session))
+                if bridge.peer_error and bridge.peer_error[1] == E_SHUTTING_DOWN:
+                    session.draining = True  # it is going away: route nobody else to it
+                initial = bytes(bridge.sent or b"")
+                log.info("tunnel %d refused a client (%s); retrying on another", session.id,
+                         bridge.peer_error[1] if bridge.peer_error else "?")
+            raise Refused("tunnel_full", f"every tunnel for {what} refused the connection; retry later")
+        except Refused:
+            # Only reachable before the client got any byte (a retry happens only then), so the
+            # listener can still answer in the client's protocol; it also counts the rejection.
+            result = "rejected"
+            raise
         finally:
-            if not stream.closed:
-                stream.abort("the edge dropped the client", "E_CLIENT")
-            self.metrics.clients_active.labels(req.service).dec()
-            reason = bridge.close_reason
-            if reason is None:
-                result = "ok"
-            elif reason.startswith("tunnel closed"):
-                result = "tunnel_closed"
-            else:
-                result = "error"
-            self.metrics.client_done(req.service, label, result, stream.bytes_out, stream.bytes_in,
-                                     time.monotonic() - started)
+            if active:
+                self.metrics.clients_active.labels(req.service).dec()
+                if result != "rejected":
+                    self.metrics.client_done(req.service, label, result, bytes_in, bytes_out,
+                                             time.monotonic() - started)
 
     # -- tunnels ------------------------------------------------------------------------------------
 

@@ -77,18 +77,19 @@ class RoutingTable(Generic[T]):
                 return key, tunnels
         return None, []
 
-    def pick_name(self, name: str) -> T | None:
+    def pick_name(self, name: str, exclude: set[int] | None = None) -> T | None:
         key, tunnels = self.match_name(name)
-        return self._pick(key, tunnels) if key is not None else None
+        return self._pick(key, tunnels, exclude) if key is not None else None
 
     def tunnels_for_port(self, port: int) -> list[T]:
         return list(self._keys.get(port, []))
 
-    def pick_port(self, port: int) -> T | None:
-        return self._pick(port, self._keys.get(port, []))
+    def pick_port(self, port: int, exclude: set[int] | None = None) -> T | None:
+        return self._pick(port, self._keys.get(port, []), exclude)
 
-    def _pick(self, key: str | int, tunnels: list[T]) -> T | None:
-        live = [t for t in tunnels if t.accepting]
+    def _pick(self, key: str | int, tunnels: list[T], exclude: set[int] | None = None) -> T | None:
+        """`exclude`: ids of tunnels already tried for this client."""
+        live = [t for t in tunnels if t.accepting and not (exclude and id(t) in exclude)]
         if not live:
             return None
         fewest = min(t.active_streams for t in live)
