@@ -17,19 +17,12 @@ from mproxy.codec import Connection, Error, Event
 
 REPO = Path(__file__).resolve().parents[3]
 NODE_DIR = REPO / "tests" / "interop" / "node"
-# test/pack.js requires the npm `sni` package, which proxy-packer does not declare. It is found beside
-# proxy-packer when package.json lists it, else in this cache:
-#   npm install --prefix ~/.cache/mproxy/node-extra sni@1.0.0
-EXTRA_NODE_MODULES = Path.home() / ".cache" / "mproxy" / "node-extra" / "node_modules"
 
 
 class Oracle:
     def __init__(self, node: str) -> None:
-        env = dict(os.environ)
-        if EXTRA_NODE_MODULES.is_dir():
-            env["NODE_PATH"] = str(EXTRA_NODE_MODULES)
         self.proc = subprocess.Popen(
-            [node, str(NODE_DIR / "codec-oracle.js")], cwd=NODE_DIR, env=env, text=True,
+            [node, str(NODE_DIR / "codec-oracle.js")], cwd=NODE_DIR, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=1,
         )
 
@@ -103,12 +96,7 @@ def norm() -> Any:
 @pytest.fixture(scope="session")
 def packjs_env(node_bin: str) -> dict[str, str]:
     """Environment in which `node test/pack.js` finds its undeclared `sni` dependency."""
-    env = dict(os.environ)
-    if (NODE_DIR / "node_modules" / "sni").is_dir():
-        return env
-    need(
-        (EXTRA_NODE_MODULES / "sni").is_dir(),
-        "npm sni 1.0.0 (required by proxy-packer's test/pack.js): add it to tests/interop/node/package.json",
-    )
-    env["NODE_PATH"] = str(EXTRA_NODE_MODULES)
-    return env
+    # test/pack.js requires the npm `sni` package, which proxy-packer does not declare;
+    # tests/interop/node/package.json lists it beside proxy-packer.
+    need((NODE_DIR / "node_modules" / "sni").is_dir(), "npm sni 1.0.0 (run scripts/bootstrap)")
+    return dict(os.environ)
