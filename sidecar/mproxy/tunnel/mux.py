@@ -477,8 +477,10 @@ class Multiplexer:
                 stream._queued = False
         return out
 
-    async def run_writer(self, send: Callable[[bytes], Awaitable[None]]) -> None:
-        """Send batches until the tunnel closes; `send` raising ends the writer (and so the tunnel)."""
+    async def run_writer(self, send: Callable[[bytearray], Awaitable[None]]) -> None:
+        """Send batches until the tunnel closes; `send` raising ends the writer (and so the tunnel).
+
+        Each batch is a fresh bytearray that `send` may keep or mutate (e.g. mask in place)."""
         wakeup = self._wakeup
         while not self.closed:
             if not self.has_pending_output():
@@ -488,7 +490,7 @@ class Multiplexer:
             batch = self.next_batch()
             if not batch:
                 continue
-            data = b"".join(batch)
+            data = bytearray().join(batch)
             self.bytes_sent += len(data)
             await send(data)
 

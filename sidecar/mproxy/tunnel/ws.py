@@ -19,6 +19,7 @@ from typing import Protocol
 import aiohttp
 
 from mproxy.tunnel.mux import Multiplexer, TunnelProtocolError
+from mproxy.tunnel.wsframe import frame_sender
 
 __all__ = [
     "CLOSE_GOING_AWAY", "CLOSE_PROTOCOL_ERROR", "Heartbeat", "TunnelClose", "WebSocketLike", "run_tunnel",
@@ -38,7 +39,7 @@ class WebSocketLike(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    async def send_bytes(self, data: bytes, compress: int | None = None) -> None: ...
+    async def send_bytes(self, data: bytes | bytearray, compress: int | None = None) -> None: ...
 
     async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage: ...  # noqa: ASYNC109
 
@@ -112,7 +113,7 @@ async def run_tunnel(
 
     async def writer() -> TunnelClose:
         try:
-            await mux.run_writer(ws.send_bytes)
+            await mux.run_writer(frame_sender(ws))
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             return TunnelClose("transport_error", f"sending failed: {type(exc).__name__}: {exc}")
         return TunnelClose("closed", mux.close_reason or "the multiplexer closed")

@@ -1,0 +1,73 @@
+"""A faster binary-frame sender for aiohttp WebSockets (used by run_tunnel; falls back to send_bytes).
+
+aiohttp's writer copies a client frame three times (bytearray(message), then header + mask + payload) before
+masking it; at tunnel rates that is a quarter of the sidecar's CPU. The multiplexer already hands over a
+fresh bytearray per batch, so we mask it in place (aiohttp's C mask) and write the header and the payload
+separately: no extra copy. Frames are written whole and synchronously, so they never interleave with the
+pings, pongs and close frames aiohttp writes itself. If aiohttp's internals are not as expected (another
+version), `frame_sender` returns the plain `ws.send_bytes`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["frame_sender"]
+
+Sender = Callable[[bytearray], Awaitable[None]]
+
+_mask: Callable[[bytes, bytearray], None] | None
+try:
+    from aiohttp._websocket.helpers import websocket_mask as _mask
+except ImportError:  # pragma: no cover - another aiohttp layout
+    _mask = None
+
+_OPCODE_BINARY = 0x82  # FIN + binary
+
+
+def _header(n: int, mask_bit: int) -> bytes:
+    if n < 126:
+        return struct.pack("!BB", _OPCODE_BINARY, n | mask_bit)
+    if n < 65536:
+        return struct.pack("!BBH", _OPCODE_BINARY, 126 | mask_bit, n)
+    return struct.pack("!BBQ", _OPCODE_BINARY, 127 | mask_bit, n)
+
+
+def frame_sender(ws: Any) -> Sender:
+    """A coroutine function sending one binary message (a bytearray we may mutate) on `ws`."""
+    writer: Any = getattr(ws, "_writer", None)
+    transport: Any = getattr(writer, "transport", None)
+    protocol: Any = getattr(writer, "protocol", None)
+    plain: Sender = ws.send_bytes
+    if (
+        _mask is None
+        or writer is None
+        or transport is None
+        or not hasattr(protocol, "_drain_helper")
+        or not hasattr(protocol, "_paused")
+        or getattr(writer, "compress", None) != 0  # permessage-deflate negotiated: let aiohttp compress
+        or not hasattr(writer, "_closing")
+    ):
+        return plain
+    use_mask = bool(getattr(writer, "use_mask", False))
+    mask_bit = 0x80 if use_mask else 0
+    mask_fn = _mask
+
+    async def send(data: bytearray) -> None:
+        if writer._closing or transport.is_closing():
+            raise ConnectionResetError("the tunnel WebSocket is closing")
+        head = _header(len(data), mask_bit)
+        if use_mask:
+            key = os.urandom(4)
+            mask_fn(key, data)
+            transport.write(head + key)
+        else:
+            transport.write(head)
+        transport.write(data)
+        if protocol._paused:
+            await protocol._drain_helper()
+
+    return send
