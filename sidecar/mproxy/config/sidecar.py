@@ -111,6 +111,8 @@ class LimitsConfig:
     max_frame_bytes: int = 1048576
     # A backend whose unsent data passes this asks the relay to pause that client.
     stream_buffer_bytes: int = 262144
+    # 0 = kernel autotuning; a small value trades long-RTT throughput for interactive latency under load.
+    tunnel_send_buffer_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +121,7 @@ class LimitsConfig:
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "maxFrameBytes": self.max_frame_bytes,
             "streamBufferBytes": self.stream_buffer_bytes,
+            "tunnelSendBufferBytes": self.tunnel_send_buffer_bytes,
         }
 
 
@@ -333,13 +336,14 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
 def _limits(root: Mapping[str, Any]) -> LimitsConfig:
     obj = f.mapping(root.get("limits"), "limits")
     f.only_keys(obj, "limits", {"maxStreamsPerTunnel", "maxStreamsPerClient", "idleTimeoutSeconds",
-                                "maxFrameBytes", "streamBufferBytes"})
+                                "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes"})
     return LimitsConfig(
         max_streams_per_tunnel=f.integer(obj, "maxStreamsPerTunnel", "limits", 1000, 1, 1_000_000),
         max_streams_per_client=f.integer(obj, "maxStreamsPerClient", "limits", 100, 1, 1_000_000),
         idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
         max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
         stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 262144, 1024, 64 * 1024 * 1024),
+        tunnel_send_buffer_bytes=f.integer(obj, "tunnelSendBufferBytes", "limits", 0, 0, 64 * 1024 * 1024),
     )
 
 

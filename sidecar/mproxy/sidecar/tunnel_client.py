@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -71,6 +72,15 @@ def mux_limits(cfg: SidecarConfig) -> MuxLimits:
         high_water=lim.stream_buffer_bytes,
         low_water=lim.stream_buffer_bytes // 4,
     )
+
+
+def _set_send_buffer(ws: aiohttp.ClientWebSocketResponse, size: int) -> None:
+    """Cap the kernel send queue of the tunnel socket: less queueing ahead of interactive frames when a
+    bulk stream saturates the relay, at the price of throughput on long round trips (size / RTT)."""
+    sock = ws.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def _with_query_token(url: str, token: str) -> str:
@@ -214,6 +224,8 @@ class TunnelClient:
             return self._failed(reason, f"the edge answered HTTP {exc.status} to the WebSocket upgrade")
         except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
             return self._failed("connect_failed", f"{type(exc).__name__}: {exc}")
+        if cfg.limits.tunnel_send_buffer_bytes:
+            _set_send_buffer(ws, cfg.limits.tunnel_send_buffer_bytes)
         control = ControlChannel(lambda value: mux.send_control(value), name=self.label)
         mux = Multiplexer(
             on_stream=lambda stream: self._accept(stream, self),
