@@ -90,3 +90,17 @@ def test_templates_as_text() -> None:
     assert dashboard_files() and alert_files()
     for path in alert_files():  # each file becomes a PrometheusRule spec as it is
         assert set(yaml.safe_load(path.read_text())) == {"groups"}, path.name
+
+
+def test_podmonitor_adds_the_tunnel_label_the_dashboards_filter_on() -> None:
+    """Dashboards and sidecar alerts group by `tunnel`; the chart's PodMonitor is what sets it."""
+    if HELM is None:
+        assert "targetLabel: tunnel" in (TEMPLATES / "podmonitor.yaml").read_text()
+        return
+    docs = _render("podMonitor.enabled=true")
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    endpoints = [e for m in monitors for e in m["spec"]["podMetricsEndpoints"]]
+    relabels = [r for e in endpoints for r in e.get("relabelings", [])]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_mproxy_dev_tunnel"], "targetLabel": "tunnel"} in [
+        {k: r[k] for k in ("sourceLabels", "targetLabel") if k in r} for r in relabels
+    ]
