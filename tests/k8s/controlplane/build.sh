@@ -63,6 +63,10 @@ mkdir -p "$CACHE"
 # Two test runs at once must not build into the same directory.
 exec 9>"$CACHE/build.lock"
 flock 9
+if [ "$MODE" != "--force" ] && [ "$(cat "$BIN/.stamp" 2>/dev/null || true)" = "$want" ]; then
+  echo "k8s control plane: built meanwhile by another run, up to date in $BIN"
+  exit 0
+fi
 
 cd "$HERE"
 k8s="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
