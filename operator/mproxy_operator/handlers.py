@@ -123,8 +123,27 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.execution.max_workers = 16
 
     @kopf.on.login(registry=reg, id="login")
-    def login(**kwargs: Any) -> Any:
-        return kopf.login_via_client(**kwargs)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # The very credentials the operator's own client loaded (--kubeconfig or in-cluster).
+        config = rt.ctx.kube.configuration
+        header = str(
+            config.get_api_key_with_prefix("BearerToken")
+            or config.get_api_key_with_prefix("authorization")
+            or ""
+        )
+        scheme, _sep, token = header.rpartition(" ")
+        return kopf.ConnectionInfo(
+            server=config.host,
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            username=config.username or None,
+            password=config.password or None,
+            scheme=scheme or None,
+            token=token or None,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+            trust_env=settings.networking.trust_env,
+        )
 
     @kopf.on.resume(*TUNNEL, registry=reg, id="reconcile")
     @kopf.on.create(*TUNNEL, registry=reg, id="reconcile")

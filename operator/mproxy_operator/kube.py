@@ -57,6 +57,11 @@ class Kube:
     def __init__(self, api_client: Any) -> None:
         self._client = api_client
 
+    @property
+    def configuration(self) -> Any:
+        """The official client's Configuration (host, CA, token...), also used to log kopf in."""
+        return self._client.configuration
+
     def request(
         self,
         method: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import sys
 import threading
@@ -48,10 +47,8 @@ async def _serve(opts: Options) -> int:
     from mproxy_operator.podspec import SidecarDefaults
     from mproxy_operator.reconcile import Context
 
-    if opts.kubeconfig:
-        if not await asyncio.to_thread(Path(opts.kubeconfig).is_file):
-            raise RuntimeError(f"--kubeconfig {opts.kubeconfig}: no such file")
-        os.environ["KUBECONFIG"] = opts.kubeconfig  # kopf's own login reads it too
+    if opts.kubeconfig and not await asyncio.to_thread(Path(opts.kubeconfig).is_file):
+        raise RuntimeError(f"--kubeconfig {opts.kubeconfig}: no such file")
     try:
         k = Kube(load_api_client(opts.kubeconfig))
         version = await asyncio.to_thread(k.version)

@@ -126,7 +126,9 @@ def test_full_render_with_every_option(kube: Any) -> None:
     # The edge: its rendered config is one the edge's own schema accepts.
     from mproxy.config.edge import load_edge_config
 
-    cm = by[("ConfigMap", "mproxy-edge")]
+    cm = by[("ConfigMap", "mproxy-edge-config")]
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names)), "two objects of one kind share a name"
     config = load_edge_config(cm["data"]["edge.yaml"])
     assert config.secret_file == "/var/run/mproxy/edge/secret"
     edge = by[("Deployment", "mproxy-edge")]

@@ -710,11 +710,12 @@ def test_a_second_replica_stands_by_but_answers_the_webhook(
                 return bool(resp.status == 200)
 
         kube.wait_for(ready, timeout=60, what="the second replica's /readyz (its webhook answers)")
-        kube.wait_for(
-            lambda: "Pausing operations in favour of" in log.read_text(errors="replace"),
-            timeout=30,
-            what="the second replica to stand by",
-        )
+
+        def joined() -> bool:
+            peering = json.loads(kube.kubectl("get", "clusterkopfpeering", FULLNAME, "-o", "json").stdout)
+            return 50 in {p.get("priority") for p in (peering.get("status") or {}).values()}
+
+        kube.wait_for(joined, timeout=30, what="the second replica in the ClusterKopfPeering")
         _apply(kube, service("web", [("https", 443)]), secret(), tunnel("standby"), namespace=ns)
         wait_tunnel(kube, ns, "standby", "reconciled", lambda t: "configHash" in (t.get("status") or {}))
         # The Tunnel was handled by the first replica only.
