@@ -21,6 +21,10 @@ READ_CHUNK = 64 * 1024
 CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is cut off
 REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
 RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
+# A tunnel closing with 1001 (a sidecar going away after its drain) may never have read a `connection`
+# the edge sent just before the close; such a stream, opened this recently and never answered, cannot
+# have reached a backend (a drain waits for streams it accepted), so it is replayed elsewhere too.
+FRESH_SECONDS = 1.0
 
 
 class ClientBridge(StreamHandler):
@@ -83,8 +87,7 @@ class ClientBridge(StreamHandler):
         self.close_reason = reason
         self.done.set()
         self.can_send.set()
-        if (self.peer_error is not None and self.peer_error[1] in RETRY_CODES and self.sent is not None
-                and not self.received_any):
+        if self._can_retry(reason):
             self.retry = True  # leave the client open: the relay replays it onto another tunnel
             return
         if reason is not None and reason.startswith("tunnel closed"):
@@ -92,6 +95,15 @@ class ClientBridge(StreamHandler):
         else:
             self.transport.close()  # flushes what is queued for the client, then closes
             asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
+
+    def _can_retry(self, reason: str | None) -> bool:
+        if self.sent is None or self.received_any or self.stream is None:
+            return False
+        if self.peer_error is not None:
+            return self.peer_error[1] in RETRY_CODES
+        if reason is not None and reason.startswith("tunnel closed") and "(1001" in reason:
+            return self.stream.mux.now() - self.stream.opened_at < FRESH_SECONDS
+        return False
 
     def _cut(self) -> None:
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():

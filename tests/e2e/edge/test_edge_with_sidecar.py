@@ -62,7 +62,7 @@ async def wait_tunnels(relay, name: str, want: int, within: float = 15) -> None:
         await asyncio.sleep(0.05)
 
 
-async def stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_proc(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.terminate()
         try:
@@ -91,7 +91,7 @@ async def test_real_sidecar_carries_tls_http_tcp(tmp_path) -> None:  # type: ign
             assert time.monotonic() < deadline, await status(relay)
             await asyncio.sleep(0.05)
     finally:
-        await stop(proc)
+        await stop_proc(proc)
         await back.close()
         await relay.close()
 
@@ -105,7 +105,7 @@ async def test_two_sidecars_then_one_is_killed(tmp_path) -> None:  # type: ignor
     proc_b = await start_sidecar(tmp_path, "B", tunnel_url(relay), tok, back_b)
     procs = {b"A": proc_a, b"B": proc_b}
     try:
-        await wait_tunnels(relay, "app.test", 2)
+        await wait_tunnels(relay, "app.test", 2, within=30)
         p = ports(relay)
         answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"x") for _ in range(10)]
         assert sorted(answers) == [b"A:x"] * 5 + [b"B:x"] * 5
@@ -132,7 +132,46 @@ async def test_two_sidecars_then_one_is_killed(tmp_path) -> None:  # type: ignor
         assert answers == [survivor + b":y"] * 10
     finally:
         for proc in procs.values():
-            await stop(proc)
+            await stop_proc(proc)
+        await back_a.close()
+        await back_b.close()
+        await relay.close()
+
+
+async def test_rolling_restart_loses_no_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back_a = await start_backends(tmp_path, ["app.test"], label="A")
+    back_b = await start_backends(tmp_path, ["app.test"], label="B", ca=back_a.ca)
+    tok = token(["app.test"])
+    proc_a = await start_sidecar(tmp_path, "A", tunnel_url(relay), tok, back_a)
+    proc_b = await start_sidecar(tmp_path, "B", tunnel_url(relay), tok, back_b)
+    try:
+        await wait_tunnels(relay, "app.test", 2, within=30)
+        p = ports(relay)
+        stop = asyncio.Event()
+        answers: list[bytes] = []
+        failures: list[str] = []
+
+        async def clients() -> None:
+            while not stop.is_set():
+                try:
+                    answers.append(await tls_request(p["tls"], "app.test", back_a.ca, b"z"))
+                except Exception as exc:  # any failure is what this test is about
+                    failures.append(repr(exc))
+                await asyncio.sleep(0.01)
+
+        task = asyncio.ensure_future(clients())
+        await asyncio.sleep(0.5)
+        proc_a.terminate()  # SIGTERM: the sidecar drains (E_SHUTTING_DOWN for new streams), then leaves
+        assert await asyncio.wait_for(proc_a.wait(), 10) == 0
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+        assert failures == []
+        assert answers[-5:] == [b"B:z"] * 5 and b"A:z" in answers
+    finally:
+        for proc in (proc_a, proc_b):
+            await stop_proc(proc)
         await back_a.close()
         await back_b.close()
         await relay.close()
