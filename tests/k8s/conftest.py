@@ -25,7 +25,8 @@ Fixtures
     kube.run_helm(*args, check=True, timeout=120) -> CompletedProcess[str]   (HELM_* dirs are private)
     kube.env(**extra) -> dict  environment for subprocesses: KUBECONFIG, PATH with bin_dir first, HOME
     kube.api_client(token=None) -> kubernetes.client.ApiClient  (admin unless another token is given)
-    kube.create_node(name, labels=None) -> None   a Node that kwok manages; waits until it is Ready
+    kube.create_node(name, labels=None, wait=True) -> None   a Node that kwok manages; waits until it
+                         is Ready and the node lifecycle controller has lifted its not-ready taint
     kube.wait_for(fn, timeout=30, what="...")     poll fn() until truthy; TimeoutError names `what`
 
 ``kube_namespace`` (function scope) -> str: a fresh namespace whose default ServiceAccount exists
@@ -235,6 +236,7 @@ class KubeCluster:
     version: str = ""
     nodes: list[str] = field(default_factory=list)
     _procs: list[_Proc] = field(default_factory=list)
+    _t0: float = 0.0
 
     @property
     def pki(self) -> Path:
@@ -340,8 +342,8 @@ class KubeCluster:
                 )
             time.sleep(interval)
 
-    def create_node(self, name: str, labels: dict[str, str] | None = None) -> None:
-        """Create a Node that kwok manages and wait until kwok marks it Ready."""
+    def create_node(self, name: str, labels: dict[str, str] | None = None, wait: bool = True) -> None:
+        """Create a Node that kwok manages; with `wait`, return once it is Ready and untainted."""
         from kubernetes import client
 
         core = client.CoreV1Api(self.api_client())
@@ -361,6 +363,15 @@ class KubeCluster:
             },
         }
         core.create_node(body)
+        self.nodes.append(name)
+        if wait:
+            self.wait_node_ready(name)
+
+    def wait_node_ready(self, name: str, timeout: float = 30) -> None:
+        """Wait until kwok reports node `name` Ready and the node lifecycle controller untaints it."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api_client())
 
         def ready() -> bool:
             node = core.read_node(name)
@@ -372,13 +383,13 @@ class KubeCluster:
             )
 
         self.wait_for(
-            ready, timeout=30, what=f"node {name} to be Ready (kwok) and untainted (node lifecycle)"
+            ready, timeout=timeout, what=f"node {name} to be Ready (kwok) and untainted (node lifecycle)"
         )
-        self.nodes.append(name)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._t0 = time.monotonic()
         for d in (self.pki, self.log_dir, self.work_dir / "home", self.work_dir / "etcd"):
             d.mkdir(parents=True, exist_ok=True)
         _make_pki(self.pki)
@@ -422,7 +433,9 @@ class KubeCluster:
             "--profiling=false",
             "--v=1",
         )
+        self._phase("etcd and kube-apiserver started")
         self._wait_ready()
+        self._phase(f"kube-apiserver {self.version} ready")
 
         admin = f"--kubeconfig={self.kubeconfig}"
         self._spawn(
@@ -435,6 +448,7 @@ class KubeCluster:
             f"--root-ca-file={self.ca_file}",
             "--use-service-account-credentials=false",
             "--cluster-name=mproxy-test",
+            "--node-monitor-period=1s",  # untaint new kwok nodes within a second, not five
             "--v=1",
         )
         self._spawn("kube-scheduler", admin, "--leader-elect=false", "--secure-port=0", "--v=1")
@@ -449,8 +463,12 @@ class KubeCluster:
             "--server-address=",
             exe=self.bin_dir / "kwok",
         )
+        self._phase("controllers, scheduler and kwok started")
         for i in range(2):
-            self.create_node(f"kwok-node-{i}")
+            self.create_node(f"kwok-node-{i}", wait=False)
+        for name in self.nodes:
+            self.wait_node_ready(name, timeout=STARTUP_TIMEOUT)
+        self._phase("nodes Ready")
 
         from kubernetes import client
 
@@ -460,6 +478,12 @@ class KubeCluster:
             timeout=STARTUP_TIMEOUT,
             what="kube-controller-manager to create the default ServiceAccount",
         )
+        self._phase("default ServiceAccount exists: ready for tests")
+
+    def _phase(self, what: str) -> None:
+        """Startup timeline in fixture.log, to see where startup time goes."""
+        with (self.log_dir / "fixture.log").open("a") as f:
+            f.write(f"{time.monotonic() - self._t0:6.2f}s {what}\n")
 
     def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
         config = {
