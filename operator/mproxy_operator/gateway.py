@@ -26,7 +26,7 @@ def gateway_deployment(
     meta = tunnel["metadata"]
     name = meta["name"]
     selector = gateway_labels(name)
-    container = sidecar_container(spec, defaults, native=False)
+    container = sidecar_container(spec, defaults, native=False, gateway=True)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -44,8 +44,14 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def sidecar_container(spec: TunnelSpec, defaults: SidecarDefaults, *, native: bool) -> dict[str, Any]:
-    """The container; `native` makes it a native sidecar (an init container that keeps running)."""
+def sidecar_container(
+    spec: TunnelSpec, defaults: SidecarDefaults, *, native: bool, gateway: bool = False
+) -> dict[str, Any]:
+    """The container; `native` makes it a native sidecar (an init container that keeps running).
+
+    Readiness: a gateway replica is ready when its tunnel is up (/readyz). An injected sidecar is
+    probed on /healthz only: its readiness counts toward the pod's, and an edge outage must not take
+    the application's pods out of their in-cluster Services."""
     container: dict[str, Any] = {
         "name": names.SIDECAR_NAME,
         "image": spec.sidecar.image or defaults.image,
@@ -58,7 +64,7 @@ def sidecar_container(spec: TunnelSpec, defaults: SidecarDefaults, *, native: bo
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": spec.metrics_port, "protocol": "TCP"}],
         "startupProbe": _probe("/healthz", 1, 30),
         "livenessProbe": _probe("/healthz", 10, 3),
-        "readinessProbe": _probe("/readyz", 5, 2),
+        "readinessProbe": _probe("/readyz" if gateway else "/healthz", 5, 2),
         "resources": _copy(
             spec.sidecar.resources if spec.sidecar.resources is not None else defaults.resources
         ),

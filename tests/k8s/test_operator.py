@@ -450,7 +450,8 @@ def test_pods_of_a_deployment_get_the_sidecar_and_status_counts_them(
         assert sc["image"] == "registry.test/mproxy:1"
         assert sc["securityContext"]["runAsNonRoot"] is True
         assert sc["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-        assert sc["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        # Not /readyz: an edge outage must not take the pods out of their in-cluster Services.
+        assert sc["readinessProbe"]["httpGet"]["path"] == "/healthz"
         volumes = {v["name"]: v for v in p["spec"]["volumes"]}
         assert volumes["mproxy-config"]["configMap"]["name"] == "mproxy-shop"
         assert volumes["mproxy-token"]["secret"]["secretName"] == "edge-token"

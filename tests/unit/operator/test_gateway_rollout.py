@@ -26,6 +26,7 @@ def test_gateway_deployment() -> None:
     (container,) = spec["template"]["spec"]["containers"]
     assert container["name"] == "mproxy-sidecar" and container["image"] == "img:1"
     assert "restartPolicy" not in container
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"  # ready = tunnel connected
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert spec["template"]["spec"]["automountServiceAccountToken"] is False
     assert {v["name"] for v in spec["template"]["spec"]["volumes"]} >= {"mproxy-config", "mproxy-token"}

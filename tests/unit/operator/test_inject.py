@@ -103,7 +103,7 @@ def test_native_sidecar_is_an_init_container_with_restart_policy_always() -> Non
     for probe, path in (
         ("startupProbe", "/healthz"),
         ("livenessProbe", "/healthz"),
-        ("readinessProbe", "/readyz"),
+        ("readinessProbe", "/healthz"),
     ):
         assert sidecar[probe]["httpGet"] == {"path": path, "port": "mproxy-metrics"}
     sc = sidecar["securityContext"]
