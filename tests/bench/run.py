@@ -127,6 +127,9 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
                         spy.wait(plan.duration + 20)
                     except subprocess.TimeoutExpired:
                         spy.kill()
+            for note in system.notes:
+                errors.setdefault(f"{name}/{scen}", note)
+            system.notes.clear()
             if scen not in ("restart",):
                 try:
                     scenarios.settle(system, 10.0)
@@ -176,7 +179,7 @@ def main(argv: list[str]) -> int:
     work = opts.cache / "bench" / "work" / stamp
     work.mkdir(parents=True, exist_ok=True)
     log(f"work dir {work}; RLIMIT_NOFILE {nofile}")
-    if nofile < 2 * opts.idle_streams + 1000:
+    if nofile < opts.idle_streams + 1000:  # each role holds one side of every idle stream
         log(f"warning: RLIMIT_NOFILE {nofile} may be too low for {opts.idle_streams} idle streams")
     errors: dict[str, str] = {}
     mach = report.machine(REPO / ".venv" / "bin" / "python")

@@ -58,6 +58,7 @@ class System:
         self.edge: Proc | None = None
         self.device: Proc | None = None
         self.logdir = ctx.work / self.name
+        self.notes: list[str] = []  # partial failures worth a line in the report
 
     # Roles; direct loopback has none.
     def start_edge(self) -> Proc | None:
