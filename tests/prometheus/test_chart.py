@@ -34,9 +34,11 @@ def _helm() -> str | None:
 HELM = _helm() if (CHART / "Chart.yaml").is_file() else None
 
 
-def _render(*sets: str) -> list[dict[str, Any]]:
+def _render(*sets: str, values: Path | None = None) -> list[dict[str, Any]]:
     assert HELM is not None
     argv = [HELM, "template", "obs", str(CHART), "--namespace", "obs"]
+    if values is not None:
+        argv += ["--values", str(values)]
     for s in sets:
         argv += ["--set-string" if "labels." in s else "--set", s]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -69,6 +71,15 @@ def test_helm_renders_dashboards_and_rules() -> None:
             anchor = rule["annotations"]["runbook_url"].partition("#")[2]
             rule["annotations"]["runbook_url"] = f"{RUNBOOKS_URL}#{anchor}"
     assert got == want  # the $labels templates came through unrendered
+
+
+@pytest.mark.skipif(HELM is None, reason="no helm or no Chart.yaml: checked as text instead")
+def test_dashboard_and_rule_names_clash_with_nothing_else_in_the_chart() -> None:
+    """With every optional part on (ci/full-values.yaml), no two objects share a kind and a name."""
+    docs = _render(values=CHART / "ci" / "full-values.yaml")
+    keys = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert sum(1 for kind, _ in keys if kind == "PrometheusRule") == len(alert_files())
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
 
 
 @pytest.mark.skipif(HELM is None, reason="no helm or no Chart.yaml: checked as text instead")
