@@ -226,8 +226,9 @@ async def new_streams_per_second(port: int, seconds: float, concurrency: int = 5
 class Stack:
     """backend + relay + sidecar processes; `entry` is where clients connect."""
 
-    def __init__(self, relay: str, backend_port: int, workdir: Path) -> None:
+    def __init__(self, relay: str, backend_port: int, workdir: Path, sndbuf: int = 0) -> None:
         self.relay = relay
+        self.sndbuf = sndbuf
         self.backend_port = backend_port
         self.dir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -272,7 +273,8 @@ class Stack:
         (self.dir / "sidecar.yaml").write_text(
             f"edge: {{urls: ['ws://127.0.0.1:{self.control}/'], tokenFile: {token_file}}}\n"
             f"routes: [{{name: bench, backend: {{host: 127.0.0.1, port: {self.backend_port}}}}}]\n"
-            "limits: {maxStreamsPerTunnel: 100000, maxStreamsPerClient: 100000}\n"
+            "limits: {maxStreamsPerTunnel: 100000, maxStreamsPerClient: 100000, "
+            f"tunnelSendBufferBytes: {self.sndbuf}}}\n"
             f"http: {{listen: '127.0.0.1:{free_port()}'}}\nlogging: {{format: text, level: warning}}\n"
             "drainSeconds: 1\n")
         sidecar = self._spawn([sys.executable, "-m", "mproxy", "sidecar", "--config",
@@ -331,13 +333,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError("backend did not start")
             await asyncio.sleep(0.05)
         backend_port = int(port_file.read_text())
-        results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
+        results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                                               "tunnel_sndbuf": args.tunnel_sndbuf}}
         results["direct"] = await measure(backend_port, args.quick, None)
         relays = ["node", "edge"] if args.relay == "both" else [args.relay]
         for relay in relays:
             d = work / relay
             d.mkdir()
-            stack = Stack(relay, backend_port, d)
+            stack = Stack(relay, backend_port, d, args.tunnel_sndbuf)
             try:
                 await stack.start()
                 results[relay] = await measure(stack.entry, args.quick, stack.sidecar_pid)
@@ -354,7 +357,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> str:
     direct = results["direct"]
     lines = [f"machine: {results['machine']['cpus']} CPUs, load average "
-             f"{', '.join(f'{x:.1f}' for x in results['machine']['loadavg'])} at start", ""]
+             f"{', '.join(f'{x:.1f}' for x in results['machine']['loadavg'])} at start; sidecar "
+             f"tunnelSendBufferBytes={results['machine'].get('tunnel_sndbuf', 0)}", ""]
     lines.append("| figure | direct | " + " | ".join(f"via {k} relay + sidecar" for k in results
                                                        if k not in ("machine", "direct")) + " |")
     lines.append("|---|---|" + "---|" * (len(results) - 2))
@@ -401,6 +405,8 @@ def main() -> int:
     parser.add_argument("--relay", choices=("node", "edge", "both"), default="node")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    parser.add_argument("--tunnel-sndbuf", type=int, default=0, metavar="BYTES",
+                        help="the sidecar's limits.tunnelSendBufferBytes (0 = kernel autotuning)")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     if args.json:

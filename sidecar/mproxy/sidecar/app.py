@@ -31,6 +31,7 @@ __all__ = ["Sidecar", "build_table"]
 log = logging.getLogger("mproxy.sidecar")
 
 METRICS_FLUSH_SECONDS = 2.0
+_REFUSAL_REASONS = {"E_LIMIT": "limit", "E_SHUTTING_DOWN": "draining"}
 
 
 def build_table(cfg: SidecarConfig) -> RouteTable:
@@ -72,6 +73,7 @@ class Sidecar:
         self.watcher: ConfigWatcher[SidecarConfig] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._refused_seen: dict[str, tuple[int, dict[str, int]]] = {}
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -185,7 +187,19 @@ class Sidecar:
     def _flush_metrics(self) -> None:
         for t in self.tunnels:
             mux = t.mux
-            if mux is None or mux.closed:
+            if mux is None:
+                continue
+            # Refusals answered inside the tunnel (limits, draining): count the new ones.
+            key, seen = self._refused_seen.get(t.label, (0, {}))
+            if key != id(mux):
+                seen = {}
+                self._refused_seen[t.label] = (id(mux), seen)
+            for code, n in mux.refused.items():
+                new = n - seen.get(code, 0)
+                if new > 0:
+                    self.metrics.refused.labels(_REFUSAL_REASONS.get(code, code.lower())).inc(new)
+                    seen[code] = n
+            if mux.closed:
                 continue
             for stream in mux.streams.values():
                 handler = stream.handler

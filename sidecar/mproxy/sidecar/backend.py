@@ -38,13 +38,21 @@ E_BACKEND = "E_BACKEND"
 @dataclass(frozen=True, slots=True)
 class BackendOptions:
     stream_buffer: int = 256 * 1024  # backend write-buffer high water; relay pause above it
-    # A client that keeps sending while paused is cut off past this many buffered bytes. It must cover what
-    # is already in flight when our pause reaches the relay (a round trip of a fast sender).
-    hard_buffer: int = 8 * 1024 * 1024
+    # A client that keeps sending while paused is cut off (E_BUFFER). Data already in flight when our pause
+    # reaches the relay is legitimate: on loopback with autotuned TCP buffers that is easily 10 MiB. So past
+    # `soft_limit` buffered bytes a stream is cut off only once its pause is `grace` seconds old, and past
+    # `hard_limit` at once.
+    soft_buffer: int = 8 * 1024 * 1024
+    hard_buffer: int = 64 * 1024 * 1024
+    grace: float = 2.0
+
+    @property
+    def soft_limit(self) -> int:
+        return max(self.soft_buffer, 8 * self.stream_buffer)
 
     @property
     def hard_limit(self) -> int:
-        return max(self.hard_buffer, 8 * self.stream_buffer)
+        return max(self.hard_buffer, self.soft_limit)
 
 
 def _errno_code(exc: BaseException) -> str:
@@ -96,6 +104,7 @@ class BackendStream(StreamHandler):
         "_early_size",
         "_flushed_in",
         "_flushed_out",
+        "_paused_at",
         "_peer_eof",
         "_read_paused",
         "meter",
@@ -123,6 +132,7 @@ class BackendStream(StreamHandler):
         self._early: list[bytes] = []
         self._early_size = 0
         self._peer_eof = False
+        self._paused_at = 0.0  # when we asked the relay to pause this client (0: not paused)
         self._read_paused = False  # the mux asked us to stop reading the backend
         self._connect_task: asyncio.Task[None] | None = None
         self._flushed_in = 0
@@ -210,7 +220,7 @@ class BackendStream(StreamHandler):
             self._early = []
             self._early_size = 0
         if self.stream.reading_paused and transport.get_write_buffer_size() <= high:
-            self.stream.resume_reading()
+            self._resume_relay()
         if self._read_paused:
             transport.pause_reading()
         if self._peer_eof and transport.can_write_eof():
@@ -222,7 +232,8 @@ class BackendStream(StreamHandler):
         t = self.transport
         if t is not None:
             t.write(data)
-            if t.get_write_buffer_size() > self.opts.hard_limit:
+            size = t.get_write_buffer_size()
+            if size > self.opts.soft_limit and self._over(size):
                 self._overflow()
             return
         if self.state == "closed":
@@ -230,14 +241,29 @@ class BackendStream(StreamHandler):
         self._early.append(data)
         self._early_size += len(data)
         if self._early_size > self.opts.stream_buffer and not self.stream.reading_paused:
-            self.stream.pause_reading()
-            if self.meter:
-                self.meter.pause("relay")
-        if self._early_size > self.opts.hard_limit + MAX_SNIFF_BYTES:
+            self._pause_relay()
+        if self._early_size > self.opts.soft_limit + MAX_SNIFF_BYTES and self._over(self._early_size):
             self._overflow()
             return
         if self.state == "routing":
             self._sniff()
+
+    def _over(self, size: int) -> bool:
+        if size > self.opts.hard_limit:
+            return True
+        paused = self._paused_at
+        return bool(paused) and asyncio.get_running_loop().time() - paused > self.opts.grace
+
+    def _pause_relay(self) -> None:
+        if not self.stream.reading_paused:
+            self._paused_at = asyncio.get_running_loop().time()
+            self.stream.pause_reading()
+            if self.meter:
+                self.meter.pause("relay")
+
+    def _resume_relay(self) -> None:
+        self._paused_at = 0.0
+        self.stream.resume_reading()
 
     def _overflow(self) -> None:
         log.warning("client kept sending while paused; cutting it off", extra=self._extra())
@@ -315,11 +341,9 @@ class BackendStream(StreamHandler):
 
     def _backend_full(self, full: bool) -> None:
         if full:
-            self.stream.pause_reading()
-            if self.meter:
-                self.meter.pause("relay")
+            self._pause_relay()
         else:
-            self.stream.resume_reading()
+            self._resume_relay()
 
 
 def _port(value: str) -> int | None:

@@ -222,8 +222,11 @@ class TunnelClient:
         except aiohttp.WSServerHandshakeError as exc:
             reason = "auth_failed" if exc.status in (401, 403) else "handshake_failed"
             return self._failed(reason, f"the edge answered HTTP {exc.status} to the WebSocket upgrade")
-        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
-            return self._failed("connect_failed", f"{type(exc).__name__}: {exc}")
+        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            if token:  # some errors quote the URL, and with tokenIn=query the URL holds the token
+                detail = detail.replace(token, "<token>")
+            return self._failed("connect_failed", detail)
         if cfg.limits.tunnel_send_buffer_bytes:
             _set_send_buffer(ws, cfg.limits.tunnel_send_buffer_bytes)
         control = ControlChannel(lambda value: mux.send_control(value), name=self.label)

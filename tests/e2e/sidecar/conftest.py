@@ -224,10 +224,13 @@ def route(name: str, port: int, *, services: list[str] | None = None, ports: lis
 def run_sidecar(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Sidecar]]:
     @contextlib.asynccontextmanager
     async def make(cfg: dict[str, Any], *, tunnels: int = 1, relay: NodeRelay | None = None,
-                   reload_interval: float = 0.1) -> AsyncIterator[Sidecar]:
+                   reload_interval: float = 0.1,
+                   prepare: Callable[[Sidecar], None] | None = None) -> AsyncIterator[Sidecar]:
         path = tmp_path / "sidecar.yaml"
         path.write_text(yaml.safe_dump(cfg))
         sidecar = Sidecar(load_sidecar_config(cfg), config_path=str(path), reload_interval=reload_interval)
+        if prepare is not None:
+            prepare(sidecar)
         await sidecar.start()
         try:
             if relay is not None:

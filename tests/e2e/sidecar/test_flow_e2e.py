@@ -263,3 +263,27 @@ async def test_token_modes_and_refusal(node_relay, backends, run_sidecar, tmp_pa
             status = sidecar.status()
             assert "E_AUTH" in status["tunnels"][0]["lastError"]
             assert "wrong" not in str(status)  # never the token itself
+
+
+async def test_stream_limits_answer_the_client_and_count(node_relay, backends, run_sidecar) -> None:
+    b = await backends(echo)
+    async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
+        cfg = sidecar_yaml(relay, [route("echo", b.port)], limits={"maxStreamsPerClient": 2})
+        async with run_sidecar(cfg, relay=relay) as sidecar:
+            held = []
+            for _ in range(2):
+                r, w = await asyncio.open_connection("127.0.0.1", relay.ports[0])
+                w.write(b"k")
+                assert await asyncio.wait_for(r.readexactly(1), 5) == b"k"
+                held.append(w)
+            mark = relay.mark()
+            assert await tcp_roundtrip(relay.ports[0], b"third") == b""
+            err = await relay.wait_event(lambda e: e["event"] == "stream_error", start=mark)
+            assert err["code"] == "E_LIMIT" and "client address" in err["message"]
+            status = sidecar.status()  # also flushes the tunnel's refusal counts into the metrics
+            assert status["tunnels"][0]["refused"] == {"E_LIMIT": 1}
+            assert sidecar.metrics.registry.get_sample_value(
+                "mproxy_sidecar_streams_refused_total", {"reason": "limit"}) == 1
+            assert sidecar.tunnels[0].connects == 1  # the tunnel stayed up
+            for w in held:
+                w.close()
