@@ -37,9 +37,10 @@ any pod schedules on them. kwok's pod IPs come from 10.244.0.0/16; Services get 
 
 Running the controllers: kube-controller-manager runs the deployment, replicaset, statefulset,
 daemonset, job, garbage-collector, namespace, serviceaccount(-token), root-ca publisher, endpoints,
-endpointslice and clusterrole-aggregation controllers; kube-scheduler schedules. The admission
-chain is the default one (MutatingAdmissionWebhook and ValidatingAdmissionWebhook included), so a
-webhook served by a test process on 127.0.0.1 (HTTPS) is really called.
+endpointslice, clusterrole-aggregation, pod-GC and node-lifecycle controllers; kube-scheduler
+schedules. The admission chain is the default one (MutatingAdmissionWebhook and
+ValidatingAdmissionWebhook included), so a webhook served by a test process on 127.0.0.1 (HTTPS) is
+really called.
 
 Logs: when any test using ``kube`` fails, its report names the log directory and the directory is
 kept after the session (MPROXY_K8S_KEEP_LOGS=1 keeps it always). Startup failures quote the log tail.
@@ -631,7 +632,13 @@ def kube(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
             or request.session.stash.get(_FAILED, False)
             or (os.environ.get("MPROXY_K8S_KEEP_LOGS") == "1")
         )
-        shutil.rmtree(work / "etcd", ignore_errors=True)
+        # Only the logs may outlive the session: data, keys, tokens and kubeconfigs go.
+        for entry in work.iterdir():
+            if entry != cluster.log_dir:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
         if keep:
             reporter = request.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
