@@ -414,11 +414,13 @@ def test_the_crd_rejects_bad_tunnels(kube: Any, operator: Operator, ns: str) -> 
     bad_default = tunnel("c", defaultRoute="nope")
     bad_url = tunnel("d")
     bad_url["spec"]["edge"]["urls"] = ["http://edge.example.test"]
+    long_name = tunnel("x" * 54)
     for body, expect in (
         (no_selector, "spec.selector is required in Sidecar mode"),
         (bad_proxy, "proxyProtocol"),
         (bad_default, "spec.defaultRoute must name"),
         (bad_url, "spec.edge.urls[0]"),
+        (long_name, "at most 53 characters"),
     ):
         res = kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body), check=False)
         assert res.returncode != 0 and expect in res.stderr, res.stderr
