@@ -153,8 +153,9 @@ def bench_reconcile(kube: KubeCluster, op: Operator, tunnels: int, concurrency: 
     c0, s0, _ = _hist(before, "mproxy_operator_reconcile_duration_seconds")
     c1, s1, _ = _hist(after, "mproxy_operator_reconcile_duration_seconds")
     kube.kubectl("delete", "namespace", ns, "--wait=false")
-    return {"load": os.getloadavg()[0], "tunnels": tunnels, "create_seconds": created, "all_reconciled_seconds": done,
-            "per_second": tunnels / done, "reconcile_mean": (s1 - s0) / max(1.0, c1 - c0)}
+    return {"load": os.getloadavg()[0], "tunnels": tunnels, "create_seconds": created,
+            "all_reconciled_seconds": done, "per_second": tunnels / done,
+            "reconcile_mean": (s1 - s0) / max(1.0, c1 - c0)}
 
 
 def write(adm: dict[str, Any], rec: dict[str, Any], version: str) -> str:
@@ -167,9 +168,9 @@ Measured {datetime.date.today().isoformat()} with `tests/bench/operator_bench.py
 ({cpu}), Python {platform.python_version()}, Kubernetes {version} built from Go modules (apiserver,
 controller-manager, scheduler, kwok, embedded etcd, all on this machine). The operator runs as
 `mproxy operator` with the chart's RBAC. The machine was shared with other work (1-minute load average
-{adm['load']:.1f} after the admission run and {rec['load']:.1f} after the reconcile run, on {os.cpu_count()} cores),
-so the apiserver itself was slow: read the figures as upper bounds, and compare the two rows of a table
-rather than absolute values.
+{adm['load']:.1f} after the admission run and {rec['load']:.1f} after the reconcile run,
+on {os.cpu_count()} cores), so the apiserver itself was slow: read the figures as upper bounds, and
+compare the two rows of a table rather than absolute values.
 
 ## Admission latency under a burst of pod creations
 
