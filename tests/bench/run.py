@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -75,8 +76,87 @@ class Profiler:
         return "\n\n".join(parts)
 
 
+def queues(ports: dict[str, int]) -> str:
+    """Kernel socket queues (ss) of the connections on the given local ports: where a backlog sits."""
+    try:
+        out = subprocess.run(["ss", "-tnH", "state", "established"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except OSError:
+        return "ss is not available"
+    rows = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 4:
+            continue
+        recv_q, send_q, local, peer = int(f[0]), int(f[1]), f[2], f[3]
+        for role, port in ports.items():
+            if local.endswith(f":{port}") or peer.endswith(f":{port}"):
+                side = "listening side" if local.endswith(f":{port}") else "dialing side"
+                if recv_q > 1024 or send_q > 1024:
+                    rows.append(f"| {role} ({side}) | {recv_q / 1024:,.0f} | {send_q / 1024:,.0f} |")
+    if not rows:
+        return "no socket had more than 1 KiB queued"
+    return "\n".join(["| connection | Recv-Q KiB | Send-Q KiB |", "|---|---:|---:|", *sorted(rows)])
+
+
+def snapshot_later(delay: float, ports: dict[str, int]) -> tuple[threading.Thread, list[str]]:
+    out: list[str] = []
+
+    def take() -> None:
+        time.sleep(delay)
+        out.append(queues(ports))
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def profile_pass(ctx: Context, backend_port: int, plan: scenarios.Plan, profiler: Profiler) -> str:
+    """py-spy the mproxy roles in a pass of its own, after the measured rounds (it costs CPU)."""
+    from mbench.systems import Mproxy
+
+    system = Mproxy(ctx, backend_port)
+    snapshot = ""
+    try:
+        system.start()
+        for scen in ("bulk1", "loaded", "connrate"):
+            log(f"  profiling mproxy: {scen}")
+            spies = profiler.around(system, scen, plan.duration + (1.5 if scen == "loaded" else 0.4))
+            try:
+                if scen == "bulk1":
+                    scenarios.bulk(system, plan, 1)
+                elif scen == "connrate":
+                    scenarios.connrate(system, plan)
+                else:
+                    # Snapshot the socket queues halfway through the interactive-under-bulk window.
+                    ports = {"client ↔ edge": system.entry, "sidecar ↔ edge tunnel": system.control,
+                             "sidecar ↔ backend": backend_port}
+                    taker, snapshots = snapshot_later(plan.duration / 2 + 0.8, ports)
+                    scenarios.loaded(system, plan, None)
+                    taker.join()
+                    snapshot = snapshots[0] if snapshots else ""
+            except BenchError as exc:
+                log(f"  profiling mproxy: {scen} failed: {exc}")
+            finally:
+                for spy in spies:
+                    try:
+                        spy.wait(plan.duration + 20)
+                    except subprocess.TimeoutExpired:
+                        spy.kill()
+            scenarios.settle(system, 10.0)
+    except BenchError as exc:
+        log(f"profiling failed: {exc}")
+    finally:
+        system.stop()
+    text = profiler.summary()
+    if snapshot:
+        text += ("\n\nKernel socket queues halfway through the interactive-under-bulk window (where the "
+                 "backlog that delays the interactive stream sits):\n\n" + snapshot)
+    return text
+
+
 def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: scenarios.Plan,
-            errors: dict[str, str], profiler: Profiler) -> dict[str, float | None]:
+            errors: dict[str, str]) -> dict[str, float | None]:
     metrics: dict[str, float | None] = {}
     try:
         system = SYSTEMS[name](ctx, backend_port)
@@ -96,9 +176,6 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
             if scen == "idle" and name == "direct":
                 continue
             log(f"  {name}: {scen}")
-            spies = []
-            if scen in ("bulk1", "connrate", "loaded"):
-                spies = profiler.around(system, scen, plan.duration + (1.5 if scen == "loaded" else 0.4))
             try:
                 if scen == "bulk1":
                     metrics.update(scenarios.bulk(system, plan, 1))
@@ -121,12 +198,6 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
             except BenchError as exc:
                 errors.setdefault(f"{name}/{scen}", str(exc))
                 log(f"  {name}: {scen} failed: {exc}")
-            finally:
-                for spy in spies:
-                    try:
-                        spy.wait(plan.duration + 20)
-                    except subprocess.TimeoutExpired:
-                        spy.kill()
             for note in system.notes:
                 errors.setdefault(f"{name}/{scen}", note)
             system.notes.clear()
@@ -225,10 +296,19 @@ def main(argv: list[str]) -> int:
         try:
             for name in order:
                 log(f"run {r + 1}/{opts.runs}: {name}")
-                run[name] = measure(name, rctx, port, opts, plan, errors, profiler)
+                run[name] = measure(name, rctx, port, opts, plan, errors)
         finally:
             backend.stop()
         runs.append(run)
+    profile_text = ""
+    if opts.profile and py_spy is not None and "mproxy" in systems:
+        pctx = Context(repo=REPO, cache=opts.cache, work=work / "profile", loadgen=loadgen)
+        pctx.work.mkdir(parents=True, exist_ok=True)
+        backend, port = start_backend(pctx)
+        try:
+            profile_text = profile_pass(pctx, port, plan, profiler)
+        finally:
+            backend.stop()
     log(f"measured in {time.monotonic() - t0:.0f}s")
     del ctx
 
@@ -264,7 +344,7 @@ def main(argv: list[str]) -> int:
             log(f"plots failed: {res.stderr.strip()[-400:]}")
     text = report.render(
         table=summary, systems=opts.systems, errors=errors, mach=mach, runs=len(runs), plan=plan_d,
-        versions=vers, when=when, figures=figures, notes=notes, profile=profiler.summary(),
+        versions=vers, when=when, figures=figures, notes=notes, profile=profile_text,
     )
     md = opts.out_md if write_docs else work / "peers.md"
     md.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEMS = ("direct", "mproxy", "reference", "chisel", "frp", "rathole", "bore")
-SCENARIOS = ("bulk1", "bulk8", "latency", "loaded", "connrate", "idle", "restart")
+# idle first: each system's memory is weighed while the process is fresh, before bulk transfers have
+# grown (and then freed) its buffers; restart last, as it replaces the edge.
+SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "restart")
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_positive(int), help="rounds over every system (default 3, quick 1)")
     p.add_argument("--systems", type=_csv(SYSTEMS, "system"), default=SYSTEMS, help="comma list")
     p.add_argument("--scenarios", type=_csv(SCENARIOS, "scenario"), default=SCENARIOS, help="comma list")
-    p.add_argument("--duration", type=_positive(float), help="seconds per measured window (default 3)")
+    p.add_argument("--duration", type=_positive(float), help="seconds per measured window (default 2.5)")
     p.add_argument("--rate", type=_positive(float), default=200.0, help="latency requests/s (default 200)")
     p.add_argument("--idle-streams", type=_positive(int), help="idle streams (default 10000, quick 1000)")
     p.add_argument("--connrate-workers", type=_positive(int), default=8, help="parallel stream openers")
@@ -93,7 +95,7 @@ def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> Option
         systems=tuple(ns.systems),
         scenarios=tuple(ns.scenarios),
         runs=int(ns.runs or (1 if ns.quick else 3)),
-        duration=float(ns.duration or (1.5 if ns.quick else 3.0)),
+        duration=float(ns.duration or (1.5 if ns.quick else 2.5)),
         rate=float(ns.rate),
         idle_streams=int(ns.idle_streams or (1000 if ns.quick else 10000)),
         connrate_workers=int(ns.connrate_workers),

@@ -256,5 +256,11 @@ def render(
         lines += [f"- {n}" for n in notes]
         lines.append("")
     if profile:
-        lines += ["## Where mproxy's time goes (py-spy)", "", profile, ""]
+        lines += [
+            "## Where mproxy's time goes (py-spy)", "",
+            "Recorded in a pass of its own after the measured rounds (so the profiler's cost is in no number "
+            "above): `py-spy record --rate 200 --format raw` on the edge and on the sidecar while one "
+            "scenario runs. *self %*: share of samples with the function on top of the Python stack (C code "
+            "it calls, such as aiohttp's WebSocket masking or a socket send, is counted in it); *incl. %*: "
+            "share of samples with it anywhere on the stack.", "", profile, ""]
     return "\n".join(lines)

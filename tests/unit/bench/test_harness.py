@@ -66,7 +66,7 @@ def test_summary_skips_failed_runs_and_zero_baselines() -> None:
 def test_defaults_are_the_full_suite() -> None:
     o = parse_args([], env={"HOME": "/h"})
     assert o.systems == SYSTEMS and o.scenarios == SCENARIOS
-    assert (o.runs, o.duration, o.idle_streams, o.quick) == (3, 3.0, 10000, False)
+    assert (o.runs, o.duration, o.idle_streams, o.quick) == (3, 2.5, 10000, False)
     assert o.cache == Path("/h/.cache/mproxy")
     assert o.write and o.build and not o.profile
 
