@@ -1,10 +1,17 @@
 """One public client socket joined to one tunnel stream, with flow control both ways.
 
-Client -> tunnel: `pump()` reads the socket only while the stream accepts data (the multiplexer calls
-`pause_writing` when the stream's queue is full or the sidecar sent `pause` for this client).
-Tunnel -> client: data goes straight to the socket's transport; when more than `high_water` bytes wait
-for a slow client we send `pause` for this client only, and `resume` once the socket drained. A slow
-client therefore never stalls the tunnel or any other client.
+Once a client is routed, the bridge takes its transport over from the listener's StreamReader (the
+bytes already buffered there come along) and works at the protocol level: no task, no copy per chunk.
+
+- Client -> tunnel: `data_received` goes straight into `stream.write()`. When the multiplexer says the
+  stream's queue is full, or the sidecar sent `pause` for this client, the client's socket stops being
+  read (`transport.pause_reading()`) until `resume_writing`.
+- Tunnel -> client: data goes straight to the transport. When more than `high_water` bytes wait for a
+  slow client, the transport calls `pause_writing` and the sidecar is sent `pause` for this one client;
+  `resume` follows when the socket drained. A slow client never stalls the tunnel or another client.
+- Replay: until the sidecar answers anything, the client's bytes are kept (up to REPLAY_MAX) so that a
+  stream the sidecar refuses without having dialled a backend (E_SHUTTING_DOWN, E_LIMIT) can be moved to
+  another tunnel by the relay.
 """
 
 from __future__ import annotations
@@ -12,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from mproxy.tunnel.mux import Stream, StreamHandler
 
 log = logging.getLogger("mproxy.edge")
 
-READ_CHUNK = 64 * 1024
 CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is cut off
 REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
 RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
@@ -27,74 +34,165 @@ RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
 FRESH_SECONDS = 1.0
 
 
-class ClientBridge(StreamHandler):
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, high_water: int
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.transport = writer.transport
+def take_over(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Bytes a StreamReader buffered but nobody read yet, and whether it saw EOF; empties it.
+
+    StreamReader has no public "give me what you have without waiting"; its buffer is a plain bytearray
+    that CPython has kept as `_buffer` since asyncio began."""
+    buf: bytearray = getattr(reader, "_buffer", bytearray())
+    data = bytes(buf)
+    buf.clear()
+    return data, bool(getattr(reader, "_eof", False))
+
+
+class _ClientSide(asyncio.Protocol):
+    """The client socket's protocol once routed."""
+
+    def __init__(self, bridge: ClientBridge) -> None:
+        self.b = bridge
+
+    def data_received(self, data: bytes) -> None:
+        self.b.from_client(data)
+
+    def eof_received(self) -> bool:
+        self.b.client_eof()
+        return True  # keep the socket half-open: the answer may still be on its way
+
+    def pause_writing(self) -> None:
+        self.b.client_slow(True)
+
+    def resume_writing(self) -> None:
+        self.b.client_slow(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.b.client_gone(exc)
+
+
+class _TunnelSide(StreamHandler):
+    """The stream's handler: what the multiplexer calls."""
+
+    def __init__(self, bridge: ClientBridge) -> None:
+        self.b = bridge
+
+    def data_received(self, data: bytes) -> None:
+        self.b.to_client(data)
+
+    def eof_received(self) -> None:
+        t = self.b.transport
+        if not t.is_closing() and t.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                t.write_eof()
+
+    def error_received(self, message: str, code: str) -> None:
+        self.b.peer_error = (message, code)
+
+    def pause_writing(self) -> None:
+        self.b.set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.b.set_reading(True)
+
+    def stream_closed(self, reason: str | None) -> None:
+        self.b.stream_closed(reason)
+
+
+class ClientBridge:
+    def __init__(self, transport: asyncio.Transport, *, high_water: int) -> None:
+        self.transport = transport
         self.high_water = high_water
         self.stream: Stream | None = None
-        self.can_send = asyncio.Event()
-        self.can_send.set()
-        self.done = asyncio.Event()
+        self.client = _ClientSide(self)
+        self.handler = _TunnelSide(self)
+        self.done = asyncio.get_running_loop().create_future()
         self.close_reason: str | None = None
         self.peer_error: tuple[str, str] | None = None
         self.received_any = False
-        self._drain_task: asyncio.Task[None] | None = None
-        # What the client sent, until the sidecar answers: a refused stream can be replayed elsewhere.
-        self.sent: bytearray | None = bytearray()
+        self.client_ended = False
+        self.sent: bytearray | None = bytearray()  # replay buffer, None once the sidecar answered
         self.retry = False
+        self._want_read = True
 
-    # -- StreamHandler: called by the multiplexer ------------------------------------------------------
+    def attach(self, stream: Stream, initial: bytes, eof: bool) -> None:
+        """Start relaying: the first bytes (and a client EOF already seen) go first."""
+        self.stream = stream
+        t = self.transport
+        if t.is_closing():  # the client left while we were choosing a tunnel
+            stream.abort("client connection lost before it was relayed", "E_CLIENT")
+            self._finish()
+            return
+        t.set_write_buffer_limits(high=self.high_water, low=max(self.high_water // 4, 1))
+        t.set_protocol(self.client)
+        if initial:
+            self.from_client(initial)
+        if eof:
+            self.client_eof()
+        self.set_reading(not stream.writing_paused)
 
-    def data_received(self, data: bytes) -> None:
+    async def wait(self) -> None:
+        await asyncio.shield(self.done)
+
+    # -- client -> tunnel --------------------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> None:
+        sent = self.sent
+        if sent is not None:
+            if len(sent) + len(data) > REPLAY_MAX:
+                self.sent = None
+            else:
+                sent += data
+        stream = self.stream
+        if stream is not None and not stream.closed:
+            stream.write(data)
+
+    def client_eof(self) -> None:
+        self.client_ended = True
+        stream = self.stream
+        if stream is not None and not stream.closed:
+            stream.write_eof()
+
+    def client_gone(self, exc: Exception | None) -> None:
+        stream = self.stream
+        if stream is not None and not stream.closed:
+            if exc is not None or not self.client_ended:
+                reason = type(exc).__name__ if exc else "closed without EOF"
+                stream.abort(f"client connection lost ({reason})", "E_CLIENT")
+            else:
+                stream.close()  # our `end` is queued; stop waiting for the sidecar's
+        self._finish()
+
+    def set_reading(self, on: bool) -> None:
+        self._want_read = on
+        t = self.transport
+        if t.is_closing():
+            return
+        try:
+            reading = t.is_reading()
+            if on and not reading:
+                t.resume_reading()
+            elif not on and reading:
+                t.pause_reading()
+        except (AttributeError, RuntimeError):
+            pass
+
+    # -- tunnel -> client --------------------------------------------------------------------------
+
+    def to_client(self, data: bytes) -> None:
         if not self.received_any:
             self.received_any = True
             self.sent = None  # the sidecar answered: this client can no longer move elsewhere
-        transport = self.transport
-        if transport.is_closing():
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def client_slow(self, slow: bool) -> None:
+        stream = self.stream
+        if stream is None or stream.closed:
             return
-        transport.write(data)
-        if self._drain_task is None and transport.get_write_buffer_size() > self.high_water:
-            if self.stream is not None:
-                self.stream.pause_reading()
-            self._drain_task = asyncio.ensure_future(self._wait_drain())
-
-    async def _wait_drain(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.writer.drain()
-        self._drain_task = None
-        if self.stream is not None and not self.stream.closed:
-            self.stream.resume_reading()
-
-    def eof_received(self) -> None:
-        if not self.transport.is_closing() and self.transport.can_write_eof():
-            with contextlib.suppress(OSError, RuntimeError):
-                self.transport.write_eof()
-
-    def error_received(self, message: str, code: str) -> None:
-        self.peer_error = (message, code)
-
-    def pause_writing(self) -> None:
-        self.can_send.clear()
-
-    def resume_writing(self) -> None:
-        self.can_send.set()
-
-    def stream_closed(self, reason: str | None) -> None:
-        self.close_reason = reason
-        self.done.set()
-        self.can_send.set()
-        if self._can_retry(reason):
-            self.retry = True  # leave the client open: the relay replays it onto another tunnel
-            return
-        if reason is not None and reason.startswith("tunnel closed"):
-            self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
+        if slow:
+            stream.pause_reading()
         else:
-            self.transport.close()  # flushes what is queued for the client, then closes
-            asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
+            stream.resume_reading()
+
+    # -- end ---------------------------------------------------------------------------------------
 
     def _can_retry(self, reason: str | None) -> bool:
         if self.sent is None or self.received_any or self.stream is None:
@@ -105,53 +203,26 @@ class ClientBridge(StreamHandler):
             return self.stream.mux.now() - self.stream.opened_at < FRESH_SECONDS
         return False
 
+    def stream_closed(self, reason: str | None) -> None:
+        self.close_reason = reason
+        if not self.transport.is_closing() and self._can_retry(reason):
+            self.retry = True  # leave the client open: the relay replays it onto another tunnel
+            self._finish()
+            return
+        if reason is not None and reason.startswith("tunnel closed"):
+            self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
+        else:
+            self.transport.close()  # flushes what is queued for the client, then closes
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
+        self._finish()
+
     def _cut(self) -> None:
-        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+        if self.transport.get_write_buffer_size():
             self.transport.abort()
 
-    # -- the client side ---------------------------------------------------------------------------
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
-    async def pump(self, initial: bytes) -> None:
-        """Client bytes into the stream until the client's EOF; then wait for the stream to close."""
-        stream = self.stream
-        assert stream is not None
-        if initial:
-            self._record(initial)
-            stream.write(initial)
-        read = self.reader.read
-        done = asyncio.ensure_future(self.done.wait())
-        try:
-            try:
-                while not stream.closed:
-                    if not self.can_send.is_set():
-                        await self.can_send.wait()
-                        continue
-                    reading = asyncio.ensure_future(read(READ_CHUNK))
-                    await asyncio.wait((reading, done), return_when=asyncio.FIRST_COMPLETED)
-                    if not reading.done():
-                        reading.cancel()  # the stream closed; unread client bytes stay in the reader
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await reading
-                        break
-                    data = reading.result()
-                    if not data:
-                        stream.write_eof()
-                        break
-                    self._record(data)
-                    stream.write(data)
-            except (ConnectionError, OSError) as exc:
-                if not stream.closed:
-                    stream.abort(f"client connection failed: {type(exc).__name__}", "E_CLIENT")
-            await done
-        finally:
-            done.cancel()
-            if self._drain_task is not None:
-                self._drain_task.cancel()
-
-    def _record(self, data: bytes) -> None:
-        sent = self.sent
-        if sent is not None:
-            if len(sent) + len(data) > REPLAY_MAX:
-                self.sent = None
-            else:
-                sent += data
+    def status(self) -> dict[str, Any]:
+        return {"received": self.received_any, "retry": self.retry, "reason": self.close_reason}

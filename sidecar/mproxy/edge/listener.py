@@ -156,6 +156,7 @@ class PublicListener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         kind = self.config.kind
         admitted: str | None = None
+        original = writer.transport.get_protocol()
         try:
             peer = writer.get_extra_info("peername")
             addr = address_from_peername(peer)
@@ -179,9 +180,12 @@ class PublicListener:
         finally:
             if admitted is not None:
                 self._limiter.release(admitted)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            if writer.transport.get_protocol() is original:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+            elif not writer.transport.is_closing():
+                writer.transport.close()  # routed, then refused on a retry: the bridge let go of it
 
     async def _read_more(self, reader: asyncio.StreamReader, buffered: bytes, reason: str) -> bytes:
         try:

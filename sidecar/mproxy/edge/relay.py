@@ -25,7 +25,7 @@ from aiohttp import web
 
 from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
 from mproxy.config.edge import EdgeConfig
-from mproxy.edge.bridge import ClientBridge
+from mproxy.edge.bridge import ClientBridge, take_over
 from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.limits import ClientLimiter
 from mproxy.edge.listener import ClientRequest, PublicListener, Refused
@@ -221,12 +221,14 @@ class EdgeRelay:
         self._check_header(req)
         what = req.name or f"port {req.serviceport}"
         tried: set[int] = set()
-        initial = req.initial
+        transport = req.writer.transport
+        assert isinstance(transport, asyncio.Transport)
         started = time.monotonic()
         bytes_in = bytes_out = 0
         label = ""
         result = "error"
         active = False
+        initial, eof = b"", False
         try:
             for _ in range(MAX_ATTEMPTS):
                 session, known, label = self._pick(req, tried)
@@ -240,22 +242,24 @@ class EdgeRelay:
                 if not mux.can_open(req.addr.address):
                     tried.add(id(session))
                     continue
-                bridge = ClientBridge(req.reader, req.writer,
-                                      high_water=self.config.limits.stream_buffer_bytes)
-                bridge.stream = mux.open_stream(req.addr, bridge, service=req.service,
-                                                serviceport=req.serviceport, name=req.name)
                 if not active:
                     active = True
                     self.metrics.clients_active.labels(req.service).inc()
+                    rest, eof = take_over(req.reader)
+                    initial = req.initial + rest
+                bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes)
+                stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
+                                         serviceport=req.serviceport, name=req.name)
                 try:
-                    await bridge.pump(initial)
+                    bridge.attach(stream, initial, eof)
+                    await bridge.wait()
                 finally:
-                    stream = bridge.stream
                     if not stream.closed:
                         stream.abort("the edge dropped the client", "E_CLIENT")
+                        transport.abort()
                 bytes_in += stream.bytes_out
                 bytes_out += stream.bytes_in
-                if not bridge.retry:
+                if not bridge.retry or transport.is_closing():
                     reason = bridge.close_reason
                     if reason is None:
                         result = "ok"
@@ -266,9 +270,9 @@ class EdgeRelay:
                 tried.add(id(session))
                 if bridge.peer_error and bridge.peer_error[1] == E_SHUTTING_DOWN:
                     session.draining = True  # it is going away: route nobody else to it
-                initial = bytes(bridge.sent or b"")
+                initial, eof = bytes(bridge.sent or b""), bridge.client_ended
                 log.info("tunnel %d refused a client (%s); retrying on another", session.id,
-                         bridge.peer_error[1] if bridge.peer_error else "?")
+                         bridge.peer_error[1] if bridge.peer_error else "tunnel closed")
             raise Refused("tunnel_full", f"every tunnel for {what} refused the connection; retry later")
         except Refused:
             # Only reachable before the client got any byte (a retry happens only then), so the
