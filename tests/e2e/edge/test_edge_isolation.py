@@ -50,7 +50,7 @@ async def test_a_slow_client_does_not_stall_the_tunnel(tmp_path) -> None:  # typ
         session = next(iter(relay.sessions))
         assert session.mux is not None and session.mux.pauses_sent >= 1
         times = [await _timed_get(p["http"], "app.test") for _ in range(5)]
-        assert max(times) < 1.0, times
+        assert max(times) < 2.0, times  # bounded by the machine, not by the 32 MiB stuck behind
         # The slow client still gets its bytes once it reads.
         got = 0
         while got < 1 << 20:
@@ -71,10 +71,10 @@ async def test_a_slow_backend_does_not_stall_others(tmp_path) -> None:  # type: 
     try:
         await dev.start()
         p = ports(relay)
-        slow = asyncio.ensure_future(http_get(p["http"], "app.test", "/slow?s=2"))
+        slow = asyncio.ensure_future(http_get(p["http"], "app.test", "/slow?s=4"))
         await asyncio.sleep(0.2)
         times = [await _timed_get(p["http"], "app.test") for _ in range(5)]
-        assert not slow.done() and max(times) < 1.0
+        assert not slow.done() and max(times) < 2.0
         assert (await slow)[:2] == (200, "slow A")
     finally:
         await dev.close()

@@ -110,3 +110,30 @@ async def test_concurrent_connections_per_client_and_streams_per_tunnel(tmp_path
         await dev.close()
         await back.close()
         await relay.close()
+
+
+async def test_ipv6_clients_are_framed_as_ipv6(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    relay = await start_edge(tmp_path, listeners=[{"kind": "http", "listen": "[::1]:0"}])
+    back = await start_backends(tmp_path, ["app.test"])
+    seen: list[Address] = []
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port},
+                 on_stream=lambda stream: seen.append(stream.addr))
+    try:
+        await dev.start()
+        reader, writer = await asyncio.open_connection("::1", ports(relay)["http"])
+        writer.write(REQUEST)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert len(seen) == 1 and seen[0].family == "IPv6" and seen[0].address == "::1"
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
