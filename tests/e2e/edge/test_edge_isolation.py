@@ -71,7 +71,7 @@ async def test_a_slow_backend_does_not_stall_others(tmp_path) -> None:  # type: 
     try:
         await dev.start()
         p = ports(relay)
-        slow = asyncio.ensure_future(http_get(p["http"], "app.test", "/slow?s=4"))
+        slow = asyncio.ensure_future(http_get(p["http"], "app.test", "/slow?s=4", timeout=15))
         await asyncio.sleep(0.2)
         times = [await _timed_get(p["http"], "app.test") for _ in range(5)]
         assert not slow.done() and max(times) < 2.0

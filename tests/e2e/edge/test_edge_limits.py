@@ -137,3 +137,29 @@ async def test_ipv6_clients_are_framed_as_ipv6(tmp_path) -> None:  # type: ignor
         await dev.close()
         await back.close()
         await relay.close()
+
+
+async def test_silent_clients_and_clients_without_a_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    relay = await start_edge(tmp_path, limits={"sniffTimeoutSeconds": 0.5})
+    try:
+        p = ports(relay)
+        # connects and says nothing: a TLS handshake_failure alert after the sniff timeout, then closed
+        reader, writer = await asyncio.open_connection("127.0.0.1", p["tls"])
+        assert await asyncio.wait_for(reader.read(), 5) == b"\x15\x03\x01\x00\x02\x02\x28"
+        writer.close()
+        # a TLS client that sends no SNI: refused with an unrecognized_name alert
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", p["tls"], ssl=ctx), 5)
+        # an HTTP/1.0 request without Host
+        answer = await _raw(p["http"], b"GET / HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400") and b"no_name" in answer
+        text = await metrics_text(relay)
+        assert 'mproxy_edge_rejects_total{reason="sniff_timeout"} 1.0' in text
+        assert 'mproxy_edge_rejects_total{reason="no_name"} 2.0' in text
+    finally:
+        await relay.close()
