@@ -6,6 +6,8 @@ built per process, so tests can run several operators with different settings.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import functools
 import logging
@@ -33,7 +35,11 @@ class Runtime:
     ctx: Context
     status_interval: float
     webhook_server: Any  # a kopf WebhookServer
-    readiness: dict[str, bool] = field(default_factory=dict)
+    # Admission has its own threads: a storm of reconciles in kopf's pool must not delay pod creation
+    # past the webhook's timeout (with failurePolicy Fail that would refuse the pods).
+    webhook_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="webhook")
+    )
     _ready_tunnels: dict[tuple[str, str], bool] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -202,7 +208,9 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ignore_failures=False,
         labels={names.INJECT_LABEL: names.INJECT_ENABLED},
     )
-    def inject(body: kopf.Body, patch: kopf.Patch, dryrun: bool, warnings: list[str], **_: Any) -> None:
+    async def inject(
+        body: kopf.Body, patch: kopf.Patch, dryrun: bool, warnings: list[str], **_: Any
+    ) -> None:
         dry = "true" if dryrun else "false"
         pod = dict(body)
         if is_injected(pod):
@@ -210,7 +218,9 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             return
         namespace = body.metadata.namespace or ""
         try:
-            tunnels = rt.ctx.kube.items(kube.tunnels(namespace))
+            tunnels = await asyncio.get_running_loop().run_in_executor(
+                rt.webhook_executor, rt.ctx.kube.items, kube.tunnels(namespace)
+            )
         except KubeError as exc:
             metrics.INJECTIONS.labels("refused", dry).inc()
             raise kopf.AdmissionError(

@@ -31,7 +31,7 @@ import yaml
 
 from mproxy.config.sidecar import load_sidecar_config
 
-pytestmark = [pytest.mark.k8s, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mproxy"
@@ -306,7 +306,7 @@ def sidecars(p: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "mproxy-sidecar"]
 
 
-def wait_tunnel(kube: Any, ns: str, name: str, what: str, pred: Any, timeout: float = 30) -> dict[str, Any]:
+def wait_tunnel(kube: Any, ns: str, name: str, what: str, pred: Any, timeout: float = 60) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         t = _get(kube, "tunnel", name, ns)
         return t if t is not None and pred(t) else None
@@ -379,7 +379,7 @@ def test_missing_service_is_a_condition_and_an_event_until_it_appears(
         lambda: any(
             e["reason"] == "ServiceNotFound" and e["type"] == "Warning" for e in events_for(kube, ns, "shop")
         ),
-        timeout=20,
+        timeout=45,
         what="a ServiceNotFound Event",
     )
 
@@ -402,7 +402,7 @@ def test_missing_service_is_a_condition_and_an_event_until_it_appears(
         cm = _get(kube, "configmap", "mproxy-shop", ns)
         return cm is not None and len(yaml.safe_load(cm["data"]["config.yaml"])["routes"]) == 2
 
-    kube.wait_for(both_routes, timeout=20, what="the db route in the ConfigMap")
+    kube.wait_for(both_routes, timeout=45, what="the db route in the ConfigMap")
     operator.alive()
 
 
@@ -441,7 +441,7 @@ def test_pods_of_a_deployment_get_the_sidecar_and_status_counts_them(
         pods = _list(kube, "pods", ns, "app=shop")
         return pods if len(pods) == 2 else None
 
-    pods = kube.wait_for(two_pods, timeout=30, what="2 pods of the Deployment")
+    pods = kube.wait_for(two_pods, timeout=60, what="2 pods of the Deployment")
     native = tuple(int(x) for x in kube.version.lstrip("v").split(".")[:2]) >= (1, 29)
     for p in pods:
         (sc,) = sidecars(p)
@@ -566,7 +566,7 @@ def test_route_changes_reload_but_sidecar_changes_roll_the_workloads(
     _apply(kube, body, namespace=ns)
     kube.wait_for(
         lambda: "mproxy.dev/rolled-at" in _template_annotations(kube, ns, "shop"),
-        timeout=30,
+        timeout=60,
         what="the Deployment's pod template to be bumped",
     )
     assert "sidecar changed" in _template_annotations(kube, ns, "shop")["mproxy.dev/roll-reason"]
@@ -593,10 +593,10 @@ def test_deleting_a_tunnel_rolls_its_workloads_and_collects_its_config(
     )
     assert _get(kube, "configmap", "mproxy-shop", ns) is not None
 
-    kube.kubectl("delete", "tunnel", "shop", "-n", ns, "--timeout=30s")  # waits for the finalizer
+    kube.kubectl("delete", "tunnel", "shop", "-n", ns, "--timeout=60s")  # waits for the finalizer
     kube.wait_for(
         lambda: _get(kube, "configmap", "mproxy-shop", ns) is None,
-        timeout=30,
+        timeout=60,
         what="the garbage collector to delete the Tunnel's ConfigMap",
     )
     assert "Tunnel shop deleted" in _template_annotations(kube, ns, "shop").get("mproxy.dev/roll-reason", "")
@@ -654,13 +654,13 @@ def test_gateway_mode_runs_an_owned_deployment(kube: Any, operator: Operator, ns
     _apply(kube, body, namespace=ns)
     kube.wait_for(
         lambda: (_get(kube, "deployment", "mproxy-gw-gw", ns) or {}).get("spec", {}).get("replicas") == 3,
-        timeout=20,
+        timeout=45,
         what="the gateway scaled to 3",
     )
-    kube.kubectl("delete", "tunnel", "gw", "-n", ns, "--timeout=30s")
+    kube.kubectl("delete", "tunnel", "gw", "-n", ns, "--timeout=60s")
     kube.wait_for(
         lambda: _get(kube, "deployment", "mproxy-gw-gw", ns) is None,
-        timeout=30,
+        timeout=60,
         what="the garbage collector to delete the gateway",
     )
 
@@ -718,7 +718,7 @@ def test_a_second_replica_stands_by_but_answers_the_webhook(
             peering = json.loads(kube.kubectl("get", "clusterkopfpeering", FULLNAME, "-o", "json").stdout)
             return 50 in {p.get("priority") for p in (peering.get("status") or {}).values()}
 
-        kube.wait_for(joined, timeout=30, what="the second replica in the ClusterKopfPeering")
+        kube.wait_for(joined, timeout=60, what="the second replica in the ClusterKopfPeering")
         _apply(kube, service("web", [("https", 443)]), secret(), tunnel("standby"), namespace=ns)
         wait_tunnel(kube, ns, "standby", "reconciled", lambda t: "configHash" in (t.get("status") or {}))
         # The Tunnel was handled by the first replica only.
