@@ -268,8 +268,8 @@ def tunnels() -> dict[str, Any]:
                        "{{namespace}}/{{pod}}"),
                   ]),
             Panel("Streams refused by reason", "Rate of streams refused before reaching a backend, by "
-                  "reason (no_route: no route matches the name or port and there is no default route).",
-                  "ops", [
+                  "reason: no_route (no route matches and there is no default route), limit (streams per "
+                  "tunnel or per client address), draining (after SIGTERM).", "ops", [
                       (f"sum by (reason) (rate({s}streams_refused_total{{{SC}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
             Panel("Backend connect latency", "Time for the sidecar to connect to the backend Service, p50 "
