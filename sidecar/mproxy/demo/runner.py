@@ -223,6 +223,7 @@ class Demo:
                 self.say(self.progress_line())
                 next_line = now + 1.0
         await traffic_task
+        await self._settle()
         if tty:
             self.opt.out.write("\n")
         self.say(self.progress_line())
@@ -233,6 +234,18 @@ class Demo:
         if not ok:
             self.say(f"mproxy demo: traffic failed ({tally.total_failed} failures; last: {tally.last_error})")
         return 0 if ok else 1
+
+    async def _settle(self, within: float = 2.0) -> None:
+        """Let the last connections finish closing, so the summary counts them."""
+        assert self.relay is not None
+        reg = self.relay.metrics.registry
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            active = sum(reg.get_sample_value("mproxy_edge_client_connections_active", {"service": s}) or 0
+                         for s in ("https", "http", "tcp"))
+            if not active:
+                return
+            await asyncio.sleep(0.05)
 
     def summary(self) -> None:
         assert self.relay is not None
