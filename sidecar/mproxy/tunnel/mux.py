@@ -125,6 +125,7 @@ class MuxLimits:
     high_water: int = 256 * 1024  # per-stream outbound queue: pause the producer above this
     low_water: int = 64 * 1024  # ... and resume it below this
     recent_closed: int = 4096  # remembered closed client ids (late frames for them are dropped)
+    max_pending_replies: int = 16384  # error frames owed to the peer and not yet sent; past it: flood
 
 
 class Stream:
@@ -392,7 +393,18 @@ class Multiplexer:
         self._urgent(pack_control(value))
 
     def send_error(self, addr: Address, message: str, code: str) -> None:
-        """An `error` frame for a client that has no stream here (e.g. refused)."""
+        """An `error` frame for a client that has no stream here (e.g. refused by the role)."""
+        self._urgent(pack_error(addr, message, code))
+
+    def _reply_error(self, addr: Address, message: str, code: str) -> None:
+        """An error frame answering the peer's frame. A peer that provokes these faster than the tunnel
+        drains them is flooding us: the tunnel is closed (TunnelProtocolError out of feed()) rather than
+        letting the queue grow without bound."""
+        if len(self._urgent_q) >= self.limits.max_pending_replies:
+            raise TunnelProtocolError(
+                f"the peer provoked more than {self.limits.max_pending_replies} error replies that the "
+                "tunnel could not send yet (flood)"
+            )
         self._urgent(pack_error(addr, message, code))
 
     def can_open(self, client_address: str) -> bool:
@@ -525,7 +537,7 @@ class Multiplexer:
                 if client_id in self._recent:
                     return  # late data for a stream we closed: drop it, the peer has our end/error
                 if not self.implicit_open:
-                    self.send_error(event.addr, "no matching connection", E_NO_CONN)
+                    self._reply_error(event.addr, "no matching connection", E_NO_CONN)
                     self._remember_closed(client_id)
                     return
                 stream = self._accept(event, event.service, event.serviceport, event.name)
@@ -548,7 +560,7 @@ class Multiplexer:
             return
         if stream is None:
             if cls in (Pause, Resume) and client_id not in self._recent:
-                self.send_error(event.addr, "no matching connection", E_NO_CONN)
+                self._reply_error(event.addr, "no matching connection", E_NO_CONN)
             return
         if cls is End:
             if stream.eof_received:
@@ -578,7 +590,7 @@ class Multiplexer:
 
     def _refuse(self, event: Event, message: str, code: str) -> None:
         self.refused[code] = self.refused.get(code, 0) + 1
-        self.send_error(event.addr, message, code)
+        self._reply_error(event.addr, message, code)
         self._remember_closed(event.client_id)
 
     def _accept(self, event: Event, service: str, serviceport: str, name: str) -> Stream | None:

@@ -80,3 +80,18 @@ def test_backoff_full_jitter_caps_and_resets() -> None:
         pass
     else:
         raise AssertionError("Backoff(0, 1) accepted")
+
+
+async def test_a_flood_of_refusable_frames_is_a_protocol_error() -> None:
+    from mproxy.codec import pack_data
+    from mproxy.tunnel import TunnelProtocolError
+
+    mux = Multiplexer(limits=MuxLimits(max_pending_replies=100), clock=lambda: 0.0)  # accepts nothing
+    wire = b"".join(pack_data(Address("IPv4", "9.9.9.9", str(i)), b"x", service="tcp") for i in range(150))
+    try:
+        mux.feed(wire)
+    except TunnelProtocolError as exc:
+        assert "flood" in str(exc)
+    else:
+        raise AssertionError("no TunnelProtocolError")
+    assert len(mux._urgent_q) == 100  # bounded
