@@ -185,6 +185,26 @@ def test_helm_install_into_the_real_apiserver(kube: Any) -> None:
             timeout=60,
             what="2 available operator replicas",
         )
+        # failurePolicy Fail + objectSelector: with no operator answering (kwok runs no process), a pod
+        # that opted in is refused, one that did not is created, and the release namespace is exempt.
+        other = f"mproxy-probe-{uuid.uuid4().hex[:6]}"
+        kube.kubectl("create", "namespace", other)
+        try:
+            opted = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "opted", "labels": {"mproxy.dev/inject": "enabled"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            }
+            plain = {**opted, "metadata": {"name": "plain"}}
+            res = kube.kubectl("apply", "-n", other, "-f", "-", input=yaml.safe_dump(opted), check=False)
+            assert res.returncode != 0 and 'failed calling webhook "inject.mproxy.dev"' in res.stderr, (
+                res.stderr
+            )
+            kube.kubectl("apply", "-n", other, "-f", "-", input=yaml.safe_dump(plain))
+            kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(opted))
+        finally:
+            kube.kubectl("delete", "namespace", other, "--wait=false", check=False)
         sa = f"system:serviceaccount:{ns}:{full}-operator"
         for verb, resource, expected in (
             ("patch", "tunnels.mproxy.dev/status", "yes"),
