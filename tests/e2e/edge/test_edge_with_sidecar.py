@@ -175,3 +175,45 @@ async def test_rolling_restart_loses_no_client(tmp_path) -> None:  # type: ignor
         await back_a.close()
         await back_b.close()
         await relay.close()
+
+
+async def test_a_backend_that_stops_reading_pauses_only_its_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["app.test"])
+    held: list[asyncio.StreamWriter] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, never read
+
+    hole = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    back.echo_port = hole.sockets[0].getsockname()[1]
+    proc = await start_sidecar(tmp_path, "A", tunnel_url(relay), token(["app.test"], [TCP_PUBLIC_PORT]), back)
+    try:
+        await wait_tunnels(relay, "app.test", 1, within=30)
+        p = ports(relay)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", p["tcp"])
+        chunk = b"u" * (1 << 20)
+        sent = 0
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(3):
+                while sent < 64 << 20:
+                    writer.write(chunk)
+                    await writer.drain()
+                    sent += len(chunk)
+        # The sidecar paused this client; the edge stopped reading it: the upload is stuck well short
+        # of 64 MiB, and the edge holds only a bounded amount for it.
+        assert sent < 48 << 20
+        session = next(iter(relay.sessions))
+        assert session.mux is not None and session.mux.pauses_received >= 1
+        stream = next(iter(session.mux.streams.values()))
+        assert stream.buffered <= 2 << 20
+        # the same tunnel still serves other clients at once
+        assert await tls_request(p["tls"], "app.test", back.ca) == b"A:ping"
+        writer.transport.abort()
+    finally:
+        for w in held:
+            w.close()
+        hole.close()
+        await stop_proc(proc)
+        await back.close()
+        await relay.close()
