@@ -268,3 +268,27 @@ async def test_shutdown_closes_with_going_away(tunnel_pair: PairFactory) -> None
 
 
 _ = Echo
+
+
+async def test_pings_keep_a_silent_but_live_tunnel_up(tunnel_pair: PairFactory) -> None:
+    """No stream traffic for 10x the ping interval: pings and pongs keep it alive (dead after 3x)."""
+    async with tunnel_pair(heartbeat=Heartbeat(interval=0.05, timeout=0.15)) as pair:
+        await asyncio.sleep(0.6)
+        assert pair.side_result is not None and not pair.side_result.done()
+        assert pair.edge_result is not None and not pair.edge_result.done()
+        stream, rec = pair.open()
+        stream.write(b"still up")
+        assert await rec.wait_bytes(8) == b"still up"
+
+
+async def test_a_frame_over_the_size_limit_is_a_protocol_error() -> None:
+    from mproxy.codec import Address, pack_data
+    from mproxy.tunnel import Multiplexer
+
+    mux = Multiplexer(limits=MuxLimits(max_frame_bytes=1024), clock=lambda: 0.0)
+    try:
+        mux.feed(pack_data(Address("IPv4", "1.2.3.4", "5"), b"x" * 2000, service="tcp")[:100])
+    except TunnelProtocolError as exc:
+        assert "1024" in str(exc)  # refused from the header, before buffering the body
+    else:
+        raise AssertionError("no TunnelProtocolError")
