@@ -287,3 +287,26 @@ async def test_stream_limits_answer_the_client_and_count(node_relay, backends, r
             assert sidecar.tunnels[0].connects == 1  # the tunnel stayed up
             for w in held:
                 w.close()
+
+
+async def test_reload_adds_and_drains_tunnel_connections(node_relay, backends, run_sidecar, tmp_path) -> None:
+    b = await backends(tagged_echo(b"e"))
+    async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
+        cfg = sidecar_yaml(relay, [route("echo", b.port)], drainSeconds=0.5)
+        async with run_sidecar(cfg, relay=relay) as sidecar:
+            path = tmp_path / "sidecar.yaml"
+            cfg["edge"]["connectionsPerUrl"] = 2
+            path.write_text(yaml.safe_dump(cfg))
+            await relay.wait_tunnels(2)
+            assert sorted(t.index for t in sidecar.tunnels) == [0, 1]
+            mark = relay.mark()
+            cfg["edge"]["connectionsPerUrl"] = 1
+            path.write_text(yaml.safe_dump(cfg))
+            closed = await relay.wait_event(lambda e: e["event"] == "tunnel" and e["state"] == "closed",
+                                            start=mark)
+            assert closed["code"] == 1001
+            async with asyncio.timeout(5):
+                while len(sidecar.tunnels) != 1:
+                    await asyncio.sleep(0.02)
+            assert sidecar.tunnels[0].index == 0 and sidecar.tunnels[0].connects == 1
+            assert await tcp_roundtrip(relay.ports[0], b"ok") == b"e:ok"
