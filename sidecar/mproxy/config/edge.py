@@ -89,9 +89,11 @@ class EdgeLimits:
     idle_timeout_seconds: float = 900.0
     stream_buffer_bytes: int = 1048576  # pause a client (or ask the tunnel to) past this much unsent data
     max_frame_bytes: int = 1048576
+    max_tunnels: int = 10000  # WebSocket tunnels at once (authenticated or still within authTimeout)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "maxTunnels": self.max_tunnels,
             "streamsPerTunnel": self.streams_per_tunnel,
             "connectionsPerClient": self.connections_per_client,
             "connectionRate": self.connection_rate,
@@ -265,7 +267,7 @@ def _trusted(root: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _limits(root: Mapping[str, Any]) -> EdgeLimits:
     obj = f.mapping(root.get("limits"), "limits")
-    f.only_keys(obj, "limits", {"streamsPerTunnel", "connectionsPerClient", "connectionRate",
+    f.only_keys(obj, "limits", {"maxTunnels", "streamsPerTunnel", "connectionsPerClient", "connectionRate",
                                 "connectionBurst", "sniffTimeoutSeconds", "idleTimeoutSeconds",
                                 "streamBufferBytes", "maxFrameBytes"})
     return EdgeLimits(
@@ -277,6 +279,7 @@ def _limits(root: Mapping[str, Any]) -> EdgeLimits:
         idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
         stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 1048576, 1024, 64 * 1024 * 1024),
         max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
+        max_tunnels=f.integer(obj, "maxTunnels", "limits", 10000, 1, 1_000_000),
     )
 
 

@@ -113,7 +113,6 @@ class EdgeRelay:
         self.http_port = 0
         self._runners: list[web.AppRunner] = []
         self._tunnel_tasks: set[asyncio.Task[Any]] = set()
-        self._client_tasks: set[asyncio.Task[Any]] = set()
         self.mux_limits = MuxLimits(
             max_streams=lim.streams_per_tunnel,
             max_streams_per_client=lim.connections_per_client,
@@ -309,6 +308,10 @@ class EdgeRelay:
         if self.draining:
             return web.json_response({"error": "the edge is shutting down; reconnect to another"}, status=503)
         remote = request.remote or "?"
+        if len(self.sessions) >= self.config.limits.max_tunnels:
+            self.metrics.tunnel_rejects.labels("too_many_tunnels").inc()
+            return web.json_response({"error": f"this edge already holds {len(self.sessions)} tunnels "
+                                      "(limits.maxTunnels); try another edge", "code": "E_LIMIT"}, status=503)
         session = TunnelSession(self, remote)
         tokens = tokens_from_request(request.query_string, request.headers.get("Authorization"))
         refused = []

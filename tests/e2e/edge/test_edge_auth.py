@@ -109,3 +109,19 @@ async def test_expiry_is_honoured_while_connected(tmp_path) -> None:  # type: ig
     finally:
         await dev.close()
         await relay.close()
+
+
+async def test_tunnel_count_is_capped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, limits={"maxTunnels": 1})
+    first = Device(tunnel_url(relay), token(["a.test"]))
+    second = Device(tunnel_url(relay), token(["b.test"]))
+    try:
+        await first.start()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await second.connect()
+        assert err.value.status == 503
+        assert (await status(relay))["names"] == {"a.test": 1}
+    finally:
+        await first.close()
+        await second.close()
+        await relay.close()
