@@ -43,3 +43,28 @@ def test_demo_says_what_to_do_when_a_port_is_taken() -> None:
                               str(base)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "--free-ports" in out.stdout and "Traceback" not in out.stderr + out.stdout
+
+
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "mproxy", "demo", "--free-ports"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "traffic:" not in seen:  # wait for the first progress line
+            assert time.monotonic() < deadline, seen
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out + err
+        assert "Metrics summary" in out and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

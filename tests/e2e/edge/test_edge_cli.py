@@ -26,6 +26,12 @@ def test_bad_config_is_one_clear_line(tmp_path) -> None:  # type: ignore[no-unty
     out = subprocess.run([sys.executable, "-m", "mproxy", "edge", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot read the token secret file" in out.stderr
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    cfg.write_text(f"auth: {{secretFile: {secret}}}\nlisteners: [{{kind: tls, listen: ':443'}}]\n")
+    out = subprocess.run([sys.executable, "-m", "mproxy", "edge", "--config", str(cfg), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "is valid (1 listeners)" in out.stdout
 
 
 async def test_edge_process_serves_and_drains_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
