@@ -93,3 +93,23 @@ async def test_unknown_names_are_refused_in_their_protocol(tmp_path) -> None:  #
         await dev.close()
         await back.close()
         await relay.close()
+
+
+async def test_half_close_carries_through(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token([], [TCP_PUBLIC_PORT]), tcp={TCP_PUBLIC_PORT: back.echo_port})
+    try:
+        await dev.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports(relay)["tcp"])
+        writer.write(b"x" * 300_000)
+        writer.write_eof()  # we are done sending, but still want the whole answer
+        got = await asyncio.wait_for(reader.read(), 10)  # until the echo server's EOF comes back
+        assert got == b"x" * 300_000
+        writer.close()
+        text = await metrics_text(relay)
+        assert 'mproxy_edge_client_connections_total{name="",result="ok",service="tcp"} 1.0' in text
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
