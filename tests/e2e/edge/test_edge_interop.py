@@ -134,3 +134,29 @@ async def test_reference_device_with_a_bad_token(tmp_path, node_bin) -> None:  #
     finally:
         await dev.stop()
         await relay.close()
+
+
+async def test_reference_device_honours_pause_and_resume(tmp_path, node_bin) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, limits={"streamBufferBytes": 65536})
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = await NodeDevice.start(node_bin, tunnel_url(relay), token(["app.test"]),
+                                 "--name", f"app.test={back.http_port}")
+    try:
+        p = ports(relay)
+        size = 24 << 20
+        reader, writer = await asyncio.open_connection("127.0.0.1", p["http"])
+        writer.write(f"GET /big?size={size} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n".encode())
+        await asyncio.sleep(1.5)  # read nothing: the edge pauses this client at device.js
+        session = next(iter(relay.sessions))
+        assert session.mux is not None and session.mux.pauses_sent >= 1
+        # meanwhile the same device serves another client
+        code, _, _ = await http_get(p["http"], "app.test")
+        assert code == 200
+        data = await asyncio.wait_for(reader.read(), 30)  # resume: everything arrives, in order
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and len(body) == size and body == b"x" * size
+        writer.close()
+    finally:
+        await dev.stop()
+        await back.close()
+        await relay.close()
