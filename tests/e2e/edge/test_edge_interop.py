@@ -160,3 +160,35 @@ async def test_reference_device_honours_pause_and_resume(tmp_path, node_bin) -> 
         await dev.stop()
         await back.close()
         await relay.close()
+
+
+async def test_edge_honours_pause_from_the_reference_device(tmp_path, node_bin) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path)
+    held: list[asyncio.StreamWriter] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, never read
+
+    hole = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    hole_port = hole.sockets[0].getsockname()[1]
+    dev = await NodeDevice.start(node_bin, tunnel_url(relay), token([], [TCP_PUBLIC_PORT]),
+                                 "--port", f"{TCP_PUBLIC_PORT}={hole_port}")
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", ports(relay)["tcp"])
+        chunk, sent = b"u" * (1 << 20), 0
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(3):
+                while sent < 64 << 20:
+                    writer.write(chunk)
+                    await writer.drain()
+                    sent += len(chunk)
+        session = next(iter(relay.sessions))
+        assert session.mux is not None and session.mux.pauses_received >= 1  # device.js said pause
+        assert sent < 48 << 20
+        writer.transport.abort()
+    finally:
+        for w in held:
+            w.close()
+        hole.close()
+        await dev.stop()
+        await relay.close()
