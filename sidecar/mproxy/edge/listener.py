@@ -177,6 +177,9 @@ class PublicListener:
             await self._refuse(writer, exc)
         except (ConnectionError, asyncio.IncompleteReadError, LocalProtocolError) as exc:
             log.debug("client on %s listener went away early: %s", kind, exc)
+        except Exception:  # a bug must cost this one client, not the listener
+            log.exception("internal error while serving a %s client", kind)
+            writer.transport.abort()
         finally:
             if admitted is not None:
                 self._limiter.release(admitted)
