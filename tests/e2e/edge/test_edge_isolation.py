@@ -82,7 +82,16 @@ async def test_a_slow_backend_does_not_stall_others(tmp_path) -> None:  # type: 
         await relay.close()
 
 
-async def test_garbage_from_one_tunnel_closes_only_that_tunnel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+GARBAGE = {
+    "header length 0": b"\xfe\x00this is not M-PROXY",
+    "bad version byte": b"\x01\x0cIPv4,1,2,0,x",
+    "body over maxFrameBytes": b"\xfe\x1b" + b"IPv4,1.2.3.4,5,99999999,tcp",
+    "length not a number": b"\xfe\x16" + b"IPv4,1.2.3.4,5,x1,http",
+}
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE.values()), ids=list(GARBAGE))
+async def test_garbage_from_one_tunnel_closes_only_that_tunnel(tmp_path, garbage) -> None:  # type: ignore[no-untyped-def]
     relay = await start_edge(tmp_path)
     back = await start_backends(tmp_path, ["app.test"])
     good = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.https_port})
@@ -92,12 +101,12 @@ async def test_garbage_from_one_tunnel_closes_only_that_tunnel(tmp_path) -> None
             tunnel_url(relay) + "?access_token=" + token(["app.test"])
         ) as bad:
             assert len((await status(relay))["tunnels"]) == 2
-            await bad.send_bytes(b"\xfe\x00this is not M-PROXY")
+            await bad.send_bytes(garbage)
             msg = await asyncio.wait_for(bad.receive(), 5)
             while msg.type == aiohttp.WSMsgType.BINARY:
                 msg = await asyncio.wait_for(bad.receive(), 5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1002
-            assert "header length 0" in msg.extra or "byte" in msg.extra
+            assert msg.extra.startswith("malformed M-PROXY data") and "byte" in msg.extra, msg.extra
         st = await status(relay)
         assert len(st["tunnels"]) == 1 and st["names"] == {"app.test": 1}
         p = ports(relay)
