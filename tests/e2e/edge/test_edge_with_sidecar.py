@@ -108,7 +108,7 @@ async def test_two_sidecars_then_one_is_killed(tmp_path) -> None:  # type: ignor
         await wait_tunnels(relay, "app.test", 2, within=30)
         p = ports(relay)
         answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"x") for _ in range(10)]
-        assert sorted(answers) == [b"A:x"] * 5 + [b"B:x"] * 5
+        assert set(answers) == {b"A:x", b"B:x"} and 3 <= answers.count(b"A:x") <= 7, answers
 
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", p["tls"], ssl=back_a.ca.client_context(), server_hostname="app.test")
