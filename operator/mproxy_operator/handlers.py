@@ -218,9 +218,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             return
         namespace = body.metadata.namespace or ""
         try:
-            tunnels = await asyncio.get_running_loop().run_in_executor(
-                rt.webhook_executor, rt.ctx.kube.items, kube.tunnels(namespace)
-            )
+            # The watch cache as it is: pod creation waits on this call, and a Tunnel made in the
+            # last milliseconds is the same race as one made just after the pod.
+            list_tunnels = functools.partial(rt.ctx.kube.items, kube.tunnels(namespace), cached=True)
+            tunnels = await asyncio.get_running_loop().run_in_executor(rt.webhook_executor, list_tunnels)
         except KubeError as exc:
             metrics.INJECTIONS.labels("refused", dry).inc()
             raise kopf.AdmissionError(

@@ -243,7 +243,8 @@ def _count_pods(k: Kube, ns: str, name: str, spec: TunnelSpec) -> PodCounts:
         filter(None, [to_string(spec.selector), f"{names.INJECT_LABEL}={names.INJECT_ENABLED}"])
     )
     selected = injected = ready = 0
-    for pod in k.items(kube.core(ns, "pods"), selector):
+    # Counts refreshed every few seconds need no consistent read (which waits for the watch cache).
+    for pod in k.items(kube.core(ns, "pods"), selector, cached=True):
         pmeta = pod.get("metadata") or {}
         if pmeta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
             "Succeeded",
