@@ -226,7 +226,7 @@ async def new_streams_per_second(port: int, seconds: float, concurrency: int = 5
 class Stack:
     """backend + relay + sidecar processes; `entry` is where clients connect."""
 
-    def __init__(self, relay: str, backend_port: int, workdir: Path, sndbuf: int = 0) -> None:
+    def __init__(self, relay: str, backend_port: int, workdir: Path, sndbuf: int | str = "auto") -> None:
         self.relay = relay
         self.sndbuf = sndbuf
         self.backend_port = backend_port
@@ -358,7 +358,7 @@ def report(results: dict[str, Any]) -> str:
     direct = results["direct"]
     lines = [f"machine: {results['machine']['cpus']} CPUs, load average "
              f"{', '.join(f'{x:.1f}' for x in results['machine']['loadavg'])} at start; sidecar "
-             f"tunnelSendBufferBytes={results['machine'].get('tunnel_sndbuf', 0)}", ""]
+             f"tunnelSendBufferBytes={results['machine'].get('tunnel_sndbuf', 'auto')}", ""]
     lines.append("| figure | direct | " + " | ".join(f"via {k} relay + sidecar" for k in results
                                                        if k not in ("machine", "direct")) + " |")
     lines.append("|---|---|" + "---|" * (len(results) - 2))
@@ -405,8 +405,9 @@ def main() -> int:
     parser.add_argument("--relay", choices=("node", "edge", "both"), default="node")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
-    parser.add_argument("--tunnel-sndbuf", type=int, default=0, metavar="BYTES",
-                        help="the sidecar's limits.tunnelSendBufferBytes (0 = kernel autotuning)")
+    parser.add_argument("--tunnel-sndbuf", default="auto", metavar="BYTES",
+                        help="the sidecar's limits.tunnelSendBufferBytes: auto (default), 0 = kernel "
+                             "autotuning, or a size")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     if args.json:

@@ -111,8 +111,8 @@ class LimitsConfig:
     max_frame_bytes: int = 1048576
     # A backend whose unsent data passes this asks the relay to pause that client.
     stream_buffer_bytes: int = 262144
-    # 0 = kernel autotuning; a small value trades long-RTT throughput for interactive latency under load.
-    tunnel_send_buffer_bytes: int = 0
+    # None = "auto" (sized from the measured RTT), 0 = kernel autotuning, else a fixed SO_SNDBUF.
+    tunnel_send_buffer_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,7 +121,8 @@ class LimitsConfig:
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "maxFrameBytes": self.max_frame_bytes,
             "streamBufferBytes": self.stream_buffer_bytes,
-            "tunnelSendBufferBytes": self.tunnel_send_buffer_bytes,
+            "tunnelSendBufferBytes": "auto" if self.tunnel_send_buffer_bytes is None
+            else self.tunnel_send_buffer_bytes,
         }
 
 
@@ -343,8 +344,18 @@ def _limits(root: Mapping[str, Any]) -> LimitsConfig:
         idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
         max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
         stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 262144, 1024, 64 * 1024 * 1024),
-        tunnel_send_buffer_bytes=f.integer(obj, "tunnelSendBufferBytes", "limits", 0, 0, 64 * 1024 * 1024),
+        tunnel_send_buffer_bytes=_send_buffer(obj),
     )
+
+
+def _send_buffer(obj: Mapping[str, Any]) -> int | None:
+    value = obj.get("tunnelSendBufferBytes", "auto")
+    if value == "auto" or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 4096 <= value <= 64 << 20):
+        raise ConfigError("limits.tunnelSendBufferBytes",
+                          f'must be "auto", 0 (kernel autotuning) or 4096-67108864 (got {value!r})')
+    return value
 
 
 def _heartbeat(root: Mapping[str, Any]) -> HeartbeatConfig:

@@ -34,6 +34,7 @@ from mproxy.tunnel import (
     StreamHandler,
     run_tunnel,
 )
+from mproxy.tunnel.sockbuf import auto_send_buffer, set_send_buffer, tcp_rtt_seconds
 
 if TYPE_CHECKING:
     from mproxy.config.sidecar import SidecarConfig
@@ -74,13 +75,14 @@ def mux_limits(cfg: SidecarConfig) -> MuxLimits:
     )
 
 
-def _set_send_buffer(ws: aiohttp.ClientWebSocketResponse, size: int) -> None:
-    """Cap the kernel send queue of the tunnel socket: less queueing ahead of interactive frames when a
-    bulk stream saturates the relay, at the price of throughput on long round trips (size / RTT)."""
-    sock = ws.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+async def _tune_send_buffer(sock: socket.socket, every: float = 2.0) -> None:
+    """limits.tunnelSendBufferBytes: auto. Re-size the send buffer from the measured RTT."""
+    current = 0
+    while True:
+        size = auto_send_buffer(tcp_rtt_seconds(sock))
+        if abs(size - current) > current // 4 and set_send_buffer(sock, size):
+            current = size
+        await asyncio.sleep(every)
 
 
 def _with_query_token(url: str, token: str) -> str:
@@ -227,8 +229,10 @@ class TunnelClient:
             if token:  # some errors quote the URL, and with tokenIn=query the URL holds the token
                 detail = detail.replace(token, "<token>")
             return self._failed("connect_failed", detail)
-        if cfg.limits.tunnel_send_buffer_bytes:
-            _set_send_buffer(ws, cfg.limits.tunnel_send_buffer_bytes)
+        sock = ws.get_extra_info("socket")
+        fixed = cfg.limits.tunnel_send_buffer_bytes
+        if fixed and sock is not None:
+            set_send_buffer(sock, fixed)
         control = ControlChannel(lambda value: mux.send_control(value), name=self.label)
         mux = Multiplexer(
             on_stream=lambda stream: self._accept(stream, self),
@@ -259,6 +263,10 @@ class TunnelClient:
         log.info("tunnel connected", extra={"tunnel": self.label})
         if self._stopping:
             stop.set()
+        if fixed is None and sock is not None:
+            tuner = asyncio.get_running_loop().create_task(_tune_send_buffer(sock))
+            tasks.add(tuner)
+            tuner.add_done_callback(tasks.discard)
         result = await run_tunnel(ws, mux, heartbeat=Heartbeat(cfg.heartbeat.interval_seconds,
                                                                cfg.heartbeat.timeout_seconds), stop=stop)
         control.close()

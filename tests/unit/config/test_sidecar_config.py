@@ -73,6 +73,16 @@ def test_minimal_config_gets_defaults() -> None:
     assert cfg.logging.format == "json"
 
 
+def test_tunnel_send_buffer_modes() -> None:
+    assert load_sidecar_config(BASE).limits.tunnel_send_buffer_bytes is None  # auto
+    assert load_sidecar_config(BASE).to_dict()["limits"]["tunnelSendBufferBytes"] == "auto"
+    kernel = load_sidecar_config(BASE + "limits: {tunnelSendBufferBytes: 0}")
+    assert kernel.limits.tunnel_send_buffer_bytes == 0
+    fixed = load_sidecar_config(BASE + "limits: {tunnelSendBufferBytes: 65536}")
+    assert fixed.limits.tunnel_send_buffer_bytes == 65536
+    assert load_sidecar_config(fixed.to_dict()) == fixed
+
+
 def test_yaml_off_means_off() -> None:
     cfg = load_sidecar_config("edge: {urls: ['ws://h/']}\nmetrics: {labels: off}\n")
     assert cfg.metrics.labels == "off"
@@ -110,6 +120,8 @@ BASE = "edge: {urls: ['ws://h/']}\n"
         (BASE + "http: {listen: nowhere}", "http.listen", "HOST:PORT"),
         (BASE + "metrics: {labels: everything}", "metrics.labels", "off"),
         (BASE + "bogus: 1", "bogus", "unknown field"),
+        (BASE + "limits: {tunnelSendBufferBytes: 100}", "limits.tunnelSendBufferBytes", "auto"),
+        (BASE + "limits: {tunnelSendBufferBytes: big}", "limits.tunnelSendBufferBytes", "auto"),
     ],
 )
 def test_errors_name_the_field(text: str, path: str, words: str) -> None:
