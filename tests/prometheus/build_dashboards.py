@@ -3,7 +3,7 @@
     python -m tests.prometheus.build_dashboards      # rewrite the JSON files from this source
 
 The JSON files are committed (the chart ships them as they are); test_dashboards.py fails when they drift
-from this source, and checks each one's conventions and runs every query against a real Prometheus.
+from this source and checks their conventions; test_live.py runs every query against a real Prometheus.
 Conventions (kubernetes-mixin's): stable uids, a `datasource` variable, `$__rate_interval`, a unit and a
 description on every panel.
 """

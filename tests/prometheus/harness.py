@@ -46,7 +46,6 @@ class Target:
     panel: str
     ref_id: str
     expr: str
-    core: bool  # a core panel must return data once traffic has gone through the stack
 
     @property
     def id(self) -> str:
@@ -128,13 +127,12 @@ def dashboard_targets() -> list[Target]:
     for path in dashboard_files():
         dashboard = load_dashboard(path)
         for panel in iter_panels(dashboard):
-            core = "core" in panel.get("tags", []) or bool(panel.get("mproxyCore"))
             for target in panel.get("targets", []):
                 expr = target.get("expr")
                 if expr:
                     targets.append(Target(
                         dashboard=dashboard["uid"], panel=panel.get("title", "?"),
-                        ref_id=target.get("refId", "?"), expr=substitute(expr, dashboard), core=core,
+                        ref_id=target.get("refId", "?"), expr=substitute(expr, dashboard),
                     ))
         for variable in _variables(dashboard).values():
             query = variable.get("query")
@@ -145,7 +143,7 @@ def dashboard_targets() -> list[Target]:
                 if inner:  # label_values(<selector>, label) is Grafana's; the selector is PromQL
                     targets.append(Target(
                         dashboard=dashboard["uid"], panel=f"variable {variable['name']}", ref_id="query",
-                        expr=substitute(inner.group(1), dashboard), core=False,
+                        expr=substitute(inner.group(1), dashboard),
                     ))
     return targets
 
