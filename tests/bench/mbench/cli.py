@@ -32,6 +32,7 @@ class Options:
     out_md: Path
     out_dir: Path
     results: Path
+    render: Path | None  # re-render from this results file instead of measuring
 
 
 def _csv(choices: Sequence[str], what: str):  # type: ignore[no-untyped-def]
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks" / "peers.md")
     p.add_argument("--out-dir", type=Path, default=REPO / "docs" / "benchmarks")
     p.add_argument("--results", type=Path, default=REPO / "tests" / "bench" / "results" / "peers.json")
+    p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                   help="measure nothing: re-render the report and figures from a results file")
     return p
 
 
@@ -107,4 +110,5 @@ def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> Option
         out_md=ns.out_md,
         out_dir=ns.out_dir,
         results=ns.results,
+        render=ns.render,
     )

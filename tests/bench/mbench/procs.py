@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class BenchError(RuntimeError):
@@ -119,10 +122,12 @@ class Proc:
         return self.popen.poll() is None
 
     def tail(self, n: int = 800) -> str:
+        """The end of the log on one line, without terminal colour codes."""
         try:
             text = self.log.read_text(errors="replace")
         except OSError:
             return ""
+        text = _ANSI.sub("", text)
         return text[-n:].strip().replace("\n", " | ")
 
     def stop(self, grace: float = 3.0) -> None:

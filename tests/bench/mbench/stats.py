@@ -37,6 +37,22 @@ def ratio(value: float | None, base: float | None) -> float | None:
     return value / base
 
 
+def valid_runs(runs: Sequence[Run]) -> list[dict[str, dict[str, float | None]]]:
+    """Drop values a dead process produced: a role whose RSS reads 0 after the idle streams had exited,
+    so its per-stream figure (0 minus its start) means nothing."""
+    out = []
+    for run in runs:
+        clean: dict[str, dict[str, float | None]] = {}
+        for system, metrics in run.items():
+            m = dict(metrics)
+            for role in ("edge", "device"):
+                if m.get(f"idle_{role}_rss_mib") == 0:
+                    m.pop(f"idle_{role}_kib_per_stream", None)
+            clean[system] = m
+        out.append(clean)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """One metric of one system over all runs."""

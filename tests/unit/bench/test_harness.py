@@ -242,3 +242,19 @@ def test_top_and_top_inclusive() -> None:
     assert [h.function for h in ours] == ["_read (mproxy/tunnel/mux.py)", "feed (mproxy/codec/parser.py)"]
     assert ours[0].total_pct == pytest.approx(60.0)
     assert top([], 3) == []
+
+
+def test_valid_runs_drop_idle_figures_of_a_dead_process() -> None:
+    runs = [{"bore": {"idle_edge_rss_mib": 0.0, "idle_edge_kib_per_stream": -0.4,
+                      "idle_device_rss_mib": 12.0, "idle_device_kib_per_stream": 3.0, "bulk1_mbps": 9.0}}]
+    clean = stats.valid_runs(runs)
+    assert "idle_edge_kib_per_stream" not in clean[0]["bore"]
+    assert clean[0]["bore"]["idle_device_kib_per_stream"] == 3.0
+    assert clean[0]["bore"]["bulk1_mbps"] == 9.0
+    assert "idle_edge_kib_per_stream" in runs[0]["bore"]  # the input is left alone
+
+
+def test_render_option_takes_a_results_file() -> None:
+    o = parse_args(["--render", "r.json"], env={})
+    assert o.render == Path("r.json")
+    assert parse_args([], env={}).render is None
