@@ -161,15 +161,16 @@ class PublicListener:
             peer = writer.get_extra_info("peername")
             addr = address_from_peername(peer)
             buffered = b""
+            deadline = asyncio.get_running_loop().time() + self._sniff_timeout
             if self.config.proxy_protocol and self._is_trusted(addr.address):
-                addr, buffered = await self._read_proxy_header(reader, addr)
+                addr, buffered = await self._read_proxy_header(reader, addr, deadline)
             reason = self._limiter.admit(addr.address)
             if reason is not None:
                 raise Refused(reason, "too many connections from your address; try again later")
             admitted = addr.address
             if self._on_accept is not None:
                 self._on_accept(kind)
-            name, buffered = await self._sniff(reader, buffered)
+            name, buffered = await self._sniff(reader, buffered, deadline)
             request = ClientRequest(addr, self.config.service, self.public_port, name, buffered, reader,
                                     writer, kind)
             await self._route(request)
@@ -190,16 +191,22 @@ class PublicListener:
             elif not writer.transport.is_closing():
                 writer.transport.close()  # routed, then refused on a retry: the bridge let go of it
 
-    async def _read_more(self, reader: asyncio.StreamReader, buffered: bytes, reason: str) -> bytes:
+    async def _read_more(self, reader: asyncio.StreamReader, buffered: bytes, reason: str,
+                         deadline: float) -> bytes:
+        # One deadline for the whole preamble: a client trickling a byte at a time gets no extra time.
+        left = deadline - asyncio.get_running_loop().time()
         try:
-            chunk = await asyncio.wait_for(reader.read(READ_CHUNK), self._sniff_timeout)
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(reader.read(READ_CHUNK), left)
         except TimeoutError:
             raise Refused(reason, "timed out waiting for the first bytes") from None
         if not chunk:
             raise ConnectionResetError("client closed before sending enough to route it")
         return buffered + chunk
 
-    async def _read_proxy_header(self, reader: asyncio.StreamReader, addr: Address) -> tuple[Address, bytes]:
+    async def _read_proxy_header(self, reader: asyncio.StreamReader, addr: Address,
+                                 deadline: float) -> tuple[Address, bytes]:
         buffered = b""
         while True:
             try:
@@ -210,7 +217,7 @@ class PublicListener:
                 break
             if len(buffered) > 4096:
                 raise Refused("bad_proxy_header", "PROXY protocol header too long")
-            buffered = await self._read_more(reader, buffered, "bad_proxy_header")
+            buffered = await self._read_more(reader, buffered, "bad_proxy_header", deadline)
         assert isinstance(header, proxyproto.ProxyHeader)
         rest = buffered[header.length:]
         if header.source is None:  # LOCAL / UNKNOWN: the balancer's own connection (health check)
@@ -218,7 +225,8 @@ class PublicListener:
         host, port = header.source
         return address_from_peername((host, port)), rest
 
-    async def _sniff(self, reader: asyncio.StreamReader, buffered: bytes) -> tuple[str, bytes]:
+    async def _sniff(self, reader: asyncio.StreamReader, buffered: bytes,
+                     deadline: float) -> tuple[str, bytes]:
         kind = self.config.kind
         if kind == "tcp":
             return "", buffered
@@ -234,7 +242,7 @@ class PublicListener:
             if result is not NEED_MORE:
                 assert isinstance(result, str)
                 return result, buffered
-            buffered = await self._read_more(reader, buffered, "sniff_timeout")
+            buffered = await self._read_more(reader, buffered, "sniff_timeout", deadline)
 
     async def _refuse(self, writer: asyncio.StreamWriter, exc: Refused) -> None:
         kind = self.config.kind

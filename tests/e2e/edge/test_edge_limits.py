@@ -163,3 +163,25 @@ async def test_silent_clients_and_clients_without_a_name(tmp_path) -> None:  # t
         assert 'mproxy_edge_rejects_total{reason="no_name"} 2.0' in text
     finally:
         await relay.close()
+
+
+async def test_a_trickling_client_gets_one_deadline_not_one_per_byte(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    relay = await start_edge(tmp_path, limits={"sniffTimeoutSeconds": 1})
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports(relay)["http"])
+        started = time.monotonic()
+        request = b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 200
+        answer_task = asyncio.ensure_future(reader.read(4096))
+        for byte in request:  # one byte every 0.2 s: each read is quick, the whole is too slow
+            if answer_task.done() or time.monotonic() - started > 5:
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+        answer = await asyncio.wait_for(answer_task, 5)
+        assert answer.startswith(b"HTTP/1.1 400") and b"sniff_timeout" in answer
+        assert time.monotonic() - started < 3
+        writer.close()
+    finally:
+        await relay.close()
