@@ -199,12 +199,21 @@ response, from `mproxy_operator_webhook_duration_seconds`): mean {adm['server_me
 {adm['server_count']:.0f} reviews; p50 <= {adm['server_p50_le'] * ms:g} ms,
 p99 <= {adm['server_p99_le'] * ms:g} ms (histogram bucket bounds).
 
+What the operator's own code does per review (choose the Tunnel, build the sidecar, diff the pod into
+a JSON patch) takes about 0.6 ms; the rest is kopf, aiohttp, TLS, JSON and one LIST of the namespace's
+Tunnels, served from the apiserver's watch cache (a consistent read instead would wait ~100 ms for that
+cache on a quiet cluster: the first version of this benchmark measured exactly that).
+Under the burst, reviews queue for the operator's one Python process and for the loaded CPUs.
+
 ## Reconciling {rec['tunnels']} Tunnels
 
 {rec['tunnels']} Tunnels created at once ({rec['create_seconds']:.1f} s to create them); every one had its
 ConfigMap rendered and its status written {rec['all_reconciled_seconds']:.1f} s after the first was created
 ({rec['per_second']:.1f} Tunnels/s; one reconcile takes {rec['reconcile_mean'] * ms:.1f} ms on average,
-mostly API round trips: a Service read, a ConfigMap read and write, a pod list and a status patch).
+with up to 16 running at once on the loaded cores). Each reconcile of a new Tunnel makes about ten API
+calls: a Service read, a ConfigMap read and create, a pod list, a status patch, an Event, and kopf's
+own finalizer and annotation patches; the apiserver, which needed ~50 ms per Tunnel creation here, is
+the bottleneck.
 
 Reproduce: `tests/k8s/controlplane/build.sh && .venv/bin/python tests/bench/operator_bench.py --write`.
 """
