@@ -3,6 +3,10 @@
     mproxy token --secret-file /etc/mproxy/secret --domain example.com --port 5050 --ttl 30d
 
 The token is printed on stdout only, so it can be captured into a Kubernetes Secret.
+
+    mproxy token --secret-file /etc/mproxy/secret --verify TOKEN    # or --verify - to read stdin
+
+checks a token as the edge would and prints its grant (exit 0) or why the edge refuses it (exit 1).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--ttl", type=parse_duration, default=None,
                         help="lifetime, e.g. 3600, 90m, 12h, 30d (default: no expiry)")
     parser.add_argument("--subject", default=None, help="optional 'sub' claim naming the holder")
+    parser.add_argument("--verify", metavar="TOKEN", default=None,
+                        help="check TOKEN (or '-' for stdin) as the edge would, instead of minting one")
     parser.set_defaults(run=_run)
 
 
@@ -43,6 +49,8 @@ def _run(args: argparse.Namespace) -> int:
     from mproxy.edge.auth import mint, read_secret
     from mproxy.edge.jwt import TokenError
 
+    if args.verify is not None:
+        return _verify(args)
     if not args.domain and not args.port:
         print("mproxy token: grant at least one --domain or --port", file=sys.stderr)
         return 2
@@ -53,4 +61,27 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mproxy token: {exc}", file=sys.stderr)
         return 2
     print(token)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from mproxy.edge.auth import Grant, read_secret
+    from mproxy.edge.jwt import TokenError, decode
+
+    token = sys.stdin.read().strip() if args.verify == "-" else args.verify.strip()
+    try:
+        secret = read_secret(args.secret_file)
+        claims = decode(token, secret)
+        grant = Grant.from_claims(claims)
+    except ValueError as exc:
+        print(f"mproxy token: {exc}", file=sys.stderr)
+        return 2
+    except TokenError as exc:
+        print(f"refused ({exc.reason}): {exc}", file=sys.stderr)
+        return 1
+    out = {"valid": True, "domains": sorted(grant.domains), "ports": sorted(grant.ports)}
+    out.update({k: claims[k] for k in ("iat", "exp", "sub") if k in claims})
+    print(json.dumps(out))
     return 0

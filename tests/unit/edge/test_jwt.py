@@ -126,3 +126,21 @@ def test_token_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
         capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "at least one" in bad.stderr
+
+
+def test_token_cli_verify(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    secret = tmp_path / "secret"
+    secret.write_text("cli-secret\n")
+    good = mint(b"cli-secret", domains=["app.test"], ports=[6000], ttl=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "mproxy", "token", "--secret-file", str(secret), "--verify", "-"],
+        input=good, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["domains"] == ["app.test"]
+    expired = mint(b"cli-secret", domains=["app.test"], ttl=1, now=1000)
+    out = subprocess.run([sys.executable, "-m", "mproxy", "token", "--secret-file", str(secret), "--verify",
+                          expired], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "refused (expired)" in out.stderr and expired not in out.stderr
