@@ -60,7 +60,7 @@ class ControlChannel:
         try:
             msg = parse_control(value)
         except ControlMessageError as exc:
-            log.warning("%s: bad control message from the peer: %s", self.name, exc.reason)
+            log.warning("bad control message from the peer: %s", exc.reason, extra={"tunnel": self.name})
             self._send(notice(exc.reason, "E_BAD_COMMAND"))
             return
         if isinstance(msg, Hello):
@@ -76,7 +76,7 @@ class ControlChannel:
             if self.on_notice is not None:
                 self.on_notice(msg)
             else:
-                log.warning("%s: peer reported an error: %s", self.name, _brief(msg.error))
+                log.warning("peer reported an error: %s", _brief(msg.error), extra={"tunnel": self.name})
         else:
             self._request(msg)
 

@@ -273,6 +273,9 @@ class Stream:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _tags(self) -> dict[str, str]:
+        return {"tunnel": self.mux.name, "client": self.client_id}
+
     def _update_producer(self) -> None:
         want = self._local_full or self._remote_paused
         if want != self._producer_paused and not self.closed:
@@ -283,7 +286,7 @@ class Stream:
                 else:
                     self._handler.resume_writing()
             except Exception:
-                log.exception("stream handler failed in pause/resume_writing (%s)", self.client_id)
+                log.exception("stream handler failed in pause/resume_writing", extra=self._tags())
 
     def _take(self, budget: int, out: list[bytes | memoryview]) -> int:
         """Append up to `budget` data bytes (as one frame) plus a due `end`; return bytes appended."""
@@ -331,7 +334,7 @@ class Stream:
         try:
             self._handler.stream_closed(reason)
         except Exception:
-            log.exception("stream handler failed in stream_closed (%s)", self.client_id)
+            log.exception("stream handler failed in stream_closed", extra=self._tags())
 
 
 Accept = Callable[[Stream], StreamHandler]
@@ -549,7 +552,7 @@ class Multiplexer:
             try:
                 stream._handler.data_received(event.data)
             except Exception as exc:
-                log.exception("stream handler failed in data_received (%s)", client_id)
+                log.exception("stream handler failed in data_received", extra=stream._tags())
                 stream.abort(f"internal error: {type(exc).__name__}", "E_INTERNAL")
             return
         if cls is Connection:
@@ -570,7 +573,7 @@ class Multiplexer:
             try:
                 stream._handler.eof_received()
             except Exception:
-                log.exception("stream handler failed in eof_received (%s)", client_id)
+                log.exception("stream handler failed in eof_received", extra=stream._tags())
             if stream._eof_sent and not stream.closed:
                 stream._close(None)
         elif cls is Error:
@@ -578,7 +581,7 @@ class Multiplexer:
             try:
                 stream._handler.error_received(event.message, event.code)
             except Exception:
-                log.exception("stream handler failed in error_received (%s)", client_id)
+                log.exception("stream handler failed in error_received", extra=stream._tags())
             stream._close(f"peer error {event.code}: {event.message}")
         elif cls is Pause:
             self.pauses_received += 1
@@ -613,7 +616,7 @@ class Multiplexer:
         try:
             stream._handler = self._on_stream(stream)
         except Exception as exc:
-            log.exception("accepting stream %s failed", stream.client_id)
+            log.exception("accepting a stream failed", extra=stream._tags())
             stream.abort(f"internal error: {type(exc).__name__}", "E_INTERNAL")
             return None
         return stream

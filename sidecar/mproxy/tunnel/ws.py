@@ -102,7 +102,8 @@ async def run_tunnel(
                 pass
             elif kind is aiohttp.WSMsgType.TEXT:
                 # The telebit client drops text messages too; not worth killing the tunnel.
-                log.warning("%s: ignored a text WebSocket message (%d chars)", mux.name, len(msg.data))
+                log.warning("ignored a text WebSocket message (%d chars)", len(msg.data),
+                            extra={"tunnel": mux.name})
             elif kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 code = msg.data if isinstance(msg.data, int) else getattr(ws, "close_code", None)
                 extra = msg.extra if isinstance(msg.extra, str) else ""
