@@ -199,6 +199,9 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
             except BenchError as exc:
                 errors.setdefault(f"{name}/{scen}", str(exc))
                 log(f"  {name}: {scen} failed: {exc}")
+            except Exception as exc:  # a harness bug must not lose the other systems' results
+                errors.setdefault(f"{name}/{scen}", f"harness error: {type(exc).__name__}: {exc}")
+                log(f"  {name}: {scen}: harness error: {exc!r}")
             for note in system.notes:
                 errors.setdefault(f"{name}/{scen}", note)
             system.notes.clear()
