@@ -21,6 +21,7 @@ import contextlib
 import logging
 from typing import Any
 
+from mproxy.edge.listener import refusal_bytes
 from mproxy.tunnel.mux import Stream, StreamHandler
 
 log = logging.getLogger("mproxy.edge")
@@ -97,8 +98,9 @@ class _TunnelSide(StreamHandler):
 
 
 class ClientBridge:
-    def __init__(self, transport: asyncio.Transport, *, high_water: int) -> None:
+    def __init__(self, transport: asyncio.Transport, *, high_water: int, kind: str = "tcp") -> None:
         self.transport = transport
+        self.kind = kind  # the listener kind: how to tell the client its backend failed
         self.high_water = high_water
         self.stream: Stream | None = None
         self.client = _ClientSide(self)
@@ -209,6 +211,12 @@ class ClientBridge:
             self.retry = True  # leave the client open: the relay replays it onto another tunnel
             self._finish()
             return
+        if self.peer_error is not None and not self.received_any and not self.transport.is_closing():
+            # Nothing reached the client yet, so it can still get a proper answer in its protocol.
+            # Only the error code goes out: the sidecar's message may name internal hosts.
+            code = self.peer_error[1][:40]
+            self.transport.write(refusal_bytes(
+                self.kind, "backend_failed", f"the service behind this name is unavailable ({code})"))
         if reason is not None and reason.startswith("tunnel closed"):
             self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
         else:

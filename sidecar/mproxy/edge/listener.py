@@ -66,12 +66,15 @@ def refusal_bytes(kind: str, reason: str, message: str) -> bytes:
             return _ALERT_UNRECOGNIZED_NAME
         if reason in {"not_tls"}:
             return b""
-        return _ALERT_INTERNAL_ERROR if reason in {"tunnel_failed"} else _ALERT_HANDSHAKE_FAILURE
+        if reason in {"tunnel_failed", "backend_failed"}:
+            return _ALERT_INTERNAL_ERROR
+        return _ALERT_HANDSHAKE_FAILURE
     if kind == "http":
         status = {
             "no_tunnel": "502 Bad Gateway",
             "tunnel_full": "503 Service Unavailable",
             "tunnel_failed": "502 Bad Gateway",
+            "backend_failed": "502 Bad Gateway",
             "draining": "503 Service Unavailable",
             "rate_limited": "429 Too Many Requests",
             "too_many_connections": "429 Too Many Requests",

@@ -246,7 +246,8 @@ class EdgeRelay:
                     self.metrics.clients_active.labels(req.service).inc()
                     rest, eof = take_over(req.reader)
                     initial = req.initial + rest
-                bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes)
+                bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes,
+                                      kind=req.kind)
                 stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
                                          serviceport=req.serviceport, name=req.name)
                 try:

@@ -113,3 +113,27 @@ async def test_half_close_carries_through(tmp_path) -> None:  # type: ignore[no-
         await dev.close()
         await back.close()
         await relay.close()
+
+
+async def test_a_failing_backend_is_reported_to_its_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": dead, "web.app.test": dead})
+    try:
+        await dev.start()
+        p = ports(relay)
+        code, body, headers = await http_get(p["http"], "web.app.test")
+        assert code == 502 and headers["X-Mproxy-Reason"] == "backend_failed"
+        assert "ECONNREFUSED" in body and "127.0.0.1" not in body  # the code, not internal addresses
+        with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
+            await tls_request(p["tls"], "app.test", back.ca)
+        assert len((await status(relay))["tunnels"]) == 1  # the tunnel carries on
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
