@@ -110,12 +110,37 @@ def snapshot_later(delay: float, ports: dict[str, int]) -> tuple[threading.Threa
     return thread, out
 
 
+def control_experiment(system: System, backend_port: int, plan: scenarios.Plan) -> str:
+    """One bulk stream through mproxy, and meanwhile an interactive stream straight to the backend:
+    if that one is fast, the delay under bulk is inside mproxy, not the machine being out of CPU."""
+    lg = str(system.ctx.loadgen)
+    dur = f"{int(plan.duration * 1000)}ms"
+    bulk = subprocess.Popen([lg, "bulk", "-addr", f"127.0.0.1:{system.entry}", "-duration",
+                             f"{int(plan.duration * 1000) + 1500}ms"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        out = subprocess.run([lg, "latency", "-addr", f"127.0.0.1:{backend_port}", "-duration", dur, "-rate",
+                              str(plan.rate)], capture_output=True, text=True, timeout=plan.duration + 30,
+                             check=False)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError, subprocess.TimeoutExpired, OSError) as exc:
+        return f"control experiment failed: {exc}"
+    finally:
+        try:
+            bulk.communicate(timeout=plan.duration + 30)
+        except subprocess.TimeoutExpired:
+            bulk.kill()
+            bulk.wait()
+    return (f"Control: while one bulk stream ran through mproxy, an interactive stream straight to the "
+            f"backend (not through the tunnel) saw p50 {r['p50_ms']:.2f} ms / p99 {r['p99_ms']:.1f} ms.")
+
+
 def profile_pass(ctx: Context, backend_port: int, plan: scenarios.Plan, profiler: Profiler) -> str:
     """py-spy the mproxy roles in a pass of its own, after the measured rounds (it costs CPU)."""
     from mbench.systems import Mproxy
 
     system = Mproxy(ctx, backend_port)
-    snapshot = ""
+    snapshot = control = ""
     try:
         system.start()
         for scen in ("bulk1", "loaded", "connrate"):
@@ -131,9 +156,13 @@ def profile_pass(ctx: Context, backend_port: int, plan: scenarios.Plan, profiler
                     ports = {"client ↔ edge": system.entry, "sidecar ↔ edge tunnel": system.control,
                              "sidecar ↔ backend": backend_port}
                     taker, snapshots = snapshot_later(plan.duration / 2 + 0.8, ports)
-                    scenarios.loaded(system, plan, None)
+                    got = scenarios.loaded(system, plan, None)
                     taker.join()
                     snapshot = snapshots[0] if snapshots else ""
+                    scenarios.settle(system, 10.0)
+                    control = (f"Through the tunnel in this pass: p50 {got['loaded_p50_ms']:.1f} ms / p99 "
+                               f"{got['loaded_p99_ms']:.1f} ms under bulk. "
+                               + control_experiment(system, backend_port, plan))
             except BenchError as exc:
                 log(f"  profiling mproxy: {scen} failed: {exc}")
             finally:
@@ -151,6 +180,8 @@ def profile_pass(ctx: Context, backend_port: int, plan: scenarios.Plan, profiler
     if snapshot:
         text += ("\n\nKernel socket queues halfway through the interactive-under-bulk window (where the "
                  "backlog that delays the interactive stream sits):\n\n" + snapshot)
+    if control:
+        text += "\n\n" + control
     return text
 
 

@@ -31,14 +31,17 @@ def rat(summary: dict[str, Any], system: str, metric: str) -> float | None:
 
 
 def grouped(ax: Any, systems: list[str], summary: dict[str, Any], metrics: list[tuple[str, str]],
-            ratio: bool, log: bool) -> None:
+            ratio: bool, log: bool) -> bool:
+    """Grouped bars, one group per system; False when there was nothing to draw."""
     width = 0.8 / len(metrics)
+    drawn = False
     for k, (metric, label) in enumerate(metrics):
         xs, ys, colors, notes = [], [], [], []
         for i, s in enumerate(systems):
             v = med(summary, s, metric)
-            if v is None:
+            if v is None or (log and v <= 0):
                 continue
+            drawn = True
             xs.append(i + (k - (len(metrics) - 1) / 2) * width)
             ys.append(v)
             colors.append(COLORS.get(s, "#333"))
@@ -52,10 +55,11 @@ def grouped(ax: Any, systems: list[str], summary: dict[str, Any], metrics: list[
                         fontsize=7)
     ax.set_xticks(range(len(systems)))
     ax.set_xticklabels(systems)
-    if log:
+    if log and drawn:
         ax.set_yscale("log")
-    if len(metrics) > 1:
+    if len(metrics) > 1 and drawn:
         ax.legend(fontsize=8)
+    return drawn
 
 
 def main(results: Path, out: Path) -> None:
@@ -67,43 +71,47 @@ def main(results: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     made = []
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Any, name: str, drawn: bool = True) -> None:
+        if not drawn:
+            plt.close(fig)
+            return
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         made.append(name)
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    grouped(ax, systems, summary, [("bulk1_mbps", "1 stream"), ("bulk8_mbps", "8 streams")], True, True)
+    bulk = [("bulk1_mbps", "1 stream"), ("bulk8_mbps", "8 streams")]
+    drawn = grouped(ax, systems, summary, bulk, True, True)
     ax.set_ylabel("MB/s (log scale)")
     ax.set_title(f"Bulk throughput\n{sub}", fontsize=10)
-    save(fig, "throughput.png")
+    save(fig, "throughput.png", drawn)
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    grouped(ax, systems, summary, [("lat_p50_ms", "p50 idle"), ("lat_p99_ms", "p99 idle"),
-                                   ("loaded_p99_ms", "p99 under bulk")], False, True)
+    drawn = grouped(ax, systems, summary, [("lat_p50_ms", "p50 idle"), ("lat_p99_ms", "p99 idle"),
+                                           ("loaded_p99_ms", "p99 under bulk")], False, True)
     ax.set_ylabel("ms (log scale)")
     rate = data["plan"]["rate"]
     ax.set_title(f"64-byte request/response at {rate:.0f}/s\nmedian of {n} run(s)", fontsize=10)
-    save(fig, "latency.png")
+    save(fig, "latency.png", drawn)
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    grouped(ax, systems, summary, [("connrate_per_s", "new streams/s")], True, False)
+    drawn = grouped(ax, systems, summary, [("connrate_per_s", "new streams/s")], True, False)
     ax.set_ylabel("streams opened, echoed and closed per second")
     ax.set_title(f"New streams per second\n{sub}", fontsize=10)
-    save(fig, "connrate.png")
+    save(fig, "connrate.png", drawn)
 
     tunnels = [s for s in systems if s != "direct"]
     if tunnels:
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        grouped(ax, tunnels, summary, [("idle_edge_kib_per_stream", "edge"),
-                                       ("idle_device_kib_per_stream", "device / sidecar")], False, False)
+        idle = [("idle_edge_kib_per_stream", "edge"), ("idle_device_kib_per_stream", "device / sidecar")]
+        drawn = grouped(ax, tunnels, summary, idle, False, False)
         ax.axhline(16, color="red", linestyle="--", linewidth=1)
         ax.text(-0.4, 16.5, "mproxy goal: 16 KiB", color="red", fontsize=8)
         ax.set_ylabel("KiB of RSS per idle stream")
         ax.set_title(f"Memory per idle stream ({data['plan']['idle_streams']} streams)\nmedian of {n} run(s)",
                      fontsize=10)
-        save(fig, "idle_memory.png")
+        save(fig, "idle_memory.png", drawn)
 
         fig, ax = plt.subplots(figsize=(9, 4.5))
         limit = data["plan"]["restart_timeout"]
@@ -123,7 +131,9 @@ def main(results: Path, out: Path) -> None:
         ax.set_ylabel("seconds from the new edge's spawn to traffic (log)")
         ax.set_title("Edge restart: time until traffic flows again (red: mproxy goal 0.5 s)\n"
                      f"median of {n} run(s)", fontsize=10)
-        save(fig, "restart.png")
+        keys = ("restart_s", "restart_not_recovered_after_s")
+        measured = any(k in summary.get(s, {}) for s in tunnels for k in keys)
+        save(fig, "restart.png", measured)
     print(" ".join(made))
 
 
