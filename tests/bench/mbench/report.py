@@ -230,8 +230,9 @@ def render(
         "growth of the edge and of the device process divided by the streams.",
         "- **edge restart**: the edge process is stopped (SIGTERM) and started again while a probe tries an "
         "end-to-end echo every 10 ms; seconds from the new edge's spawn to the first echo that succeeds, "
-        "and from the first connection the new edge accepted (so its start-up time is left out). Each peer "
-        "reconnects with its own default policy.",
+        "and from the first connection the new edge accepted (so its start-up time is left out; chisel, frp "
+        "and rathole open the public port only once their client is back, so that second figure is ~0 for "
+        "them by construction). Each peer reconnects with its own default policy.",
         "",
         "## Systems",
         "",
