@@ -612,39 +612,52 @@ def _binaries_ready() -> None:
     need((BIN_DIR / "kcp").exists(), f"no control plane binaries in {BIN_DIR}: run {BUILD_SH}")
 
 
+def _port_clash(cluster: KubeCluster) -> bool:
+    """Did a component fail because a port picked as free was taken before it bound?"""
+    return any(
+        "address already in use" in log.read_text(errors="replace") for log in cluster.log_dir.glob("*.log")
+    )
+
+
+def _finish(cluster: KubeCluster, request: pytest.FixtureRequest, keep: bool) -> None:
+    """Stop the components; keep only the logs (and only when asked to): never data, keys or tokens."""
+    cluster.stop()
+    for entry in cluster.work_dir.iterdir():
+        if entry != cluster.log_dir:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    if keep:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"kubernetes control plane logs kept in {cluster.log_dir}", yellow=True)
+    else:
+        shutil.rmtree(cluster.work_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def kube(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     """The running control plane (see the module docstring)."""
     _binaries_ready()
-    work = Path(tempfile.mkdtemp(prefix="mproxy-k8s-"))
-    cluster = KubeCluster(work_dir=work, log_dir=work / "logs")
+    for attempt in (1, 2):
+        work = Path(tempfile.mkdtemp(prefix="mproxy-k8s-"))
+        cluster = KubeCluster(work_dir=work, log_dir=work / "logs")
+        try:
+            cluster.start()
+            break
+        except BaseException as exc:  # whatever failed, stop what did start
+            clash = isinstance(exc, ControlPlaneError) and _port_clash(cluster)
+            _finish(cluster, request, keep=True)
+            if attempt == 2 or not clash:
+                raise
     request.session.stash[_CLUSTER] = cluster
-    failed_start = True
     try:
-        cluster.start()
-        failed_start = False
         yield cluster
         cluster.check_alive()  # a component that died mid-session is an error, not a silent pass
     finally:
-        cluster.stop()
-        keep = (
-            failed_start
-            or request.session.stash.get(_FAILED, False)
-            or (os.environ.get("MPROXY_K8S_KEEP_LOGS") == "1")
-        )
-        # Only the logs may outlive the session: data, keys, tokens and kubeconfigs go.
-        for entry in work.iterdir():
-            if entry != cluster.log_dir:
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-        if keep:
-            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(f"kubernetes control plane logs kept in {cluster.log_dir}", yellow=True)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep = request.session.stash.get(_FAILED, False) or os.environ.get("MPROXY_K8S_KEEP_LOGS") == "1"
+        _finish(cluster, request, keep)
 
 
 @pytest.fixture

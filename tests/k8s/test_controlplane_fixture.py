@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(180)]
 
 NESTED_CONFTEST = "from tests.k8s.conftest import *  # noqa: F403  (fixtures and the report hook)\n"
 NESTED_TESTS = """
@@ -50,6 +51,7 @@ def _processes_using(work_dir: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_failing_test_reports_and_keeps_the_logs_and_teardown_stops_everything(
     kube: Any, tmp_path: Path
 ) -> None:
@@ -96,3 +98,27 @@ def test_a_failing_test_reports_and_keeps_the_logs_and_teardown_stops_everything
         assert _processes_using(str(log_dir.parent)) == []
     finally:
         shutil.rmtree(log_dir.parent, ignore_errors=True)
+
+
+def test_a_component_that_cannot_start_is_reported_with_its_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.k8s import conftest as fixture
+
+    fixture._binaries_ready()  # skip (or fail in CI) like the other k8s tests without binaries
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        # Every "free" port is one that is taken: etcd cannot bind its client port.
+        monkeypatch.setattr(fixture, "_free_port", lambda: taken.getsockname()[1])
+        cluster = fixture.KubeCluster(work_dir=tmp_path, log_dir=tmp_path / "logs")
+        try:
+            with pytest.raises(fixture.ControlPlaneError) as info:
+                cluster.start()
+            message = str(info.value)
+            assert message.startswith("etcd exited with code 1; logs in ")
+            assert "address already in use" in message  # the log tail is quoted
+            assert fixture._port_clash(cluster)  # what makes the fixture retry with new ports
+        finally:
+            cluster.stop()
+    assert _processes_using(str(tmp_path)) == []
