@@ -45,6 +45,7 @@ class ClientRequest:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     kind: str  # the listener kind: tls | http | tcp
+    release: Callable[[], None] = lambda: None  # frees the client's admission; idempotent
 
 
 class Refused(Exception):
@@ -158,8 +159,15 @@ class PublicListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         kind = self.config.kind
-        admitted: str | None = None
         original = writer.transport.get_protocol()
+        released = True
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._limiter.release(addr.address)
+
         try:
             peer = writer.get_extra_info("peername")
             addr = address_from_peername(peer)
@@ -170,12 +178,12 @@ class PublicListener:
             reason = self._limiter.admit(addr.address)
             if reason is not None:
                 raise Refused(reason, "too many connections from your address; try again later")
-            admitted = addr.address
+            released = False
             if self._on_accept is not None:
                 self._on_accept(kind)
             name, buffered = await self._sniff(reader, buffered, deadline)
             request = ClientRequest(addr, self.config.service, self.public_port, name, buffered, reader,
-                                    writer, kind)
+                                    writer, kind, release)
             await self._route(request)
         except Refused as exc:
             await self._refuse(writer, exc)
@@ -184,15 +192,14 @@ class PublicListener:
         except Exception:  # a bug must cost this one client, not the listener
             log.exception("internal error while serving a %s client", kind)
             writer.transport.abort()
+            release()
         finally:
-            if admitted is not None:
-                self._limiter.release(admitted)
             if writer.transport.get_protocol() is original:
+                release()
                 writer.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 1.0)
-            elif not writer.transport.is_closing():
-                writer.transport.close()  # routed, then refused on a retry: the bridge let go of it
+            # else: routed; the bridge owns the socket and releases the admission when it ends
 
     async def _read_more(self, reader: asyncio.StreamReader, buffered: bytes, reason: str,
                          deadline: float) -> bytes:

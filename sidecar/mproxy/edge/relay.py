@@ -19,6 +19,7 @@ import itertools
 import logging
 import ssl
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -28,10 +29,10 @@ from mproxy.config.edge import EdgeConfig
 from mproxy.edge.bridge import ClientBridge, take_over
 from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.limits import ClientLimiter
-from mproxy.edge.listener import ClientRequest, PublicListener, Refused
+from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
 from mproxy.edge.table import RoutingTable
 from mproxy.metrics.edge import EdgeMetrics
-from mproxy.tunnel.mux import Multiplexer, MuxLimits
+from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream
 from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
 
 log = logging.getLogger("mproxy.edge")
@@ -39,6 +40,24 @@ log = logging.getLogger("mproxy.edge")
 _ids = itertools.count(1)
 MAX_ATTEMPTS = 3  # tunnels tried for one client when sidecars refuse it before answering
 E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
+
+
+@dataclass(eq=False)
+class _Relayed:
+    """One client across its attempts (a replay moves it to another tunnel)."""
+
+    req: ClientRequest
+    started: float
+    attempts: int = 0
+    tried: set[int] = field(default_factory=set)
+    label: str = ""
+    initial: bytes | None = None  # None until a tunnel took it
+    eof: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    session: TunnelSession | None = None
+    bridge: ClientBridge | None = None
+    stream: Stream | None = None
 
 
 class TunnelSession:
@@ -113,6 +132,7 @@ class EdgeRelay:
         self.http_port = 0
         self._runners: list[web.AppRunner] = []
         self._tunnel_tasks: set[asyncio.Task[Any]] = set()
+        self._relayed: set[_Relayed] = set()
         self.mux_limits = MuxLimits(
             max_streams=lim.streams_per_tunnel,
             max_streams_per_client=lim.connections_per_client,
@@ -181,6 +201,8 @@ class EdgeRelay:
             await asyncio.wait(self._tunnel_tasks, timeout=3.0)
         for listener in self.listeners:
             await listener.close()
+        for rel in list(self._relayed):
+            rel.req.writer.transport.abort()  # their tunnels are gone; this frees the sockets now
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
@@ -211,80 +233,88 @@ class EdgeRelay:
                           "header (255 bytes with the client address)") from None
 
     async def route(self, req: ClientRequest) -> None:
-        """Called by a listener with an identified client: pick a tunnel, open a stream, relay.
+        """Called by a listener with an identified client: pick a tunnel, open a stream, hand the
+        socket to a bridge and return at once (no task per relayed client; the bridge's callbacks
+        finish the accounting). Raises Refused, before touching the socket, when nobody can take it.
 
         A sidecar that refuses the stream before answering anything (E_SHUTTING_DOWN while it drains,
         E_LIMIT) gets the client replayed onto another tunnel, so rolling restarts lose no client."""
         if self.draining:
             raise Refused("draining", "the edge is shutting down; retry shortly")
         self._check_header(req)
+        self._attempt(_Relayed(req, time.monotonic()))
+
+    def _attempt(self, rel: _Relayed) -> None:
+        """Put `rel` on a tunnel; raises Refused when no tunnel (left) can take it."""
+        req = rel.req
         what = req.name or f"port {req.serviceport}"
-        tried: set[int] = set()
+        while rel.attempts < MAX_ATTEMPTS:
+            rel.attempts += 1
+            session, known, rel.label = self._pick(req, rel.tried)
+            if session is None:
+                if known:
+                    raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
+                                  "draining; retry later")
+                raise Refused("no_tunnel", f"no tunnel is connected for {what}")
+            mux = session.mux
+            assert mux is not None
+            if not mux.can_open(req.addr.address):
+                rel.tried.add(id(session))
+                continue
+            if rel.initial is None:  # first tunnel: the bridge takes the socket over from here on
+                rest, rel.eof = take_over(req.reader)
+                rel.initial = req.initial + rest
+                self.metrics.clients_active.labels(req.service).inc()
+                self._relayed.add(rel)
+            transport = req.writer.transport
+            assert isinstance(transport, asyncio.Transport)
+            bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind)
+            stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
+                                     serviceport=req.serviceport, name=req.name)
+            rel.session, rel.bridge, rel.stream = session, bridge, stream
+            bridge.done.add_done_callback(lambda _: self._attempt_done(rel))
+            bridge.attach(stream, rel.initial, rel.eof)
+            return
+        raise Refused("tunnel_full", f"every tunnel for {what} refused the connection; retry later")
+
+    def _attempt_done(self, rel: _Relayed) -> None:
+        req, bridge, stream, session = rel.req, rel.bridge, rel.stream, rel.session
+        assert bridge is not None and stream is not None and session is not None
         transport = req.writer.transport
-        assert isinstance(transport, asyncio.Transport)
-        started = time.monotonic()
-        bytes_in = bytes_out = 0
-        label = ""
         result = "error"
-        active = False
-        initial, eof = b"", False
         try:
-            for _ in range(MAX_ATTEMPTS):
-                session, known, label = self._pick(req, tried)
-                if session is None:
-                    if known:
-                        raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
-                                      "draining; retry later")
-                    raise Refused("no_tunnel", f"no tunnel is connected for {what}")
-                mux = session.mux
-                assert mux is not None
-                if not mux.can_open(req.addr.address):
-                    tried.add(id(session))
-                    continue
-                if not active:
-                    active = True
-                    self.metrics.clients_active.labels(req.service).inc()
-                    rest, eof = take_over(req.reader)
-                    initial = req.initial + rest
-                bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes,
-                                      kind=req.kind)
-                stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
-                                         serviceport=req.serviceport, name=req.name)
-                try:
-                    bridge.attach(stream, initial, eof)
-                    await bridge.wait()
-                finally:
-                    if not stream.closed:
-                        stream.abort("the edge dropped the client", "E_CLIENT")
-                        transport.abort()
-                bytes_in += stream.bytes_out
-                bytes_out += stream.bytes_in
-                if not bridge.retry or transport.is_closing():
-                    reason = bridge.close_reason
-                    if reason is None:
-                        result = "ok"
-                    elif reason.startswith("tunnel closed"):
-                        result = "tunnel_closed"
-                    return
+            rel.bytes_in += stream.bytes_out
+            rel.bytes_out += stream.bytes_in
+            if bridge.retry and not transport.is_closing():
                 # The sidecar refused before saying anything: try another tunnel with the same bytes.
-                tried.add(id(session))
-                if bridge.peer_error and bridge.peer_error[1] == E_SHUTTING_DOWN:
+                rel.tried.add(id(session))
+                code = bridge.peer_error[1] if bridge.peer_error else "tunnel closed"
+                if code == E_SHUTTING_DOWN:
                     session.draining = True  # it is going away: route nobody else to it
-                initial, eof = bytes(bridge.sent or b""), bridge.client_ended
-                log.info("tunnel %d refused a client (%s); retrying on another", session.id,
-                         bridge.peer_error[1] if bridge.peer_error else "tunnel closed")
-            raise Refused("tunnel_full", f"every tunnel for {what} refused the connection; retry later")
-        except Refused:
-            # Only reachable before the client got any byte (a retry happens only then), so the
-            # listener can still answer in the client's protocol; it also counts the rejection.
-            result = "rejected"
-            raise
-        finally:
-            if active:
-                self.metrics.clients_active.labels(req.service).dec()
-                if result != "rejected":
-                    self.metrics.client_done(req.service, label, result, bytes_in, bytes_out,
-                                             time.monotonic() - started)
+                log.info("tunnel %d refused a client (%s); retrying on another", session.id, code)
+                rel.initial, rel.eof = bytes(bridge.sent or b""), bridge.client_ended
+                try:
+                    self._attempt(rel)
+                    return
+                except Refused as exc:
+                    # Nothing reached the client yet: it can still be told in its own protocol.
+                    transport.write(refusal_bytes(req.kind, exc.reason, str(exc)))
+                    transport.close()
+                    self._on_reject(req.kind, exc.reason)
+                    result = "rejected"
+            elif bridge.close_reason is None:
+                result = "ok"
+            elif bridge.close_reason.startswith("tunnel closed"):
+                result = "tunnel_closed"
+        except Exception:  # a bug must cost this one client only
+            log.exception("internal error while finishing a client")
+            transport.abort()
+        self._relayed.discard(rel)
+        self.metrics.clients_active.labels(req.service).dec()
+        if result != "rejected":
+            self.metrics.client_done(req.service, rel.label, result, rel.bytes_in, rel.bytes_out,
+                                     time.monotonic() - rel.started)
+        req.release()
 
     # -- tunnels ------------------------------------------------------------------------------------
 

@@ -185,3 +185,30 @@ async def test_a_trickling_client_gets_one_deadline_not_one_per_byte(tmp_path) -
         writer.close()
     finally:
         await relay.close()
+
+
+async def test_admission_is_held_while_relayed_and_freed_after(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_edge(tmp_path, limits={"connectionsPerClient": 1})
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
+    try:
+        await dev.start()
+        p = ports(relay)
+        for _ in range(5):  # one at a time: each finished client gives its slot back
+            assert (await _raw(p["http"], REQUEST)).startswith(b"HTTP/1.1 200")
+            for _ in range(100):  # the slot is free once the edge has seen this client's close
+                if relay.limiter.open_count("127.0.0.1") == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert relay.limiter.open_count("127.0.0.1") == 0
+        _, held = await asyncio.open_connection("127.0.0.1", p["http"])
+        held.write(b"GET /slow?s=1 HTTP/1.1\r\nHost: app.test\r\n\r\n")  # relayed, in flight
+        await asyncio.sleep(0.3)
+        assert (await _raw(p["http"], REQUEST)).startswith(b"HTTP/1.1 429")
+        held.close()
+        await asyncio.sleep(0.3)
+        assert relay.limiter.open_count("127.0.0.1") == 0
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
