@@ -7,8 +7,9 @@ purpose so that the error panels have something to show:
 - Host dead.test    -> route "dead" -> a closed port (a stream error on the sidecar);
 - Host nobody.test  -> no tunnel grants it (a reject with reason no_tunnel on the edge).
 The sidecar also dials a second edge URL where nothing listens (a disconnected tunnel next to a connected
-one, and failed dials counted as reconnects), and a second sidecar dials only that URL (a pod with no
-connected tunnel at all, what MproxyTunnelDown is about).
+one, and failed dials counted as reconnects). A second sidecar dials the edge with a token signed by another
+secret: the edge refuses it (bad_signature) and that pod never connects (what MproxyTunnelDown,
+MproxyTunnelUnavailable and MproxyEdgeTokensRefused are about).
 The operator needs a Kubernetes API server to run (tests/k8s starts one; too slow here), so its own metrics
 registry is served alone, by prometheus_client, as its /metrics would: real names, real initial series.
 """
@@ -130,6 +131,12 @@ def start_stack(group: ProcGroup) -> Stack:
                                 "--domain", "app.test", "--domain", "dead.test"])
     token_file = work / "token"
     token_file.write_text(token.strip() + "\n")
+    other_secret = work / "other-secret"
+    other_secret.write_bytes(SECRET[::-1] + b"\n")
+    bad_token = group.run("token-bad", [*mproxy, "token", "--secret-file", str(other_secret),
+                                        "--domain", "app.test"])
+    bad_token_file = work / "bad-token"
+    bad_token_file.write_text(bad_token.strip() + "\n")
     dead_edge = f"ws://127.0.0.1:{free_port()}/tunnel"
     routes = [
         {"name": "app", "match": {"hostnames": ["app.test"]},
@@ -137,15 +144,16 @@ def start_stack(group: ProcGroup) -> Stack:
         {"name": "dead", "match": {"hostnames": ["dead.test"]},
          "backend": {"host": "127.0.0.1", "port": dead_port, "connectTimeoutSeconds": 2}},
     ]
-    sidecars = {  # process name -> (Tunnel name, edge URLs)
-        "sidecar": ("shop", [f"ws://127.0.0.1:{tunnel_port}/tunnel", dead_edge]),
-        "sidecar-lonely": ("lonely", [dead_edge]),
+    edge_url = f"ws://127.0.0.1:{tunnel_port}/tunnel"
+    sidecars = {  # process name -> (Tunnel name, edge URLs, token)
+        "sidecar": ("shop", [edge_url, dead_edge], token_file),
+        "sidecar-lonely": ("lonely", [edge_url], bad_token_file),
     }
     stack.targets["mproxy-sidecar"] = []
-    for name, (tunnel, urls) in sidecars.items():
+    for name, (tunnel, urls, tokens) in sidecars.items():
         metrics_port = free_port()
         config = _write_yaml(work / f"{name}.yaml", {
-            "edge": {"urls": urls, "tokenFile": str(token_file)},
+            "edge": {"urls": urls, "tokenFile": str(tokens)},
             "routes": routes,
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 5},
             "reconnect": {"initialSeconds": 0.2, "maxSeconds": 1},

@@ -42,6 +42,7 @@ CORE = {
     ("mproxy-edge", "Tunnels connected"): "positive",
     ("mproxy-edge", "Names served"): "positive",
     ("mproxy-edge", "Tunnels per name"): "positive",
+    ("mproxy-edge", "Tunnel connects and refusals"): "data",
     ("mproxy-edge", "Client connections by service and result"): "positive",
     ("mproxy-edge", "Rejects by reason"): "positive",
     ("mproxy-edge", "Client connections open"): "data",

@@ -72,10 +72,11 @@ def test_referenced_metrics_exist_in_a_real_scrape(stack: Stack) -> None:
 # parse. Pending = its condition holds and its `for` runs; nothing fires within seconds.
 ALERT_STATES = {
     "MproxyTunnelUnavailable": "pending",  # Tunnel "lonely": its only pod has no connected tunnel
-    "MproxyTunnelDown": "pending",  # that pod, sidecar-lonely
-    "MproxyTunnelFlapping": "inactive",  # failed dials to the dead edge URL are not flaps
+    "MproxyTunnelDown": "pending",  # that pod, sidecar-lonely, whose token the edge refuses
+    "MproxyTunnelFlapping": "inactive",  # failed dials (dead edge URL, refused token) are not flaps
     "MproxyBackendErrorsHigh": "pending",  # dead.test: 1 stream in 8 fails
     "MproxyEdgeNoTunnelForName": "inactive",  # app.test and dead.test keep their tunnel
+    "MproxyEdgeTokensRefused": "pending",  # sidecar-lonely's token: bad_signature
     "MproxyOperatorReconcileErrors": "inactive",
     "MproxyWebhookLatencyHigh": "inactive",
 }
@@ -94,8 +95,10 @@ def test_alert_rules_evaluate_on_real_data(prometheus: PrometheusAPI) -> None:
     wait_for(lambda: all(r["state"] == ALERT_STATES[n] for n, r in states().items()), 5,
              f"alert states {ALERT_STATES}")
     pending = [a for r in states().values() for a in r.get("alerts", []) if a["state"] == "pending"]
-    assert {a["labels"]["alertname"]: (a["labels"]["tunnel"], a["labels"].get("pod")) for a in pending} == {
-        "MproxyTunnelUnavailable": ("lonely", None),
-        "MproxyTunnelDown": ("lonely", "mproxy-sidecar-1"),
-        "MproxyBackendErrorsHigh": ("shop", "mproxy-sidecar-0"),
+    who = ("tunnel", "pod", "reason")
+    assert {a["labels"]["alertname"]: tuple(a["labels"].get(k) for k in who) for a in pending} == {
+        "MproxyTunnelUnavailable": ("lonely", None, None),
+        "MproxyTunnelDown": ("lonely", "mproxy-sidecar-1", None),
+        "MproxyBackendErrorsHigh": ("shop", "mproxy-sidecar-0", None),
+        "MproxyEdgeTokensRefused": (None, None, "bad_signature"),
     }
