@@ -126,6 +126,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         # Tunnels' CRD is installed before the operator; watching all CRDs and namespaces for changes
         # would need list/watch on both, which least privilege leaves out.
         settings.scanning.disabled = True
+        # A Tunnel deleted while its status timer runs keeps its finalizer until the timer returns; kopf
+        # re-checks every `cancellation_polling` seconds (60 by default: a minute-long deletion).
+        settings.background.cancellation_polling = 1.0
+        settings.background.instant_exit_timeout = 0.1
         settings.execution.max_workers = 16
 
     @kopf.on.login(registry=reg, id="login")

@@ -231,13 +231,18 @@ def test_manifests_are_current_and_the_server_accepts_them(kube: Any) -> None:
     )
     assert res.returncode == 0, res.stderr
     kube.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/tunnels.mproxy.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-        "--timeout=30s",
-    )
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    for crd in (
+        "tunnels.mproxy.dev",
+        "clusterkopfpeerings.kopf.dev",
+    ):  # kubectl wait fails before conditions exist
+        kube.wait_for(
+            lambda crd=crd: (
+                kube.kubectl("get", "crd", crd, "-o", f"jsonpath={path}", check=False).stdout == "True"
+            ),
+            timeout=30,
+            what=f"CRD {crd}",
+        )
     # A server-side dry run does not create the Namespace, so the namespaced objects need it to exist.
     kube.kubectl("create", "namespace", "mproxy-system", check=False)
     res = kube.kubectl("apply", "--dry-run=server", "-f", str(REPO / "manifests" / "mproxy.yaml"))

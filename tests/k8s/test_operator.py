@@ -92,6 +92,19 @@ def _condition(tunnel: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
+def wait_established(kube: Any, *crds: str) -> None:
+    """`kubectl wait --for=condition=Established` fails at once while a new CRD has no conditions yet."""
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    for crd in crds:
+        kube.wait_for(
+            lambda crd=crd: (
+                kube.kubectl("get", "crd", crd, "-o", f"jsonpath={path}", check=False).stdout == "True"
+            ),
+            timeout=30,
+            what=f"CRD {crd} to be established",
+        )
+
+
 def _sa_kubeconfig(kube: Any, namespace: str, path: Path) -> None:
     token = kube.kubectl("create", "token", SA, "-n", namespace, "--duration=2h").stdout.strip()
     config = yaml.safe_load(kube.kubeconfig.read_text())
@@ -112,9 +125,9 @@ def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
     """Install the chart's RBAC and a URL webhook configuration, start `mproxy operator` as the chart's
     ServiceAccount and wait for /readyz. `extra` goes to the command line (e.g. --status-interval)."""
     kube.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/tunnels.mproxy.dev", "--timeout=30s")
+    wait_established(kube, "tunnels.mproxy.dev", "clusterkopfpeerings.kopf.dev")
     op_ns = f"mproxy-op-{uuid.uuid4().hex[:6]}"
-    label = uuid.uuid4().hex[:8]
+    label = f"l{uuid.uuid4().hex[:8]}"  # never number-like: YAML would read 1e234567 as a float
     kube.kubectl("create", "namespace", op_ns)
     # The chart's ServiceAccount, RBAC and peering object: the operator gets exactly the chart's rights.
     docs = _helm_template(
@@ -214,6 +227,8 @@ def stop_operator(op: Operator) -> None:
         os.killpg(op.proc.pid, signal.SIGKILL)
         op.proc.wait(timeout=5)
     op.kube.kubectl("delete", "mutatingwebhookconfiguration", FULLNAME, "--ignore-not-found", check=False)
+    for kind, name in (("clusterrolebinding", SA), ("clusterrole", SA), ("clusterkopfpeering", FULLNAME)):
+        op.kube.kubectl("delete", kind, name, "--ignore-not-found", check=False)
     op.kube.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
 
 
@@ -593,7 +608,13 @@ def test_deleting_a_tunnel_rolls_its_workloads_and_collects_its_config(
     )
     assert _get(kube, "configmap", "mproxy-shop", ns) is not None
 
-    kube.kubectl("delete", "tunnel", "shop", "-n", ns, "--timeout=60s")  # waits for the finalizer
+    try:
+        kube.kubectl("delete", "tunnel", "shop", "-n", ns, "--timeout=60s")  # waits for the finalizer
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
+        t = _get(kube, "tunnel", "shop", ns)
+        raise AssertionError(
+            f"{exc}\nTunnel: {json.dumps(t, indent=1)}\n--- operator ---\n{operator.tail(150)}"
+        ) from None
     kube.wait_for(
         lambda: _get(kube, "configmap", "mproxy-shop", ns) is None,
         timeout=60,
