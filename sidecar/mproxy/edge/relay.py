@@ -38,7 +38,8 @@ from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
 log = logging.getLogger("mproxy.edge")
 
 _ids = itertools.count(1)
-MAX_ATTEMPTS = 3  # tunnels tried for one client when sidecars refuse it before answering
+MAX_ATTEMPTS = 3
+BYTES_FLUSH_SECONDS = 2.0  # tunnels tried for one client when sidecars refuse it before answering
 E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
 
 
@@ -53,8 +54,24 @@ class _Relayed:
     label: str = ""
     initial: bytes | None = None  # None until a tunnel took it
     eof: bool = False
-    bytes_in: int = 0
-    bytes_out: int = 0
+    bytes_in: int = 0  # client -> tunnel, over finished attempts
+    bytes_out: int = 0  # tunnel -> client, over finished attempts
+    counted_in: int = 0  # already added to the bytes counter
+    counted_out: int = 0
+    folded: bool = True  # the current stream's bytes are already in bytes_in/bytes_out
+
+    def totals(self) -> tuple[int, int]:
+        stream = self.stream
+        if stream is None or self.folded:
+            return self.bytes_in, self.bytes_out
+        return self.bytes_in + stream.bytes_out, self.bytes_out + stream.bytes_in
+
+    def uncounted(self) -> tuple[int, int]:
+        """Bytes not yet in the counter, marked counted."""
+        total_in, total_out = self.totals()
+        delta = (max(0, total_in - self.counted_in), max(0, total_out - self.counted_out))
+        self.counted_in, self.counted_out = max(total_in, self.counted_in), max(total_out, self.counted_out)
+        return delta
     session: TunnelSession | None = None
     bridge: ClientBridge | None = None
     stream: Stream | None = None
@@ -133,6 +150,7 @@ class EdgeRelay:
         self._runners: list[web.AppRunner] = []
         self._tunnel_tasks: set[asyncio.Task[Any]] = set()
         self._relayed: set[_Relayed] = set()
+        self._flusher: asyncio.Future[None] | None = None
         self.mux_limits = MuxLimits(
             max_streams=lim.streams_per_tunnel,
             max_streams_per_client=lim.connections_per_client,
@@ -150,6 +168,7 @@ class EdgeRelay:
                                              self._tunnel_ssl(), "tunnel.listen")
         self.http_port = await self._serve(self.http_app(), self.config.http.host_port, None, "http.listen")
         self.started = True
+        self._flusher = asyncio.ensure_future(self._flush_loop())
         log.info("edge ready: tunnel endpoint on port %d, listeners %s", self.tunnel_port,
                  ", ".join(f"{item.config.kind}:{item.port}" for item in self.listeners))
 
@@ -193,7 +212,21 @@ class EdgeRelay:
                 await session.mux.wait_idle(left)
         await self.close()
 
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BYTES_FLUSH_SECONDS)
+            self.flush_bytes()
+
+    def flush_bytes(self) -> None:
+        """Count the bytes of long-lived clients as they flow, not only when they end."""
+        for rel in list(self._relayed):
+            delta_in, delta_out = rel.uncounted()
+            if delta_in or delta_out:
+                self.metrics.add_bytes(rel.req.service, rel.label, delta_in, delta_out)
+
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         self.draining = True
         for session in list(self.sessions):
             session.stop.set()
@@ -272,6 +305,7 @@ class EdgeRelay:
             stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
                                      serviceport=req.serviceport, name=req.name)
             rel.session, rel.bridge, rel.stream = session, bridge, stream
+            rel.folded = False
             bridge.done.add_done_callback(lambda _: self._attempt_done(rel))
             bridge.attach(stream, rel.initial, rel.eof)
             return
@@ -285,6 +319,7 @@ class EdgeRelay:
         try:
             rel.bytes_in += stream.bytes_out
             rel.bytes_out += stream.bytes_in
+            rel.folded = True
             if bridge.retry and not transport.is_closing():
                 # The sidecar refused before saying anything: try another tunnel with the same bytes.
                 rel.tried.add(id(session))
@@ -312,7 +347,8 @@ class EdgeRelay:
         self._relayed.discard(rel)
         self.metrics.clients_active.labels(req.service).dec()
         if result != "rejected":
-            self.metrics.client_done(req.service, rel.label, result, rel.bytes_in, rel.bytes_out,
+            delta_in, delta_out = rel.uncounted()
+            self.metrics.client_done(req.service, rel.label, result, delta_in, delta_out,
                                      time.monotonic() - rel.started)
         req.release()
 

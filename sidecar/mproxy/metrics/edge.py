@@ -86,14 +86,18 @@ class EdgeMetrics:
                 return True
         return False
 
-    def client_done(self, service: str, name: str, result: str, bytes_in: int, bytes_out: int,
-                    seconds: float) -> None:
+    def add_bytes(self, service: str, name: str, bytes_in: int, bytes_out: int) -> None:
         name = self._name(name) if name else ""
-        self.clients.labels(service, name, result).inc()
         if bytes_in:
             self.bytes.labels(service, name, "in").inc(bytes_in)
         if bytes_out:
             self.bytes.labels(service, name, "out").inc(bytes_out)
+
+    def client_done(self, service: str, name: str, result: str, bytes_in: int, bytes_out: int,
+                    seconds: float) -> None:
+        """A client connection ended; `bytes_*` are its bytes not yet counted by add_bytes."""
+        self.add_bytes(service, name, bytes_in, bytes_out)
+        self.clients.labels(service, self._name(name) if name else "", result).inc()
         self.duration.labels(service).observe(seconds)
 
     def client_rejected(self, service: str, reason: str) -> None:

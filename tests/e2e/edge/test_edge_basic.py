@@ -137,3 +137,33 @@ async def test_a_failing_backend_is_reported_to_its_client(tmp_path) -> None:  #
         await dev.close()
         await back.close()
         await relay.close()
+
+
+async def test_bytes_of_long_lived_clients_are_counted_as_they_flow(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    relay = await start_edge(tmp_path)
+    back = await start_backends(tmp_path, ["app.test"])
+    dev = Device(tunnel_url(relay), token([], [TCP_PUBLIC_PORT]), tcp={TCP_PUBLIC_PORT: back.echo_port})
+    line_in = 'mproxy_edge_bytes_total{direction="in",name="",service="tcp"} 100000.0'
+    line_out = 'mproxy_edge_bytes_total{direction="out",name="",service="tcp"} 100000.0'
+    try:
+        await dev.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports(relay)["tcp"])
+        writer.write(b"b" * 100_000)
+        got = 0
+        while got < 100_000:
+            got += len(await asyncio.wait_for(reader.read(65536), 5))
+        deadline = time.monotonic() + 5
+        while line_in not in (text := await metrics_text(relay)) or line_out not in text:
+            assert time.monotonic() < deadline, "bytes of an open connection were not counted"
+            await asyncio.sleep(0.1)
+        writer.close()  # ending it adds nothing twice
+        await asyncio.sleep(0.5)
+        text = await metrics_text(relay)
+        assert line_in in text and line_out in text
+        assert 'mproxy_edge_client_connections_total{name="",result="ok",service="tcp"} 1.0' in text
+    finally:
+        await dev.close()
+        await back.close()
+        await relay.close()
