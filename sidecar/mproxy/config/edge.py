@@ -15,14 +15,14 @@ from typing import Any
 import yaml
 
 from mproxy.config import fields as f
+from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
 from mproxy.config.errors import ConfigError
-from mproxy.config.sidecar import LOG_FORMATS, LOG_LEVELS, split_listen
+from mproxy.config.fields import split_listen
 
 __all__ = [
     "ConfigError",
     "EdgeConfig",
     "EdgeHeartbeat",
-    "EdgeHttp",
     "EdgeLimits",
     "ListenerConfig",
     "TunnelEndpoint",
@@ -120,27 +120,6 @@ class EdgeHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeHttp:
-    listen: str = "0.0.0.0:9090"
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        return split_listen(self.listen, "http.listen")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"listen": self.listen}
-
-
-@dataclass(frozen=True, slots=True)
-class EdgeLogging:
-    format: str = "json"
-    level: str = "info"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "level": self.level}
-
-
-@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     secret_file: str
     listeners: tuple[ListenerConfig, ...] = ()
@@ -148,8 +127,8 @@ class EdgeConfig:
     trusted_proxies: tuple[str, ...] = ()
     limits: EdgeLimits = field(default_factory=EdgeLimits)
     heartbeat: EdgeHeartbeat = field(default_factory=EdgeHeartbeat)
-    http: EdgeHttp = field(default_factory=EdgeHttp)
-    logging: EdgeLogging = field(default_factory=EdgeLogging)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     drain_seconds: float = 20.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,16 +154,7 @@ class EdgeConfig:
 
 def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     """Validate YAML text (or an already parsed mapping) into an EdgeConfig; raises ConfigError."""
-    if isinstance(source, str | bytes):
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError("", f"the config is not valid YAML{where}: {exc}") from None
-    else:
-        data = source
-    root = f.mapping(data, "(root)")
+    root = f.root(source)
     f.only_keys(root, "", {"auth", "listeners", "tunnel", "trustedProxies", "limits", "heartbeat", "http",
                            "logging", "drainSeconds"})
     if "auth" not in root:
@@ -193,7 +163,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     f.only_keys(auth, "auth", {"secretFile"})
     listeners = _listeners(root)
     tunnel = _tunnel(root)
-    http = _http(root)
+    http = read_http(root)
     _no_port_clash(listeners, tunnel, http)
     return EdgeConfig(
         secret_file=f.string(auth, "secretFile", "auth"),
@@ -203,7 +173,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
         limits=_limits(root),
         heartbeat=_heartbeat(root),
         http=http,
-        logging=_logging(root),
+        logging=read_logging(root),
         drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
     )
 
@@ -240,8 +210,7 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
 def _tunnel(root: Mapping[str, Any]) -> TunnelEndpoint:
     obj = f.mapping(root.get("tunnel"), "tunnel")
     f.only_keys(obj, "tunnel", {"listen", "path", "tls"})
-    listen = f.string(obj, "listen", "tunnel", "0.0.0.0:8443")
-    split_listen(listen, "tunnel.listen")
+    listen = f.listen(obj, "listen", "tunnel", "0.0.0.0:8443")
     path = f.string(obj, "path", "tunnel", "/")
     if not path.startswith("/"):
         raise ConfigError("tunnel.path", f"must start with / (got {path!r})")
@@ -286,33 +255,12 @@ def _limits(root: Mapping[str, Any]) -> EdgeLimits:
 def _heartbeat(root: Mapping[str, Any]) -> EdgeHeartbeat:
     obj = f.mapping(root.get("heartbeat"), "heartbeat")
     f.only_keys(obj, "heartbeat", {"intervalSeconds", "timeoutSeconds", "authTimeoutSeconds"})
-    interval = f.number(obj, "intervalSeconds", "heartbeat", 15.0, 0.01, 3600)
-    timeout = f.number(obj, "timeoutSeconds", "heartbeat", 45.0, 0.02, 7200)
-    if timeout <= interval:
-        raise ConfigError("heartbeat.timeoutSeconds",
-                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
+    interval, timeout = f.heartbeat(obj, "heartbeat", 15.0, 45.0)
     auth = f.number(obj, "authTimeoutSeconds", "heartbeat", 10.0, 0.01, 600)
     return EdgeHeartbeat(interval, timeout, auth)
 
 
-def _http(root: Mapping[str, Any]) -> EdgeHttp:
-    obj = f.mapping(root.get("http"), "http")
-    f.only_keys(obj, "http", {"listen"})
-    listen = f.string(obj, "listen", "http", "0.0.0.0:9090")
-    split_listen(listen, "http.listen")
-    return EdgeHttp(listen)
-
-
-def _logging(root: Mapping[str, Any]) -> EdgeLogging:
-    obj = f.mapping(root.get("logging"), "logging")
-    f.only_keys(obj, "logging", {"format", "level"})
-    return EdgeLogging(
-        format=f.choice(obj, "format", "logging", "json", LOG_FORMATS),
-        level=f.choice(obj, "level", "logging", "info", LOG_LEVELS),
-    )
-
-
-def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: EdgeHttp) -> None:
+def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig) -> None:
     seen: dict[tuple[str, int], str] = {}
     named = [(f"listeners[{i}].listen", item.host_port) for i, item in enumerate(listeners)]
     named += [("tunnel.listen", tunnel.host_port), ("http.listen", http.host_port)]

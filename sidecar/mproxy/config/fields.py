@@ -5,9 +5,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
+
 from mproxy.config.errors import ConfigError
 
 _MISSING = object()
+
+
+def root(source: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+    """YAML text (or an already parsed mapping) -> the top-level mapping of a config."""
+    if isinstance(source, str | bytes):
+        try:
+            data = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError("", f"the config is not valid YAML{where}: {exc}") from None
+    else:
+        data = source
+    return mapping(data, "(root)")
+
+
+def split_listen(value: str, path: str) -> tuple[str, int]:
+    """"0.0.0.0:9090", "[::1]:9090" or ":9090" -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(path, f"must be HOST:PORT, e.g. 0.0.0.0:9090 (got {value!r})")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
 
 
 def join(path: str, key: str | int) -> str:
@@ -41,6 +66,13 @@ def string(obj: Mapping[str, Any], key: str, path: str, default: object = _MISSI
     return value
 
 
+def listen(obj: Mapping[str, Any], key: str, path: str, default: object = _MISSING) -> str:
+    """A HOST:PORT string, checked now so that a bad address fails at load, not at bind."""
+    value = string(obj, key, path, default)
+    split_listen(value, join(path, key))
+    return value
+
+
 def opt_string(obj: Mapping[str, Any], key: str, path: str) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -64,6 +96,16 @@ def number(obj: Mapping[str, Any], key: str, path: str, default: float, lo: floa
     if not lo <= value <= hi:
         raise ConfigError(join(path, key), f"must be {lo:g}-{hi:g} (got {value:g})")
     return float(value)
+
+
+def heartbeat(obj: Mapping[str, Any], path: str, interval: float, timeout: float) -> tuple[float, float]:
+    """intervalSeconds and timeoutSeconds, the timeout strictly longer than the interval."""
+    interval = number(obj, "intervalSeconds", path, interval, 0.01, 3600)
+    timeout = number(obj, "timeoutSeconds", path, timeout, 0.02, 7200)
+    if timeout <= interval:
+        raise ConfigError(join(path, "timeoutSeconds"),
+                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
+    return interval, timeout
 
 
 def choice(obj: Mapping[str, Any], key: str, path: str, default: str, options: tuple[str, ...]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mproxy.config import fields as f
+from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
 from mproxy.config.errors import ConfigError
 
 __all__ = [
@@ -38,8 +39,6 @@ SERVICES_HINT = ("https", "http", "ssh", "tcp", "tls")
 TOKEN_IN = ("header", "query", "handshake")
 PROXY_PROTOCOLS = ("none", "v1", "v2")
 LABEL_TIERS = ("off", "route", "client")
-LOG_FORMATS = ("json", "text")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,27 +153,6 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class HttpConfig:
-    listen: str = "0.0.0.0:9090"
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        return split_listen(self.listen, "http.listen")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"listen": self.listen}
-
-
-@dataclass(frozen=True, slots=True)
-class LoggingConfig:
-    format: str = "json"
-    level: str = "info"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "level": self.level}
-
-
-@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     edge: EdgeConfig
     routes: tuple[RouteConfig, ...] = ()
@@ -208,27 +186,9 @@ class SidecarConfig:
         return next((r for r in self.routes if r.name == name), None)
 
 
-def split_listen(value: str, path: str) -> tuple[str, int]:
-    """"0.0.0.0:9090", "[::1]:9090" or ":9090" -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(path, f"must be HOST:PORT, e.g. 0.0.0.0:9090 (got {value!r})")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
-
-
 def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfig:
     """Validate YAML text (or an already parsed mapping) into a SidecarConfig; raises ConfigError."""
-    if isinstance(source, str | bytes):
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError("", f"the config is not valid YAML{where}: {exc}") from None
-    else:
-        data = source
-    root = f.mapping(data, "(root)")
+    root = f.root(source)
     f.only_keys(
         root,
         "",
@@ -240,7 +200,7 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
     if default_route is not None and default_route not in {r.name for r in routes}:
         raise ConfigError("defaultRoute", f"names no route (got {default_route!r}; routes: "
                           f"{', '.join(r.name for r in routes) or 'none'})")
-    cfg = SidecarConfig(
+    return SidecarConfig(
         edge=_edge(root),
         routes=routes,
         default_route=default_route,
@@ -248,11 +208,10 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
         heartbeat=_heartbeat(root),
         reconnect=_reconnect(root),
         metrics=_metrics(root),
-        http=_http(root),
-        logging=_logging(root),
+        http=read_http(root),
+        logging=read_logging(root),
         drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
     )
-    return cfg
 
 
 def _edge(root: Mapping[str, Any]) -> EdgeConfig:
@@ -361,12 +320,7 @@ def _send_buffer(obj: Mapping[str, Any]) -> int | None:
 def _heartbeat(root: Mapping[str, Any]) -> HeartbeatConfig:
     obj = f.mapping(root.get("heartbeat"), "heartbeat")
     f.only_keys(obj, "heartbeat", {"intervalSeconds", "timeoutSeconds"})
-    interval = f.number(obj, "intervalSeconds", "heartbeat", 10.0, 0.01, 3600)
-    timeout = f.number(obj, "timeoutSeconds", "heartbeat", 30.0, 0.02, 7200)
-    if timeout <= interval:
-        raise ConfigError("heartbeat.timeoutSeconds",
-                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
-    return HeartbeatConfig(interval, timeout)
+    return HeartbeatConfig(*f.heartbeat(obj, "heartbeat", 10.0, 30.0))
 
 
 def _reconnect(root: Mapping[str, Any]) -> ReconnectConfig:
@@ -387,19 +341,3 @@ def _metrics(root: Mapping[str, Any]) -> MetricsConfig:
         max_clients=f.integer(obj, "maxClients", "metrics", 200, 1, 100_000),
     )
 
-
-def _http(root: Mapping[str, Any]) -> HttpConfig:
-    obj = f.mapping(root.get("http"), "http")
-    f.only_keys(obj, "http", {"listen"})
-    listen = f.string(obj, "listen", "http", "0.0.0.0:9090")
-    split_listen(listen, "http.listen")
-    return HttpConfig(listen)
-
-
-def _logging(root: Mapping[str, Any]) -> LoggingConfig:
-    obj = f.mapping(root.get("logging"), "logging")
-    f.only_keys(obj, "logging", {"format", "level"})
-    return LoggingConfig(
-        format=f.choice(obj, "format", "logging", "json", LOG_FORMATS),
-        level=f.choice(obj, "level", "logging", "info", LOG_LEVELS),
-    )
