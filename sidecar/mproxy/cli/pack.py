@@ -13,13 +13,13 @@ import argparse
 import sys
 from typing import Any
 
+from mproxy.cli._common import add_documented, binary_file
+
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "pack",
-        help="pack one M-PROXY frame from a JSON description (as proxy-packer's test/pack.js)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_documented(
+        subparsers, "pack", "pack one M-PROXY frame from a JSON description (as proxy-packer's test/pack.js)",
+        __doc__,
     )
     parser.add_argument("input", metavar="INPUT.json", help="frame description (test/pack.js format)")
     parser.add_argument("output", metavar="OUTPUT.bin", help="where to write the frame ('-' for stdout)")
@@ -66,12 +66,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         frame = _build(args.input)
-        if args.output == "-":
-            sys.stdout.buffer.write(frame)
-            sys.stdout.buffer.flush()
-        else:
-            with open(args.output, "wb") as out:
-                out.write(frame)
+        with binary_file(args.output, "wb") as out:
+            out.write(frame)
     except (OSError, ValueError, ProtocolError) as err:
         print(f"mproxy pack: {err}", file=sys.stderr)
         return 1

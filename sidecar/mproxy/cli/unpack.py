@@ -12,16 +12,13 @@ import argparse
 import sys
 from typing import IO, Any
 
+from mproxy.cli._common import add_documented, binary_file
+
 _CHUNK = 64 * 1024
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "unpack",
-        help="decode an M-PROXY byte stream into JSON lines",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_documented(subparsers, "unpack", "decode an M-PROXY byte stream into JSON lines", __doc__)
     parser.add_argument("input", metavar="INPUT.bin", help="captured stream ('-' for stdin)")
     parser.add_argument(
         "--max-body", type=int, default=None, metavar="BYTES",
@@ -77,11 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         print("mproxy unpack: --max-body must be 0 or more bytes", file=sys.stderr)
         return 2
     try:
-        if args.input == "-":
-            _unpack(sys.stdin.buffer, sys.stdout, args.max_body)
-        else:
-            with open(args.input, "rb") as src:
-                _unpack(src, sys.stdout, args.max_body)
+        with binary_file(args.input, "rb") as src:
+            _unpack(src, sys.stdout, args.max_body)
     except ProtocolError as err:
         sys.stdout.flush()
         print(f"mproxy unpack: {err}", file=sys.stderr)
