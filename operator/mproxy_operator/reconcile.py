@@ -128,7 +128,8 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
 
     new_hash = sidecar_hash(name, spec, ctx.defaults, native=ctx.native)
     old_hash = previous.get("sidecarHash")
-    if spec.mode == "Sidecar" and old_hash and old_hash != new_hash:
+    changed = spec.mode == "Sidecar" and old_hash and old_hash != new_hash
+    if changed and _stored_hash(ctx, ns, name) != new_hash:
         rolled = roll_workloads(ctx.kube, ns, spec, "sidecar changed (image, resources or volumes)", now)
         if rolled:
             emit(
@@ -154,6 +155,13 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
     if unchanged(status, previous):
         return status  # a timer tick that found nothing new writes nothing (no watch event storm)
     return _write_status(ctx, ns, name, status)
+
+
+def _stored_hash(ctx: Context, ns: str, name: str) -> str | None:
+    """The sidecarHash in the stored status: the body kopf handed over may predate our last status write,
+    and a stale hash would roll the workloads twice."""
+    current = ctx.kube.get(kube.tunnels(ns, name)) or {}
+    return (current.get("status") or {}).get("sidecarHash")
 
 
 def _report_route_changes(
