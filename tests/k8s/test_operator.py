@@ -695,6 +695,7 @@ def test_metrics_and_webhook_certificate_secret(kube: Any, operator: Operator) -
     assert _metric(text, 'mproxy_operator_reconciles_total{result="ok",trigger="change"}') > 0
     assert "mproxy_operator_webhook_duration_seconds_bucket" in text
     assert "mproxy_operator_tunnels" in text
+    assert "process_resident_memory_bytes" in text  # the process collectors are on the operator's registry
     tls = _get(kube, "secret", f"{FULLNAME}-webhook-tls", operator.namespace)
     assert tls is not None and set(tls["data"]) == {"ca.crt", "tls.crt", "tls.key"}
     hook = json.loads(kube.kubectl("get", "mutatingwebhookconfiguration", FULLNAME, "-o", "json").stdout)
