@@ -690,7 +690,9 @@ def test_gateway_mode_runs_an_owned_deployment(kube: Any, operator: Operator, ns
 # the operator process
 
 
-def test_metrics_and_webhook_certificate_secret(kube: Any, operator: Operator) -> None:
+def test_metrics_and_webhook_certificate_secret(kube: Any, operator: Operator, ns: str) -> None:
+    _apply(kube, service("web", [("https", 443)]), secret(), tunnel("metered"), namespace=ns)
+    wait_tunnel(kube, ns, "metered", "reconciled", lambda t: "configHash" in (t.get("status") or {}))
     text = operator.metrics()
     assert _metric(text, 'mproxy_operator_reconciles_total{result="ok",trigger="change"}') > 0
     assert "mproxy_operator_webhook_duration_seconds_bucket" in text
