@@ -483,11 +483,24 @@ def operator() -> dict[str, Any]:
                        "{{outcome}} (dry run {{dry_run}})"),
                   ], width=24, stack=True),
         ]),
+        # process_* carry no mproxy prefix: `and` keeps only the pods that expose the operator's own metrics.
+        Row("Resources", [
+            Panel("Operator CPU", "CPU used by each operator pod, as a share of one core.", "percentunit", [
+                (f"sum by (namespace, pod) (rate(process_cpu_seconds_total{{{OP}}}[{RI}]))"
+                 f" and on (namespace, pod) max by (namespace, pod) ({o}tunnels{{{OP}}})",
+                 "{{namespace}}/{{pod}}"),
+            ]),
+            Panel("Operator memory", "Resident memory of each operator pod.", "bytes", [
+                (f"sum by (namespace, pod) (process_resident_memory_bytes{{{OP}}})"
+                 f" and on (namespace, pod) max by (namespace, pod) ({o}tunnels{{{OP}}})",
+                 "{{namespace}}/{{pod}}"),
+            ]),
+        ]),
     ]
     return dashboard(
         "mproxy-operator", "mproxy / Operator",
         "The mproxy operator: Tunnel readiness, reconciliations and their errors, the sidecar-injection "
-        "webhook's latency and outcomes.",
+        "webhook's latency and outcomes, CPU and memory.",
         rows, [
             _variable("namespace", "Namespace", f"{o}tunnels"),
             _variable("pod", "Pod", f"{o}tunnels", 'namespace=~"$namespace"'),

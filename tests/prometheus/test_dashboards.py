@@ -54,6 +54,8 @@ CORE = {
     ("mproxy-operator", "Reconciles"): "data",
     ("mproxy-operator", "Reconcile errors"): "data",
     ("mproxy-operator", "Injections by outcome"): "data",
+    ("mproxy-operator", "Operator CPU"): "data",
+    ("mproxy-operator", "Operator memory"): "positive",
 }
 
 
