@@ -32,7 +32,6 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
     from mproxy.demo.runner import DemoOptions, DemoPorts, run_demo
@@ -51,4 +50,5 @@ def _run(args: argparse.Namespace) -> int:
         ports = DemoPorts()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(ports=ports, duration=args.duration, interval=args.interval, keep_dir=args.keep)
-    return asyncio.run(run_demo(options))
+    from mproxy.tunnel.loop import run as run_loop  # uvloop when installed
+    return run_loop(run_demo(options))

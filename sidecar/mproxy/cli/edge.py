@@ -23,7 +23,6 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
 
     from mproxy.config.edge import load_edge_config
     from mproxy.config.errors import ConfigError
@@ -42,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     setup_logging(config.logging.format, config.logging.level)
     try:
-        return asyncio.run(serve(config, secret))
+        from mproxy.tunnel.loop import run as run_loop  # uvloop when installed
+        return run_loop(serve(config, secret))
     except OSError as exc:
         print(f"mproxy edge: {exc.strerror or exc}", file=sys.stderr)
         return 1

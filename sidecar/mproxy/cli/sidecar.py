@@ -54,4 +54,5 @@ def _run(args: argparse.Namespace) -> int:
         await sidecar.wait_stopped()
         return 0
 
-    return asyncio.run(main())
+    from mproxy.tunnel.loop import run as run_loop  # uvloop when installed
+    return run_loop(main())

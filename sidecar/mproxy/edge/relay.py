@@ -20,7 +20,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -191,9 +191,10 @@ class EdgeRelay:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {host_port[0]}:{host_port[1]} ({field}): "
                           f"{exc.strerror}") from None
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.Server)
-        port: int = server.sockets[0].getsockname()[1]
+        # asyncio.Server or uvloop's Server (which is no asyncio.Server subclass): both have .sockets
+        sockets: Any = getattr(site._server, "sockets", None)
+        assert sockets, "the tunnel site has no listening socket"
+        port: int = sockets[0].getsockname()[1]
         return port
 
     async def drain(self, grace: float | None = None) -> None:
@@ -299,8 +300,8 @@ class EdgeRelay:
                 rel.initial = req.initial + rest
                 self.metrics.clients_active.labels(req.service).inc()
                 self._relayed.add(rel)
-            transport = req.writer.transport
-            assert isinstance(transport, asyncio.Transport)
+            # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
+            transport = cast(asyncio.Transport, req.writer.transport)
             bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind)
             stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
                                      serviceport=req.serviceport, name=req.name)

@@ -19,6 +19,7 @@ import errno
 import logging
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
 from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
@@ -75,7 +76,8 @@ class _BackendProtocol(asyncio.Protocol):
         self._owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
+        transport = cast(asyncio.Transport, transport)
         self._write = self._owner.stream.write
         self._owner._connected(transport)
 

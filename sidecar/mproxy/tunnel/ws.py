@@ -131,7 +131,8 @@ async def run_tunnel(
             if silence >= hb.timeout:
                 return TunnelClose("dead_peer", f"no data or pong from the peer for {silence:.1f} s "
                                                 f"(timeout {hb.timeout:g} s)")
-            if silence >= hb.interval and pinged_at < state["last_seen"]:
+            # <=, not <: uvloop's clock ticks in milliseconds, so a pong can carry our ping's timestamp
+            if silence >= hb.interval and pinged_at <= state["last_seen"]:
                 pinged_at = now
                 await ws.ping()
             if now >= next_sweep:
