@@ -55,6 +55,30 @@ async def start_edge(tmp: Path, **overrides: Any) -> EdgeRelay:
     return relay
 
 
+class Parts:
+    """The parts one test starts, each closed when the test ends, newest first (the `parts` fixture)."""
+
+    def __init__(self, tmp: Path, stack: contextlib.AsyncExitStack) -> None:
+        self.tmp = tmp
+        self.stack = stack
+
+    async def edge(self, **overrides: Any) -> EdgeRelay:
+        relay = await start_edge(self.tmp, **overrides)
+        self.stack.push_async_callback(relay.close)
+        return relay
+
+    async def backends(self, names: list[str], label: str = "A",
+                       ca: CertificateAuthority | None = None) -> Backends:
+        back = await start_backends(self.tmp, names, label, ca)
+        self.stack.push_async_callback(back.close)
+        return back
+
+    def device(self, url: str, tok: str | None, **kw: Any) -> Device:
+        dev = Device(url, tok, **kw)
+        self.stack.push_async_callback(dev.close)
+        return dev
+
+
 def ports(relay: EdgeRelay) -> dict[str, int]:
     return {item.config.kind: item.port for item in relay.listeners}
 

@@ -12,50 +12,43 @@ from .harness import Device, ports, start_backends, start_edge, status, tls_requ
 pytestmark = pytest.mark.e2e
 
 
-async def test_two_sidecars_share_then_fail_over(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    relay = await start_edge(tmp_path)
-    back_a = await start_backends(tmp_path, ["app.test"], label="A")
-    back_b = await start_backends(tmp_path, ["app.test"], label="B", ca=back_a.ca)
+async def test_two_sidecars_share_then_fail_over(parts) -> None:  # type: ignore[no-untyped-def]
+    relay = await parts.edge()
+    back_a = await parts.backends(["app.test"], label="A")
+    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
     tok = token(["app.test"])
-    dev_a = Device(tunnel_url(relay), tok, names={"app.test": back_a.https_port})
-    dev_b = Device(tunnel_url(relay), tok, names={"app.test": back_b.https_port})
-    try:
-        await dev_a.start()
-        await dev_b.start()
-        p = ports(relay)
-        answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"x") for _ in range(10)]
-        # idle replicas alternate (exactly 5/5 unless a closing stream still counts for a moment)
-        assert set(answers) == {b"A:x", b"B:x"} and 3 <= answers.count(b"A:x") <= 7, answers
+    dev_a = parts.device(tunnel_url(relay), tok, names={"app.test": back_a.https_port})
+    dev_b = parts.device(tunnel_url(relay), tok, names={"app.test": back_b.https_port})
+    await dev_a.start()
+    await dev_b.start()
+    p = ports(relay)
+    answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"x") for _ in range(10)]
+    # idle replicas alternate (exactly 5/5 unless a closing stream still counts for a moment)
+    assert set(answers) == {b"A:x", b"B:x"} and 3 <= answers.count(b"A:x") <= 7, answers
 
-        # a long-lived client on A, then A vanishes without a goodbye
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", p["tls"], ssl=back_a.ca.client_context(), server_hostname="app.test")
-        writer.write(b"hold")
-        first = await asyncio.wait_for(reader.read(100), 5)
-        victim, survivor = (dev_a, dev_b) if first == b"A:hold" else (dev_b, dev_a)
-        await victim.kill()
-        # The edge notices the dead peer (heartbeat timeout 3 s) or the TCP reset, whichever first;
-        # then the client on it is closed, not left hanging.
-        started = time.monotonic()
-        with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
-            data = await asyncio.wait_for(reader.read(100), 6)
-            if data == b"":
-                raise ConnectionResetError("closed")
-        assert time.monotonic() - started < 5
-        writer.close()
-        st = await status(relay)
-        assert st["names"] == {"app.test": 1} and len(st["tunnels"]) == 1
-        want = b"A:y" if survivor is dev_a else b"B:y"
-        answers = await asyncio.gather(
-            *(tls_request(p["tls"], "app.test", back_a.ca, b"y") for _ in range(10))
-        )
-        assert answers == [want] * 10
-    finally:
-        for dev in (dev_a, dev_b):
-            await dev.close()
-        await back_a.close()
-        await back_b.close()
-        await relay.close()
+    # a long-lived client on A, then A vanishes without a goodbye
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", p["tls"], ssl=back_a.ca.client_context(), server_hostname="app.test")
+    writer.write(b"hold")
+    first = await asyncio.wait_for(reader.read(100), 5)
+    victim, survivor = (dev_a, dev_b) if first == b"A:hold" else (dev_b, dev_a)
+    await victim.kill()
+    # The edge notices the dead peer (heartbeat timeout 3 s) or the TCP reset, whichever first;
+    # then the client on it is closed, not left hanging.
+    started = time.monotonic()
+    with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
+        data = await asyncio.wait_for(reader.read(100), 6)
+        if data == b"":
+            raise ConnectionResetError("closed")
+    assert time.monotonic() - started < 5
+    writer.close()
+    st = await status(relay)
+    assert st["names"] == {"app.test": 1} and len(st["tunnels"]) == 1
+    want = b"A:y" if survivor is dev_a else b"B:y"
+    answers = await asyncio.gather(
+        *(tls_request(p["tls"], "app.test", back_a.ca, b"y") for _ in range(10))
+    )
+    assert answers == [want] * 10
 
 
 async def test_fewest_streams_wins(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -83,40 +83,35 @@ drainSeconds: 5
         await back.close()
 
 
-async def test_drain_turns_readyz_and_new_tunnels_away(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_drain_turns_readyz_and_new_tunnels_away(parts) -> None:  # type: ignore[no-untyped-def]
     import aiohttp
 
-    from .harness import ports, start_edge, tunnel_url
+    from .harness import ports, tunnel_url
 
-    relay = await start_edge(tmp_path, drainSeconds=3)
-    back = await start_backends(tmp_path, ["app.test"])
-    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.https_port})
-    try:
-        await dev.start()
-        base = f"http://127.0.0.1:{relay.http_port}"
-        async with aiohttp.ClientSession() as session:
-            async with session.get(base + "/readyz") as resp:
-                assert resp.status == 200
-            # one client in the middle of a conversation keeps the drain waiting
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", ports(relay)["tls"], ssl=back.ca.client_context(), server_hostname="app.test")
-            writer.write(b"a")
-            assert await asyncio.wait_for(reader.read(10), 5) == b"A:a"
-            drain = asyncio.ensure_future(relay.drain())
-            await asyncio.sleep(0.2)
-            async with session.get(base + "/readyz") as resp:
-                assert resp.status == 503 and "draining" in await resp.text()
-            async with session.get(base + "/metrics") as resp:
-                assert "mproxy_edge_draining 1.0" in await resp.text()
-            late = Device(tunnel_url(relay), token(["app.test"]))
-            with pytest.raises(aiohttp.WSServerHandshakeError):
-                await late.connect()
-            await late.close()
-            writer.write(b"b")
-            assert await asyncio.wait_for(reader.read(10), 5) == b"A:b"
-            writer.close()
-            await asyncio.wait_for(drain, 5)  # ends once the last client left, not after drainSeconds
-    finally:
-        await dev.close()
-        await back.close()
-        await relay.close()
+    relay = await parts.edge(drainSeconds=3)
+    back = await parts.backends(["app.test"])
+    dev = parts.device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.https_port})
+    await dev.start()
+    base = f"http://127.0.0.1:{relay.http_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/readyz") as resp:
+            assert resp.status == 200
+        # one client in the middle of a conversation keeps the drain waiting
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", ports(relay)["tls"], ssl=back.ca.client_context(), server_hostname="app.test")
+        writer.write(b"a")
+        assert await asyncio.wait_for(reader.read(10), 5) == b"A:a"
+        drain = asyncio.ensure_future(relay.drain())
+        await asyncio.sleep(0.2)
+        async with session.get(base + "/readyz") as resp:
+            assert resp.status == 503 and "draining" in await resp.text()
+        async with session.get(base + "/metrics") as resp:
+            assert "mproxy_edge_draining 1.0" in await resp.text()
+        late = Device(tunnel_url(relay), token(["app.test"]))
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await late.connect()
+        await late.close()
+        writer.write(b"b")
+        assert await asyncio.wait_for(reader.read(10), 5) == b"A:b"
+        writer.close()
+        await asyncio.wait_for(drain, 5)  # ends once the last client left, not after drainSeconds

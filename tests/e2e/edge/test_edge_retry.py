@@ -6,12 +6,9 @@ from __future__ import annotations
 import pytest
 
 from .harness import (
-    Device,
     http_get,
     metrics_text,
     ports,
-    start_backends,
-    start_edge,
     tls_request,
     token,
     tunnel_url,
@@ -20,36 +17,29 @@ from .harness import (
 pytestmark = pytest.mark.e2e
 
 
-async def test_refused_clients_move_to_another_tunnel(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    relay = await start_edge(tmp_path)
-    back_a = await start_backends(tmp_path, ["app.test"], label="A")
-    back_b = await start_backends(tmp_path, ["app.test"], label="B", ca=back_a.ca)
+async def test_refused_clients_move_to_another_tunnel(parts) -> None:  # type: ignore[no-untyped-def]
+    relay = await parts.edge()
+    back_a = await parts.backends(["app.test"], label="A")
+    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
     tok = token(["app.test"])
-    dev_a = Device(tunnel_url(relay), tok,
-                   names={"app.test": back_a.https_port, "web.app.test": back_a.http_port})
-    dev_b = Device(tunnel_url(relay), tok,
-                   names={"app.test": back_b.https_port, "web.app.test": back_b.http_port})
-    try:
-        await dev_a.start()
-        await dev_b.start()
-        assert dev_a.mux is not None
-        dev_a.mux.draining = True  # what `mproxy sidecar` does on SIGTERM
-        p = ports(relay)
-        answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"r%d" % i) for i in range(6)]
-        assert answers == [b"B:r%d" % i for i in range(6)]  # TLS ClientHello replayed, handshake intact
-        code, body, _ = await http_get(p["http"], "web.app.test")
-        assert (code, body) == (200, "hello B host=web.app.test path=/")
-        assert dev_a.mux.refused.get("E_SHUTTING_DOWN") == 1  # refused once, then no longer chosen
-        text = await metrics_text(relay)
-        assert 'mproxy_edge_client_connections_total{name="app.test",result="ok",service="https"} 6.0' in text
-        # with nobody left to take it, the client gets a clean refusal, not a hang
-        assert dev_b.mux is not None
-        dev_b.mux.draining = True
-        code, _, headers = await http_get(p["http"], "web.app.test")
-        assert code == 503 and headers["X-Mproxy-Reason"] == "tunnel_full"
-    finally:
-        await dev_a.close()
-        await dev_b.close()
-        await back_a.close()
-        await back_b.close()
-        await relay.close()
+    dev_a = parts.device(tunnel_url(relay), tok,
+                         names={"app.test": back_a.https_port, "web.app.test": back_a.http_port})
+    dev_b = parts.device(tunnel_url(relay), tok,
+                         names={"app.test": back_b.https_port, "web.app.test": back_b.http_port})
+    await dev_a.start()
+    await dev_b.start()
+    assert dev_a.mux is not None
+    dev_a.mux.draining = True  # what `mproxy sidecar` does on SIGTERM
+    p = ports(relay)
+    answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"r%d" % i) for i in range(6)]
+    assert answers == [b"B:r%d" % i for i in range(6)]  # TLS ClientHello replayed, handshake intact
+    code, body, _ = await http_get(p["http"], "web.app.test")
+    assert (code, body) == (200, "hello B host=web.app.test path=/")
+    assert dev_a.mux.refused.get("E_SHUTTING_DOWN") == 1  # refused once, then no longer chosen
+    text = await metrics_text(relay)
+    assert 'mproxy_edge_client_connections_total{name="app.test",result="ok",service="https"} 6.0' in text
+    # with nobody left to take it, the client gets a clean refusal, not a hang
+    assert dev_b.mux is not None
+    dev_b.mux.draining = True
+    code, _, headers = await http_get(p["http"], "web.app.test")
+    assert code == 503 and headers["X-Mproxy-Reason"] == "tunnel_full"
