@@ -77,3 +77,23 @@ def test_covers_expiry_and_read_back(tmp_path: Path) -> None:
 def test_no_names_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least one host name"):
         make_bundle([])
+
+
+def test_a_stored_certificate_is_reused_only_when_it_still_fits() -> None:
+    import base64
+
+    from mproxy_operator.webhook_certs import _usable
+
+    def stored(bundle: CertBundle) -> dict[str, str]:
+        return {
+            k: base64.b64encode(v).decode()
+            for k, v in (("ca.crt", bundle.ca_pem), ("tls.crt", bundle.cert_pem), ("tls.key", bundle.key_pem))
+        }
+
+    hosts = ["mproxy-webhook.mproxy-system.svc"]
+    good = make_bundle(hosts)
+    assert _usable(stored(good), hosts) == good
+    assert _usable(stored(good), ["other.svc"]) is None  # the Service was renamed: make a new one
+    assert _usable(stored(make_bundle(hosts, days=5)), hosts) is None  # about to expire
+    assert _usable({"tls.crt": "bm90IGEgY2VydA=="}, hosts) is None  # missing keys
+    assert _usable({**stored(good), "tls.crt": base64.b64encode(b"junk").decode()}, hosts) is None
