@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,10 @@ class Parts:
         dev = Device(url, tok, **kw)
         self.stack.push_async_callback(dev.close)
         return dev
+
+    def later(self, close: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Await `close(*args)` when the test ends (a process, a reference device)."""
+        self.stack.push_async_callback(close, *args)
 
 
 def ports(relay: EdgeRelay) -> dict[str, int]:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .harness import Device, ports, start_backends, start_edge, status, tls_request, token, tunnel_url
+from .harness import ports, status, tls_request, token, tunnel_url
 
 pytestmark = pytest.mark.e2e
 
@@ -51,13 +51,13 @@ async def test_two_sidecars_share_then_fail_over(parts) -> None:  # type: ignore
     assert answers == [want] * 10
 
 
-async def test_fewest_streams_wins(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    relay = await start_edge(tmp_path)
-    back_a = await start_backends(tmp_path, ["app.test"], label="A")
-    back_b = await start_backends(tmp_path, ["app.test"], label="B", ca=back_a.ca)
+async def test_fewest_streams_wins(parts) -> None:  # type: ignore[no-untyped-def]
+    relay = await parts.edge()
+    back_a = await parts.backends(["app.test"], label="A")
+    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
     tok = token(["app.test"])
-    dev_a = Device(tunnel_url(relay), tok, names={"app.test": back_a.https_port})
-    dev_b = Device(tunnel_url(relay), tok, names={"app.test": back_b.https_port})
+    dev_a = parts.device(tunnel_url(relay), tok, names={"app.test": back_a.https_port})
+    dev_b = parts.device(tunnel_url(relay), tok, names={"app.test": back_b.https_port})
     held = []
     try:
         await dev_a.start()
@@ -77,8 +77,3 @@ async def test_fewest_streams_wins(tmp_path) -> None:  # type: ignore[no-untyped
     finally:
         for _, w in held:
             w.close()
-        for dev in (dev_a, dev_b):
-            await dev.close()
-        await back_a.close()
-        await back_b.close()
-        await relay.close()

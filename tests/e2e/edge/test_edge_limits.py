@@ -10,7 +10,7 @@ from mproxy import proxyproto
 from mproxy.codec import Address
 from mproxy.tunnel.mux import Stream
 
-from .harness import Device, http_get, metrics_text, ports, start_backends, start_edge, token, tunnel_url
+from .harness import http_get, metrics_text, ports, token, tunnel_url
 
 pytestmark = pytest.mark.e2e
 
@@ -70,10 +70,10 @@ async def test_connection_rate_per_client_address(parts) -> None:  # type: ignor
     assert 'mproxy_edge_rejects_total{reason="rate_limited"} 2.0' in await metrics_text(relay)
 
 
-async def test_concurrent_connections_per_client_and_streams_per_tunnel(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    relay = await start_edge(tmp_path, limits={"connectionsPerClient": 2, "streamsPerTunnel": 1})
-    back = await start_backends(tmp_path, ["app.test"])
-    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
+async def test_concurrent_connections_per_client_and_streams_per_tunnel(parts) -> None:  # type: ignore[no-untyped-def]
+    relay = await parts.edge(limits={"connectionsPerClient": 2, "streamsPerTunnel": 1})
+    back = await parts.backends(["app.test"])
+    dev = parts.device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
     held = []
     try:
         await dev.start()
@@ -94,12 +94,9 @@ async def test_concurrent_connections_per_client_and_streams_per_tunnel(tmp_path
     finally:
         for w in held:
             w.close()
-        await dev.close()
-        await back.close()
-        await relay.close()
 
 
-async def test_ipv6_clients_are_framed_as_ipv6(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_ipv6_clients_are_framed_as_ipv6(parts) -> None:  # type: ignore[no-untyped-def]
     import socket
 
     try:
@@ -107,23 +104,18 @@ async def test_ipv6_clients_are_framed_as_ipv6(tmp_path) -> None:  # type: ignor
             probe.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
-    relay = await start_edge(tmp_path, listeners=[{"kind": "http", "listen": "[::1]:0"}])
-    back = await start_backends(tmp_path, ["app.test"])
+    relay = await parts.edge(listeners=[{"kind": "http", "listen": "[::1]:0"}])
+    back = await parts.backends(["app.test"])
     seen: list[Address] = []
-    dev = Device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port},
-                 on_stream=lambda stream: seen.append(stream.addr))
-    try:
-        await dev.start()
-        reader, writer = await asyncio.open_connection("::1", ports(relay)["http"])
-        writer.write(REQUEST)
-        answer = await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 200")
-        assert len(seen) == 1 and seen[0].family == "IPv6" and seen[0].address == "::1"
-    finally:
-        await dev.close()
-        await back.close()
-        await relay.close()
+    dev = parts.device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port},
+                       on_stream=lambda stream: seen.append(stream.addr))
+    await dev.start()
+    reader, writer = await asyncio.open_connection("::1", ports(relay)["http"])
+    writer.write(REQUEST)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert len(seen) == 1 and seen[0].family == "IPv6" and seen[0].address == "::1"
 
 
 async def test_silent_clients_and_clients_without_a_name(parts) -> None:  # type: ignore[no-untyped-def]
