@@ -25,6 +25,18 @@ the mproxy edge relay, an M-PROXY tunnel over WebSocket, and the sidecar that di
 """
 
 
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The TCP echo service: send back every byte until the client closes (the e2e tests use it too)."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
 @dataclass
 class DemoBackends:
     https_port: int = 0
@@ -67,14 +79,7 @@ class DemoBackends:
 
     async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.requests["tcp"] += 1
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        await echo(reader, writer)
 
     async def close(self) -> None:
         for server in self._servers:

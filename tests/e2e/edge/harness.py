@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from mproxy.config.edge import load_edge_config
+from mproxy.demo.backends import echo
 from mproxy.edge.auth import mint
 from mproxy.edge.relay import EdgeRelay
 from mproxy.tls import CertificateAuthority
@@ -164,16 +165,6 @@ async def start_backends(tmp: Path, names: list[str], label: str = "A",
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
 
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     return Backends(ca, https.sockets[0].getsockname()[1], http_port, echo_server.sockets[0].getsockname()[1],
