@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
-import ipaddress
 import os
 import secrets
 import shutil
@@ -74,11 +72,11 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need
+
+from mproxy.tls import CertificateAuthority
 
 HERE = Path(__file__).resolve().parent
 BUILD_SH = HERE / "controlplane" / "build.sh"
@@ -118,7 +116,7 @@ class ControlPlaneError(RuntimeError):
 # certificates and keys
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -131,64 +129,11 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) 
 
 def _make_pki(pki: Path) -> None:
     """A CA, a serving certificate for the apiserver and the service-account signing key."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mproxy-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ]
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName(n) for n in names]
-        + [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(san, critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (pki / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(pki / "apiserver.key", key)
+    ca = CertificateAuthority.create("mproxy-test-ca", days=2)
+    serving = ca.issue(["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                        "kubernetes.default.svc.cluster.local", "127.0.0.1", "10.0.0.1"], days=2)
+    ca.write_cert(pki / "ca.crt")
+    serving.write(pki, "apiserver")  # apiserver.crt (leaf + CA), apiserver.key (0600)
     _write_key(pki / "sa.key", rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
