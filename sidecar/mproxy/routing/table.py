@@ -38,21 +38,15 @@ class Route:
             return (0, 0)
         if not name:
             return None
-        best: tuple[int, int] | None = None
+        scores = []
         for pattern in self.hostnames:
             if pattern.startswith("*."):
                 suffix = pattern[1:]  # ".example.com"
                 if name.endswith(suffix) and len(name) > len(suffix):
-                    score = (1, len(suffix))
-                else:
-                    continue
+                    scores.append((1, len(suffix)))
             elif pattern == name:
-                score = (2, len(name))
-            else:
-                continue
-            if best is None or score > best:
-                best = score
-        return best
+                scores.append((2, len(name)))
+        return max(scores, default=None)
 
 
 class RouteTable:
@@ -60,15 +54,12 @@ class RouteTable:
 
     def __init__(self, routes: Iterable[Route], default: str | None = None) -> None:
         self.routes = tuple(routes)
-        names = [r.name for r in self.routes]
-        if len(set(names)) != len(names):
-            raise ValueError("route names must be unique")
-        self.default: Route | None = None
-        if default is not None:
-            self.default = next((r for r in self.routes if r.name == default), None)
-            if self.default is None:
-                raise ValueError(f"default route {default!r} is not one of the routes")
         self._by_name = {r.name: r for r in self.routes}
+        if len(self._by_name) != len(self.routes):
+            raise ValueError("route names must be unique")
+        self.default = None if default is None else self._by_name.get(default)
+        if default is not None and self.default is None:
+            raise ValueError(f"default route {default!r} is not one of the routes")
 
     def get(self, name: str) -> Route | None:
         return self._by_name.get(name)
