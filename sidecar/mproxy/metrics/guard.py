@@ -47,14 +47,13 @@ class ClientGuard:
 
     def touch(self, client: str) -> ClientSlot:
         """The live slot of `client` (created, evicting the least recently seen when full)."""
+        if client == OTHER:  # a client literally called "other" must not alias the bucket
+            client = "other_"
         slots = self._slots
         slot = slots.get(client)
         if slot is not None:
             slots.move_to_end(client)
             return slot
-        if client == OTHER:  # a client literally called "other" must not alias the bucket
-            client = "other_"
-            return self.touch(client)
         while len(slots) >= self.max_clients:
             _, old = slots.popitem(last=False)
             old.alive = False
