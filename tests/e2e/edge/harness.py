@@ -79,6 +79,19 @@ class Parts:
         self.stack.push_async_callback(dev.close)
         return dev
 
+    async def two_replicas(self, relay: EdgeRelay) -> tuple[Backends, Backends, Device, Device]:
+        """Backends "A" and "B" (one CA) behind one started device each, both serving app.test (TLS) and
+        web.app.test (HTTP) with one token: two replicas of a service behind `relay`."""
+        back_a = await self.backends(["app.test"], label="A")
+        back_b = await self.backends(["app.test"], label="B", ca=back_a.ca)
+        tok = token(["app.test"])
+        devs = [self.device(tunnel_url(relay), tok,
+                            names={"app.test": b.https_port, "web.app.test": b.http_port})
+                for b in (back_a, back_b)]
+        for dev in devs:
+            await dev.start()
+        return back_a, back_b, devs[0], devs[1]
+
     def later(self, close: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Await `close(*args)` when the test ends (a process, a reference device)."""
         self.stack.push_async_callback(close, *args)

@@ -7,20 +7,14 @@ import time
 
 import pytest
 
-from .harness import ports, status, tls_request, token, tunnel_url
+from .harness import ports, status, tls_request
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_two_sidecars_share_then_fail_over(parts) -> None:  # type: ignore[no-untyped-def]
     relay = await parts.edge()
-    back_a = await parts.backends(["app.test"], label="A")
-    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
-    tok = token(["app.test"])
-    dev_a = parts.device(tunnel_url(relay), tok, names={"app.test": back_a.https_port})
-    dev_b = parts.device(tunnel_url(relay), tok, names={"app.test": back_b.https_port})
-    await dev_a.start()
-    await dev_b.start()
+    back_a, _, dev_a, dev_b = await parts.two_replicas(relay)
     p = ports(relay)
     answers = [await tls_request(p["tls"], "app.test", back_a.ca, b"x") for _ in range(10)]
     # idle replicas alternate (exactly 5/5 unless a closing stream still counts for a moment)
@@ -53,15 +47,9 @@ async def test_two_sidecars_share_then_fail_over(parts) -> None:  # type: ignore
 
 async def test_fewest_streams_wins(parts) -> None:  # type: ignore[no-untyped-def]
     relay = await parts.edge()
-    back_a = await parts.backends(["app.test"], label="A")
-    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
-    tok = token(["app.test"])
-    dev_a = parts.device(tunnel_url(relay), tok, names={"app.test": back_a.https_port})
-    dev_b = parts.device(tunnel_url(relay), tok, names={"app.test": back_b.https_port})
+    back_a, _, _, _ = await parts.two_replicas(relay)
     held = []
     try:
-        await dev_a.start()
-        await dev_b.start()
         p = ports(relay)
         # Three long-lived clients: they spread A, B, then one more on either.
         for _ in range(3):

@@ -10,8 +10,6 @@ from .harness import (
     metrics_text,
     ports,
     tls_request,
-    token,
-    tunnel_url,
 )
 
 pytestmark = pytest.mark.e2e
@@ -19,15 +17,7 @@ pytestmark = pytest.mark.e2e
 
 async def test_refused_clients_move_to_another_tunnel(parts) -> None:  # type: ignore[no-untyped-def]
     relay = await parts.edge()
-    back_a = await parts.backends(["app.test"], label="A")
-    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
-    tok = token(["app.test"])
-    dev_a = parts.device(tunnel_url(relay), tok,
-                         names={"app.test": back_a.https_port, "web.app.test": back_a.http_port})
-    dev_b = parts.device(tunnel_url(relay), tok,
-                         names={"app.test": back_b.https_port, "web.app.test": back_b.http_port})
-    await dev_a.start()
-    await dev_b.start()
+    back_a, _, dev_a, dev_b = await parts.two_replicas(relay)
     assert dev_a.mux is not None
     dev_a.mux.draining = True  # what `mproxy sidecar` does on SIGTERM
     p = ports(relay)
