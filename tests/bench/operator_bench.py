@@ -22,6 +22,7 @@ import concurrent.futures
 import datetime
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -251,6 +252,8 @@ def main() -> int:
         if op is not None:
             stop_operator(op)
         kube.stop()
+        # Keys, tokens and kubeconfigs must not outlive the run (the logs of a failed run are printed above).
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
