@@ -83,7 +83,6 @@ class Demo:
         self.traffic: TrafficGenerator | None = None
         self.ca_path = self.dir / "ca.crt"
         self.started = time.monotonic()
-        self._closed = False
 
     def say(self, text: str = "") -> None:
         print(text, file=self.opt.out, flush=True)
@@ -145,11 +144,10 @@ class Demo:
 
     async def _wait_for_tunnels(self, want: int, within: float) -> None:
         assert self.relay is not None
-        timeout = within
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while self.relay.table.names().get(DOMAIN, 0) < want:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the sidecar did not connect to the edge within {timeout:g} s "
+                raise RuntimeError(f"the sidecar did not connect to the edge within {within:g} s "
                                    f"(tunnels for {DOMAIN}: {self.relay.table.names().get(DOMAIN, 0)})")
             await asyncio.sleep(0.05)
 
@@ -196,11 +194,9 @@ class Demo:
         except OSError as exc:
             self.say(f"mproxy demo: cannot start: {exc.strerror or exc}. A demo port is taken: pass "
                      "--free-ports, or --base-port N to move them all.")
-            await self.close()
             return 1
         except RuntimeError as exc:
             self.say(f"mproxy demo: {exc}")
-            await self.close()
             return 1
         self.banner()
         self.started = time.monotonic()
@@ -229,7 +225,6 @@ class Demo:
         self.say(self.progress_line())
         self.summary()
         tally = self.traffic.tally
-        await self.close()
         ok = tally.total_ok > 0 and tally.total_failed == 0
         if not ok:
             self.say(f"mproxy demo: traffic failed ({tally.total_failed} failures; last: {tally.last_error})")
@@ -269,9 +264,6 @@ class Demo:
         self.say(f"  rejects: {rejects or 'none'}")
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
         if self.sidecar is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sidecar.shutdown(), 5)
@@ -284,6 +276,7 @@ class Demo:
 
 
 async def run_demo(options: DemoOptions) -> int:
+    """Run the demo; whatever happens, stop its parts and remove its files (unless keep_dir)."""
     demo = Demo(options)
     try:
         return await demo.run()
