@@ -57,7 +57,8 @@ class EdgeMetrics:
         self._names: set[str] = set()
 
     def _name(self, name: str) -> str:
-        return name if name in self._names else "(other)"
+        """The `name` label: "" (not routed), a published granted name, or "(other)"."""
+        return name if not name or name in self._names else "(other)"
 
     def set_tunnel_names(self, counts: dict[str, int]) -> None:
         """Publish tunnels per granted name. A name whose last tunnel left stays at 0 (that is the
@@ -87,7 +88,7 @@ class EdgeMetrics:
         return False
 
     def add_bytes(self, service: str, name: str, bytes_in: int, bytes_out: int) -> None:
-        name = self._name(name) if name else ""
+        name = self._name(name)
         if bytes_in:
             self.bytes.labels(service, name, "in").inc(bytes_in)
         if bytes_out:
@@ -97,7 +98,7 @@ class EdgeMetrics:
                     seconds: float) -> None:
         """A client connection ended; `bytes_*` are its bytes not yet counted by add_bytes."""
         self.add_bytes(service, name, bytes_in, bytes_out)
-        self.clients.labels(service, self._name(name) if name else "", result).inc()
+        self.clients.labels(service, self._name(name), result).inc()
         self.duration.labels(service).observe(seconds)
 
     def client_rejected(self, service: str, reason: str) -> None:
