@@ -58,6 +58,8 @@ def test_minimal_config_has_defaults() -> None:
         ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: ':9'}]\nhttp: {listen: ':9'}",
          "http.listen"),
         ("auth: {secretFile: s}\ntunnel: {path: tunnel}", "tunnel.path"),
+        ("auth: {secretFile: s}\ntunnel: {listen: nope}", "tunnel.listen"),
+        ("auth: {secretFile: s}\nhttp: {listen: 'host:port'}", "http.listen"),
         ("auth: {secretFile: s}\ntunnel: {tls: {certFile: a}}", "tunnel.tls.keyFile"),
         ("auth: {secretFile: s}\ntrustedProxies: [10.0.0.0/33]", "trustedProxies[0]"),
         ("auth: {secretFile: s}\nlimits: {streamsPerTunnel: 0}", "limits.streamsPerTunnel"),
