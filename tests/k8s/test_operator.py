@@ -229,6 +229,7 @@ def stop_operator(op: Operator) -> None:
     op.kube.kubectl("delete", "mutatingwebhookconfiguration", FULLNAME, "--ignore-not-found", check=False)
     for kind, name in (("clusterrolebinding", SA), ("clusterrole", SA), ("clusterkopfpeering", FULLNAME)):
         op.kube.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+    (op.log.parent / "operator.kubeconfig").unlink(missing_ok=True)  # it holds a token
     op.kube.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
 
 
