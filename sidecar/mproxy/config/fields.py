@@ -1,4 +1,5 @@
-"""Small typed readers for validating a parsed YAML mapping; each error names the field path."""
+"""Small typed readers both schemas use: the YAML root, then one field at a time; each error names the
+field path."""
 
 from __future__ import annotations
 
