@@ -97,6 +97,17 @@ class Parts:
         self.stack.push_async_callback(close, *args)
 
 
+async def stop_proc(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (a clean drain), then SIGKILL after 10 s; nothing if it already exited."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 def ports(relay: EdgeRelay) -> dict[str, int]:
     return {item.config.kind: item.port for item in relay.listeners}
 

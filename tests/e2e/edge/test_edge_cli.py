@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .harness import SECRET, Device, start_backends, tls_request, token
+from .harness import SECRET, Device, stop_proc, tls_request, token
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_bad_config_is_one_clear_line(tmp_path) -> None:  # type: ignore[no-unty
     assert out.returncode == 0 and "is valid (1 listeners)" in out.stdout
 
 
-async def test_edge_process_serves_and_drains_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_edge_process_serves_and_drains_on_sigterm(parts, tmp_path) -> None:  # type: ignore[no-untyped-def]
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     cfg = tmp_path / "edge.yaml"
@@ -49,38 +49,30 @@ drainSeconds: 5
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mproxy", "edge", "--config", str(cfg),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    back = await start_backends(tmp_path, ["cli.test"])
-    dev = None
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        assert line.startswith("mproxy edge ready"), line
-        fields = dict(part.split("=") for part in line.split()[3:])
-        tok = token(["cli.test"])
-        dev = Device(f"ws://127.0.0.1:{fields['tunnel']}/", tok, names={"cli.test": back.https_port})
-        await dev.start()
-        assert await tls_request(int(fields["tls"]), "cli.test", back.ca) == b"A:ping"
-        # a client in the middle of a conversation when SIGTERM arrives still finishes it
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", int(fields["tls"]), ssl=back.ca.client_context(), server_hostname="cli.test")
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        writer.write(b"during drain")
-        assert await asyncio.wait_for(reader.read(100), 5) == b"A:during drain"
-        writer.close()
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
-        assert time.monotonic() - started < 10
-        assert proc.stderr is not None
-        logs = (await proc.stderr.read()).decode()
-        assert tok not in logs and "draining" in logs
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if dev is not None:
-            await dev.close()
-        await back.close()
+    parts.later(stop_proc, proc)
+    back = await parts.backends(["cli.test"])
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+    assert line.startswith("mproxy edge ready"), line
+    fields = dict(part.split("=") for part in line.split()[3:])
+    tok = token(["cli.test"])
+    dev = parts.device(f"ws://127.0.0.1:{fields['tunnel']}/", tok, names={"cli.test": back.https_port})
+    await dev.start()
+    assert await tls_request(int(fields["tls"]), "cli.test", back.ca) == b"A:ping"
+    # a client in the middle of a conversation when SIGTERM arrives still finishes it
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(fields["tls"]), ssl=back.ca.client_context(), server_hostname="cli.test")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    writer.write(b"during drain")
+    assert await asyncio.wait_for(reader.read(100), 5) == b"A:during drain"
+    writer.close()
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert time.monotonic() - started < 10
+    assert proc.stderr is not None
+    logs = (await proc.stderr.read()).decode()
+    assert tok not in logs and "draining" in logs
 
 
 async def test_drain_turns_readyz_and_new_tunnels_away(parts) -> None:  # type: ignore[no-untyped-def]

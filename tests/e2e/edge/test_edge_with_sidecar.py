@@ -17,6 +17,7 @@ from .harness import (
     http_get,
     ports,
     status,
+    stop_proc,
     tcp_roundtrip,
     tls_request,
     token,
@@ -62,16 +63,6 @@ async def wait_tunnels(relay, name: str, want: int, within: float = 15) -> None:
     while (await status(relay))["names"].get(name, 0) != want:
         assert time.monotonic() < deadline, f"expected {want} tunnels for {name}: {await status(relay)}"
         await asyncio.sleep(0.05)
-
-
-async def stop_proc(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_real_sidecar_carries_tls_http_tcp(parts) -> None:  # type: ignore[no-untyped-def]
