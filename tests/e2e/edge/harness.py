@@ -390,6 +390,22 @@ async def tcp_roundtrip(port: int, payload: bytes, timeout: float = 5.0) -> byte
         writer.close()
 
 
+async def upload_until_stalled(writer: asyncio.StreamWriter, seconds: float = 3.0,
+                               limit: int = 64 << 20) -> int:
+    """Write 1 MiB chunks for `seconds` and return how many bytes went out; fails when all of `limit` went
+    out in that time (nothing pushed back)."""
+    chunk, sent = b"u" * (1 << 20), 0
+    try:
+        async with asyncio.timeout(seconds):
+            while sent < limit:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+    except TimeoutError:
+        return sent
+    raise AssertionError(f"{limit} bytes went out in under {seconds:g} s: nothing pushed back")
+
+
 async def status(relay: EdgeRelay) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(
         f"http://127.0.0.1:{relay.http_port}/status") as resp:

@@ -22,6 +22,7 @@ from .harness import (
     tls_request,
     token,
     tunnel_url,
+    upload_until_stalled,
 )
 
 pytestmark = pytest.mark.e2e
@@ -169,14 +170,7 @@ async def test_a_backend_that_stops_reading_pauses_only_its_client(parts) -> Non
         await wait_tunnels(relay, "app.test", 1, within=30)
         p = ports(relay)
         _reader, writer = await asyncio.open_connection("127.0.0.1", p["tcp"])
-        chunk = b"u" * (1 << 20)
-        sent = 0
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(3):
-                while sent < 64 << 20:
-                    writer.write(chunk)
-                    await writer.drain()
-                    sent += len(chunk)
+        sent = await upload_until_stalled(writer)
         # The sidecar paused this client; the edge stopped reading it: the upload is stuck well short
         # of 64 MiB, and the edge holds only a bounded amount for it.
         assert sent < 48 << 20
