@@ -69,7 +69,7 @@ def mux_limits(cfg: SidecarConfig) -> MuxLimits:
         idle_timeout=lim.idle_timeout_seconds,
         max_frame_bytes=lim.max_frame_bytes,
         frame_size=frame,
-        batch_size=max(4 * frame, 64 * 1024),
+        batch_size=64 * 1024,  # one frame per WebSocket message: see MuxLimits.batch_size
         high_water=lim.stream_buffer_bytes,
         low_water=lim.stream_buffer_bytes // 4,
     )

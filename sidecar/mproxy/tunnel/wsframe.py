@@ -5,7 +5,8 @@ masking it; at tunnel rates that is a quarter of the sidecar's CPU. The multiple
 fresh bytearray per batch, so we mask it in place (aiohttp's C mask) and write the header and the payload
 separately: no extra copy. Frames are written whole and synchronously, so they never interleave with the
 pings, pongs and close frames aiohttp writes itself. If aiohttp's internals are not as expected (another
-version), `frame_sender` returns the plain `ws.send_bytes`.
+version), `frame_sender` returns the plain `ws.send_bytes`. It also sets the transport's write-buffer high
+water to 0, so `send` waits until the previous batch left the process (see below).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def frame_sender(ws: Any) -> Sender:
     use_mask = bool(getattr(writer, "use_mask", False))
     mask_bit = 0x80 if use_mask else 0
     mask_fn = _mask
+    # Hand the transport the next batch only once the last one is in the kernel: bytes waiting in the
+    # transport's buffer are past the multiplexer's fair scheduler, so an interactive frame would queue
+    # behind them (with the default 64 KiB high water, up to a batch more per hop under bulk).
+    transport.set_write_buffer_limits(high=0)
 
     async def send(data: bytearray) -> None:
         if writer._closing or transport.is_closing():
