@@ -86,6 +86,9 @@ ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1"
 ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 ldflags+=" -X helm.sh/helm/v3/internal/version.version=$helm"
 ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+# `helm template` (no cluster) assumes this Kubernetes version; the default, v1.20, fails charts' kubeVersion.
+ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
+ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
 
 echo "k8s control plane: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $k8s,"
 echo "  etcd $etcd (embedded), helm $helm, kwok $kwok with $(go env GOVERSION) into $BIN"
