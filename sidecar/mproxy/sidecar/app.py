@@ -100,7 +100,7 @@ class Sidecar:
         if t.state == "connected":
             self.metrics.tunnel_up(t.edge, conn)
         elif t.state == "backoff":
-            self.metrics.tunnel_down(t.edge, conn, _reason_label(t.last_error))
+            self.metrics.tunnel_down(t.edge, conn, t.last_reason or _reason_label(t.last_error))
         elif t.state == "stopped":
             self.metrics.tunnel_connected.labels(t.edge, conn).set(0)
 

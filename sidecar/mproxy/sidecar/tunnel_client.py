@@ -109,6 +109,7 @@ class TunnelClient:
         self._on_state = on_state
         self.state = "idle"
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # why the last attempt ended (a bounded metric label)
         self.connected_since: float | None = None
         self.connects = 0
         self.mux: Multiplexer | None = None
@@ -191,6 +192,7 @@ class TunnelClient:
                 cfg = self._get_config()
                 backoff.initial, backoff.cap = cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds
                 delay = backoff.next_delay()
+                self.last_reason = reason
                 self._set_state("backoff")
                 log.info("tunnel down (%s); reconnecting in %.2f s", reason, delay,
                          extra={"tunnel": self.label})
