@@ -16,6 +16,13 @@ from pathlib import Path
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def first_error_line(text: str) -> str | None:
+    for line in _ANSI.sub("", text).splitlines():
+        if "error" in line.lower():
+            return line.strip()[:300]
+    return None
+
+
 class BenchError(RuntimeError):
     """A system could not be started or measured; the message says why."""
 
@@ -129,6 +136,14 @@ class Proc:
             return ""
         text = _ANSI.sub("", text)
         return text[-n:].strip().replace("\n", " | ")
+
+    def first_error(self) -> str:
+        """The first log line that names an error (a crash's cause precedes its backtrace), else the tail."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return first_error_line(text) or self.tail(300)
 
     def stop(self, grace: float = 3.0) -> None:
         if self.popen.poll() is None:

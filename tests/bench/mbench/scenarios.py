@@ -112,7 +112,7 @@ def idle(system: System, plan: Plan) -> Metrics:
         after = {role: rss_kib(pid) for role, pid in roles.items()}
         for role in (system.edge, system.device):
             if role is not None and not role.alive():
-                raise BenchError(f"{role.name} exited while opening the idle streams: {role.tail(300)}")
+                raise BenchError(f"{role.name} exited while opening the idle streams: {role.first_error()}")
         ok = int(r["ok"])
         out: Metrics = {"idle_ok": float(ok), "idle_open_s": r["seconds"]}
         if ok < plan.idle_streams:

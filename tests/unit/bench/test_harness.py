@@ -258,3 +258,11 @@ def test_render_option_takes_a_results_file() -> None:
     o = parse_args(["--render", "r.json"], env={})
     assert o.render == Path("r.json")
     assert parse_args([], env={}).render is None
+
+
+def test_first_error_line_finds_the_cause_before_the_backtrace() -> None:
+    from mbench.procs import first_error_line
+
+    log = "\x1b[2mstarting\x1b[0m\nError: Too many open files (os error 24)\nStack backtrace:\n  0: main\n"
+    assert first_error_line(log) == "Error: Too many open files (os error 24)"
+    assert first_error_line("all good\n") is None
