@@ -398,17 +398,17 @@ def edge() -> dict[str, Any]:
                   ]),
         ]),
         Row("Clients", [
-            Panel("Client connections by service and result", "Rate of client connections that ended, by "
-                  "service (https, http, tcp) and result.", "ops", [
-                      (f"sum by (service, result) (rate({e}client_connections_total{{{ED}}}[{RI}]))",
-                       "{{service}} {{result}}"),
+            Panel("Client connections by protocol and result", "Rate of client connections that ended, by "
+                  "protocol (https, http, tcp) and result.", "ops", [
+                      (f"sum by (protocol, result) (rate({e}client_connections_total{{{ED}}}[{RI}]))",
+                       "{{protocol}} {{result}}"),
                   ], stack=True),
             Panel("Rejects by reason", "Rate of client connections the edge refused, by reason (no tunnel "
                   "for the name, rate limited, too many connections, sniff timeout...).", "ops", [
                       (f"sum by (reason) (rate({e}rejects_total{{{ED}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
-            Panel("Client connections open", "Client connections open now, by service.", "none", [
-                (f"sum by (service) ({e}client_connections_active{{{ED}}})", "{{service}}"),
+            Panel("Client connections open", "Client connections open now, by protocol.", "none", [
+                (f"sum by (protocol) ({e}client_connections_active{{{ED}}})", "{{protocol}}"),
             ]),
             Panel("Client connection duration", "How long client connections stay open, p50 and p99.", "s",
                   _quantiles(f"{e}client_connection_duration_seconds", ED)),
@@ -424,7 +424,7 @@ def edge() -> dict[str, Any]:
     ]
     return dashboard(
         "mproxy-edge", "mproxy / Edge",
-        "The public edge relay: tunnels per name, client connections by service and result, rejects, bytes.",
+        "The public edge relay: tunnels per name, client connections by protocol and result, rejects, bytes.",
         rows, [
             _variable("namespace", "Namespace", f"{e}tunnels_connected"),
             _variable("pod", "Pod", f"{e}tunnels_connected", 'namespace=~"$namespace"'),

@@ -43,7 +43,7 @@ CORE = {
     ("mproxy-edge", "Names served"): "positive",
     ("mproxy-edge", "Tunnels per name"): "positive",
     ("mproxy-edge", "Tunnel connects and refusals"): "data",
-    ("mproxy-edge", "Client connections by service and result"): "positive",
+    ("mproxy-edge", "Client connections by protocol and result"): "positive",
     ("mproxy-edge", "Rejects by reason"): "positive",
     ("mproxy-edge", "Client connections open"): "data",
     ("mproxy-edge", "Client connection duration"): "positive",

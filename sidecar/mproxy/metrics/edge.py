@@ -2,8 +2,12 @@
 
 Cardinality is bounded by construction: the `name` label is never the raw SNI or Host a client sent
 (anyone can send a million random names); it is the *granted* domain the client was routed to, which
-only a token signed with the edge's secret can create, or "" when the client was not routed. Series for a
-name are deleted when the last tunnel granting it leaves. Reasons and services are fixed sets.
+only a token signed with the edge's secret can create, or "" when the client was not routed. A name whose
+last tunnel left stays at 0 until MAX_NAMES forces it out. Reasons and protocols are fixed sets.
+
+No label is called `service`, `namespace`, `pod`, `job`, `instance`, `container` or `endpoint`: those are
+target labels Prometheus adds when it scrapes (a ServiceMonitor adds `service`), and a clash renames ours
+to `exported_<label>`. The listener kind is therefore `protocol`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-SERVICES = ("https", "http", "tcp")
+PROTOCOLS = ("https", "http", "tcp")
 CLIENT_RESULTS = ("ok", "rejected", "tunnel_closed", "error")
 MAX_NAMES = 10_000  # a backstop in case someone mints tokens for very many domains
 
@@ -33,24 +37,25 @@ class EdgeMetrics:
                                       "Tunnels or tokens refused, by reason (bad_signature, expired, "
                                       "no_token, protocol_error, ...).", ["reason"], registry=r)
         self.clients = Counter("mproxy_edge_client_connections_total",
-                               "Client connections by service, granted name and result.",
-                               ["service", "name", "result"], registry=r)
+                               "Client connections by protocol, granted name and result.",
+                               ["protocol", "name", "result"], registry=r)
         self.clients_active = Gauge("mproxy_edge_client_connections_active",
-                                    "Client connections currently open, by service.", ["service"], registry=r)
+                                    "Client connections currently open, by protocol.", ["protocol"],
+                                    registry=r)
         self.bytes = Counter("mproxy_edge_bytes_total",
                              "Client payload bytes relayed; direction in = client to tunnel.",
-                             ["service", "name", "direction"], registry=r)
+                             ["protocol", "name", "direction"], registry=r)
         self.rejects = Counter("mproxy_edge_rejects_total",
                                "Client connections refused, by reason (no_tunnel, rate_limited, ...).",
                                ["reason"], registry=r)
         self.duration = Histogram("mproxy_edge_client_connection_duration_seconds",
-                                  "How long client connections stayed open.", ["service"],
+                                  "How long client connections stayed open.", ["protocol"],
                                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
         self.draining = Gauge("mproxy_edge_draining", "1 while the edge drains before shutting down.",
                               registry=r)
-        for service in SERVICES:
-            self.clients_active.labels(service)
-            self.duration.labels(service)
+        for protocol in PROTOCOLS:
+            self.clients_active.labels(protocol)
+            self.duration.labels(protocol)
         for reason in ("no_tunnel", "rate_limited", "too_many_connections", "sniff_timeout", "no_name",
                        "name_too_long", "tunnel_full", "draining"):
             self.rejects.labels(reason)
@@ -79,31 +84,31 @@ class EdgeMetrics:
             if gone not in counts:
                 self._names.discard(gone)
                 _remove(self.tunnels, gone)
-                for service in SERVICES:
+                for protocol in PROTOCOLS:
                     for result in CLIENT_RESULTS:
-                        _remove(self.clients, service, gone, result)
+                        _remove(self.clients, protocol, gone, result)
                     for direction in ("in", "out"):
-                        _remove(self.bytes, service, gone, direction)
+                        _remove(self.bytes, protocol, gone, direction)
                 return True
         return False
 
-    def add_bytes(self, service: str, name: str, bytes_in: int, bytes_out: int) -> None:
+    def add_bytes(self, protocol: str, name: str, bytes_in: int, bytes_out: int) -> None:
         name = self._name(name)
         if bytes_in:
-            self.bytes.labels(service, name, "in").inc(bytes_in)
+            self.bytes.labels(protocol, name, "in").inc(bytes_in)
         if bytes_out:
-            self.bytes.labels(service, name, "out").inc(bytes_out)
+            self.bytes.labels(protocol, name, "out").inc(bytes_out)
 
-    def client_done(self, service: str, name: str, result: str, bytes_in: int, bytes_out: int,
+    def client_done(self, protocol: str, name: str, result: str, bytes_in: int, bytes_out: int,
                     seconds: float) -> None:
         """A client connection ended; `bytes_*` are its bytes not yet counted by add_bytes."""
-        self.add_bytes(service, name, bytes_in, bytes_out)
-        self.clients.labels(service, self._name(name), result).inc()
-        self.duration.labels(service).observe(seconds)
+        self.add_bytes(protocol, name, bytes_in, bytes_out)
+        self.clients.labels(protocol, self._name(name), result).inc()
+        self.duration.labels(protocol).observe(seconds)
 
-    def client_rejected(self, service: str, reason: str) -> None:
+    def client_rejected(self, protocol: str, reason: str) -> None:
         self.rejects.labels(reason).inc()
-        self.clients.labels(service, "", "rejected").inc()
+        self.clients.labels(protocol, "", "rejected").inc()
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:

@@ -56,8 +56,8 @@ async def test_tls_http_tcp_through_the_edge(parts, token_in) -> None:  # type: 
     assert st["names"] == {"app.test": 1} and st["ports"] == {str(TCP_PUBLIC_PORT): 1}
     text = await metrics_text(relay)
     assert 'mproxy_edge_name_tunnels{name="app.test"} 1.0' in text
-    assert 'mproxy_edge_client_connections_total{name="app.test",result="ok",service="https"} 2.0' in text
-    assert 'mproxy_edge_bytes_total{direction="in",name="",service="tcp"} 256000.0' in text
+    assert 'mproxy_edge_client_connections_total{name="app.test",protocol="https",result="ok"} 2.0' in text
+    assert 'mproxy_edge_bytes_total{direction="in",name="",protocol="tcp"} 256000.0' in text
 
 
 async def test_unknown_names_are_refused_in_their_protocol(parts) -> None:  # type: ignore[no-untyped-def]
@@ -94,7 +94,7 @@ async def test_half_close_carries_through(parts) -> None:  # type: ignore[no-unt
     assert got == b"x" * 300_000
     writer.close()
     text = await metrics_text(relay)
-    assert 'mproxy_edge_client_connections_total{name="",result="ok",service="tcp"} 1.0' in text
+    assert 'mproxy_edge_client_connections_total{name="",protocol="tcp",result="ok"} 1.0' in text
 
 
 async def test_a_failing_backend_is_reported_to_its_client(parts) -> None:  # type: ignore[no-untyped-def]
@@ -122,8 +122,8 @@ async def test_bytes_of_long_lived_clients_are_counted_as_they_flow(parts) -> No
     relay = await parts.edge()
     back = await parts.backends(["app.test"])
     dev = parts.device(tunnel_url(relay), token([], [TCP_PUBLIC_PORT]), tcp={TCP_PUBLIC_PORT: back.echo_port})
-    line_in = 'mproxy_edge_bytes_total{direction="in",name="",service="tcp"} 100000.0'
-    line_out = 'mproxy_edge_bytes_total{direction="out",name="",service="tcp"} 100000.0'
+    line_in = 'mproxy_edge_bytes_total{direction="in",name="",protocol="tcp"} 100000.0'
+    line_out = 'mproxy_edge_bytes_total{direction="out",name="",protocol="tcp"} 100000.0'
     await dev.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", ports(relay)["tcp"])
     writer.write(b"b" * 100_000)
@@ -138,4 +138,4 @@ async def test_bytes_of_long_lived_clients_are_counted_as_they_flow(parts) -> No
     await asyncio.sleep(0.5)
     text = await metrics_text(relay)
     assert line_in in text and line_out in text
-    assert 'mproxy_edge_client_connections_total{name="",result="ok",service="tcp"} 1.0' in text
+    assert 'mproxy_edge_client_connections_total{name="",protocol="tcp",result="ok"} 1.0' in text

@@ -27,7 +27,7 @@ async def test_refused_clients_move_to_another_tunnel(parts) -> None:  # type: i
     assert (code, body) == (200, "hello B host=web.app.test path=/")
     assert dev_a.mux.refused.get("E_SHUTTING_DOWN") == 1  # refused once, then no longer chosen
     text = await metrics_text(relay)
-    assert 'mproxy_edge_client_connections_total{name="app.test",result="ok",service="https"} 6.0' in text
+    assert 'mproxy_edge_client_connections_total{name="app.test",protocol="https",result="ok"} 6.0' in text
     # with nobody left to take it, the client gets a clean refusal, not a hang
     assert dev_b.mux is not None
     dev_b.mux.draining = True

@@ -19,7 +19,7 @@ def test_names_come_from_grants_and_stay_at_zero() -> None:
     m.client_done("https", "random-client-name.test", "ok", 1, 1, 0.1)  # not granted: folded
     out = text(m)
     assert 'mproxy_edge_name_tunnels{name="a.test"} 2.0' in out
-    assert 'mproxy_edge_bytes_total{direction="in",name="a.test",service="https"} 10.0' in out
+    assert 'mproxy_edge_bytes_total{direction="in",name="a.test",protocol="https"} 10.0' in out
     assert "random-client-name" not in out and 'name="(other)"' in out
     m.set_tunnel_names({})
     assert 'mproxy_edge_name_tunnels{name="a.test"} 0.0' in text(m)
