@@ -68,7 +68,7 @@ COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
 )
 
 
-def results_table(table: Table, systems: Sequence[str], errors: Mapping[str, str]) -> str:
+def results_table(table: Table, systems: Sequence[str], errors: Mapping[str, str], runs: int = 0) -> str:
     head = "| system | " + " | ".join(c[0] for c in COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(COLUMNS)
     rows = [head, rule]
@@ -77,7 +77,11 @@ def results_table(table: Table, systems: Sequence[str], errors: Mapping[str, str
             rows.append(f"| {LABELS.get(system, system)} | " + " | ".join("—" for _ in COLUMNS) + " |")
             continue
         cells = [cell(table, system, metric, digits, ratio) for _, metric, digits, ratio in COLUMNS]
-        rows.append(f"| {LABELS.get(system, system)} | " + " | ".join(cells) + " |")
+        label = LABELS.get(system, system)
+        counted = max((s.runs for s in table.get(system, {}).values()), default=0)
+        if runs and 0 < counted < runs:
+            label += f" ({counted} of {runs} runs)"
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -242,7 +246,7 @@ def render(
     for system in systems:
         lines.append(f"| {LABELS.get(system, system)} | {versions.get(system + ':what', '')} | "
                      f"{versions.get(system, '')} |")
-    lines += ["", "## Results", "", results_table(table, systems, errors), ""]
+    lines += ["", "## Results", "", results_table(table, systems, errors, runs), ""]
     if errors:
         lines += ["Systems or scenarios that could not be measured:", ""]
         lines += [f"- {LABELS.get(s, s)}: {msg}" for s, msg in sorted(errors.items())]

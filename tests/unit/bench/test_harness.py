@@ -266,3 +266,10 @@ def test_first_error_line_finds_the_cause_before_the_backtrace() -> None:
     log = "\x1b[2mstarting\x1b[0m\nError: Too many open files (os error 24)\nStack backtrace:\n  0: main\n"
     assert first_error_line(log) == "Error: Too many open files (os error 24)"
     assert first_error_line("all good\n") is None
+
+
+def test_results_table_says_when_a_system_missed_runs() -> None:
+    runs = [{"direct": {"bulk1_mbps": 1.0}, "mproxy": {"bulk1_mbps": 0.5}}, {"direct": {"bulk1_mbps": 1.0}}]
+    text = report.results_table(stats.summarize_all(runs), ["direct", "mproxy"], {}, runs=2)
+    assert "**mproxy** (1 of 2 runs)" in text
+    assert "direct loopback |" in text and "direct loopback (" not in text
