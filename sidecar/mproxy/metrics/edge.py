@@ -18,6 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PROTOCOLS = ("https", "http", "tcp")
 CLIENT_RESULTS = ("ok", "rejected", "tunnel_closed", "error")
+# Every reason the edge's code can give (listener, limits, relay; token checks); anything else is "other".
+REJECT_REASONS = ("no_tunnel", "rate_limited", "too_many_connections", "too_many_clients", "sniff_timeout",
+                  "no_name", "not_tls", "name_too_long", "tunnel_full", "draining", "bad_proxy_header")
+TUNNEL_REJECT_REASONS = ("bad_signature", "expired", "not_yet_valid", "malformed", "bad_alg", "bad_claims",
+                         "no_secret", "no_token", "too_many_tokens", "protocol_error", "too_many_tunnels")
 MAX_NAMES = 10_000  # a backstop in case someone mints tokens for very many domains
 
 
@@ -56,9 +61,10 @@ class EdgeMetrics:
         for protocol in PROTOCOLS:
             self.clients_active.labels(protocol)
             self.duration.labels(protocol)
-        for reason in ("no_tunnel", "rate_limited", "too_many_connections", "sniff_timeout", "no_name",
-                       "name_too_long", "tunnel_full", "draining"):
+        for reason in REJECT_REASONS:
             self.rejects.labels(reason)
+        for reason in TUNNEL_REJECT_REASONS:
+            self.tunnel_rejects.labels(reason)
         self._names: set[str] = set()
 
     def _name(self, name: str) -> str:
@@ -107,8 +113,8 @@ class EdgeMetrics:
         self.duration.labels(protocol).observe(seconds)
 
     def client_rejected(self, protocol: str, reason: str) -> None:
-        self.rejects.labels(reason).inc()
-        self.clients.labels(protocol, "", "rejected").inc()
+        self.rejects.labels(reason if reason in REJECT_REASONS else "other").inc()
+        self.clients.labels(protocol if protocol in PROTOCOLS else "other", "", "rejected").inc()
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:

@@ -19,6 +19,38 @@ from mproxy.metrics.guard import OTHER, ClientGuard, ClientSlot
 __all__ = ["SidecarMetrics", "StreamMeter"]
 
 P = "mproxy_sidecar_"
+
+# Label values that come from the network are bounded to fixed sets (anything else folds into *_other), so a
+# relay cannot grow our series: `client_<code>` takes the code of the relay's `error` frame (proxy-packer
+# relays send E_* codes and node socket errors, telebit's Go relay similar), `backend_<code>` the errno of
+# a failed backend connect.
+CLIENT_ERROR_CODES = ("E_NO_CONN", "E_CLIENT", "E_ABORTED", "E_IDLE", "E_BUFFER", "E_LIMIT",
+                      "E_SHUTTING_DOWN", "E_INTERNAL", "E_UNKNOWN_ERR", "E_TIMEOUT", "E_CONN_CLOSED",
+                      "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNREFUSED", "ECONNABORTED", "EHOSTUNREACH",
+                      "ENETUNREACH", "EOF")
+BACKEND_ERROR_CODES = ("ECONNREFUSED", "ETIMEDOUT", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "ECONNRESET",
+                       "ECONNABORTED", "EADDRNOTAVAIL", "EACCES", "EPERM", "E_BACKEND")
+STREAM_ERROR_REASONS = frozenset((
+    "client_error", "client_other", "backend_other", "backend_reset", "buffer_overflow", "idle",
+    "tunnel_closed", "other",
+    *("client_" + c.lower() for c in CLIENT_ERROR_CODES),
+    *("backend_" + c.lower() for c in BACKEND_ERROR_CODES),
+))
+TUNNEL_DOWN_REASONS = frozenset(("peer_closed", "protocol_error", "dead_peer", "transport_error", "closed",
+                                 "shutdown", "connect_failed", "handshake_failed", "auth_failed", "unknown"))
+REFUSAL_REASONS = frozenset(("no_route", "limit", "draining", "e_no_service"))
+
+
+def stream_error_reason(reason: str) -> str:
+    """`reason` if it is a known stream error reason, else its family's `*_other`."""
+    if reason in STREAM_ERROR_REASONS:
+        return reason
+    family = reason.split("_", 1)[0]
+    return family + "_other" if family in ("client", "backend") else "other"
+
+
+def bounded(reason: str, known: frozenset[str]) -> str:
+    return reason if reason in known else "other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400)
 
@@ -131,7 +163,7 @@ class SidecarMetrics:
         return StreamMeter(self, route, slot)
 
     def refuse(self, reason: str) -> None:
-        self.refused.labels(reason).inc()
+        self.refused.labels(bounded(reason, REFUSAL_REASONS)).inc()
 
     def observe_connect(self, route: str, seconds: float) -> None:
         (self.connect_seconds.labels(route) if self.tier != "off" else self.connect_seconds).observe(seconds)
@@ -143,7 +175,7 @@ class SidecarMetrics:
     def tunnel_down(self, edge: str, connection: str, reason: str) -> None:
         self.tunnel_connected.labels(edge, connection).set(0)
         self.tunnel_streams.labels(edge, connection).set(0)
-        self.tunnel_reconnects.labels(edge, reason).inc()
+        self.tunnel_reconnects.labels(edge, bounded(reason, TUNNEL_DOWN_REASONS)).inc()
 
 
 class StreamMeter:
@@ -172,7 +204,7 @@ class StreamMeter:
             self._m._add("sent_bytes", self._route, slot, sent)
 
     def error(self, reason: str) -> None:
-        self._m._add("stream_errors", self._route, self._touch(), 1, (reason,))
+        self._m._add("stream_errors", self._route, self._touch(), 1, (stream_error_reason(reason),))
 
     def pause(self, direction: str) -> None:
         self._m._add("pauses", self._route, self._touch(), 1, (direction,))

@@ -18,7 +18,7 @@ def test_client_tier_counts_per_route_and_client() -> None:
     s = m.stream_opened("web", "203.0.113.5")
     s.add_bytes(100, 2000)
     s.pause("relay")
-    s.error("backend_refused")
+    s.error("backend_econnrefused")
     reg = m.registry
     assert value(reg, "mproxy_sidecar_streams_opened_total", route="web", client="203.0.113.5") == 1
     assert value(reg, "mproxy_sidecar_streams_active", route="web", client="203.0.113.5") == 1
@@ -27,7 +27,7 @@ def test_client_tier_counts_per_route_and_client() -> None:
     assert value(reg, "mproxy_sidecar_pauses_total", route="web", client="203.0.113.5",
                  direction="relay") == 1
     assert value(reg, "mproxy_sidecar_stream_errors_total", route="web", client="203.0.113.5",
-                 reason="backend_refused") == 1
+                 reason="backend_econnrefused") == 1
     s.close()
     s.close()  # idempotent
     assert value(reg, "mproxy_sidecar_streams_active", route="web", client="203.0.113.5") == 0
