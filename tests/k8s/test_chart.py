@@ -138,6 +138,12 @@ def test_full_render_with_every_option(kube: Any) -> None:
         "/etc/mproxy/edge.yaml",
     ]
     assert by[("Service", "mproxy-edge")]["spec"]["type"] == "ClusterIP"
+    # Its metrics: a PodMonitor on the edge pods' http-metrics port (the Service above is the public one).
+    monitor = by[("PodMonitor", "mproxy-edge")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        edge["spec"]["template"]["metadata"]["labels"].items())
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["http-metrics"]
+    assert "http-metrics" in {p["name"] for p in edge["spec"]["template"]["spec"]["containers"][0]["ports"]}
 
 
 def test_helm_install_into_the_real_apiserver(kube: Any) -> None:

@@ -115,3 +115,34 @@ def test_podmonitor_adds_the_tunnel_label_the_dashboards_filter_on() -> None:
     assert {"sourceLabels": ["__meta_kubernetes_pod_label_mproxy_dev_tunnel"], "targetLabel": "tunnel"} in [
         {k: r[k] for k in ("sourceLabels", "targetLabel") if k in r} for r in relabels
     ]
+
+
+def test_edge_podmonitor_scrapes_the_edge_pods_metrics_port() -> None:
+    """With the edge and the monitors on, a PodMonitor selects exactly the edge pods and scrapes the
+    container port their /metrics is on; without the edge (or the monitors) there is none."""
+    template = (TEMPLATES / "edge-podmonitor.yaml").read_text()
+    if HELM is None:
+        assert "and .Values.edge.enabled .Values.podMonitor.enabled" in template
+        assert "port: http-metrics" in template
+        return
+    docs = _render("edge.enabled=true", "edge.secretName=s", "podMonitor.enabled=true",
+                   "podMonitor.interval=15s", "podMonitor.labels.release=kps")
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodMonitor"}
+    assert set(monitors) == {"obs-mproxy-sidecars", "obs-mproxy-edge"}
+    mon = monitors["obs-mproxy-edge"]
+    assert mon["metadata"]["namespace"] == "obs" and mon["metadata"]["labels"]["release"] == "kps"
+    assert mon["spec"]["namespaceSelector"] == {"matchNames": ["obs"]}
+    (endpoint,) = mon["spec"]["podMetricsEndpoints"]
+    assert endpoint == {"port": "http-metrics", "path": "/metrics", "interval": "15s"}
+    (edge,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "obs-mproxy-edge"]
+    pod = edge["spec"]["template"]
+    selector = mon["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    operator_pods = [d["spec"]["template"]["metadata"]["labels"] for d in docs
+                     if d["kind"] == "Deployment" and d is not edge]
+    assert operator_pods and not any(selector.items() <= labels.items() for labels in operator_pods)
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports["http-metrics"] == 9090  # edge.config.http.listen
+    for sets in (("edge.enabled=true", "edge.secretName=s"), ("podMonitor.enabled=true",)):
+        assert not [d for d in _render(*sets)
+                    if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "obs-mproxy-edge"], sets
