@@ -80,6 +80,7 @@ def refusal_bytes(kind: str, reason: str, message: str) -> bytes:
             "rate_limited": "429 Too Many Requests",
             "too_many_connections": "429 Too Many Requests",
             "too_many_clients": "503 Service Unavailable",
+            "client_id_in_use": "503 Service Unavailable",
         }.get(reason, "400 Bad Request")
         body = (message + "\n").encode("utf-8", "replace")
         head = (f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"

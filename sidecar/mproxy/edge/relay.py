@@ -282,10 +282,14 @@ class EdgeRelay:
         """Put `rel` on a tunnel; raises Refused when no tunnel (left) can take it."""
         req = rel.req
         what = req.name or f"port {req.serviceport}"
+        clashed = False
         while rel.attempts < MAX_ATTEMPTS:
             rel.attempts += 1
             session, known, rel.label = self._pick(req, rel.tried)
             if session is None:
+                if clashed:
+                    raise Refused("client_id_in_use", f"your address and port already have a connection "
+                                  f"through every tunnel for {what}; connect from another port")
                 if known:
                     raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
                                   "draining; retry later")
@@ -293,6 +297,12 @@ class EdgeRelay:
             mux = session.mux
             assert mux is not None
             if not mux.can_open(req.addr.address):
+                rel.tried.add(id(session))
+                continue
+            if req.addr.client_id in mux.streams:
+                # M-PROXY names a stream by family,address,port alone: one client port connected to two
+                # public ports would name two streams alike on this tunnel.
+                clashed = True
                 rel.tried.add(id(session))
                 continue
             if rel.initial is None:  # first tunnel: the bridge takes the socket over from here on
