@@ -435,10 +435,12 @@ class Multiplexer:
             raise ConnectionError(f"tunnel {self.name} is closed ({self.close_reason})")
         if addr.client_id in self.streams:
             raise ValueError(f"client {addr.client_id} already has a stream in this tunnel")
+        # Pack first: a header the codec refuses (LocalProtocolError) must leave no stream behind.
+        connection = pack_connection(addr, service=service, serviceport=serviceport, name=name)
         stream = Stream(self, addr, service, str(serviceport), name)
         stream._handler = handler
         self._register(stream)
-        self._urgent(pack_connection(addr, service=service, serviceport=serviceport, name=name))
+        self._urgent(connection)
         return stream
 
     def _register(self, stream: Stream) -> None:
