@@ -63,3 +63,37 @@ def test_edge_series_stay_bounded_under_many_distinct_values() -> None:
     assert protocols <= {"https", "http", "tcp", "other"}
     total = sum(1 for fam in reg.collect() for _ in fam.samples)
     assert total < 300, total
+
+
+def test_every_reason_the_edge_code_gives_has_its_own_value() -> None:
+    """A reason added to the edge's code but not to the metrics' fixed sets would silently count as
+    "other": scan the code for the literals it passes."""
+    import re
+    from pathlib import Path
+
+    from mproxy.metrics import edge as edge_metrics
+
+    src = Path(edge_metrics.__file__).resolve().parents[1] / "edge"
+    code = {p.name: p.read_text() for p in src.glob("*.py")}
+    rejects = set(re.findall(r'Refused\(\s*"(\w+)"', "".join(code.values())))
+    rejects |= set(re.findall(r'_read_more\([^)]*?"(\w+)"', code["listener.py"]))
+    rejects |= set(re.findall(r'return "(\w+)"', code["limits.py"]))
+    assert {"no_tunnel", "rate_limited", "sniff_timeout"} <= rejects  # the scan finds them
+    assert rejects <= set(edge_metrics.REJECT_REASONS), rejects - set(edge_metrics.REJECT_REASONS)
+    tokens = set(re.findall(r'TokenError\([^\n]*?,\s*"(\w+)"\)', "".join(code.values())))
+    tokens |= set(re.findall(r'tunnel_rejects\.labels\("(\w+)"\)', code["relay.py"]))
+    tokens |= set(re.findall(r'return "(\w+)"', code["control.py"]))
+    assert {"bad_signature", "expired", "no_token"} <= tokens
+    assert tokens <= set(edge_metrics.TUNNEL_REJECT_REASONS), tokens - set(edge_metrics.TUNNEL_REJECT_REASONS)
+
+
+def test_every_fixed_stream_error_reason_of_the_sidecar_has_its_own_value() -> None:
+    import re
+    from pathlib import Path
+
+    from mproxy.metrics import sidecar as sidecar_metrics
+
+    src = Path(sidecar_metrics.__file__).resolve().parents[1] / "sidecar" / "backend.py"
+    reasons = set(re.findall(r'meter\.error\("(\w+)"\)', src.read_text()))
+    assert {"idle", "tunnel_closed"} <= reasons
+    assert reasons <= sidecar_metrics.STREAM_ERROR_REASONS, reasons - sidecar_metrics.STREAM_ERROR_REASONS
