@@ -28,6 +28,7 @@ from mproxy.demo.backends import DemoBackends
 from mproxy.demo.traffic import Targets, TrafficGenerator
 from mproxy.edge.auth import mint
 from mproxy.edge.relay import EdgeRelay
+from mproxy.metrics.edge import PROTOCOLS
 from mproxy.sidecar.app import Sidecar
 from mproxy.tls import CertificateAuthority
 
@@ -236,8 +237,8 @@ class Demo:
         reg = self.relay.metrics.registry
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            active = sum(reg.get_sample_value("mproxy_edge_client_connections_active", {"service": s}) or 0
-                         for s in ("https", "http", "tcp"))
+            active = sum(reg.get_sample_value("mproxy_edge_client_connections_active", {"protocol": p}) or 0
+                         for p in PROTOCOLS)
             if not active:
                 return
             await asyncio.sleep(0.05)
@@ -253,12 +254,12 @@ class Demo:
         self.say("Metrics summary (from the edge's /metrics):")
         tunnels = val("mproxy_edge_name_tunnels", name=DOMAIN)
         self.say(f"  tunnels serving {DOMAIN}: {tunnels:.0f}")
-        for service in ("https", "http", "tcp"):
-            name = DOMAIN if service != "tcp" else ""
-            ok = val("mproxy_edge_client_connections_total", service=service, name=name, result="ok")
-            b_in = val("mproxy_edge_bytes_total", service=service, name=name, direction="in")
-            b_out = val("mproxy_edge_bytes_total", service=service, name=name, direction="out")
-            self.say(f"  {service:5}  client connections ok {ok:.0f}, bytes in {b_in:.0f}, out {b_out:.0f}")
+        for protocol in PROTOCOLS:
+            name = DOMAIN if protocol != "tcp" else ""
+            ok = val("mproxy_edge_client_connections_total", protocol=protocol, name=name, result="ok")
+            b_in = val("mproxy_edge_bytes_total", protocol=protocol, name=name, direction="in")
+            b_out = val("mproxy_edge_bytes_total", protocol=protocol, name=name, direction="out")
+            self.say(f"  {protocol:5}  client connections ok {ok:.0f}, bytes in {b_in:.0f}, out {b_out:.0f}")
         rejects = {s.labels["reason"]: s.value for m in reg.collect() if m.name == "mproxy_edge_rejects"
                    for s in m.samples if s.name.endswith("_total") and s.value}
         self.say(f"  rejects: {rejects or 'none'}")
