@@ -138,9 +138,11 @@ class HeartbeatConfig:
 class ReconnectConfig:
     initial_seconds: float = 0.1
     max_seconds: float = 30.0
+    fast_window_seconds: float = 5.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"initialSeconds": self.initial_seconds, "maxSeconds": self.max_seconds}
+        return {"initialSeconds": self.initial_seconds, "maxSeconds": self.max_seconds,
+                "fastWindowSeconds": self.fast_window_seconds}
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +327,13 @@ def _heartbeat(root: Mapping[str, Any]) -> HeartbeatConfig:
 
 def _reconnect(root: Mapping[str, Any]) -> ReconnectConfig:
     obj = f.mapping(root.get("reconnect"), "reconnect")
-    f.only_keys(obj, "reconnect", {"initialSeconds", "maxSeconds"})
+    f.only_keys(obj, "reconnect", {"initialSeconds", "maxSeconds", "fastWindowSeconds"})
     initial = f.number(obj, "initialSeconds", "reconnect", 0.1, 0.001, 3600)
     cap = f.number(obj, "maxSeconds", "reconnect", 30.0, 0.01, 86400)
     if cap < initial:
         raise ConfigError("reconnect.maxSeconds", f"must be >= initialSeconds ({cap:g} < {initial:g})")
-    return ReconnectConfig(initial, cap)
+    fast = f.number(obj, "fastWindowSeconds", "reconnect", 5.0, 0, 60)
+    return ReconnectConfig(initial, cap, fast)
 
 
 def _metrics(root: Mapping[str, Any]) -> MetricsConfig:

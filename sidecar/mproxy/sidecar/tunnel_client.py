@@ -3,7 +3,8 @@
 Each slot dials one edge URL over WebSocket (plain ws for tests, wss with an optional CA bundle), presents
 the token (Authorization: Bearer, ?access_token=, or the telebit `add_token` command after the relay's
 hello), then runs a Multiplexer that accepts streams until the tunnel ends. It then waits a full-jitter
-backoff delay and dials again; DNS is resolved again on every attempt (no DNS cache).
+backoff delay (short ones for a few seconds after an established tunnel was lost) and dials again; DNS is
+resolved again on every attempt (no DNS cache).
 """
 
 from __future__ import annotations
@@ -179,11 +180,13 @@ class TunnelClient:
 
     async def run(self) -> None:
         cfg = self._get_config()
-        backoff = Backoff(cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds)
+        backoff = Backoff(cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds,
+                          fast_window=cfg.reconnect.fast_window_seconds)
         connector = aiohttp.TCPConnector(use_dns_cache=False, force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             while not self._stopping:
                 started = time.monotonic()
+                connects = self.connects
                 reason = await self._attempt(session)
                 if self.stopping:
                     break
@@ -191,6 +194,11 @@ class TunnelClient:
                     backoff.reset()
                 cfg = self._get_config()
                 backoff.initial, backoff.cap = cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds
+                backoff.fast_window = cfg.reconnect.fast_window_seconds
+                # An established tunnel that was lost (edge restarting with 1001, dropped connection) is
+                # likely back within a second: retry quickly for a short window. A refused token is not.
+                if self.connects != connects and reason != "auth_failed":
+                    backoff.lost()
                 delay = backoff.next_delay()
                 self.last_reason = reason
                 self._set_state("backoff")

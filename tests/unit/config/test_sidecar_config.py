@@ -35,7 +35,7 @@ routes:
 defaultRoute: ssh
 limits: {maxStreamsPerTunnel: 10, maxStreamsPerClient: 5, idleTimeoutSeconds: 60, maxFrameBytes: 65536}
 heartbeat: {intervalSeconds: 1, timeoutSeconds: 3}
-reconnect: {initialSeconds: 0.05, maxSeconds: 5}
+reconnect: {initialSeconds: 0.05, maxSeconds: 5, fastWindowSeconds: 2}
 metrics: {labels: route, maxClients: 10}
 http: {listen: "[::1]:9091"}
 logging: {format: text, level: debug}
@@ -57,6 +57,7 @@ def test_full_config_loads_and_round_trips() -> None:
     assert cfg.limits.max_frame_bytes == 65536
     assert cfg.http.host_port == ("::1", 9091)
     assert cfg.metrics.labels == "route"
+    assert cfg.reconnect.fast_window_seconds == 2.0
     # to_dict is the operator's renderer: it must load back to the same value, from a mapping and YAML.
     assert load_sidecar_config(cfg.to_dict()) == cfg
     assert load_sidecar_config(cfg.to_yaml()) == cfg
@@ -69,6 +70,7 @@ def test_minimal_config_gets_defaults() -> None:
     assert cfg.default_route is None
     assert cfg.limits.max_streams_per_tunnel == 1000
     assert cfg.heartbeat.timeout_seconds == 30.0
+    assert cfg.reconnect.fast_window_seconds == 5.0
     assert cfg.metrics.labels == "client"
     assert cfg.logging.format == "json"
 
@@ -116,6 +118,8 @@ BASE = "edge: {urls: ['ws://h/']}\n"
         (BASE + "defaultRoute: nope", "defaultRoute", "names no route"),
         (BASE + "heartbeat: {intervalSeconds: 5, timeoutSeconds: 5}", "heartbeat.timeoutSeconds", "greater"),
         (BASE + "reconnect: {initialSeconds: 5, maxSeconds: 1}", "reconnect.maxSeconds", ">="),
+        (BASE + "reconnect: {fastWindowSeconds: 600}", "reconnect.fastWindowSeconds", "0-60"),
+        (BASE + "reconnect: {fastWindowSeconds: soon}", "reconnect.fastWindowSeconds", "number"),
         (BASE + "limits: {maxStreamsPerTunnel: many}", "limits.maxStreamsPerTunnel", "integer"),
         (BASE + "http: {listen: nowhere}", "http.listen", "HOST:PORT"),
         (BASE + "metrics: {labels: everything}", "metrics.labels", "off"),
