@@ -6,9 +6,10 @@ lived long enough. A floor keeps a misconfigured tiny `initial` from becoming a 
 
 `lost()` after an established tunnel ends (the edge restarting or draining, a dropped connection): for the
 next `fast_window` seconds, and at most FAST_MAX_ATTEMPTS times, delays are uniform(FAST_MIN, FAST_MAX), so a
-restarted edge is found within ~0.25 s of listening instead of waiting out a doubled backoff. Then the normal
-backoff resumes from its start. One fast window per `reset()`: a tunnel that keeps dropping right after
-connecting gets exponential backoff, never a 4-per-second loop that lasts.
+restarted edge is found within ~0.25 s of listening instead of waiting out a doubled backoff. Then the
+normal backoff resumes from the first ceiling above FAST_MAX (0.4 s with initial 0.1). One fast window per
+`reset()`: a tunnel that keeps dropping right after connecting gets exponential backoff, never a
+4-per-second loop that lasts.
 """
 
 from __future__ import annotations
@@ -54,17 +55,19 @@ class Backoff:
         self._fast_left = FAST_MAX_ATTEMPTS
         self.attempt = 0
 
-    @property
-    def fast(self) -> bool:
+    def in_fast_window(self) -> bool:
         """The next delay comes from the fast window."""
         return (self._fast_until is not None and self._fast_left > 0
                 and self._clock() < self._fast_until)
 
     def next_delay(self) -> float:
-        if self.fast:
+        if self.in_fast_window():
             self._fast_left -= 1
             return float(self._rng.uniform(FAST_MIN, FAST_MAX))
-        self._fast_until = None
+        if self._fast_until is not None:  # the window just ended: continue from delays above the fast ones
+            self._fast_until = None
+            while self.attempt < 60 and self.ceiling() < FAST_MAX:
+                self.attempt += 1
         delay = max(self.floor, float(self._rng.uniform(0, self.ceiling())))
         self.attempt += 1
         return delay

@@ -47,17 +47,23 @@ def test_lost_tunnel_gets_fast_jittered_retries_for_the_window_then_normal_backo
     b, clock = make()
     start = clock.now
     b.lost()
-    delays = run(b, clock, 60)
-    first_normal = next(i for i, d in enumerate(delays) if not FAST_MIN <= d <= FAST_MAX)
-    fast = delays[:first_normal]
+    delays: list[float] = []
+    fast: list[float] = []
+    for _ in range(60):
+        was_fast = b.in_fast_window()
+        delays.append(run(b, clock, 1)[0])
+        if was_fast:
+            assert len(fast) == len(delays) - 1  # the fast delays come first, in one run
+            fast.append(delays[-1])
     # Every fast delay is in [0.1, 0.25]: quick, yet never a tight loop, and jittered (not all equal).
     assert all(FAST_MIN <= d <= FAST_MAX for d in fast)
     assert len(set(fast)) > 1
     # The window covers ~5 s of waiting and no more.
     assert 5.0 - FAST_MAX <= sum(fast) < 5.0 + FAST_MAX
     assert 5.0 / FAST_MAX <= len(fast) <= min(FAST_MAX_ATTEMPTS, 5.0 / FAST_MIN + 1)
-    # Then exponential backoff from its start: the ceilings double again.
-    assert b.attempt > 0 and clock.now - start > 5.0
+    # Then exponential backoff from the first ceiling above the fast delays: 0.4, 0.8, 1.6, ...
+    assert clock.now - start > 5.0
+    assert b.attempt == 2 + len(delays) - len(fast)
     assert max(delays[len(fast):]) > 1.0
 
 
@@ -65,7 +71,7 @@ def test_fast_window_attempts_are_bounded_even_if_time_stands_still() -> None:
     b, _ = make()
     b.lost()
     count = 0
-    while b.fast:
+    while b.in_fast_window():
         b.next_delay()
         count += 1
         assert count <= FAST_MAX_ATTEMPTS
@@ -78,19 +84,19 @@ def test_one_fast_window_per_reset_so_a_flapping_tunnel_backs_off() -> None:
     run(b, clock, 3)
     b.lost()  # connected again, dropped again before it was stable: no new window...
     clock.now += 10.0  # ... and the first window has expired
-    assert not b.fast
-    assert b.next_delay() <= 0.1
+    assert not b.in_fast_window()
+    assert b.next_delay() <= 0.4 and b.attempt == 3
     run(b, clock, 5)
     assert b.ceiling() >= 3.2
     b.reset()  # a tunnel that lived long enough earns the fast path again
     b.lost()
-    assert b.fast and FAST_MIN <= b.next_delay() <= FAST_MAX
+    assert b.in_fast_window() and FAST_MIN <= b.next_delay() <= FAST_MAX
 
 
 def test_zero_window_disables_the_fast_path() -> None:
     b, clock = make(fast_window=0.0)
     b.lost()
-    assert not b.fast
+    assert not b.in_fast_window()
     assert run(b, clock, 3) and b.ceiling() == 0.8
 
 
