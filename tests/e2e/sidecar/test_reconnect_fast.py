@@ -140,3 +140,30 @@ async def test_a_long_outage_is_retried_spaced_out(tmp_path: Path) -> None:
     assert min(gaps) >= 0.005  # after the window, full jitter: short gaps happen, but not in a row ...
     assert len(after) < 12  # ... fewer than the fast rate (>= 1 per 0.25 s) would give
     assert max(gaps[len(fast):], default=0) > 0.25
+
+
+async def test_a_refused_token_after_connecting_gets_no_fast_retries(tmp_path: Path) -> None:
+    # tokenIn: handshake connects first, then the edge refuses the `add_token`: an established tunnel that
+    # ends as auth_failed. Retrying that 4 times a second would only hammer the edge: normal backoff.
+    relay = await _edge(tmp_path)
+    token_file = tmp_path / "bad-token"
+    token_file.write_text(token([], [TCP_PUBLIC_PORT], secret=b"x" * 32))
+    cfg = load_sidecar_config({
+        "edge": {"urls": [tunnel_url(relay)], "tokenFile": str(token_file), "tokenIn": "handshake"},
+        "routes": [{"name": "echo", "match": {}, "backend": {"host": "127.0.0.1", "port": 9}}],
+        "reconnect": {"initialSeconds": 0.1, "maxSeconds": 30},
+        "http": {"listen": "127.0.0.1:0"},
+        "logging": {"format": "text", "level": "warning"},
+    })
+    sidecar = Sidecar(cfg, config_path=None)
+    await sidecar.start()
+    try:
+        await asyncio.sleep(3.0)
+        tunnel = sidecar.tunnels[0]
+        attempts = tunnel.connects
+    finally:
+        await sidecar.shutdown()
+        await relay.close()
+    print(f"dials in 3 s with a refused token: {attempts}")
+    assert tunnel.last_reason == "auth_failed"
+    assert 2 <= attempts < 10  # the fast window would dial >= 12 times in 3 s
