@@ -308,7 +308,7 @@ class EdgeRelay:
             if rel.initial is None:  # first tunnel: the bridge takes the socket over from here on
                 rest, rel.eof = take_over(req.reader)
                 rel.initial = req.initial + rest
-                self.metrics.clients_active.labels(req.service).inc()
+                self.metrics.client_active(req.service, 1)
                 self._relayed.add(rel)
             # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
             transport = cast(asyncio.Transport, req.writer.transport)
@@ -356,7 +356,7 @@ class EdgeRelay:
             log.exception("internal error while finishing a client")
             transport.abort()
         self._relayed.discard(rel)
-        self.metrics.clients_active.labels(req.service).dec()
+        self.metrics.client_active(req.service, -1)
         if result != "rejected":
             delta_in, delta_out = rel.uncounted()
             self.metrics.client_done(req.service, rel.label, result, delta_in, delta_out,

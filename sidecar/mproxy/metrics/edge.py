@@ -59,9 +59,13 @@ class EdgeMetrics:
                                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
         self.draining = Gauge("mproxy_edge_draining", "1 while the edge drains before shutting down.",
                               registry=r)
-        for protocol in PROTOCOLS:
-            self.clients_active.labels(protocol)
-            self.duration.labels(protocol)
+        # Children are cached: `labels()` costs a lock and a dict walk per call, and a new stream made five
+        # such calls. The per-name caches drop a name's entries when _evict removes its series, so a stale
+        # child can never bring an evicted series back.
+        self._active = {p: self.clients_active.labels(p) for p in PROTOCOLS}
+        self._durations = {p: self.duration.labels(p) for p in PROTOCOLS}
+        self._bytes: dict[tuple[str, str, str], Counter] = {}
+        self._clients: dict[tuple[str, str, str], Counter] = {}
         for reason in REJECT_REASONS:
             self.rejects.labels(reason)
         for reason in TUNNEL_REJECT_REASONS:
@@ -90,6 +94,9 @@ class EdgeMetrics:
         for gone in self._names:
             if gone not in counts:
                 self._names.discard(gone)
+                for cache in (self._bytes, self._clients):
+                    for key in [k for k in cache if k[1] == gone]:
+                        del cache[key]
                 _remove(self.tunnels, gone)
                 for protocol in PROTOCOLS:
                     for result in CLIENT_RESULTS:
@@ -99,19 +106,36 @@ class EdgeMetrics:
                 return True
         return False
 
+    def client_active(self, protocol: str, delta: int) -> None:
+        """A client connection was handed to a tunnel (+1) or ended (-1)."""
+        child = self._active.get(protocol)
+        (child or self.clients_active.labels(protocol)).inc(delta)
+
+    def _byte_counter(self, protocol: str, name: str, direction: str) -> Counter:
+        key = (protocol, name, direction)
+        child = self._bytes.get(key)
+        if child is None:
+            child = self._bytes[key] = self.bytes.labels(*key)
+        return child
+
     def add_bytes(self, protocol: str, name: str, bytes_in: int, bytes_out: int) -> None:
         name = self._name(name)
         if bytes_in:
-            self.bytes.labels(protocol, name, "in").inc(bytes_in)
+            self._byte_counter(protocol, name, "in").inc(bytes_in)
         if bytes_out:
-            self.bytes.labels(protocol, name, "out").inc(bytes_out)
+            self._byte_counter(protocol, name, "out").inc(bytes_out)
 
     def client_done(self, protocol: str, name: str, result: str, bytes_in: int, bytes_out: int,
                     seconds: float) -> None:
         """A client connection ended; `bytes_*` are its bytes not yet counted by add_bytes."""
         self.add_bytes(protocol, name, bytes_in, bytes_out)
-        self.clients.labels(protocol, self._name(name), result).inc()
-        self.duration.labels(protocol).observe(seconds)
+        key = (protocol, self._name(name), result)
+        child = self._clients.get(key)
+        if child is None:
+            child = self._clients[key] = self.clients.labels(*key)
+        child.inc()
+        hist = self._durations.get(protocol)
+        (hist or self.duration.labels(protocol)).observe(seconds)
 
     def client_rejected(self, protocol: str, reason: str) -> None:
         self.rejects.labels(reason if reason in REJECT_REASONS else "other").inc()

@@ -115,6 +115,11 @@ class SidecarMetrics:
             "stream_errors": self.stream_errors,
             "pauses": self.pauses,
         }
+        # Children by (metric key, label values): `labels()` takes a lock and walks dicts on every call, and
+        # each stream made several. _evict drops an evicted client's entries with its series, so a stale
+        # child never resurrects a removed series. Bounded like the series: routes x live clients.
+        self._children: dict[tuple[str, tuple[str, ...]], Counter | Gauge] = {}
+        self._hists: dict[tuple[Histogram, str], Histogram] = {}
         self.guard = ClientGuard(max_clients, self._evict)
 
     # -- label plumbing ---------------------------------------------------------------------------
@@ -129,9 +134,11 @@ class SidecarMetrics:
     def _add(
         self, key: str, route: str, slot: ClientSlot | None, amount: float, extra: tuple[str, ...] = ()
     ) -> None:
-        metric = self._counters[key]
         labels = self._labels(route, slot, extra)
-        child = metric.labels(*labels) if labels else metric
+        child = self._children.get((key, labels))
+        if child is None:
+            metric = self._counters[key]
+            child = self._children[(key, labels)] = metric.labels(*labels) if labels else metric
         child.inc(amount)
         if self.tier == "client" and slot is not None and slot.alive:
             k = (key, (route, *extra))
@@ -141,6 +148,7 @@ class SidecarMetrics:
         self.client_evictions.inc()
         for (key, (route, *extra)), value in slot.values.items():
             metric = self._counters[key]
+            self._children.pop((key, (route, slot.client, *extra)), None)
             with contextlib.suppress(KeyError):
                 metric.remove(route, slot.client, *extra)
             if value:
@@ -165,8 +173,17 @@ class SidecarMetrics:
     def refuse(self, reason: str) -> None:
         self.refused.labels(bounded(reason, REFUSAL_REASONS)).inc()
 
+    def _hist(self, metric: Histogram, route: str) -> Histogram:
+        if self.tier == "off":
+            return metric
+        key = (metric, route)
+        child = self._hists.get(key)
+        if child is None:
+            child = self._hists[key] = metric.labels(route)
+        return child
+
     def observe_connect(self, route: str, seconds: float) -> None:
-        (self.connect_seconds.labels(route) if self.tier != "off" else self.connect_seconds).observe(seconds)
+        self._hist(self.connect_seconds, route).observe(seconds)
 
     def tunnel_up(self, edge: str, connection: str) -> None:
         self.tunnel_connected.labels(edge, connection).set(1)
@@ -215,5 +232,4 @@ class StreamMeter:
         self._closed = True
         m = self._m
         m._add("streams_active", self._route, self._slot, -1)
-        hist = m.stream_seconds.labels(self._route) if m.tier != "off" else m.stream_seconds
-        hist.observe(time.monotonic() - self.opened)
+        m._hist(m.stream_seconds, self._route).observe(time.monotonic() - self.opened)
