@@ -1,22 +1,21 @@
 """The webhook's serving certificate: a self-signed CA and a leaf for the Service's DNS names.
 
 kopf's own self-signed path needs oscrypto, which breaks on OpenSSL >= 3.0.10, so the operator makes
-its certificates with `cryptography`. ECDSA P-256 keys: fast to make, accepted by every apiserver.
+its certificates with the project's small CA (`mproxy.tls`, on `cryptography`): ECDSA P-256 keys, fast to
+make, accepted by every apiserver.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mproxy.tls import CertificateAuthority
 
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
@@ -48,75 +47,13 @@ class CertBundle:
         )
 
 
-def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
-    entries: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return x509.SubjectAlternativeName(entries)
-
-
 def make_bundle(hostnames: list[str], days: int = 3650) -> CertBundle:
     """A fresh CA and a serving certificate for `hostnames` (DNS names or IP addresses)."""
     if not hostnames:
         raise ValueError("the webhook certificate needs at least one host name")
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate small clock skew
-    until = now + dt.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mproxy-operator webhook CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0][:64])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_san(hostnames), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    return CertBundle(
-        ca_pem=ca_pem,
-        cert_pem=leaf.public_bytes(serialization.Encoding.PEM) + ca_pem,
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
+    ca = CertificateAuthority.create("mproxy-operator webhook CA", days=days)
+    leaf = ca.issue(hostnames, days=days)
+    return CertBundle(ca_pem=ca.cert_pem, cert_pem=leaf.cert_pem, key_pem=leaf.key_pem)
 
 
 def expires_within(cert_pem: bytes, days: int) -> bool:
