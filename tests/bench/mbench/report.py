@@ -268,4 +268,10 @@ def render(
             "scenario runs. *self %*: share of samples with the function on top of the Python stack (C code "
             "it calls, such as aiohttp's WebSocket masking or a socket send, is counted in it); *incl. %*: "
             "share of samples with it anywhere on the stack.", "", profile, ""]
+    else:
+        lines += [
+            "## Where mproxy's time goes", "",
+            "This run was not profiled (`scripts/bench --profile` adds a py-spy pass). The latest profiles "
+            "of the edge and the sidecar, and what was changed because of them, are in "
+            "[dataplane.md](dataplane.md#performance-work).", ""]
     return "\n".join(lines)
