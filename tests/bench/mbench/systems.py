@@ -114,14 +114,18 @@ class Direct(System):
         self.wait_flowing(timeout)
 
 
-class Chisel(System):
-    name, label = "chisel", "chisel"
-    describe = "chisel server --reverse / chisel client R:... (SSH over WebSocket)"
+class TunnelSystem(System):
+    """A system with a control (tunnel) port between its edge and its device, and a public entry port."""
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
         self.control = free_port()
         self.entry = free_port()
+
+
+class Chisel(TunnelSystem):
+    name, label = "chisel", "chisel"
+    describe = "chisel server --reverse / chisel client R:... (SSH over WebSocket)"
 
     def start_edge(self) -> Proc:
         exe = self.ctx.peers_bin / "chisel"
@@ -138,14 +142,9 @@ class Chisel(System):
         return Proc("chisel-client", argv, self.logdir)
 
 
-class Frp(System):
+class Frp(TunnelSystem):
     name, label = "frp", "frp"
     describe = "frps / frpc, one tcp proxy (yamux over one TCP connection, the default)"
-
-    def __init__(self, ctx: Context, backend_port: int) -> None:
-        super().__init__(ctx, backend_port)
-        self.control = free_port()
-        self.entry = free_port()
 
     def start_edge(self) -> Proc:
         conf = self.logdir / "frps.toml"
@@ -169,14 +168,12 @@ class Frp(System):
         return Proc("frpc", [str(self.ctx.peers_bin / "frpc"), "-c", str(conf)], self.logdir)
 
 
-class Rathole(System):
+class Rathole(TunnelSystem):
     name, label = "rathole", "rathole"
     describe = "rathole server / client, tcp transport (one data connection per stream)"
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
-        self.control = free_port()
-        self.entry = free_port()
         self.token = secrets.token_hex(16)
 
     def start_edge(self) -> Proc:
@@ -238,15 +235,13 @@ def _secret_and_token(ctx: Context, logdir: Path, port: int) -> tuple[Path, str]
     return secret, out.stdout.strip()
 
 
-class Reference(System):
+class Reference(TunnelSystem):
     name, label = "reference", "reference (node proxy-packer)"
     describe = ("tests/interop/node relay.js + device.js: telebit-style relay and device on the reference "
                 "codec (proxy-packer) and ws, under node")
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
-        self.control = free_port()
-        self.entry = free_port()
         self.node_dir = ctx.repo / "tests" / "interop" / "node"
         for script in ("relay.js", "device.js"):
             if not (self.node_dir / script).is_file():
@@ -321,14 +316,12 @@ drainSeconds: 1
 """
 
 
-class Mproxy(System):
+class Mproxy(TunnelSystem):
     name, label = "mproxy", "mproxy"
     describe = "mproxy edge + mproxy sidecar (Python asyncio, M-PROXY over WebSocket), one tunnel"
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
-        self.control = free_port()
-        self.entry = free_port()
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.secret, token = _secret_and_token(ctx, self.logdir, self.entry)
         token_file = self.logdir / "token"
