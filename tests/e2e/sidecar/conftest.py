@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
 from mproxy.config.sidecar import load_sidecar_config
 from mproxy.sidecar.app import Sidecar
@@ -22,6 +23,19 @@ REPO = HERE.parent.parent.parent
 RELAY_JS = REPO / "tests" / "interop" / "node" / "relay.js"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
+
+
+async def serve_handler(handler: Callable[[web.Request], Any], path: str = "/",
+                        ssl_context: Any = None) -> tuple[web.AppRunner, int]:
+    """An aiohttp handler (a hand-written relay's WebSocket endpoint, an HTTP backend) on a free loopback
+    port: returns the runner to clean up and the port."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 class NodeRelay:

@@ -12,7 +12,7 @@ from aiohttp import web
 from mproxy.codec import Address, hello_message
 from mproxy.tunnel import Heartbeat, Multiplexer, StreamHandler, run_tunnel
 
-from .conftest import echo
+from .conftest import echo, serve_handler
 
 pytestmark = [pytest.mark.e2e]
 
@@ -46,13 +46,7 @@ async def test_remote_error_codes_and_clients_cannot_grow_the_series(backends, r
         task.cancel()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", tunnel)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_handler(tunnel)
     cfg = {
         "edge": {"urls": [f"ws://127.0.0.1:{port}/"]},
         "routes": [{"name": "echo", "match": {}, "backend": {"host": "127.0.0.1", "port": echo_b.port}}],

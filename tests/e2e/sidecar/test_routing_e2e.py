@@ -15,7 +15,7 @@ from aiohttp import web
 from mproxy.proxyproto import ProxyHeader, decode
 
 from .certs import CertAuthority
-from .conftest import echo, route, sidecar_yaml, tagged_echo, tcp_roundtrip
+from .conftest import echo, route, serve_handler, sidecar_yaml, tagged_echo, tcp_roundtrip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
@@ -159,14 +159,9 @@ async def test_http_routed_by_host_with_a_real_client(node_relay, run_sidecar) -
     for tag in ("alpha", "beta"):
         async def handler(request: web.Request, tag: str = tag) -> web.Response:
             return web.Response(text=f"{tag} {request.host} {request.path}")
-        app = web.Application()
-        app.router.add_get("/{p:.*}", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, port = await serve_handler(handler, "/{p:.*}")
         runners.append(runner)
-        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        ports.append(port)
     try:
         async with node_relay({"service": "http", "serviceport": 80}) as relay:
             cfg = sidecar_yaml(relay, [

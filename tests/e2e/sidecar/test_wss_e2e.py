@@ -13,7 +13,7 @@ from mproxy.codec import Address, hello_message
 from mproxy.tunnel import Heartbeat, Multiplexer, StreamHandler, run_tunnel
 
 from .certs import CertAuthority
-from .conftest import echo
+from .conftest import echo, serve_handler
 
 pytestmark = [pytest.mark.e2e]
 
@@ -50,13 +50,7 @@ async def test_wss_with_private_ca_and_bearer_token(tmp_path: Path, backends, ru
         await run_tunnel(ws, mux, heartbeat=Heartbeat(1, 3))
         return ws
 
-    app = web.Application()
-    app.router.add_get("/t", tunnel)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.server_context("localhost"))
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_handler(tunnel, "/t", ca.server_context("localhost"))
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     cfg = {
@@ -130,13 +124,7 @@ async def test_a_relay_that_ignores_pause_gets_that_client_cut_off(backends, run
         task.cancel()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", tunnel)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_handler(tunnel)
     cfg = {
         "edge": {"urls": [f"ws://127.0.0.1:{port}/"]},
         "routes": [
