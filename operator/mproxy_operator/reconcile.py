@@ -19,6 +19,7 @@ from mproxy_operator import kube, names
 from mproxy_operator.gateway import gateway_deployment
 from mproxy_operator.inject import sidecar_hash
 from mproxy_operator.kube import Kube, KubeError
+from mproxy_operator.metrics import ROLLOUTS
 from mproxy_operator.model import SpecError, TunnelSpec, parse_spec
 from mproxy_operator.podspec import SidecarDefaults
 from mproxy_operator.render import config_map, digest, render_config
@@ -280,6 +281,7 @@ def roll_workloads(k: Kube, ns: str, spec: TunnelSpec, reason: str, now: str) ->
                     continue
                 raise
             rolled.append(f"{plural[:-1]}/{wl_name}")
+            ROLLOUTS.inc()
     return rolled
 
 

@@ -578,6 +578,8 @@ def test_route_changes_reload_but_sidecar_changes_roll_the_workloads(
     assert "mproxy.dev/rolled-at" not in _template_annotations(kube, ns, "shop")
 
     # A new image cannot be reloaded: the Deployment is rolled and its new pod carries the new image.
+    rollouts = 'mproxy_operator_workload_rollouts_total'
+    rolled_before = _metric(operator.metrics(), rollouts)
     body["spec"]["sidecar"] = {"image": "registry.test/mproxy:2"}
     _apply(kube, body, namespace=ns)
     kube.wait_for(
@@ -586,6 +588,9 @@ def test_route_changes_reload_but_sidecar_changes_roll_the_workloads(
         what="the Deployment's pod template to be bumped",
     )
     assert "sidecar changed" in _template_annotations(kube, ns, "shop")["mproxy.dev/roll-reason"]
+    # The rollout counter (charted on the operator dashboard) counts the rolled Deployment.
+    kube.wait_for(lambda: _metric(operator.metrics(), rollouts) >= rolled_before + 1, timeout=10,
+                  what="mproxy_operator_workload_rollouts_total to count the rolled Deployment")
 
     def new_image() -> bool:
         pods = [p for p in _list(kube, "pods", ns, "app=shop") if not p["metadata"].get("deletionTimestamp")]
