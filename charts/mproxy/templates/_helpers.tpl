@@ -59,6 +59,7 @@ app.kubernetes.io/component: edge
 
 {{/* The edge config file: edge.config, with auth.secretFile at the Secret edge-deployment.yaml mounts.
 One definition for the ConfigMap and for the Deployment's config-hash annotation. */}}
+{{/* The edge ConfigMap: "-config", apart from the dashboard ConfigMaps (<fullname>-dashboard-edge). */}}
 {{- define "mproxy.edge.configMapName" -}}
 {{- printf "%s-config" (include "mproxy.edge.fullname" .) }}
 {{- end }}
