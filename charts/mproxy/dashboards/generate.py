@@ -1,30 +1,70 @@
-"""Source of the Grafana dashboards shipped in charts/mproxy/dashboards/.
+"""Source of the Grafana dashboards shipped in this directory (charts/mproxy/dashboards/*.json).
 
-    python -m tests.prometheus.build_dashboards      # rewrite the JSON files from this source
+    python charts/mproxy/dashboards/generate.py     # rewrite the JSON files from this source
 
-The JSON files are committed (the chart ships them as they are); test_dashboards.py fails when they drift
-from this source and checks their conventions; test_live.py runs every query against a real Prometheus.
-Conventions (kubernetes-mixin's): stable uids, a `datasource` variable, `$__rate_interval`, a unit and a
-description on every panel.
+Built with grafana-foundation-sdk (Grafana's own typed models and builders, Apache-2.0; in the `test` extra,
+`pip install -e '.[test]'`), so a panel option, enum value or query field Grafana does not know cannot be
+written. The JSON files are committed (the chart ships them as they are); tests/prometheus/test_dashboards.py
+fails when they drift from this source and checks their conventions, test_live.py runs every query against a
+real Prometheus. Conventions (kubernetes-mixin's): stable uids, a `datasource` variable, `$__rate_interval`,
+a unit and a description on every panel.
+
+It lives in the chart, not in the mproxy package, because it is part of the chart (its output ships there)
+and never runs in the image, which does not install the SDK; .helmignore keeps it out of packaged charts.
+SCOPES are the label filters of each role; test_rules.py checks the alert rules group by the same labels.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-OUT_DIR = Path(__file__).resolve().parents[2] / "charts" / "mproxy" / "dashboards"
-DS = {"type": "prometheus", "uid": "${datasource}"}
+from grafana_foundation_sdk.builders import (
+    bargauge,
+    common,
+    dashboard,
+    prometheus,
+    stat,
+    statetimeline,
+    timeseries,
+)
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.prometheus import QueryEditorMode
+
+OUT_DIR = Path(__file__).resolve().parent
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RI = "$__rate_interval"
 
-# Filters every sidecar / edge / operator query carries (Grafana multi-value variables, regex matchers).
-# `tunnel` is the Tunnel a sidecar pod belongs to (the chart's PodMonitor copies the mproxy.dev/tunnel label).
-SC = 'namespace=~"$namespace", tunnel=~"$tunnel", pod=~"$pod"'
-ED = 'namespace=~"$namespace", pod=~"$pod"'
-OP = 'namespace=~"$namespace", pod=~"$pod"'
+
+@dataclass(frozen=True)
+class Scope:
+    """The labels a role's series are told apart by, outermost first. Each becomes a dashboard variable,
+    filtered by the ones before it; an alert on the role aggregates by a prefix of them (test_rules.py).
+    `tunnel` is the Tunnel a sidecar pod belongs to: the chart's PodMonitor copies the pod label
+    mproxy.dev/tunnel.
+    """
+
+    labels: tuple[str, ...]
+
+    def selector(self, first: int | None = None) -> str:
+        """Regex matchers on the (multi-value) variables of the `first` outermost labels."""
+        return ", ".join(f'{name}=~"${name}"' for name in self.labels[:first])
+
+    def variables(self, metric: str) -> list[dashboard.QueryVariable]:
+        return [_variable(name, metric, self.selector(i)) for i, name in enumerate(self.labels)]
+
+
+SIDECAR = Scope(("namespace", "tunnel", "pod"))
+EDGE = Scope(("namespace", "pod"))
+OPERATOR = Scope(("namespace", "pod"))
+SCOPES = {"sidecar": SIDECAR, "edge": EDGE, "operator": OPERATOR}  # by alert file (charts/mproxy/alerts/)
+SC, ED, OP = SIDECAR.selector(), EDGE.selector(), OPERATOR.selector()
 
 
 @dataclass
@@ -37,7 +77,7 @@ class Panel:
     width: int = 12
     height: int = 8
     stack: bool = False
-    mappings: list[dict[str, Any]] = field(default_factory=list)
+    mappings: list[dm.ValueMap] = field(default_factory=list)
     decimals: int | None = None
     max: float | None = None
 
@@ -48,129 +88,148 @@ class Row:
     panels: list[Panel]
 
 
-def _variable(name: str, label: str, metric: str, selector: str = "") -> dict[str, Any]:
+def _variable(name: str, metric: str, selector: str) -> dashboard.QueryVariable:
     query = f"label_values({metric}{{{selector}}}, {name})" if selector else f"label_values({metric}, {name})"
-    return {
-        "name": name, "label": label, "type": "query", "datasource": DS,
-        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-        "definition": query, "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "options": [], "regex": "", "sort": 1, "hide": 0,
-    }
+    return (
+        dashboard.QueryVariable(name).label(name.capitalize()).datasource(DS)
+        .query({"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"})
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True).multi(True).all_value(".*")
+        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .options([]).regex("").sort(dm.VariableSort.ALPHABETICAL_ASC).hide(dm.VariableHide.DONT_HIDE)
+    )
 
 
-def _datasource_variable() -> dict[str, Any]:
-    return {
-        "name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-        "current": {"selected": False, "text": "default", "value": "default"},
-        "options": [], "regex": "", "refresh": 1, "hide": 0, "includeAll": False, "multi": False,
-    }
+def _datasource_variable() -> dashboard.DatasourceVariable:
+    return (
+        dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        .current(dm.VariableOption(selected=False, text="default", value="default"))
+        .regex("").hide(dm.VariableHide.DONT_HIDE).include_all(False).multi(False)
+    )
 
 
-def _custom_variable(name: str, label: str, values: list[str], default: str) -> dict[str, Any]:
-    return {
-        "name": name, "label": label, "type": "custom", "query": ",".join(values),
-        "current": {"selected": True, "text": default, "value": default},
-        "options": [{"selected": v == default, "text": v, "value": v} for v in values],
-        "hide": 0, "includeAll": False, "multi": False,
-    }
+def _custom_variable(name: str, label: str, values: list[str], default: str) -> dashboard.CustomVariable:
+    return (
+        dashboard.CustomVariable(name).label(label).values(",".join(values))
+        .current(dm.VariableOption(selected=True, text=default, value=default))
+        .options([dm.VariableOption(selected=v == default, text=v, value=v) for v in values])
+        .hide(dm.VariableHide.DONT_HIDE).include_all(False).multi(False)
+    )
 
 
-def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"unit": panel.unit, "mappings": panel.mappings}
-    if panel.decimals is not None:
-        defaults["decimals"] = panel.decimals
-    if panel.max is not None:
-        defaults["max"] = panel.max
-    options: dict[str, Any]
-    if panel.kind == "timeseries":
-        defaults["custom"] = {
-            "drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if panel.stack else 10,
-            "showPoints": "never", "spanNulls": False,
-            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
-        }
-        options = {
-            "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
-                       "calcs": ["lastNotNull", "max"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
-    elif panel.kind == "stat":
-        options = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "value", "graphMode": "area", "justifyMode": "auto", "textMode": "auto",
-            "orientation": "auto",
-        }
-    elif panel.kind == "state-timeline":
-        defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0}
-        options = {
-            "mergeValues": True, "showValue": "never", "alignValue": "left", "rowHeight": 0.9,
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "single", "sort": "none"},
-        }
-    elif panel.kind == "bargauge":
-        options = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
-        }
-    else:
+def _target(expr: str, legend: str, ref_id: str, instant: bool) -> prometheus.Dataquery:
+    query = (
+        prometheus.Dataquery().datasource(DS).expr(expr).legend_format(legend).ref_id(ref_id)
+        .editor_mode(QueryEditorMode.CODE)
+    )
+    return query.instant() if instant else query.range()
+
+
+def _timeseries(panel: Panel) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .draw_style(cm.GraphDrawStyle.LINE).line_width(1).fill_opacity(20 if panel.stack else 10)
+        .show_points(cm.VisibilityMode.NEVER).span_nulls(False)
+        .stacking(common.StackingConfig()
+                  .mode(cm.StackingMode.NORMAL if panel.stack else cm.StackingMode.NONE).group("A"))
+        .legend(common.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
+                .placement(cm.LegendPlacement.BOTTOM).show_legend(True).calcs(["lastNotNull", "max"]))
+        .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
+    )
+
+
+def _last_value() -> common.ReduceDataOptions:
+    return common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
+def _stat(panel: Panel) -> stat.Panel:
+    return (
+        stat.Panel().reduce_options(_last_value())
+        .color_mode(cm.BigValueColorMode.VALUE).graph_mode(cm.BigValueGraphMode.AREA)
+        .justify_mode(cm.BigValueJustifyMode.AUTO).text_mode(cm.BigValueTextMode.AUTO)
+        .orientation(cm.VizOrientation.AUTO)
+    )
+
+
+def _state_timeline(panel: Panel) -> statetimeline.Panel:
+    return (
+        statetimeline.Panel().fill_opacity(80).line_width(0)
+        .merge_values(True).show_value(cm.VisibilityMode.NEVER).align_value(cm.TimelineValueAlignment.LEFT)
+        .row_height(0.9)
+        .legend(common.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+        .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
+    )
+
+
+def _bargauge(panel: Panel) -> bargauge.Panel:
+    return (
+        bargauge.Panel().reduce_options(_last_value()).orientation(cm.VizOrientation.HORIZONTAL)
+        .display_mode(cm.BarGaugeDisplayMode.GRADIENT).show_unfilled(True)
+    )
+
+
+PanelBuilder = timeseries.Panel | stat.Panel | statetimeline.Panel | bargauge.Panel
+KINDS: dict[str, Callable[[Panel], PanelBuilder]] = {
+    "timeseries": _timeseries, "stat": _stat, "state-timeline": _state_timeline, "bargauge": _bargauge,
+}
+
+
+def _panel(panel: Panel, pid: int) -> PanelBuilder:
+    if panel.kind not in KINDS:
         raise ValueError(f"unknown panel kind {panel.kind}")
-    return {
-        "id": pid, "type": panel.kind, "title": panel.title, "description": panel.description,
-        "datasource": DS, "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options,
-        "targets": [
-            {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i),
-             # A bar gauge shows one value per series: an instant query keeps topk() to k bars.
-             "range": panel.kind != "bargauge", "instant": panel.kind == "bargauge", "editorMode": "code"}
-            for i, (expr, legend) in enumerate(panel.exprs)
-        ],
-    }
+    built = (
+        KINDS[panel.kind](panel).id(pid).title(panel.title).description(panel.description).datasource(DS)
+        .span(panel.width).height(panel.height).unit(panel.unit).mappings(list(panel.mappings))
+    )
+    if panel.decimals is not None:
+        built = built.decimals(panel.decimals)
+    if panel.max is not None:
+        built = built.max(panel.max)
+    # A bar gauge shows one value per series: an instant query keeps topk() to k bars.
+    instant = panel.kind == "bargauge"
+    for i, (expr, legend) in enumerate(panel.exprs):
+        built = built.with_target(_target(expr, legend, chr(ord("A") + i), instant))
+    return built
 
 
-def dashboard(uid: str, title: str, description: str, rows: list[Row],
-              variables: list[dict[str, Any]]) -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
-    pid, y = 1, 0
+def _dashboard(uid: str, title: str, description: str, rows: list[Row],
+               variables: list[cogbuilder.Builder[dm.VariableModel]]) -> dm.Dashboard:
+    board = (
+        dashboard.Dashboard(title).uid(uid).description(description).tags(["mproxy"]).editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR).version(1).refresh("30s").time("now-1h", "now")
+        .timezone("").fiscal_year_start_month(0).live_now(False).week_start("")
+        .link(dashboard.DashboardLink("mproxy dashboards").type(dm.DashboardLinkType.DASHBOARDS)
+              .tags(["mproxy"]).as_dropdown(True).include_vars(True).keep_time(True))
+        .annotation(dashboard.AnnotationQuery().built_in(1)
+                    .datasource(dm.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+                    .enable(True).hide(True).icon_color("rgba(0, 211, 255, 1)")
+                    .name("Annotations & Alerts").type("dashboard"))
+        .variables([_datasource_variable(), *variables])
+    )
+    pid = 1
+    # Rows stay expanded: their panels follow them on the dashboard (Grafana drops panels nested in an
+    # expanded row), and the builder lays them out left to right, wrapping at 24 columns.
     for row in rows:
-        panels.append({"id": pid, "type": "row", "title": row.title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
-        pid, y, x, row_h = pid + 1, y + 1, 0, 0
+        board = board.with_row(dashboard.Row(row.title).id(pid).collapsed(False))
+        pid += 1
         for panel in row.panels:
-            if x + panel.width > 24:
-                x, y, row_h = 0, y + row_h, 0
-            panels.append(_panel_json(panel, pid, x, y))
-            pid, x, row_h = pid + 1, x + panel.width, max(row_h, panel.height)
-        y += row_h
-    return {
-        "uid": uid, "title": title, "description": description, "tags": ["mproxy"],
-        "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1, "refresh": "30s",
-        "time": {"from": "now-1h", "to": "now"}, "timepicker": {}, "timezone": "", "fiscalYearStartMonth": 0,
-        "liveNow": False, "weekStart": "", "links": [
-            {"title": "mproxy dashboards", "type": "dashboards", "tags": ["mproxy"], "asDropdown": True,
-             "includeVars": True, "keepTime": True},
-        ],
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-            "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
-            "type": "dashboard",
-        }]},
-        "templating": {"list": [_datasource_variable(), *variables]},
-        "panels": panels,
-    }
+            board = board.with_panel(_panel(panel, pid))
+            pid += 1
+    return board.build()
 
 
-CONNECTED = [
-    {"type": "value", "options": {
-        "0": {"text": "disconnected", "color": "red", "index": 0},
-        "1": {"text": "connected", "color": "green", "index": 1},
-    }},
-]
+def _value_map(states: dict[str, tuple[str, str]]) -> dm.ValueMap:
+    """A value mapping: value -> (text, color), in order."""
+    return dm.ValueMap(options={
+        value: dm.ValueMappingResult(text=text, color=color, index=i)
+        for i, (value, (text, color)) in enumerate(states.items())
+    })
+
+
+CONNECTED = [_value_map({"0": ("disconnected", "red"), "1": ("connected", "green")})]
 ACTIVITY = [
-    {"type": "value", "options": {
-        "0": {"text": "disconnected", "color": "red", "index": 0},
-        "1": {"text": "idle", "color": "blue", "index": 1},
-        "2": {"text": "carrying streams", "color": "green", "index": 2},
-    }},
+    _value_map({"0": ("disconnected", "red"), "1": ("idle", "blue"), "2": ("carrying streams", "green")}),
 ]
 
 
@@ -184,7 +243,7 @@ def _quantiles(metric: str, sel: str, by: str = "") -> list[tuple[str, str]]:
     ]
 
 
-def tunnels() -> dict[str, Any]:
+def tunnels() -> dm.Dashboard:
     s = "mproxy_sidecar_"
     per_tunnel = "namespace, pod, edge, connection"
     rows = [
@@ -283,19 +342,17 @@ def tunnels() -> dict[str, Any]:
                   ]),
         ]),
     ]
-    return dashboard(
+    return _dashboard(
         "mproxy-tunnels", "mproxy / Tunnels",
         "Sidecar tunnels: connected or not, idle or busy, reconnects, streams, bytes, pauses, errors, "
         "backend latency.",
         rows, [
-            _variable("namespace", "Namespace", f"{s}tunnel_connected"),
-            _variable("tunnel", "Tunnel", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
-            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace", tunnel=~"$tunnel"'),
+            *SIDECAR.variables(f"{s}tunnel_connected"),
         ],
     )
 
 
-def clients() -> dict[str, Any]:
+def clients() -> dm.Dashboard:
     s = "mproxy_sidecar_"
     rows = [
         Row("Per client (top k; the rest is client=\"other\")", [
@@ -355,20 +412,18 @@ def clients() -> dict[str, Any]:
                   "p99.", "s", _quantiles(f"{s}backend_connect_duration_seconds", SC, "route")),
         ]),
     ]
-    return dashboard(
+    return _dashboard(
         "mproxy-clients", "mproxy / Clients",
         "Who uses the tunnels: bytes, streams and errors per client (bounded top-k with an \"other\" "
         "bucket) and per route.",
         rows, [
-            _variable("namespace", "Namespace", f"{s}tunnel_connected"),
-            _variable("tunnel", "Tunnel", f"{s}tunnel_connected", 'namespace=~"$namespace"'),
-            _variable("pod", "Pod", f"{s}tunnel_connected", 'namespace=~"$namespace", tunnel=~"$tunnel"'),
+            *SIDECAR.variables(f"{s}tunnel_connected"),
             _custom_variable("k", "Top", ["5", "10", "20", "50"], "10"),
         ],
     )
 
 
-def edge() -> dict[str, Any]:
+def edge() -> dm.Dashboard:
     e = "mproxy_edge_"
     rows = [
         Row("Tunnels", [
@@ -422,17 +477,16 @@ def edge() -> dict[str, Any]:
                   ]),
         ]),
     ]
-    return dashboard(
+    return _dashboard(
         "mproxy-edge", "mproxy / Edge",
         "The public edge relay: tunnels per name, client connections by protocol and result, rejects, bytes.",
         rows, [
-            _variable("namespace", "Namespace", f"{e}tunnels_connected"),
-            _variable("pod", "Pod", f"{e}tunnels_connected", 'namespace=~"$namespace"'),
+            *EDGE.variables(f"{e}tunnels_connected"),
         ],
     )
 
 
-def operator() -> dict[str, Any]:
+def operator() -> dm.Dashboard:
     o = "mproxy_operator_"
     rows = [
         Row("Tunnels", [
@@ -497,26 +551,28 @@ def operator() -> dict[str, Any]:
             ]),
         ]),
     ]
-    return dashboard(
+    return _dashboard(
         "mproxy-operator", "mproxy / Operator",
         "The mproxy operator: Tunnel readiness, reconciliations and their errors, the sidecar-injection "
         "webhook's latency and outcomes, CPU and memory.",
         rows, [
-            _variable("namespace", "Namespace", f"{o}tunnels"),
-            _variable("pod", "Pod", f"{o}tunnels", 'namespace=~"$namespace"'),
+            *OPERATOR.variables(f"{o}tunnels"),
         ],
     )
 
 
-DASHBOARDS = {"tunnels": tunnels, "clients": clients, "edge": edge, "operator": operator}
+DASHBOARDS: dict[str, Callable[[], dm.Dashboard]] = {
+    "tunnels": tunnels, "clients": clients, "edge": edge, "operator": operator,
+}
+# Whose series each dashboard shows: every matcher of its panel queries carries that scope's selector.
+DASHBOARD_SCOPES = {"tunnels": SIDECAR, "clients": SIDECAR, "edge": EDGE, "operator": OPERATOR}
 
 
-def render(build: Any) -> str:
-    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+def render(build: Callable[[], dm.Dashboard]) -> str:
+    return json.dumps(build(), cls=JSONEncoder, indent=2) + "\n"
 
 
 def main() -> int:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
     for name, build in DASHBOARDS.items():
         path = OUT_DIR / f"mproxy-{name}.json"
         path.write_text(render(build))
