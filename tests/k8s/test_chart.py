@@ -96,14 +96,14 @@ def test_default_render(kube: Any) -> None:
         assert not [k for k in docs if k[0] == optional], optional
 
 
+def _render_every_option(kube: Any, *args: str) -> list[dict[str, Any]]:
+    """Every optional part on: ci/full-values.yaml with cert-manager."""
+    full, cert_manager = CHART / "ci" / "full-values.yaml", CHART / "ci" / "cert-manager-values.yaml"
+    return _template(kube, "-f", str(full), "-f", str(cert_manager), *args)
+
+
 def test_full_render_with_every_option(kube: Any) -> None:
-    docs = _template(
-        kube,
-        "-f",
-        str(CHART / "ci" / "full-values.yaml"),
-        "-f",
-        str(CHART / "ci" / "cert-manager-values.yaml"),
-    )
+    docs = _render_every_option(kube)
     by = _kinds(docs)
     kinds = {k for k, _ in by}
     assert {
@@ -153,15 +153,7 @@ def test_full_render_with_every_option(kube: Any) -> None:
 
 def test_cluster_domain_is_the_only_dns_suffix_in_the_chart(kube: Any) -> None:
     """operator.clusterDomain reaches the operator and the webhook Certificate; nothing says cluster.local."""
-    docs = _template(
-        kube,
-        "-f",
-        str(CHART / "ci" / "full-values.yaml"),
-        "-f",
-        str(CHART / "ci" / "cert-manager-values.yaml"),
-        "--set",
-        "operator.clusterDomain=corp.internal",
-    )
+    docs = _render_every_option(kube, "--set", "operator.clusterDomain=corp.internal")
     by = _kinds(docs)
     args = by[("Deployment", "mproxy-operator")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--cluster-domain=corp.internal" in args
