@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from grafana_foundation_sdk.builders import (
     bargauge,
@@ -67,13 +68,16 @@ SCOPES = {"sidecar": SIDECAR, "edge": EDGE, "operator": OPERATOR}  # by alert fi
 SC, ED, OP = SIDECAR.selector(), EDGE.selector(), OPERATOR.selector()
 
 
+Kind = Literal["timeseries", "stat", "state-timeline", "bargauge"]
+
+
 @dataclass
 class Panel:
     title: str
     description: str
     unit: str
     exprs: list[tuple[str, str]]  # (expr, legend)
-    kind: str = "timeseries"
+    kind: Kind = "timeseries"
     width: int = 12
     height: int = 8
     stack: bool = False
@@ -170,14 +174,12 @@ def _bargauge(panel: Panel) -> bargauge.Panel:
 
 
 PanelBuilder = timeseries.Panel | stat.Panel | statetimeline.Panel | bargauge.Panel
-KINDS: dict[str, Callable[[Panel], PanelBuilder]] = {
+KINDS: dict[Kind, Callable[[Panel], PanelBuilder]] = {
     "timeseries": _timeseries, "stat": _stat, "state-timeline": _state_timeline, "bargauge": _bargauge,
 }
 
 
 def _panel(panel: Panel, pid: int) -> PanelBuilder:
-    if panel.kind not in KINDS:
-        raise ValueError(f"unknown panel kind {panel.kind}")
     built = (
         KINDS[panel.kind](panel).id(pid).title(panel.title).description(panel.description).datasource(DS)
         .span(panel.width).height(panel.height).unit(panel.unit).mappings(list(panel.mappings))
@@ -209,7 +211,8 @@ def _dashboard(uid: str, title: str, description: str, rows: list[Row],
     )
     pid = 1
     # Rows stay expanded: their panels follow them on the dashboard (Grafana drops panels nested in an
-    # expanded row), and the builder lays them out left to right, wrapping at 24 columns.
+    # expanded row). The builder lays them out left to right and starts a new line once the widths add
+    # up to 24; test_dashboards.py checks that no panel sticks out.
     for row in rows:
         board = board.with_row(dashboard.Row(row.title).id(pid).collapsed(False))
         pid += 1
