@@ -36,11 +36,15 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import units
 from grafana_foundation_sdk.models.prometheus import QueryEditorMode
 
 OUT_DIR = Path(__file__).resolve().parent
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RI = "$__rate_interval"
+# The panel units, from the SDK's list of Grafana's unit ids.
+NONE, SEC, OPS, BPS = units.NoUnit, units.Seconds, units.OpsPerSecond, units.BytesPerSecondSI
+RATIO, BYTES = units.PercentUnit, units.BytesIEC  # RATIO: 0.0-1.0 shown as a percentage
 
 
 @dataclass(frozen=True)
@@ -252,95 +256,95 @@ def tunnels() -> dm.Dashboard:
     rows = [
         Row("Tunnel state", [
             Panel("Connected sidecars", "Sidecars with at least one connected tunnel, out of all sidecars "
-                  "scraped.", "none", [
+                  "scraped.", NONE, [
                       (f"sum(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}))", "connected"),
                       (f"count(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}))", "sidecars"),
                   ], kind="stat", width=6),
             Panel("Disconnected sidecars", "Sidecars with no connected tunnel right now: their pod gets no "
-                  "public traffic through mproxy. MproxyTunnelDown fires after 5 minutes of this.", "none", [
+                  "public traffic through mproxy. MproxyTunnelDown fires after 5 minutes of this.", NONE, [
                       (f"count(max by (namespace, pod) ({s}tunnel_connected{{{SC}}}) == 0) or vector(0)",
                        "disconnected"),
                   ], kind="stat", width=6),
-            Panel("Streams open now", "Client streams open through the selected sidecars now.", "none", [
+            Panel("Streams open now", "Client streams open through the selected sidecars now.", NONE, [
                 (f"sum({s}tunnel_streams{{{SC}}})", "streams"),
             ], kind="stat", width=6),
-            Panel("Reconnects (1h)", "Tunnel reconnects in the last hour, all reasons.", "none", [
+            Panel("Reconnects (1h)", "Tunnel reconnects in the last hour, all reasons.", NONE, [
                 (f"sum(increase({s}tunnel_reconnects_total{{{SC}}}[1h]))", "reconnects"),
             ], kind="stat", width=6, decimals=0),
             Panel("Connected pods per Tunnel", "Pods of each Tunnel with at least one connected tunnel "
                   "connection, next to all its pods scraped. Zero connected: the Tunnel's names are down "
-                  "(MproxyTunnelUnavailable).", "none", [
+                  "(MproxyTunnelUnavailable).", NONE, [
                       (f"sum by (namespace, tunnel) (max by (namespace, tunnel, pod) "
                        f"({s}tunnel_connected{{{SC}}}))", "{{namespace}}/{{tunnel}} connected"),
                       (f"count by (namespace, tunnel) (max by (namespace, tunnel, pod) "
                        f"({s}tunnel_connected{{{SC}}}))", "{{namespace}}/{{tunnel}} pods"),
                   ], width=24, decimals=0),
             Panel("Connected, per tunnel", "Connection state of each tunnel connection from a sidecar to an "
-                  "edge (1 = connected, 0 = disconnected).", "none", [
+                  "edge (1 = connected, 0 = disconnected).", NONE, [
                       (f"max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}})",
                        "{{namespace}}/{{pod}} {{edge}} #{{connection}}"),
                   ], kind="state-timeline", width=12, mappings=CONNECTED),
             Panel("Disconnected vs idle", "Tells a broken tunnel from a quiet one: disconnected (no "
                   "connection), idle (connected, no stream open), carrying streams (connected, streams "
-                  "open). An idle tunnel is healthy.", "none", [
+                  "open). An idle tunnel is healthy.", NONE, [
                       (f"max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}})"
                        f" * (1 + (max by ({per_tunnel}) ({s}tunnel_streams{{{SC}}}) > bool 0))",
                        "{{namespace}}/{{pod}} {{edge}} #{{connection}}"),
                   ], kind="state-timeline", width=12, mappings=ACTIVITY),
             Panel("Connected for", "Time since each tunnel connection last came up; a short time that keeps "
-                  "resetting means flapping.", "s", [
+                  "resetting means flapping.", SEC, [
                       (f"(time() - max by ({per_tunnel}) "
                        f"({s}tunnel_last_connected_timestamp_seconds{{{SC}}}))"
                        f" * (max by ({per_tunnel}) ({s}tunnel_connected{{{SC}}}) > 0)",
                        "{{namespace}}/{{pod}} {{edge}} #{{connection}}"),
                   ]),
             Panel("Reconnects by reason", "Rate of tunnel reconnects, by the reason the previous connection "
-                  "ended. The MproxyTunnelFlapping runbook explains each reason.", "ops", [
+                  "ended. The MproxyTunnelFlapping runbook explains each reason.", OPS, [
                       (f"sum by (reason) (rate({s}tunnel_reconnects_total{{{SC}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
         ]),
         Row("Streams and bytes", [
-            Panel("Streams open, per sidecar", "Client streams open now, per sidecar.", "none", [
+            Panel("Streams open, per sidecar", "Client streams open now, per sidecar.", NONE, [
                 (f"sum by (namespace, pod) ({s}tunnel_streams{{{SC}}})", "{{namespace}}/{{pod}}"),
             ]),
-            Panel("Streams opened", "Rate of client streams routed to a backend, per sidecar.", "ops", [
+            Panel("Streams opened", "Rate of client streams routed to a backend, per sidecar.", OPS, [
                 (f"sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
                  "{{namespace}}/{{pod}}"),
             ]),
             Panel("Bytes in / out", "Payload bytes per second: in = from clients to backends, out = from "
-                  "backends to clients.", "Bps", [
+                  "backends to clients.", BPS, [
                       (f"sum(rate({s}received_bytes_total{{{SC}}}[{RI}]))", "in"),
                       (f"sum(rate({s}sent_bytes_total{{{SC}}}[{RI}]))", "out"),
                   ]),
             Panel("Flow-control pauses", "Rate of flow-control pauses. relay: the sidecar asked the relay to "
                   "pause a client (slow backend); backend: the sidecar stopped reading a backend (slow "
                   "client, or the stream's tunnel queue is full). A paused stream waits instead of stalling "
-                  "the tunnel's other streams.", "ops", [
+                  "the tunnel's other streams.", OPS, [
                       (f"sum by (direction) (rate({s}pauses_total{{{SC}}}[{RI}]))", "{{direction}}"),
                   ], stack=True),
         ]),
         Row("Errors and latency", [
-            Panel("Stream errors by reason", "Rate of streams that ended in an error, by reason.", "ops", [
+            Panel("Stream errors by reason", "Rate of streams that ended in an error, by reason.", OPS, [
                 (f"sum by (reason) (rate({s}stream_errors_total{{{SC}}}[{RI}]))", "{{reason}}"),
             ], stack=True),
             Panel("Stream error ratio", "Share of opened streams that ended in an error, per sidecar. "
-                  "MproxyBackendErrorsHigh fires above 5% for 10 minutes.", "percentunit", [
+                  "MproxyBackendErrorsHigh fires above 5% for 10 minutes.", RATIO, [
                       (f"sum by (namespace, pod) (rate({s}stream_errors_total{{{SC}}}[{RI}]))"
                        f" / sum by (namespace, pod) (rate({s}streams_opened_total{{{SC}}}[{RI}]))",
                        "{{namespace}}/{{pod}}"),
                   ]),
             Panel("Streams refused by reason", "Rate of streams refused before reaching a backend, by "
                   "reason: no_route (no route matches and there is no default route), limit (streams per "
-                  "tunnel or per client address), draining (after SIGTERM).", "ops", [
+                  "tunnel or per client address), draining (after SIGTERM).", OPS, [
                       (f"sum by (reason) (rate({s}streams_refused_total{{{SC}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
             Panel("Backend connect latency", "Time for the sidecar to connect to the backend Service, p50 "
-                  "and p99 (successful connects).", "s",
+                  "and p99 (successful connects).", SEC,
                   _quantiles(f"{s}backend_connect_duration_seconds", SC)),
-            Panel("Stream duration", "How long client streams last, open to close, p50 and p99.", "s",
+            Panel("Stream duration", "How long client streams last, open to close, p50 and p99.", SEC,
                   _quantiles(f"{s}stream_duration_seconds", SC)),
             Panel("Config reloads", "Rate of config file reloads, by result (refused: the new file was "
-                  "invalid and the previous config stays).", "ops", [
+                  "invalid and the previous config stays).", OPS, [
                       (f"sum by (result) (rate({s}config_reloads_total{{{SC}}}[{RI}]))", "{{result}}"),
                   ]),
         ]),
@@ -361,24 +365,24 @@ def clients() -> dm.Dashboard:
         Row("Per client (top k; the rest is client=\"other\")", [
             Panel("Bytes from clients", "Bytes per second received from each client, the $k busiest. The "
                   "sidecar labels at most maxClients clients (Tunnel spec.metrics.maxClients) and folds "
-                  "the rest into client=\"other\", so the series count stays bounded.", "Bps", [
+                  "the rest into client=\"other\", so the series count stays bounded.", BPS, [
                       (f"topk($k, sum by (client) (rate({s}received_bytes_total{{{SC}}}[{RI}])))",
                        "{{client}}"),
                   ]),
-            Panel("Bytes to clients", "Bytes per second sent to each client, the $k busiest.", "Bps", [
+            Panel("Bytes to clients", "Bytes per second sent to each client, the $k busiest.", BPS, [
                 (f"topk($k, sum by (client) (rate({s}sent_bytes_total{{{SC}}}[{RI}])))", "{{client}}"),
             ]),
-            Panel("Streams per client", "New streams per second per client, the $k busiest.", "ops", [
+            Panel("Streams per client", "New streams per second per client, the $k busiest.", OPS, [
                 (f"topk($k, sum by (client) (rate({s}streams_opened_total{{{SC}}}[{RI}])))", "{{client}}"),
             ]),
-            Panel("Open streams per client", "Streams open now per client, the $k biggest.", "none", [
+            Panel("Open streams per client", "Streams open now per client, the $k biggest.", NONE, [
                 (f"topk($k, sum by (client) ({s}streams_active{{{SC}}}))", "{{client}}"),
             ]),
-            Panel("Errors per client", "Stream errors per second per client, the $k worst.", "ops", [
+            Panel("Errors per client", "Stream errors per second per client, the $k worst.", OPS, [
                 (f"topk($k, sum by (client) (rate({s}stream_errors_total{{{SC}}}[{RI}])))", "{{client}}"),
             ]),
             Panel("Top clients by bytes (1h)", "Bytes exchanged with each client over the last hour (both "
-                  "directions), the $k biggest.", "bytes", [
+                  "directions), the $k biggest.", BYTES, [
                       (f"topk($k, sum by (client) (increase({s}received_bytes_total{{{SC}}}[1h]))"
                        f" + sum by (client) (increase({s}sent_bytes_total{{{SC}}}[1h])))", "{{client}}"),
                   ], kind="bargauge"),
@@ -386,12 +390,12 @@ def clients() -> dm.Dashboard:
         Row("Cardinality guard", [
             Panel("Share of bytes in \"other\"", "Fraction of bytes from clients not labelled individually. "
                   "If it grows, raise the Tunnel's spec.metrics.maxClients (more series) or accept it.",
-                  "percentunit", [
+                  RATIO, [
                       (f"sum(rate({s}received_bytes_total{{client=\"other\", {SC}}}[{RI}]))"
                        f" / sum(rate({s}received_bytes_total{{{SC}}}[{RI}]))", "other"),
                   ], max=1),
             Panel("Clients tracked", "Client label values each sidecar tracks now (at most maxClients), and "
-                  "how often it evicts one into \"other\".", "none", [
+                  "how often it evicts one into \"other\".", NONE, [
                       (f"sum by (namespace, pod) ({s}metrics_clients{{{SC}}})",
                        "{{namespace}}/{{pod}} tracked"),
                       (f"sum by (namespace, pod) (rate({s}metrics_client_evictions_total{{{SC}}}[{RI}]))",
@@ -399,20 +403,20 @@ def clients() -> dm.Dashboard:
                   ]),
         ]),
         Row("Per route", [
-            Panel("Streams per route", "New streams per second per route of the Tunnel.", "ops", [
+            Panel("Streams per route", "New streams per second per route of the Tunnel.", OPS, [
                 (f"sum by (route) (rate({s}streams_opened_total{{{SC}}}[{RI}]))", "{{route}}"),
             ], stack=True),
             Panel("Bytes per route", "Payload bytes per second per route, in (from clients) and out (to "
-                  "clients).", "Bps", [
+                  "clients).", BPS, [
                       (f"sum by (route) (rate({s}received_bytes_total{{{SC}}}[{RI}]))", "{{route}} in"),
                       (f"sum by (route) (rate({s}sent_bytes_total{{{SC}}}[{RI}]))", "{{route}} out"),
                   ]),
-            Panel("Errors per route", "Stream errors per second per route and reason.", "ops", [
+            Panel("Errors per route", "Stream errors per second per route and reason.", OPS, [
                 (f"sum by (route, reason) (rate({s}stream_errors_total{{{SC}}}[{RI}]))",
                  "{{route}} {{reason}}"),
             ], stack=True),
             Panel("Backend connect latency per route", "Time to connect to each route's backend, p50 and "
-                  "p99.", "s", _quantiles(f"{s}backend_connect_duration_seconds", SC, "route")),
+                  "p99.", SEC, _quantiles(f"{s}backend_connect_duration_seconds", SC, "route")),
         ]),
     ]
     return _dashboard(
@@ -431,25 +435,25 @@ def edge() -> dm.Dashboard:
     rows = [
         Row("Tunnels", [
             Panel("Tunnels connected", "Sidecar tunnels (WebSockets) connected to the selected edge pods.",
-                  "none", [
+                  NONE, [
                       (f"sum({e}tunnels_connected{{{ED}}})", "tunnels"),
                   ], kind="stat", width=6),
-            Panel("Names served", "Granted names with at least one tunnel behind them.", "none", [
+            Panel("Names served", "Granted names with at least one tunnel behind them.", NONE, [
                 (f"count(max by (name) ({e}name_tunnels{{{ED}}}) > 0) or vector(0)", "names"),
             ], kind="stat", width=6),
             Panel("Names without a tunnel", "Names that had tunnels and have none now: their clients are "
-                  "turned away. MproxyEdgeNoTunnelForName fires after 5 minutes.", "none", [
+                  "turned away. MproxyEdgeNoTunnelForName fires after 5 minutes.", NONE, [
                       (f"count(max by (name) ({e}name_tunnels{{{ED}}}) == 0) or vector(0)", "names"),
                   ], kind="stat", width=6),
-            Panel("Draining", "Edge pods draining before shutdown (they accept no new clients).", "none", [
+            Panel("Draining", "Edge pods draining before shutdown (they accept no new clients).", NONE, [
                 (f"sum({e}draining{{{ED}}})", "draining"),
             ], kind="stat", width=6),
             Panel("Tunnels per name", "How many tunnels serve each name; the edge balances a name's clients "
-                  "over them. Zero means its clients are turned away.", "none", [
+                  "over them. Zero means its clients are turned away.", NONE, [
                       (f"sum by (name) ({e}name_tunnels{{{ED}}})", "{{name}}"),
                   ]),
             Panel("Tunnel connects and refusals", "Rate of tunnel WebSocket connections accepted, and of "
-                  "tunnels or tokens refused by reason (bad signature, expired, no token...).", "ops", [
+                  "tunnels or tokens refused by reason (bad signature, expired, no token...).", OPS, [
                       (f"sum(rate({e}tunnel_connects_total{{{ED}}}[{RI}]))", "accepted"),
                       (f"sum by (reason) (rate({e}tunnel_rejects_total{{{ED}}}[{RI}]))",
                        "refused: {{reason}}"),
@@ -457,25 +461,25 @@ def edge() -> dm.Dashboard:
         ]),
         Row("Clients", [
             Panel("Client connections by protocol and result", "Rate of client connections that ended, by "
-                  "protocol (https, http, tcp) and result.", "ops", [
+                  "protocol (https, http, tcp) and result.", OPS, [
                       (f"sum by (protocol, result) (rate({e}client_connections_total{{{ED}}}[{RI}]))",
                        "{{protocol}} {{result}}"),
                   ], stack=True),
             Panel("Rejects by reason", "Rate of client connections the edge refused, by reason (no tunnel "
-                  "for the name, rate limited, too many connections, sniff timeout...).", "ops", [
+                  "for the name, rate limited, too many connections, sniff timeout...).", OPS, [
                       (f"sum by (reason) (rate({e}rejects_total{{{ED}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
-            Panel("Client connections open", "Client connections open now, by protocol.", "none", [
+            Panel("Client connections open", "Client connections open now, by protocol.", NONE, [
                 (f"sum by (protocol) ({e}client_connections_active{{{ED}}})", "{{protocol}}"),
             ]),
-            Panel("Client connection duration", "How long client connections stay open, p50 and p99.", "s",
+            Panel("Client connection duration", "How long client connections stay open, p50 and p99.", SEC,
                   _quantiles(f"{e}client_connection_duration_seconds", ED)),
             Panel("Bytes in / out", "Payload bytes per second relayed: in = from clients to tunnels, out = "
-                  "to clients.", "Bps", [
+                  "to clients.", BPS, [
                       (f"sum by (direction) (rate({e}bytes_total{{{ED}}}[{RI}]))", "{{direction}}"),
                   ]),
             Panel("Bytes per name", "Payload bytes per second per granted name (both directions), the 10 "
-                  "busiest.", "Bps", [
+                  "busiest.", BPS, [
                       (f"topk(10, sum by (name) (rate({e}bytes_total{{{ED}}}[{RI}])))", "{{name}}"),
                   ]),
         ]),
@@ -493,29 +497,29 @@ def operator() -> dm.Dashboard:
     o = "mproxy_operator_"
     rows = [
         Row("Tunnels", [
-            Panel("Tunnels ready", "Tunnels whose last reconciliation left them Ready.", "none", [
+            Panel("Tunnels ready", "Tunnels whose last reconciliation left them Ready.", NONE, [
                 (f"sum(max by (namespace, pod) ({o}tunnels{{ready=\"true\", {OP}}}))", "ready"),
             ], kind="stat", width=8),
             Panel("Tunnels not ready", "Tunnels whose last reconciliation left them not Ready; their "
-                  "status conditions say why (kubectl get tunnels -A).", "none", [
+                  "status conditions say why (kubectl get tunnels -A).", NONE, [
                       (f"sum(max by (namespace, pod) ({o}tunnels{{ready=\"false\", {OP}}}))", "not ready"),
                   ], kind="stat", width=8),
             Panel("Workload rollouts (1h)", "Workloads the operator restarted in the last hour because "
-                  "their sidecar changed or went away.", "none", [
+                  "their sidecar changed or went away.", NONE, [
                       (f"sum(increase({o}workload_rollouts_total{{{OP}}}[1h]))", "rollouts"),
                   ], kind="stat", width=8, decimals=0),
         ]),
         Row("Reconciliation", [
             Panel("Reconciles", "Rate of Tunnel reconciliations, by trigger (change, timer, service, "
-                  "gateway) and result.", "ops", [
+                  "gateway) and result.", OPS, [
                       (f"sum by (trigger, result) (rate({o}reconciles_total{{{OP}}}[{RI}]))",
                        "{{trigger}} {{result}}"),
                   ], stack=True),
             Panel("Reconcile errors", "Rate of failed reconciliations (API errors, retried), by trigger. "
-                  "MproxyOperatorReconcileErrors fires when they persist for 15 minutes.", "ops", [
+                  "MproxyOperatorReconcileErrors fires when they persist for 15 minutes.", OPS, [
                       (f"sum by (trigger) (rate({o}reconcile_errors_total{{{OP}}}[{RI}]))", "{{trigger}}"),
                   ], stack=True),
-            Panel("Reconcile duration", "Time to reconcile one Tunnel, p50 and p99.", "s", [
+            Panel("Reconcile duration", "Time to reconcile one Tunnel, p50 and p99.", SEC, [
                 (f"histogram_quantile(0.5, sum by (le) "
                  f"(rate({o}reconcile_duration_seconds_bucket{{{OP}}}[{RI}])))", "p50"),
                 (f"histogram_quantile(0.99, sum by (le) "
@@ -525,29 +529,29 @@ def operator() -> dm.Dashboard:
         Row("Admission webhook", [
             Panel("Webhook latency", "Latency of the sidecar-injection webhook, request to response, p50 "
                   "and p99. Pod creation waits on it; MproxyWebhookLatencyHigh fires when p99 stays above "
-                  "1s.", "s", [
+                  "1s.", SEC, [
                       (f"histogram_quantile(0.5, sum by (le) "
                        f"(rate({o}webhook_duration_seconds_bucket{{{OP}}}[{RI}])))", "p50"),
                       (f"histogram_quantile(0.99, sum by (le) "
                        f"(rate({o}webhook_duration_seconds_bucket{{{OP}}}[{RI}])))", "p99"),
                   ]),
-            Panel("Webhook requests", "Rate of admission reviews answered, by result.", "ops", [
+            Panel("Webhook requests", "Rate of admission reviews answered, by result.", OPS, [
                 (f"sum by (result) (rate({o}webhook_duration_seconds_count{{{OP}}}[{RI}]))", "{{result}}"),
             ], stack=True),
             Panel("Injections by outcome", "Pod admissions by outcome: injected, skipped (already injected "
-                  "or no Tunnel selects the pod), refused; dry runs apart.", "ops", [
+                  "or no Tunnel selects the pod), refused; dry runs apart.", OPS, [
                       (f"sum by (outcome, dry_run) (rate({o}injections_total{{{OP}}}[{RI}]))",
                        "{{outcome}} (dry run {{dry_run}})"),
                   ], width=24, stack=True),
         ]),
         # process_* carry no mproxy prefix: `and` keeps only the pods that expose the operator's own metrics.
         Row("Resources", [
-            Panel("Operator CPU", "CPU used by each operator pod, as a share of one core.", "percentunit", [
+            Panel("Operator CPU", "CPU used by each operator pod, as a share of one core.", RATIO, [
                 (f"sum by (namespace, pod) (rate(process_cpu_seconds_total{{{OP}}}[{RI}]))"
                  f" and on (namespace, pod) max by (namespace, pod) ({o}tunnels{{{OP}}})",
                  "{{namespace}}/{{pod}}"),
             ]),
-            Panel("Operator memory", "Resident memory of each operator pod.", "bytes", [
+            Panel("Operator memory", "Resident memory of each operator pod.", BYTES, [
                 (f"sum by (namespace, pod) (process_resident_memory_bytes{{{OP}}})"
                  f" and on (namespace, pod) max by (namespace, pod) ({o}tunnels{{{OP}}})",
                  "{{namespace}}/{{pod}}"),
