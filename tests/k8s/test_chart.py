@@ -96,14 +96,14 @@ def test_default_render(kube: Any) -> None:
         assert not [k for k in docs if k[0] == optional], optional
 
 
+def _render_every_option(kube: Any, *args: str) -> list[dict[str, Any]]:
+    """Every optional part on: ci/full-values.yaml with cert-manager."""
+    full, cert_manager = CHART / "ci" / "full-values.yaml", CHART / "ci" / "cert-manager-values.yaml"
+    return _template(kube, "-f", str(full), "-f", str(cert_manager), *args)
+
+
 def test_full_render_with_every_option(kube: Any) -> None:
-    docs = _template(
-        kube,
-        "-f",
-        str(CHART / "ci" / "full-values.yaml"),
-        "-f",
-        str(CHART / "ci" / "cert-manager-values.yaml"),
-    )
+    docs = _render_every_option(kube)
     by = _kinds(docs)
     kinds = {k for k, _ in by}
     assert {
@@ -120,6 +120,11 @@ def test_full_render_with_every_option(kube: Any) -> None:
     assert not [a for a in args if a.startswith("--webhook-config")], "cert-manager injects the CA"
     hook = by[("MutatingWebhookConfiguration", "mproxy")]
     assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mproxy-system/mproxy-webhook"
+    cert = by[("Certificate", "mproxy-webhook")]  # the one the cainjector reads the CA from
+    assert cert["spec"]["dnsNames"] == [
+        "mproxy-webhook.mproxy-system.svc",
+        "mproxy-webhook.mproxy-system.svc.cluster.local",
+    ]
     assert hook["webhooks"][0]["failurePolicy"] == "Ignore"
     assert not [k for k in by if k[0] == "Role"], "no Secret rights when cert-manager makes the certificate"
 
@@ -144,6 +149,22 @@ def test_full_render_with_every_option(kube: Any) -> None:
         edge["spec"]["template"]["metadata"]["labels"].items())
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["http-metrics"]
     assert "http-metrics" in {p["name"] for p in edge["spec"]["template"]["spec"]["containers"][0]["ports"]}
+
+
+def test_cluster_domain_is_the_only_dns_suffix_in_the_chart(kube: Any) -> None:
+    """operator.clusterDomain reaches the operator and the webhook Certificate; nothing says cluster.local."""
+    docs = _render_every_option(kube, "--set", "operator.clusterDomain=corp.internal")
+    by = _kinds(docs)
+    args = by[("Deployment", "mproxy-operator")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--cluster-domain=corp.internal" in args
+    assert by[("Certificate", "mproxy-webhook")]["spec"]["dnsNames"] == [
+        "mproxy-webhook.mproxy-system.svc",
+        "mproxy-webhook.mproxy-system.svc.corp.internal",
+    ]
+    assert not [(d["kind"], d["metadata"]["name"]) for d in docs if "cluster.local" in yaml.safe_dump(d)]
+    bad = "operator.clusterDomain=cluster.local."  # a trailing dot would make invalid DNS names
+    res = kube.run_helm("template", "x", str(CHART), "--set", bad, check=False)
+    assert res.returncode != 0 and "clusterDomain" in res.stderr, res.stderr
 
 
 def test_helm_install_into_the_real_apiserver(kube: Any) -> None:

@@ -131,7 +131,8 @@ def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
     kube.kubectl("create", "namespace", op_ns)
     # The chart's ServiceAccount, RBAC and peering object: the operator gets exactly the chart's rights.
     docs = _helm_template(
-        kube, op_ns, "templates/serviceaccount.yaml", "templates/rbac.yaml", "templates/peering.yaml"
+        kube, op_ns, "templates/operator-serviceaccount.yaml", "templates/operator-rbac.yaml",
+        "templates/operator-peering.yaml",
     )
     _apply(kube, *docs, namespace=op_ns)
     webhook_port, http_port = _free_port(), _free_port()

@@ -22,20 +22,21 @@ SCRAPES_BEFORE = 2  # samples before any traffic, so that rate() sees the first 
 _LOG_GROUPS: list[ProcGroup] = []
 
 
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    need(path, "promtool is not on PATH (scripts/install-prometheus installs Debian's prometheus)")
+def _prometheus_tool(name: str) -> str:
+    path = shutil.which(name)
+    need(path, f"{name} is not on PATH (scripts/install-prometheus installs Debian's prometheus)")
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return _prometheus_tool("promtool")
 
 
 @pytest.fixture(scope="session")
 def prometheus_bin() -> str:
-    path = shutil.which("prometheus")
-    need(path, "prometheus is not on PATH (scripts/install-prometheus installs Debian's prometheus)")
-    assert path is not None
-    return path
+    return _prometheus_tool("prometheus")
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,17 @@ Three jobs, no fixtures here (those live in conftest.py):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -25,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "mproxy"
 DASHBOARD_DIR = CHART / "dashboards"
 ALERT_DIR = CHART / "alerts"
+DASHBOARD_SOURCE = DASHBOARD_DIR / "generate.py"
+RULE_TESTS = Path(__file__).with_name("rules")  # <alert file stem>-test.yaml: promtool unit tests
 RUNBOOKS = REPO_ROOT / "docs" / "runbooks.md"
 
 # What a Grafana variable becomes when a query runs outside Grafana.
@@ -58,6 +63,23 @@ def dashboard_files() -> list[Path]:
 
 def alert_files() -> list[Path]:
     return sorted(ALERT_DIR.glob("*.yaml"))
+
+
+def dashboard_source() -> ModuleType:
+    """charts/mproxy/dashboards/generate.py: a script next to the chart, not a package, so loaded by path."""
+    name = "mproxy_chart_dashboards"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, DASHBOARD_SOURCE)
+        assert spec is not None and spec.loader is not None, DASHBOARD_SOURCE
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before it runs: its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def rule_test_file(alert_file: Path) -> Path:
+    """The promtool unit tests of one alert file."""
+    return RULE_TESTS / f"{alert_file.stem}-test.yaml"
 
 
 def load_dashboard(path: Path) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def test_templates_as_text() -> None:
 def test_podmonitor_adds_the_tunnel_label_the_dashboards_filter_on() -> None:
     """Dashboards and sidecar alerts group by `tunnel`; the chart's PodMonitor is what sets it."""
     if HELM is None:
-        assert "targetLabel: tunnel" in (TEMPLATES / "podmonitor.yaml").read_text()
+        assert "targetLabel: tunnel" in (TEMPLATES / "sidecar-podmonitor.yaml").read_text()
         return
     docs = _render("podMonitor.enabled=true")
     monitors = [d for d in docs if d["kind"] == "PodMonitor"]

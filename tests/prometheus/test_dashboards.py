@@ -6,8 +6,14 @@ import re
 from typing import Any
 
 import pytest
-from tests.prometheus import build_dashboards
-from tests.prometheus.harness import dashboard_files, dashboard_targets, iter_panels, load_dashboard
+from tests.prometheus.harness import (
+    DASHBOARD_DIR,
+    dashboard_files,
+    dashboard_source,
+    dashboard_targets,
+    iter_panels,
+    load_dashboard,
+)
 
 pytestmark = pytest.mark.prometheus
 
@@ -60,11 +66,11 @@ CORE = {
 
 
 def test_dashboards_match_their_source() -> None:
-    """The JSON in the chart is what build_dashboards.py writes (regenerate it, never hand-edit)."""
-    expected = {f"mproxy-{name}.json": build_dashboards.render(build)
-                for name, build in build_dashboards.DASHBOARDS.items()}
+    """The JSON in the chart is what generate.py writes (regenerate it, never hand-edit)."""
+    source = dashboard_source()
+    expected = {f"mproxy-{name}.json": source.render(build) for name, build in source.DASHBOARDS.items()}
     actual = {p.name: p.read_text() for p in dashboard_files()}
-    assert actual == expected, "run: python -m tests.prometheus.build_dashboards"
+    assert actual == expected, "run: python charts/mproxy/dashboards/generate.py"
 
 
 @pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
@@ -93,6 +99,23 @@ def test_dashboard_conventions(path: Any) -> None:
             for window in re.findall(r"\[([^\]]+)\]", target["expr"]):
                 # Short windows must follow the scrape interval; fixed ones only for "last hour" totals.
                 assert window in ("$__rate_interval", "1h"), f"{where}: [{window}]: use [$__rate_interval]"
+
+
+def test_every_query_carries_its_dashboards_filters() -> None:
+    """Every selector of a panel query filters by the dashboard's variables (generate.py's Scope), so a panel
+    never shows other namespaces, Tunnels or pods than the ones picked at the top."""
+    source = dashboard_source()
+    assert set(source.DASHBOARD_SCOPES) == set(source.DASHBOARDS)
+    for name, scope in source.DASHBOARD_SCOPES.items():
+        board = load_dashboard(DASHBOARD_DIR / f"mproxy-{name}.json")
+        variables = [v["name"] for v in board["templating"]["list"] if v["type"] == "query"]
+        assert variables == list(scope.labels), f"{name}: the variables are the scope's labels, in order"
+        for panel in iter_panels(board):
+            for target in panel.get("targets", []):
+                matchers = re.findall(r"\{[^}]*\}", target["expr"])
+                assert matchers, f"{name}: {panel['title']!r}: no selector in {target['expr']}"
+                for matcher in matchers:
+                    assert scope.selector() in matcher, f"{name}: {panel['title']!r}: {matcher} is unfiltered"
 
 
 def test_dashboard_titles_are_unique_within_a_dashboard() -> None:

@@ -57,6 +57,16 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/component: edge
 {{- end }}
 
+{{/* The edge config file: edge.config, with auth.secretFile at the Secret edge-deployment.yaml mounts.
+One definition for the ConfigMap and for the Deployment's config-hash annotation. */}}
+{{/* The edge ConfigMap: "-config", apart from the dashboard ConfigMaps (<fullname>-dashboard-edge). */}}
+{{- define "mproxy.edge.configMapName" -}}
+{{- printf "%s-config" (include "mproxy.edge.fullname" .) }}
+{{- end }}
+{{- define "mproxy.edge.config" -}}
+{{- toYaml (merge (dict "auth" (dict "secretFile" "/var/run/mproxy/edge/secret")) (deepCopy .Values.edge.config)) }}
+{{- end }}
+
 {{- define "mproxy.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "mproxy.operator.fullname" .) .Values.serviceAccount.name }}
@@ -65,12 +75,19 @@ app.kubernetes.io/component: edge
 {{- end }}
 {{- end }}
 
-{{/* The webhook's Service, its DNS name (in the certificate) and the certificate Secret. */}}
+{{/* The webhook's Service, its DNS name (in the certificate), the cert-manager Certificate and Issuer
+(the MutatingWebhookConfiguration's inject-ca-from names the Certificate) and the certificate Secret. */}}
 {{- define "mproxy.webhook.serviceName" -}}
 {{- printf "%s-webhook" (include "mproxy.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 {{- define "mproxy.webhook.dnsName" -}}
 {{- printf "%s.%s.svc" (include "mproxy.webhook.serviceName" .) .Release.Namespace }}
+{{- end }}
+{{- define "mproxy.webhook.certificateName" -}}
+{{- printf "%s-webhook" (include "mproxy.fullname" .) }}
+{{- end }}
+{{- define "mproxy.webhook.issuerName" -}}
+{{- printf "%s-selfsigned" (include "mproxy.fullname" .) }}
 {{- end }}
 {{- define "mproxy.webhook.certSecret" -}}
 {{- printf "%s-webhook-tls" (include "mproxy.fullname" .) | trunc 63 | trimSuffix "-" }}

@@ -119,5 +119,5 @@ def test_ci_values_files_are_known_keys() -> None:
 def test_webhook_path_matches_the_handler_id() -> None:
     from mproxy_operator import names
 
-    text = (CHART / "templates" / "mutatingwebhook.yaml").read_text()
+    text = (CHART / "templates" / "webhook-mutatingwebhook.yaml").read_text()
     assert f"path: {names.WEBHOOK_PATH}\n" in text
