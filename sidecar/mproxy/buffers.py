@@ -7,8 +7,9 @@ The rule, per stream, measured on the bytes queued for the local socket:
 - past `hard` bytes: cut at once;
 - past `soft` bytes: cut once the pause is `grace` seconds old, checked when more data arrives AND on a
   timer (a burst that then goes quiet is still cut);
-and per tunnel (the sum over its streams): past `tunnel` bytes the biggest streams are cut until the
-tunnel is back under it, so `streams x hard` is not the worst case.
+and per tunnel (the sum over its streams of what each holds past `allowance`, its high-water mark, since
+up to that much is normal before a pause is even sent): past `tunnel` bytes the biggest streams are cut
+until the tunnel is back under it, so `streams x hard` is not the worst case.
 
 A role registers each stream as a `Holder` in its tunnel's `TunnelBuffers` (`buffers_of(mux, rule)`
 keeps one per multiplexer), reports `update(holder, size)` after each write, `paused`/`resumed` when it
@@ -33,6 +34,7 @@ class BufferRule:
     hard: int = 64 * MiB
     grace: float = 2.0
     tunnel: int = 256 * MiB
+    allowance: int = 0  # bytes per stream not counted against `tunnel` (the role's high-water mark)
 
     def __post_init__(self) -> None:
         if not 0 < self.soft <= self.hard:
@@ -81,10 +83,14 @@ class TunnelBuffers:
         self.resumed(holder)
         self.total -= self._size.pop(holder, 0)
 
+    def _count(self, holder: Holder, size: int) -> None:
+        counted = max(0, size - self.rule.allowance)
+        self.total += counted - self._size.get(holder, 0)
+        self._size[holder] = counted
+
     def update(self, holder: Holder, size: int) -> bool:
         """Record `holder`'s queued bytes and apply the rule; True if it was cut."""
-        self.total += size - self._size.get(holder, 0)
-        self._size[holder] = size
+        self._count(holder, size)
         if self._check(holder, size):
             return True
         if self.total > self.rule.tunnel:
@@ -118,9 +124,7 @@ class TunnelBuffers:
     def _shed(self, trigger: Holder) -> None:
         """Over the tunnel cap: refresh the sizes (sockets drain between updates), then cut the biggest."""
         for holder in list(self._size):
-            size = holder.buffered_bytes()
-            self.total += size - self._size[holder]
-            self._size[holder] = size
+            self._count(holder, holder.buffered_bytes())
         while self.total > self.rule.tunnel and self._size:
             biggest = max(self._size, key=self._size.__getitem__)
             self._cut(biggest, f"the tunnel holds more than {self.rule.tunnel} buffered bytes; this "

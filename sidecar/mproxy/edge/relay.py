@@ -162,7 +162,8 @@ class EdgeRelay:
         )
         self._check_frame = min(self.mux_limits.frame_size, lim.max_frame_bytes)
         self.buffer_rule = BufferRule(soft=lim.buffer_soft_bytes, hard=lim.buffer_hard_bytes,
-                                      grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes)
+                                      grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes,
+                                      allowance=lim.stream_buffer_bytes)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class BackendOptions:
     @property
     def rule(self) -> BufferRule:
         return BufferRule(soft=self.soft_limit, hard=self.hard_limit, grace=self.grace,
-                          tunnel=max(self.tunnel_buffer, self.soft_limit))
+                          tunnel=max(self.tunnel_buffer, self.soft_limit), allowance=self.stream_buffer)
 
     @property
     def soft_limit(self) -> int:

@@ -88,7 +88,8 @@ class _Never:
 
 
 async def test_sidecar_cuts_a_burst_once_the_edge_goes_quiet(tmp_path, stack) -> None:  # type: ignore[no-untyped-def]
-    # Before: 30 streams x 60 MiB were held 20 s+ with 0 cuts (the check ran only when more data came).
+    # 4 streams x 32 MiB to a backend that never reads, then silence. Before: 30 streams x 60 MiB were held
+    # 20 s+ with 0 cuts (the check ran only when more data came).
     never = _Never()
     server = await asyncio.start_server(never, "127.0.0.1", 0)
     stack.callback(server.close)
@@ -100,7 +101,7 @@ async def test_sidecar_cuts_a_burst_once_the_edge_goes_quiet(tmp_path, stack) ->
     hoses: list[Firehose] = []
 
     def make(stream: Stream) -> Firehose:
-        hoses.append(Firehose(stream, 20 * MiB))
+        hoses.append(Firehose(stream, 32 * MiB))  # past the 8 MiB soft limit plus ~10 MB kernel buffers
         return hoses[-1]
 
     for i in range(4):

@@ -85,3 +85,15 @@ def test_one_ledger_per_tunnel() -> None:
     a, b = Tunnel(), Tunnel()
     assert buffers_of(a, BufferRule()) is buffers_of(a, BufferRule())
     assert buffers_of(a, BufferRule()) is not buffers_of(b, BufferRule())
+
+
+async def test_bytes_under_the_high_water_mark_do_not_count_against_the_tunnel() -> None:
+    # 1,000 slow clients each at their 1 MiB high-water mark are normal, not a reason to cut any.
+    ledger = TunnelBuffers(BufferRule(soft=8 * MiB, hard=64 * MiB, grace=60, tunnel=16 * MiB,
+                                      allowance=MiB))
+    holders = [_Holder(ledger) for _ in range(100)]
+    assert not any(h.put(MiB) for h in holders)
+    assert ledger.total == 0
+    holders[0].put(10 * MiB)
+    holders[1].put(10 * MiB)  # 9 + 9 MiB over the allowance: past 16, the first biggest goes
+    assert sum(h.cut is not None for h in holders) == 1 and ledger.total == 9 * MiB
