@@ -108,7 +108,7 @@ class TunnelBuffers:
         since = self._paused.get(holder)
         if since is None:
             return False
-        if self._now() - since >= rule.grace:
+        if self._now() - since >= rule.grace - 0.001:  # a timer may fire a hair early
             self._cut(holder, f"more than {rule.soft} bytes still buffered {rule.grace:g} s after pause")
             return True
         if holder not in self._timers:  # no more data may come: check again when the grace ends
