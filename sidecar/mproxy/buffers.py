@@ -49,7 +49,7 @@ class Holder(Protocol):
         """Bytes queued for the local socket right now."""
 
     def overflow(self, reason: str) -> None:
-        """Cut the stream (E_BUFFER); it must call `forget` (e.g. from its stream_closed)."""
+        """Cut the stream (E_BUFFER); the ledger forgets the holder right after."""
 
 
 class TunnelBuffers:
@@ -129,7 +129,6 @@ class TunnelBuffers:
             biggest = max(self._size, key=self._size.__getitem__)
             self._cut(biggest, f"the tunnel holds more than {self.rule.tunnel} buffered bytes; this "
                                "stream held the most")
-            self.forget(biggest)  # in case the holder did not
 
     def _cut(self, holder: Holder, reason: str) -> None:
         self.cuts += 1
@@ -137,6 +136,7 @@ class TunnelBuffers:
         if timer is not None:
             timer.cancel()
         holder.overflow(reason)
+        self.forget(holder)  # whether or not the holder's stream_closed did
 
 
 _ledgers: weakref.WeakKeyDictionary[object, TunnelBuffers] = weakref.WeakKeyDictionary()

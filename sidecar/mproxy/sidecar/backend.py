@@ -119,7 +119,6 @@ class BackendStream(StreamHandler):
         "_fin_seen",
         "_flushed_in",
         "_flushed_out",
-        "_paused_at",
         "_peer_eof",
         "_read_paused",
         "_watch",
@@ -148,7 +147,6 @@ class BackendStream(StreamHandler):
         self._early: list[bytes] = []
         self._early_size = 0
         self._peer_eof = False
-        self._paused_at = 0.0  # when we asked the relay to pause this client (0: not paused)
         self._read_paused = False  # the mux asked us to stop reading the backend
         self._connect_task: asyncio.Task[None] | None = None
         self._flushed_in = 0
@@ -283,14 +281,12 @@ class BackendStream(StreamHandler):
 
     def _pause_relay(self) -> None:
         if not self.stream.reading_paused:
-            self._paused_at = asyncio.get_running_loop().time()
-            self._buffers.paused(self)
+            self._buffers.paused(self)  # the ledger times the pause
             self.stream.pause_reading()
             if self.meter:
                 self.meter.pause("relay")
 
     def _resume_relay(self) -> None:
-        self._paused_at = 0.0
         self._buffers.resumed(self)
         self.stream.resume_reading()
 
