@@ -40,12 +40,26 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mproxy edge: {args.config} is valid ({len(config.listeners)} listeners)")
         return 0
     setup_logging(config.logging.format, config.logging.level)
+    _raise_nofile(config.limits.pre_routing_connections)
     try:
         from mproxy.tunnel.loop import run as run_loop  # uvloop when installed
         return run_loop(serve(config, secret))
     except OSError as exc:
         print(f"mproxy edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+def _raise_nofile(pre_routing: int) -> None:
+    import logging
+
+    from mproxy.rlimit import raise_nofile
+
+    nofile = raise_nofile()
+    if nofile is not None and pre_routing + 256 > nofile:
+        logging.getLogger("mproxy.edge").warning(
+            "the open-file limit (%d) is below limits.preRoutingConnections (%d) + 256: raise the hard "
+            "limit (ulimit -Hn, the container's nofile) or lower limits.preRoutingConnections", nofile,
+            pre_routing)
 
 
 async def serve(config: Any, secret: bytes) -> int:

@@ -40,6 +40,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.config}: OK ({len(cfg.routes)} routes, {len(cfg.edge.urls)} edge URLs)")
         return 0
     setup_logging(cfg.logging.format, cfg.logging.level)
+    from mproxy.rlimit import raise_nofile
+
+    raise_nofile()  # each stream holds a backend socket
 
     async def main() -> int:
         sidecar = Sidecar(cfg, config_path=None if args.no_reload else args.config)

@@ -8,13 +8,16 @@ Sans-IO: `Parser.feed(chunk)` returns the events completed by that chunk. Hot-pa
 - memory is bounded: at most one partial header (<= 257 bytes) and one body (<= max_body) are held.
 
 Stricter than the reference, which logs and carries on: a bad version byte, a zero header length, a
-non-ASCII header, a missing, non-numeric or negative datalen and a body over `max_body` raise
-RemoteProtocolError naming the absolute byte offset. After that the parser is dead (framing is lost).
+non-ASCII header, a missing, non-numeric or negative datalen, a number that is not canonical decimal in
+the fields that frame and route (datalen; port and serviceport when present: `038983`, `+38983`, ` 80`)
+and a body over `max_body` raise RemoteProtocolError naming the absolute byte offset. After that the
+parser is dead (framing is lost).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
@@ -26,6 +29,11 @@ _CACHE_LIMIT = 512
 
 # A parsed header: (make_event(body) -> Event, datalen).
 _Header = tuple[Callable[[bytes], Event], int]
+
+
+# Canonical decimal, as every peer writes numbers: no sign, no spaces, no leading zeros. A lenient reading
+# (int("+0443") == 443) would let two spellings name one port, and routing, grants and logs disagree.
+_CANONICAL = re.compile(r"0|[1-9][0-9]*")
 
 
 def _reject_constant(name: str) -> object:
@@ -305,6 +313,14 @@ class Parser:
         self._die(offset, f"version byte 0x{byte:02x} is not 0xfe (M-PROXY v1); the stream is not "
                           "M-PROXY or lost its framing", events)
 
+    def _check_port(self, fields: list[str], i: int, what: str, at: int, events: list[Event]) -> None:
+        """A port field, when present, must be a canonical decimal 0-65535."""
+        if i >= len(fields) or not fields[i] or _port_ok(fields[i]):
+            return
+        offset = at + sum(len(f) + 1 for f in fields[:i])
+        self._die(offset, f"{what} {fields[i][:16]!r} is not a port number in canonical decimal (0-65535, no "
+                          "sign, spaces or leading zeros)", events)
+
     def _parse_header(self, raw: bytes, at: int, events: list[Event]) -> _Header:
         """Validate and decode one header (`at` = absolute offset of its first byte); cache the result."""
         if not raw.isascii():
@@ -319,9 +335,13 @@ class Parser:
         if not text.isdigit():
             what = "empty" if not text else ("negative" if text.startswith("-") else "not a decimal number")
             self._die(text_at, f"datalen {text!r} is {what}", events)
+        if not _CANONICAL.fullmatch(text):
+            self._die(text_at, f"datalen {text!r} is not canonical decimal (no leading zeros)", events)
         datalen = int(text)
         if datalen > self.max_body:
             self._die(text_at, f"datalen {datalen} is over the {self.max_body}-byte body limit", events)
+        self._check_port(fields, 2, "port", at, events)
+        self._check_port(fields, 5, "serviceport", at, events)
         if len(fields) < 8:
             fields += [""] * (8 - len(fields))
         header = (_factory(fields), datalen)
@@ -330,6 +350,10 @@ class Parser:
             cache.clear()
         cache[raw] = header
         return header
+
+
+def _port_ok(text: str) -> bool:
+    return len(text) <= 5 and bool(_CANONICAL.fullmatch(text)) and int(text) <= 65535
 
 
 def _tail(chunk: bytes, start: int, n: int) -> bytes | memoryview:

@@ -1,6 +1,7 @@
 """Read the routing name from a client's first bytes: TLS SNI from a ClientHello, Host from an HTTP head.
 
-Each sniffer answers one of: the lowercased name; None ("not TLS / not HTTP / no usable name", route by
+Each sniffer answers one of: the lowercased name, without the trailing dot of an absolute name
+(`example.com.` is `example.com`); None ("not TLS / not HTTP / no usable name", route by
 port or reject); NEED_MORE ("could still be, send more bytes"). Past MAX_SNIFF_BYTES nothing more is
 awaited, so a slow or hostile client cannot make the edge buffer without bound.
 """
@@ -24,8 +25,11 @@ SniffResult = str | None | Literal[_NeedMore.NEED_MORE]
 
 
 def _usable(name: bytes) -> str | None:
-    """A name that can go into an M-PROXY header: printable ASCII, no comma, no space."""
-    if not name or len(name) > 253 or not name.isascii():
+    """A name that can go into an M-PROXY header: printable ASCII, no comma, no space; one trailing dot
+    (a fully qualified name) is dropped, so `example.com.` routes as `example.com`."""
+    if name.endswith(b"."):
+        name = name[:-1]
+    if not name or name.endswith(b".") or len(name) > 253 or not name.isascii():
         return None
     if any(b <= 0x20 or b == 0x7F or b == 0x2C for b in name):
         return None
@@ -117,7 +121,10 @@ _REQUEST_LINE = re.compile(rb"[" + _TCHAR + rb"]{1,32} [^\s]+ HTTP/\d\.\d\r?\n")
 _PARTIAL_LINE = re.compile(  # a prefix of a request line: method, target, "HTTP/d.d"
     rb"[" + _TCHAR + rb"]{1,32}(?: [^\s]*(?: (?:H(?:T(?:T(?:P(?:/(?:\d(?:\.\d?)?)?)?)?)?)?)?)?)?"
 )
-_HOST = re.compile(rb"host[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_HOST = re.compile(rb"host:[ \t]*([^\r\n]*)", re.IGNORECASE)
+# RFC 9112 5.1: no whitespace between a field name and its colon; a server must answer 400. A backend
+# that drops such a line would see no Host at all, so it is refused here, not forwarded.
+_HOST_SPACED = re.compile(rb"host[ \t]+:", re.IGNORECASE)
 
 
 def sniff_http_host(data: bytes | bytearray | memoryview) -> SniffResult:
@@ -142,6 +149,8 @@ def sniff_http_host(data: bytes | bytearray | memoryview) -> SniffResult:
         m = _HOST.fullmatch(line)
         if m:
             return _host_name(m.group(1).strip())
+        if _HOST_SPACED.match(line):
+            return None
         pos = eol + 1
 
 

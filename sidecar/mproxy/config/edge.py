@@ -90,6 +90,14 @@ class EdgeLimits:
     stream_buffer_bytes: int = 1048576  # pause a client (or ask the tunnel to) past this much unsent data
     max_frame_bytes: int = 1048576
     max_tunnels: int = 10000  # WebSocket tunnels at once (authenticated or still within authTimeout)
+    # E_BUFFER (mproxy.buffers): bytes queued for one client past `bufferSoftBytes` once its pause is
+    # `bufferGraceSeconds` old, past `bufferHardBytes` at once, or for all clients of one tunnel together.
+    buffer_soft_bytes: int = 8 * 1024 * 1024
+    buffer_hard_bytes: int = 64 * 1024 * 1024
+    buffer_grace_seconds: float = 2.0
+    tunnel_buffer_bytes: int = 256 * 1024 * 1024
+    pre_routing_connections: int = 2000  # accepted, not yet routed, over all listeners; oldest shed first
+    ipv6_prefix_length: int = 64  # per-address limits count IPv6 clients per prefix of this length
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +110,12 @@ class EdgeLimits:
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "streamBufferBytes": self.stream_buffer_bytes,
             "maxFrameBytes": self.max_frame_bytes,
+            "bufferSoftBytes": self.buffer_soft_bytes,
+            "bufferHardBytes": self.buffer_hard_bytes,
+            "bufferGraceSeconds": self.buffer_grace_seconds,
+            "tunnelBufferBytes": self.tunnel_buffer_bytes,
+            "preRoutingConnections": self.pre_routing_connections,
+            "ipv6PrefixLength": self.ipv6_prefix_length,
         }
 
 
@@ -238,8 +252,24 @@ def _limits(root: Mapping[str, Any]) -> EdgeLimits:
     obj = f.mapping(root.get("limits"), "limits")
     f.only_keys(obj, "limits", {"maxTunnels", "streamsPerTunnel", "connectionsPerClient", "connectionRate",
                                 "connectionBurst", "sniffTimeoutSeconds", "idleTimeoutSeconds",
-                                "streamBufferBytes", "maxFrameBytes"})
+                                "streamBufferBytes", "maxFrameBytes", "bufferSoftBytes", "bufferHardBytes",
+                                "bufferGraceSeconds", "tunnelBufferBytes", "preRoutingConnections",
+                                "ipv6PrefixLength"})
+    gib = 1024 * 1024 * 1024
+    soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
+    hard = f.integer(obj, "bufferHardBytes", "limits", 64 * 1024 * 1024, 65536, 16 * gib)
+    if hard < soft:
+        raise ConfigError("limits.bufferHardBytes", f"must be at least bufferSoftBytes ({hard} < {soft})")
+    tunnel = f.integer(obj, "tunnelBufferBytes", "limits", 256 * 1024 * 1024, 65536, 64 * gib)
+    if tunnel < soft:
+        raise ConfigError("limits.tunnelBufferBytes", f"must be at least bufferSoftBytes ({tunnel} < {soft})")
     return EdgeLimits(
+        buffer_soft_bytes=soft,
+        buffer_hard_bytes=hard,
+        buffer_grace_seconds=f.number(obj, "bufferGraceSeconds", "limits", 2.0, 0.01, 600),
+        tunnel_buffer_bytes=tunnel,
+        pre_routing_connections=f.integer(obj, "preRoutingConnections", "limits", 2000, 1, 1_000_000),
+        ipv6_prefix_length=f.integer(obj, "ipv6PrefixLength", "limits", 64, 1, 128),
         streams_per_tunnel=f.integer(obj, "streamsPerTunnel", "limits", 1000, 1, 1_000_000),
         connections_per_client=f.integer(obj, "connectionsPerClient", "limits", 100, 1, 1_000_000),
         connection_rate=f.number(obj, "connectionRate", "limits", 50.0, 0.01, 1_000_000),

@@ -9,6 +9,13 @@ bytes already buffered there come along) and works at the protocol level: no tas
 - Tunnel -> client: data goes straight to the transport. When more than `high_water` bytes wait for a
   slow client, the transport calls `pause_writing` and the sidecar is sent `pause` for this one client;
   `resume` follows when the socket drained. A slow client never stalls the tunnel or another client.
+- Buffer limits (mproxy.buffers): bytes queued for a client that the sidecar keeps sending while paused
+  (or a hostile tunnel that ignores `pause`) are bounded per stream and per tunnel; past them the stream
+  is cut with E_BUFFER and the client reset.
+- A client that resets or closes while its reads are paused is noticed within a second
+  (mproxy.sockwatch), not at the idle timeout.
+- A stream that fails after the client got data (backend error, E_BUFFER) ends with a TCP reset, so the
+  client cannot mistake a truncated answer for a whole one.
 - Replay: until the sidecar answers anything, the client's bytes are kept (up to REPLAY_MAX) so that a
   stream the sidecar refuses without having dialled a backend (E_SHUTTING_DOWN, E_LIMIT) can be moved to
   another tunnel by the relay.
@@ -21,7 +28,9 @@ import contextlib
 import logging
 from typing import Any
 
+from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
 from mproxy.edge.listener import refusal_bytes
+from mproxy.sockwatch import PausedWatch, reset
 from mproxy.tunnel.mux import Stream, StreamHandler
 
 log = logging.getLogger("mproxy.edge")
@@ -29,6 +38,8 @@ log = logging.getLogger("mproxy.edge")
 CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is cut off
 REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
 RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
+E_BUFFER = "E_BUFFER"
+E_CLIENT = "E_CLIENT"
 # A tunnel closing with 1001 (a sidecar going away after its drain) may never have read a `connection`
 # the edge sent just before the close; such a stream, opened this recently and never answered, cannot
 # have reached a backend (a drain waits for streams it accepted), so it is replayed elsewhere too.
@@ -98,8 +109,11 @@ class _TunnelSide(StreamHandler):
 
 
 class ClientBridge:
-    def __init__(self, transport: asyncio.Transport, *, high_water: int, kind: str = "tcp") -> None:
+    def __init__(self, transport: asyncio.Transport, *, high_water: int, kind: str = "tcp",
+                 rule: BufferRule | None = None) -> None:
         self.transport = transport
+        self.rule = rule or BufferRule()
+        self.buffers: TunnelBuffers | None = None  # the tunnel's ledger, once attached
         self.kind = kind  # the listener kind: how to tell the client its backend failed
         self.high_water = high_water
         self.stream: Stream | None = None
@@ -113,10 +127,13 @@ class ClientBridge:
         self.sent: bytearray | None = bytearray()  # replay buffer, None once the sidecar answered
         self.retry = False
         self._want_read = True
+        self._peer_fin = False  # the client sent FIN while paused: read on until its EOF
+        self.watch = PausedWatch(transport, on_reset=self._client_reset, on_fin=self._client_fin)
 
     def attach(self, stream: Stream, initial: bytes, eof: bool) -> None:
         """Start relaying: the first bytes (and a client EOF already seen) go first."""
         self.stream = stream
+        self.buffers = buffers_of(stream.mux, self.rule)
         t = self.transport
         if t.is_closing():  # the client left while we were choosing a tunnel
             stream.abort("client connection lost before it was relayed", "E_CLIENT")
@@ -153,6 +170,7 @@ class ClientBridge:
             stream.write_eof()
 
     def client_gone(self, exc: Exception | None) -> None:
+        self.watch.stop()
         stream = self.stream
         if stream is not None and not stream.closed:
             if exc is not None or not self.client_ended:
@@ -167,6 +185,7 @@ class ClientBridge:
         t = self.transport
         if t.is_closing():
             return
+        on = on or self._peer_fin
         try:
             reading = t.is_reading()
             if on and not reading:
@@ -174,7 +193,26 @@ class ClientBridge:
             elif not on and reading:
                 t.pause_reading()
         except (AttributeError, RuntimeError):
-            pass
+            return
+        if on:
+            self.watch.stop()
+        else:
+            self.watch.start()
+
+    def _client_reset(self) -> None:
+        stream = self.stream
+        log.info("client %s reset its connection while paused; ending its stream",
+                 stream.client_id if stream else "?")
+        if stream is not None and not stream.closed:
+            stream.abort("client connection reset while paused", E_CLIENT)
+        self.transport.abort()
+        self._finish()
+
+    def _client_fin(self) -> None:
+        # The client can send no more: what is left in the kernel buffer is bounded, and reading it
+        # delivers its EOF in order, as for a client that was never paused.
+        self._peer_fin = True
+        self.set_reading(True)
 
     # -- tunnel -> client --------------------------------------------------------------------------
 
@@ -182,8 +220,26 @@ class ClientBridge:
         if not self.received_any:
             self.received_any = True
             self.sent = None  # the sidecar answered: this client can no longer move elsewhere
-        if not self.transport.is_closing():
-            self.transport.write(data)
+        t = self.transport
+        if not t.is_closing():
+            t.write(data)
+            if self.buffers is not None:
+                self.buffers.update(self, t.get_write_buffer_size())
+
+    # -- mproxy.buffers.Holder ---------------------------------------------------------------------
+
+    def buffered_bytes(self) -> int:
+        t = self.transport
+        return 0 if t.is_closing() else t.get_write_buffer_size()
+
+    def overflow(self, reason: str) -> None:
+        stream = self.stream
+        log.warning("client %s: the tunnel kept sending while paused (%s); cutting the stream",
+                    stream.client_id if stream else "?", reason)
+        if stream is not None and not stream.closed:
+            stream.abort(f"the tunnel kept sending while paused: {reason}", E_BUFFER)
+        else:
+            reset(self.transport)
 
     def client_slow(self, slow: bool) -> None:
         stream = self.stream
@@ -191,8 +247,12 @@ class ClientBridge:
             return
         if slow:
             stream.pause_reading()
+            if self.buffers is not None:
+                self.buffers.paused(self)
         else:
             stream.resume_reading()
+            if self.buffers is not None:
+                self.buffers.resumed(self)
 
     # -- end ---------------------------------------------------------------------------------------
 
@@ -207,6 +267,9 @@ class ClientBridge:
 
     def stream_closed(self, reason: str | None) -> None:
         self.close_reason = reason
+        self.watch.stop()
+        if self.buffers is not None:
+            self.buffers.forget(self)
         if not self.transport.is_closing() and self._can_retry(reason):
             self.retry = True  # leave the client open: the relay replays it onto another tunnel
             self._finish()
@@ -217,7 +280,10 @@ class ClientBridge:
             code = self.peer_error[1][:40]
             self.transport.write(refusal_bytes(
                 self.kind, "backend_failed", f"the service behind this name is unavailable ({code})"))
-        if reason is not None and reason.startswith("tunnel closed"):
+        if reason is not None and self.received_any and not reason.startswith("tunnel closed"):
+            # The client already has part of an answer: a reset tells it the answer is incomplete.
+            reset(self.transport)
+        elif reason is not None and reason.startswith("tunnel closed"):
             self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
         else:
             self.transport.close()  # flushes what is queued for the client, then closes

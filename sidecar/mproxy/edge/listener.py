@@ -20,7 +20,7 @@ from mproxy import proxyproto
 from mproxy.codec import NEED_MORE, Address, address_from_peername, sniff_http_host, sniff_sni
 from mproxy.codec.errors import LocalProtocolError
 from mproxy.config.edge import ListenerConfig
-from mproxy.edge.limits import ClientLimiter
+from mproxy.edge.limits import ClientLimiter, PendingClients
 
 log = logging.getLogger("mproxy.edge")
 
@@ -100,6 +100,7 @@ class PublicListener:
         sniff_timeout: float = 10.0,
         on_reject: OnReject | None = None,
         on_accept: Callable[[str], None] | None = None,
+        pending: PendingClients | None = None,
     ) -> None:
         self.config = config
         self._route = route
@@ -108,6 +109,7 @@ class PublicListener:
         self._sniff_timeout = sniff_timeout
         self._on_reject = on_reject
         self._on_accept = on_accept
+        self._pending = pending if pending is not None else PendingClients(1_000_000)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0  # the bound port, once started
@@ -162,6 +164,8 @@ class PublicListener:
         kind = self.config.kind
         original = writer.transport.get_protocol()
         released = True
+        key = id(writer)
+        self._pending.add(key, lambda: self._shed(writer))
 
         def release() -> None:
             nonlocal released
@@ -185,6 +189,7 @@ class PublicListener:
             name, buffered = await self._sniff(reader, buffered, deadline)
             request = ClientRequest(addr, self.config.service, self.public_port, name, buffered, reader,
                                     writer, kind, release)
+            self._pending.discard(key)
             await self._route(request)
         except Refused as exc:
             await self._refuse(writer, exc)
@@ -195,12 +200,20 @@ class PublicListener:
             writer.transport.abort()
             release()
         finally:
+            self._pending.discard(key)
             if writer.transport.get_protocol() is original:
                 release()
                 writer.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 1.0)
             # else: routed; the bridge owns the socket and releases the admission when it ends
+
+    def _shed(self, writer: asyncio.StreamWriter) -> None:
+        log.debug("too many connections not yet routed; shedding the oldest on the %s listener",
+                  self.config.kind)
+        if self._on_reject is not None:
+            self._on_reject(self.config.kind, "overloaded")
+        writer.transport.abort()
 
     async def _read_more(self, reader: asyncio.StreamReader, buffered: bytes, reason: str,
                          deadline: float) -> bytes:

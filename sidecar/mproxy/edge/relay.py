@@ -24,11 +24,12 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from mproxy.buffers import BufferRule
 from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.bridge import ClientBridge, take_over
 from mproxy.edge.control import EdgeControl, tokens_from_request
-from mproxy.edge.limits import ClientLimiter
+from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
 from mproxy.edge.table import RoutingTable
 from mproxy.metrics.edge import EdgeMetrics
@@ -136,11 +137,13 @@ class EdgeRelay:
         self.sessions: set[TunnelSession] = set()
         lim = config.limits
         self.limiter = ClientLimiter(max_open=lim.connections_per_client, rate=lim.connection_rate,
-                                     burst=lim.connection_burst)
+                                     burst=lim.connection_burst, ipv6_prefix=lim.ipv6_prefix_length)
         networks = config.trusted_networks
+        self.pending = PendingClients(lim.pre_routing_connections)  # shared by every listener
         self.listeners = [
             PublicListener(item, route=self.route, limiter=self.limiter, trusted=networks,
-                           sniff_timeout=lim.sniff_timeout_seconds, on_reject=self._on_reject)
+                           sniff_timeout=lim.sniff_timeout_seconds, on_reject=self._on_reject,
+                           pending=self.pending)
             for item in config.listeners
         ]
         self.draining = False
@@ -158,6 +161,9 @@ class EdgeRelay:
             max_frame_bytes=lim.max_frame_bytes,
         )
         self._check_frame = min(self.mux_limits.frame_size, lim.max_frame_bytes)
+        self.buffer_rule = BufferRule(soft=lim.buffer_soft_bytes, hard=lim.buffer_hard_bytes,
+                                      grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes,
+                                      allowance=lim.stream_buffer_bytes)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -312,7 +318,8 @@ class EdgeRelay:
                 self._relayed.add(rel)
             # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
             transport = cast(asyncio.Transport, req.writer.transport)
-            bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind)
+            bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind,
+                                  rule=self.buffer_rule)
             stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
                                      serviceport=req.serviceport, name=req.name)
             rel.session, rel.bridge, rel.stream = session, bridge, stream

@@ -10,6 +10,9 @@
    relay data -> backend socket; backend data -> stream.write(). A backend whose write buffer passes the
    high-water mark makes us ask the relay to pause that client; a relay pause stops reading the backend.
    `end` both ways becomes a TCP half-close (write_eof) where the socket allows it.
+   The E_BUFFER rule (mproxy.buffers, per stream and per tunnel) bounds what a client that keeps sending
+   while paused can make us hold; a backend that resets while we are not reading it is noticed at once
+   (mproxy.sockwatch) and the client is reset too.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import socket
 from dataclasses import dataclass
 from typing import cast
 
+from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
 from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
 from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.proxyproto import encode as encode_proxy
 from mproxy.routing import Route, RouteTable
+from mproxy.sockwatch import PausedWatch
 from mproxy.tunnel import Stream, StreamHandler
 
 __all__ = ["BackendOptions", "BackendStream"]
@@ -46,6 +51,12 @@ class BackendOptions:
     soft_buffer: int = 8 * 1024 * 1024
     hard_buffer: int = 64 * 1024 * 1024
     grace: float = 2.0
+    tunnel_buffer: int = 256 * 1024 * 1024  # all streams of one tunnel together
+
+    @property
+    def rule(self) -> BufferRule:
+        return BufferRule(soft=self.soft_limit, hard=self.hard_limit, grace=self.grace,
+                          tunnel=max(self.tunnel_buffer, self.soft_limit), allowance=self.stream_buffer)
 
     @property
     def soft_limit(self) -> int:
@@ -101,14 +112,16 @@ class _BackendProtocol(asyncio.Protocol):
 
 class BackendStream(StreamHandler):
     __slots__ = (
+        "_buffers",
         "_connect_task",
         "_early",
         "_early_size",
+        "_fin_seen",
         "_flushed_in",
         "_flushed_out",
-        "_paused_at",
         "_peer_eof",
         "_read_paused",
+        "_watch",
         "meter",
         "metrics",
         "opts",
@@ -134,11 +147,13 @@ class BackendStream(StreamHandler):
         self._early: list[bytes] = []
         self._early_size = 0
         self._peer_eof = False
-        self._paused_at = 0.0  # when we asked the relay to pause this client (0: not paused)
         self._read_paused = False  # the mux asked us to stop reading the backend
         self._connect_task: asyncio.Task[None] | None = None
         self._flushed_in = 0
         self._flushed_out = 0
+        self._buffers: TunnelBuffers = buffers_of(stream.mux, opts.rule)
+        self._watch: PausedWatch | None = None
+        self._fin_seen = False  # the backend sent FIN while paused: read on until its EOF
         if stream.name or not table.wants_name(stream.service, _port(stream.serviceport)):
             self._route(stream.name)
 
@@ -207,6 +222,7 @@ class BackendStream(StreamHandler):
             transport.abort()
             return
         self.transport = transport
+        self._watch = PausedWatch(transport, on_reset=self._backend_reset, on_fin=self._backend_fin)
         self.state = "open"
         # asyncio already sets TCP_NODELAY on TCP transports.
         high = self.opts.stream_buffer
@@ -225,6 +241,7 @@ class BackendStream(StreamHandler):
             self._resume_relay()
         if self._read_paused:
             transport.pause_reading()
+            self._watch.start()
         if self._peer_eof and transport.can_write_eof():
             transport.write_eof()
 
@@ -234,9 +251,7 @@ class BackendStream(StreamHandler):
         t = self.transport
         if t is not None:
             t.write(data)
-            size = t.get_write_buffer_size()
-            if size > self.opts.soft_limit and self._over(size):
-                self._overflow()
+            self._buffers.update(self, t.get_write_buffer_size())
             return
         if self.state == "closed":
             return
@@ -244,34 +259,36 @@ class BackendStream(StreamHandler):
         self._early_size += len(data)
         if self._early_size > self.opts.stream_buffer and not self.stream.reading_paused:
             self._pause_relay()
-        if self._early_size > self.opts.soft_limit + MAX_SNIFF_BYTES and self._over(self._early_size):
-            self._overflow()
+        if self._buffers.update(self, self._early_size):
             return
         if self.state == "routing":
             self._sniff()
 
-    def _over(self, size: int) -> bool:
-        if size > self.opts.hard_limit:
-            return True
-        paused = self._paused_at
-        return bool(paused) and asyncio.get_running_loop().time() - paused > self.opts.grace
+    # -- mproxy.buffers.Holder --------------------------------------------------------------------
+
+    def buffered_bytes(self) -> int:
+        t = self.transport
+        if t is not None:
+            return 0 if t.is_closing() else t.get_write_buffer_size()
+        return self._early_size
+
+    def overflow(self, reason: str) -> None:
+        log.warning("client kept sending while paused (%s); cutting it off", reason, extra=self._extra())
+        if self.meter:
+            self.meter.error("buffer_overflow")
+        self._buffers.forget(self)
+        self.stream.abort(f"the client kept sending while paused: {reason}", E_BUFFER)
 
     def _pause_relay(self) -> None:
         if not self.stream.reading_paused:
-            self._paused_at = asyncio.get_running_loop().time()
+            self._buffers.paused(self)  # the ledger times the pause
             self.stream.pause_reading()
             if self.meter:
                 self.meter.pause("relay")
 
     def _resume_relay(self) -> None:
-        self._paused_at = 0.0
+        self._buffers.resumed(self)
         self.stream.resume_reading()
-
-    def _overflow(self) -> None:
-        log.warning("client kept sending while paused; cutting it off", extra=self._extra())
-        if self.meter:
-            self.meter.error("buffer_overflow")
-        self.stream.abort("the client kept sending while paused: buffer limit exceeded", E_BUFFER)
 
     def eof_received(self) -> None:
         self._peer_eof = True
@@ -287,18 +304,37 @@ class BackendStream(StreamHandler):
 
     def pause_writing(self) -> None:
         self._read_paused = True
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.is_closing() and not self._fin_seen:
             self.transport.pause_reading()
+            if self._watch is not None:
+                self._watch.start()
         if self.meter:
             self.meter.pause("backend")
 
     def resume_writing(self) -> None:
         self._read_paused = False
+        if self._watch is not None:
+            self._watch.stop()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _backend_reset(self) -> None:
+        log.info("backend reset the connection while paused; ending the stream", extra=self._extra())
+        if self.meter:
+            self.meter.error("backend_reset")
+        self.stream.abort("backend connection reset", "ECONNRESET")
+
+    def _backend_fin(self) -> None:
+        # The backend can send no more: read the bounded rest of its kernel buffer, then its EOF.
+        self._fin_seen = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def stream_closed(self, reason: str | None) -> None:
         self.state = "closed"
+        self._buffers.forget(self)
+        if self._watch is not None:
+            self._watch.stop()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         t = self.transport

@@ -13,6 +13,7 @@ from mproxy.codec import Address, Parser, RemoteProtocolError, pack, pack_contro
 
 REASONS = (
     "version byte", "header length 0", "is not ASCII", "fields; at least 4", "datalen", "stream ended inside",
+    "is not a port number",
 )
 
 
@@ -54,19 +55,20 @@ def test_random_bytes(data: bytes, cuts: list[int]) -> None:
 
 
 FIELD = st.text(st.characters(max_codepoint=127, blacklist_characters=","), max_size=10)
+PORT = st.just("") | st.integers(0, 65535).map(str)  # what the parser takes: canonical decimal or nothing
 
 
 @st.composite
 def streams(draw: Any) -> bytes:
     out = b""
     for _ in range(draw(st.integers(1, 6))):
-        a = Address(draw(FIELD), draw(FIELD), draw(FIELD))
+        a = Address(draw(FIELD), draw(FIELD), draw(PORT))
         kind = draw(st.sampled_from(["tcp", "connection", "end", "error", "pause", "resume", "control"]))
         body = draw(st.binary(max_size=200))
         if kind == "control":
             out += pack_control(draw(st.lists(st.integers() | st.text(max_size=5), max_size=4)))
         elif draw(st.booleans()):
-            out += pack(a, body, kind, serviceport=draw(FIELD), name=draw(FIELD), servicename=draw(FIELD))
+            out += pack(a, body, kind, serviceport=draw(PORT), name=draw(FIELD), servicename=draw(FIELD))
         else:
             out += pack_header(a, kind, len(body), name=draw(FIELD)) + body
     return out

@@ -238,3 +238,33 @@ def test_a_body_starting_at_the_end_of_a_big_chunk_does_not_pin_the_chunk() -> N
     [part] = parser._parts
     assert isinstance(part, memoryview)  # most of the chunk: a view, copied once when joined
     assert parser.feed(b"b" * 100)[0].data == b"a" * 900 + b"b" * 100
+
+
+@pytest.mark.parametrize(("header", "what"), [
+    (b"IPv4,1.2.3.4,5000,05,tcp,443,", "datalen '05'"),
+    (b"IPv4,1.2.3.4,5000,5,tcp,038983,", "serviceport '038983'"),
+    (b"IPv4,1.2.3.4,5000,5,tcp,+38983,", "serviceport '+38983'"),
+    (b"IPv4,1.2.3.4,5000,5,tcp, 443,", "serviceport ' 443'"),
+    (b"IPv4,1.2.3.4,5000,5,tcp,443 ,", "serviceport '443 '"),
+    (b"IPv4,1.2.3.4,5000,5,tcp,65536,", "serviceport '65536'"),
+    (b"IPv4,1.2.3.4,+5000,5,tcp,443,", "port '+5000'"),
+    (b"IPv4,1.2.3.4,05000,5,tcp,443,", "port '05000'"),
+])
+def test_non_canonical_numbers_in_routed_fields_are_refused(header: bytes, what: str) -> None:
+    # Issue 10 item 8: int() read `038983` and `+38983` as port 38983; two spellings, one port.
+    from mproxy.codec import Parser, RemoteProtocolError
+
+    frame = bytes([0xFE, len(header)]) + header + b"hello"
+    with pytest.raises(RemoteProtocolError) as err:
+        Parser().feed(frame)
+    assert what in err.value.reason and "canonical" in err.value.reason
+    start = 2 + header.index(what.split("'")[1].encode())
+    assert err.value.offset == start
+
+
+def test_canonical_numbers_and_empty_ports_still_parse() -> None:
+    from mproxy.codec import Parser
+
+    for header in (b"IPv4,1.2.3.4,0,0,end,,", b"IPv4,1.2.3.4,65535,5,tcp,0,", b",,,5,control"):
+        frame = bytes([0xFE, len(header)]) + header + b"hello"[: int(header.split(b",")[3])]
+        assert Parser().feed(frame)

@@ -114,6 +114,25 @@ def test_answers_are_final(data: bytes, cut: int) -> None:
 @settings(max_examples=100, deadline=None)
 @given(host=HOST)
 def test_names_are_found(host: str) -> None:
+    # one trailing dot is dropped (an absolute name); nothing left, or a second one, is no name
+    name = host.lower().removesuffix(".")
+    expected = name if name and not name.endswith(".") else None
     hs = _client_hello(b"\x00\x17\x00\x00" + _sni_ext(host.encode()))
-    assert sniff_sni(_records(hs, 16384)) == host.lower()
-    assert sniff_http_host(f"GET / HTTP/1.0\r\nhost:  {host}\r\n\r\n".encode()) == host.lower()
+    assert sniff_sni(_records(hs, 16384)) == expected
+    assert sniff_http_host(f"GET / HTTP/1.0\r\nhost:  {host}\r\n\r\n".encode()) == expected
+
+
+def test_a_trailing_dot_names_the_same_host() -> None:
+    # Issue 10 item 8: `example.com.` (an absolute name) was refused instead of routed as example.com.
+    hs = _client_hello(_sni_ext(b"Example.COM."))
+    assert sniff_sni(_records(hs, 1000)) == "example.com"
+    assert sniff_http_host(b"GET / HTTP/1.1\r\nHost: example.com.\r\n\r\n") == "example.com"
+    assert sniff_http_host(b"GET / HTTP/1.1\r\nHost: example.com.:8080\r\n\r\n") == "example.com"
+    for bad in (b".", b"example.com..", b".."):
+        assert sniff_http_host(b"GET / HTTP/1.1\r\nHost: " + bad + b"\r\n\r\n") is None, bad
+
+
+@pytest.mark.parametrize("line", [b"Host : example.com", b"Host\t: example.com", b"host  :x"])
+def test_whitespace_before_the_host_colon_is_refused(line: bytes) -> None:
+    # RFC 9112 5.1: a server must answer 400; the backend would otherwise see no Host at all.
+    assert sniff_http_host(b"GET / HTTP/1.1\r\n" + line + b"\r\nHost: other.test\r\n\r\n") is None

@@ -63,6 +63,12 @@ def test_minimal_config_has_defaults() -> None:
         ("auth: {secretFile: s}\ntunnel: {tls: {certFile: a}}", "tunnel.tls.keyFile"),
         ("auth: {secretFile: s}\ntrustedProxies: [10.0.0.0/33]", "trustedProxies[0]"),
         ("auth: {secretFile: s}\nlimits: {streamsPerTunnel: 0}", "limits.streamsPerTunnel"),
+        ("auth: {secretFile: s}\nlimits: {bufferSoftBytes: 9000000, bufferHardBytes: 8000000}",
+         "limits.bufferHardBytes"),
+        ("auth: {secretFile: s}\nlimits: {tunnelBufferBytes: 1000000}", "limits.tunnelBufferBytes"),
+        ("auth: {secretFile: s}\nlimits: {bufferGraceSeconds: 0}", "limits.bufferGraceSeconds"),
+        ("auth: {secretFile: s}\nlimits: {preRoutingConnections: 0}", "limits.preRoutingConnections"),
+        ("auth: {secretFile: s}\nlimits: {ipv6PrefixLength: 129}", "limits.ipv6PrefixLength"),
         ("auth: {secretFile: s}\nheartbeat: {intervalSeconds: 5, timeoutSeconds: 5}",
          "heartbeat.timeoutSeconds"),
         ("auth: {secretFile: s}\nlogging: {level: loud}", "logging.level"),
@@ -73,3 +79,18 @@ def test_errors_name_the_field(text: str, path: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_edge_config(text)
     assert err.value.path == path, str(err.value)
+
+
+def test_buffer_and_admission_limits() -> None:
+    cfg = load_edge_config("auth: {secretFile: s}\nlimits: {bufferSoftBytes: 1048576, bufferHardBytes: "
+                           "2097152, bufferGraceSeconds: 0.5, tunnelBufferBytes: 4194304, "
+                           "preRoutingConnections: 300, ipv6PrefixLength: 56}")
+    lim = cfg.limits
+    assert (lim.buffer_soft_bytes, lim.buffer_hard_bytes, lim.buffer_grace_seconds) == (1 << 20, 2 << 20, 0.5)
+    assert (lim.tunnel_buffer_bytes, lim.pre_routing_connections) == (4 << 20, 300)
+    assert lim.ipv6_prefix_length == 56
+    assert load_edge_config(cfg.to_yaml()) == cfg
+    default = load_edge_config("auth: {secretFile: s}").limits
+    assert (default.buffer_soft_bytes, default.buffer_hard_bytes, default.tunnel_buffer_bytes) == (
+        8 << 20, 64 << 20, 256 << 20)
+    assert (default.pre_routing_connections, default.ipv6_prefix_length) == (2000, 64)

@@ -144,3 +144,36 @@ def test_token_cli_verify(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = subprocess.run([sys.executable, "-m", "mproxy", "token", "--secret-file", str(secret), "--verify",
                           expired], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "refused (expired)" in out.stderr and expired not in out.stderr
+
+
+@pytest.mark.parametrize("extra", ["==", "=", "A", "!", " "])
+def test_a_signature_with_extra_characters_is_refused(extra: str) -> None:
+    # Issue 10 item 8: the hand-written decoder padded leniently and accepted `sig + "=="`.
+    token = jwt.encode({"domains": ["a.test"]}, SECRET)
+    with pytest.raises(TokenError) as err:
+        jwt.decode(token + extra, SECRET)
+    assert err.value.reason in {"malformed", "bad_signature"}
+
+
+def test_a_non_canonical_signature_encoding_is_refused() -> None:
+    token = jwt.encode({"domains": ["a.test"]}, SECRET)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    twin = alphabet[last ^ 1]  # same decoded bytes: the low bits of the last character are padding
+    with pytest.raises(TokenError):
+        jwt.decode(token[:-1] + twin, SECRET)
+
+
+def test_required_claims_leeway_and_claim_types() -> None:
+    token = jwt.encode({"domains": ["a.test"], "exp": 1000}, SECRET)
+    assert jwt.decode(token, SECRET, now=1004, leeway=5)["exp"] == 1000
+    with pytest.raises(TokenError) as err:
+        jwt.decode(token, SECRET, now=1006, leeway=5)
+    assert err.value.reason == "expired"
+    with pytest.raises(TokenError) as err:
+        jwt.decode(token, SECRET, now=0, require=["sub"])
+    assert err.value.reason == "bad_claims" and "'sub'" in str(err.value)
+    for claim in ("exp", "nbf", "iat"):
+        with pytest.raises(TokenError) as err:
+            jwt.decode(jwt.encode({claim: "soon"}, SECRET), SECRET)
+        assert err.value.reason == "malformed"

@@ -40,3 +40,35 @@ def test_table_is_bounded() -> None:
     clock.now += 10
     assert lim.admit("c") is None  # "a" was swept once idle and refilled
     assert len(lim) <= 2
+
+
+def test_ipv6_clients_are_counted_per_prefix() -> None:
+    # Issue 10 item 8: one host holds a whole /64; counting each address let it bypass the limit.
+    from mproxy.edge.limits import ClientLimiter, address_key
+
+    lim = ClientLimiter(max_open=2, rate=1000, burst=1000)
+    assert lim.admit("2001:db8:1:2::1") is None
+    assert lim.admit("2001:db8:1:2:ffff::9") is None
+    assert lim.admit("2001:db8:1:2:abcd::7") == "too_many_connections"
+    assert lim.admit("2001:db8:1:3::1") is None  # another /64
+    lim.release("2001:db8:1:2::1")
+    assert lim.open_count("2001:db8:1:2::5") == 1
+    assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert address_key("192.0.2.1") == "192.0.2.1"
+    assert address_key("2001:db8::1", 128) == "2001:db8::1/128"
+    assert address_key("2001:db8:1:2::1", 48) == "2001:db8:1::/48"
+    wide = ClientLimiter(max_open=1, rate=1000, burst=1000, ipv6_prefix=128)
+    assert wide.admit("2001:db8::1") is None and wide.admit("2001:db8::2") is None
+
+
+def test_pending_clients_shed_the_oldest() -> None:
+    from mproxy.edge.limits import PendingClients
+
+    shed: list[int] = []
+    pending = PendingClients(2)
+    for i in range(4):
+        pending.add(i, lambda i=i: shed.append(i))
+    assert shed == [0, 1] and len(pending) == 2 and pending.shed == 2
+    pending.discard(2)
+    pending.add(9, lambda: shed.append(9))
+    assert shed == [0, 1] and len(pending) == 2
