@@ -38,6 +38,8 @@ class Image:
     archive: Path
     size_bytes: int
     env: dict[str, str]
+    pause_ref: str
+    pause_archive: Path
 
     def podman(self, *args: str, timeout: float = 60, check: bool = True,
                input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -60,8 +62,8 @@ def _podman_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def image() -> Image:
+def build_image() -> Image:
+    """Run scripts/build-image (cached) and describe what it built; need() when a tool is missing."""
     for tool in ("podman", "runc", "mmdebstrap"):
         need(shutil.which(tool), f"{tool} is not installed (scripts/build-image installs it as root)")
     proc = subprocess.run([str(BUILD_IMAGE)], capture_output=True, text=True, timeout=BUILD_TIMEOUT,
@@ -72,7 +74,13 @@ def image() -> Image:
     cache = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy")) / "image"
     values = dict(line.split("=", 1) for line in (cache / "mproxy.env").read_text().splitlines() if line)
     return Image(ref=values["IMAGE"], image_id=values["IMAGE_ID"], archive=Path(values["ARCHIVE"]),
-                 size_bytes=int(values["SIZE_BYTES"]), env=_podman_env())
+                 size_bytes=int(values["SIZE_BYTES"]), env=_podman_env(),
+                 pause_ref=values["PAUSE_IMAGE"], pause_archive=Path(values["PAUSE_ARCHIVE"]))
+
+
+@pytest.fixture(scope="session")
+def image() -> Image:
+    return build_image()
 
 
 def _template_yaml(name: str) -> dict[str, object]:

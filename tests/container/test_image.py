@@ -12,7 +12,7 @@ from .conftest import Image
 
 pytestmark = pytest.mark.container
 
-# The Debian base is ~180 MB and the pinned dependencies ~130 MB (docs/image.md); a jump past this
+# The Debian base is ~175 MB and the pinned dependencies ~130 MB (docs/image.md); a jump past this
 # means something unintended landed in the final stage.
 SIZE_BUDGET_BYTES = 350_000_000
 
