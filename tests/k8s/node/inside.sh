@@ -20,6 +20,10 @@ ip addr add 10.88.255.2/32 dev node0
 ip addr add 10.0.0.1/32 dev node0
 ip link set node0 up
 ip route add default dev node0
+# The kubelet writes container logs under /var/log/pods and /var/log/containers (fixed paths): in this
+# mount namespace those are the node's own directory, never the host's /var/log.
+mkdir -p "$work/var-log"
+mount --bind "$work/var-log" /var/log
 echo $$ >"$work/ns.pid"
 
 containerd --config "$work/containerd.toml" >"$work/logs/containerd.log" 2>&1 &
