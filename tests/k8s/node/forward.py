@@ -1,12 +1,16 @@
-"""A TCP forwarder from addresses inside another network namespace to ports on this namespace's
-127.0.0.1: how the real node's kubelet and pods (in the node's own network namespace) reach the test
-apiserver on the host's loopback, with no address but loopback on the host.
+"""A TCP forwarder between this network namespace (the host's, where the test control plane listens on
+127.0.0.1) and the real node's namespace (where the kubelet, the CNI bridge and every pod address are),
+so that nothing but loopback is ever bound on the host.
 
-    python forward.py NETNS_PATH HOST:PORT=TARGET_PORT [...]
+    python forward.py NETNS_PATH SPEC [SPEC...]
+    SPEC = SIDE:HOST:PORT=SIDE:HOST:PORT     listen on the left, connect to the right
+    SIDE = ns (NETNS_PATH) | host (this namespace)
 
-NETNS_PATH is e.g. /proc/<pid>/ns/net. The listening sockets are made inside that namespace (setns),
-then the process returns to its own namespace, where it connects to 127.0.0.1:TARGET_PORT for each
-accepted client. Exits on SIGTERM; prints "ready" once listening.
+e.g. `ns:127.0.0.1:6443=host:127.0.0.1:6443` (the kubelet reaches the apiserver) or
+`host:127.0.0.1:443=ns:10.88.0.7:9443` (the apiserver reaches a webhook pod). NETNS_PATH is e.g.
+/proc/<pid>/ns/net. A socket belongs to the namespace it was created in, so each one is created after
+a setns() into its side; the process is single-threaded, and always returns to its own namespace.
+Prints "ready" once listening; exits on SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,30 +22,42 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable, Iterator
 
 CLONE_NEWNET = 0x40000000
 CHUNK = 256 * 1024
+Address = tuple[str, int]
 
 
-def setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+class Namespaces:
+    def __init__(self, netns_path: str) -> None:
+        self.fds = {"host": os.open("/proc/self/ns/net", os.O_RDONLY), "ns": os.open(netns_path, os.O_RDONLY)}
+        self._libc = ctypes.CDLL(None, use_errno=True)
 
+    def _setns(self, side: str) -> None:
+        if self._libc.setns(self.fds[side], CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({side}): {os.strerror(err)}")
 
-def listeners_in(netns_path: str, addresses: list[tuple[str, int]]) -> list[socket.socket]:
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(netns_path, os.O_RDONLY)
-    try:
-        setns(target)
+    @contextlib.contextmanager
+    def inside(self, side: str) -> Iterator[None]:
+        self._setns(side)
         try:
-            return [socket.create_server(address, backlog=128) for address in addresses]
+            yield
         finally:
-            setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
+            self._setns("host")
+
+    def socket_for(self, side: str, address: Address) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        with self.inside(side):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
+
+    def listener(self, side: str, address: Address) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        with self.inside(side):
+            return socket.create_server(address, family=family, backlog=128)
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -55,11 +71,15 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         pass
 
 
-def handler(port: int):  # type: ignore[no-untyped-def]
+def handler(spaces: Namespaces, side: str, target: Address
+            ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = spaces.socket_for(side, target)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, target), 10)
+            up_reader, up_writer = await asyncio.open_connection(sock=sock)
+        except (OSError, TimeoutError):
+            sock.close()
             writer.close()
             return
         try:
@@ -71,17 +91,23 @@ def handler(port: int):  # type: ignore[no-untyped-def]
     return handle
 
 
-def parse(spec: str) -> tuple[tuple[str, int], int]:
-    listen, target = spec.split("=")
-    host, port = listen.rsplit(":", 1)
-    return (host, int(port)), int(target)
+def parse_side(text: str) -> tuple[str, Address]:
+    side, rest = text.split(":", 1)
+    host, port = rest.rsplit(":", 1)
+    if side not in ("ns", "host"):
+        raise SystemExit(f"forward.py: side must be ns or host, got {side!r}")
+    return side, (host.strip("[]"), int(port))
 
 
 async def main(netns_path: str, specs: list[str]) -> None:
-    pairs = [parse(spec) for spec in specs]
-    socks = listeners_in(netns_path, [address for address, _ in pairs])
-    servers = [await asyncio.start_server(handler(target), sock=sock)
-               for (_, target), sock in zip(pairs, socks, strict=True)]
+    spaces = Namespaces(netns_path)
+    servers = []
+    for spec in specs:
+        left, right = spec.split("=")
+        listen_side, listen = parse_side(left)
+        connect_side, target = parse_side(right)
+        sock = spaces.listener(listen_side, listen)
+        servers.append(await asyncio.start_server(handler(spaces, connect_side, target), sock=sock))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

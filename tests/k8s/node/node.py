@@ -8,7 +8,8 @@ bridge and host-local plugins giving pods addresses that exist only in that name
     node.stop()                                               # kubelet, containerd, every container
 
 The kubelet reaches the apiserver on 127.0.0.1 through forward.py (a listener inside the namespace,
-connecting out on the host's loopback). The node is tainted ``mproxy.dev/real-node=true:NoSchedule`` and
+connecting out on the host's loopback); node.forward() adds more, e.g. for the apiserver to reach a
+webhook pod. The node is tainted ``mproxy.dev/real-node=true:NoSchedule`` and
 labelled ``type: real``, so only pods that ask for it land there; kwok never touches it.
 """
 
@@ -151,16 +152,21 @@ class RealNode:
         self._wait(lambda: pid_file.exists() and pid_file.read_text().strip(), "the node namespace", ns)
         port = urlparse(yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]).port
         assert port
-        forward = subprocess.Popen(
-            [sys.executable, str(HERE / "forward.py"), f"/proc/{pid_file.read_text().strip()}/ns/net",
-             f"127.0.0.1:{port}={port}", f"{API_SERVICE_IP}:443={port}"],
-            stdout=subprocess.PIPE, stderr=(work / "logs" / "forward.log").open("wb"),
-            start_new_session=True)
-        self.procs.insert(0, forward)
-        assert forward.stdout is not None
-        line = forward.stdout.readline()
-        assert line == b"ready\n", (line, self.log_tail("forward.log"))
+        self.forward(f"ns:127.0.0.1:{port}=host:127.0.0.1:{port}",
+                     f"ns:{API_SERVICE_IP}:443=host:127.0.0.1:{port}")
         self._wait(lambda: (work / "images.ready").exists(), "containerd and the image import", ns)
+
+    def forward(self, *specs: str) -> None:
+        """Start a forward.py between the host and the node's namespace (its SPEC syntax); it runs
+        until stop()."""
+        log = self.log_dir / "forward.log"
+        proc = subprocess.Popen([sys.executable, str(HERE / "forward.py"), f"/proc/{self.ns_pid()}/ns/net",
+                                 *specs], stdout=subprocess.PIPE, stderr=log.open("ab"),
+                                start_new_session=True)
+        self.procs.insert(0, proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == b"ready\n", (specs, line, self.log_tail("forward.log"))
 
     def _wait(self, ready: Any, what: str, proc: subprocess.Popen[bytes],
               timeout: float = STARTUP_TIMEOUT) -> None:
