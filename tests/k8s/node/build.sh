@@ -4,7 +4,8 @@
 #   ${MPROXY_CACHE:-$HOME/.cache/mproxy}/node/bin/kubelet
 # It shares the control plane's GOMODCACHE and GOCACHE (both safe for concurrent use), so with the
 # control plane built it compiles little and links in about a minute; it never touches the control
-# plane's binaries or stamp. A stamp (go.mod, go.sum, the Go sources, this script, `go version`) makes
+# plane's binaries or stamp. As root with apt-get it first installs Debian's containerd, runc and CNI
+# plugins if they are missing. A stamp (go.mod, go.sum, the Go sources, this script, `go version`) makes
 # it a no-op when nothing changed.
 #
 #   build.sh          build if needed
@@ -15,6 +16,26 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="${MPROXY_CACHE:-$HOME/.cache/mproxy}"
 BIN="$ROOT/node/bin"
 MODE="${1:-build}"
+
+# The node's runtime comes from Debian: installed here as root (CI), else named for the user (the
+# test fixture then skips loudly, or fails in CI).
+if [ "$MODE" != "--check" ]; then
+  missing=()
+  for tool in containerd ctr runc unshare nsenter ip curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  [ -x /usr/lib/cni/bridge ] || missing+=(cni-plugins)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq containerd runc containernetworking-plugins util-linux iproute2 curl >/dev/null
+    else
+      echo "real node: missing ${missing[*]}; install them (Debian: apt-get install containerd runc" \
+           "containernetworking-plugins iproute2 curl)" >&2
+    fi
+  fi
+fi
 
 if ! command -v go >/dev/null 2>&1; then
   echo "real node: Go is not installed, so the kubelet cannot be built; install Go >= 1.26" >&2
