@@ -20,10 +20,14 @@ ip addr add 10.88.255.2/32 dev node0
 ip addr add 10.0.0.1/32 dev node0
 ip link set node0 up
 ip route add default dev node0
-# The kubelet writes container logs under /var/log/pods and /var/log/containers (fixed paths): in this
-# mount namespace those are the node's own directory, never the host's /var/log.
-mkdir -p "$work/var-log"
-mount --bind "$work/var-log" /var/log
+# Paths the kubelet, containerd and CNI use whatever they are told (/var/log/pods and
+# /var/log/containers, /var/lib/kubelet/device-plugins, /var/lib/cni's result cache, containerd's
+# shim sockets in /run/containerd/s): in this mount namespace those trees are the node's own
+# directories, so nothing lands in the host's.
+for dir in /var/log /var/lib /run; do
+  mkdir -p "$work/root$dir"
+  mount --bind "$work/root$dir" "$dir"
+done
 echo $$ >"$work/ns.pid"
 
 containerd --config "$work/containerd.toml" >"$work/logs/containerd.log" 2>&1 &

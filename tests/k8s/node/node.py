@@ -189,7 +189,7 @@ class RealNode:
     def pod_logs(self, namespace: str, pod: str) -> str:
         """Every container log of a pod, as the kubelet wrote them (`kubectl logs` would need the
         apiserver to reach the kubelet, which lives in the node's namespace)."""
-        files = sorted((self.work / "var-log" / "pods").glob(f"{namespace}_{pod}_*/*/*.log"))
+        files = sorted((self.work / "root" / "var" / "log" / "pods").glob(f"{namespace}_{pod}_*/*/*.log"))
         return "\n".join(f"--- {f.parent.name}/{f.name}\n{f.read_text(errors='replace')}" for f in files)
 
     def ns_pid(self) -> str:
