@@ -13,6 +13,7 @@ removes it (``podman rm -f``) after the test, whatever happened.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -62,8 +63,10 @@ def _podman_env() -> dict[str, str]:
     return env
 
 
+@functools.cache
 def build_image() -> Image:
-    """Run scripts/build-image (cached) and describe what it built; need() when a tool is missing."""
+    """Run scripts/build-image (cached; once per session) and describe what it built; need() when a
+    tool is missing."""
     for tool in ("podman", "runc", "mmdebstrap"):
         need(shutil.which(tool), f"{tool} is not installed (scripts/build-image installs it as root)")
     proc = subprocess.run([str(BUILD_IMAGE)], capture_output=True, text=True, timeout=BUILD_TIMEOUT,
