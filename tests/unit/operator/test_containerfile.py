@@ -25,15 +25,16 @@ def _stages() -> list[list[str]]:
     return stages
 
 
-def test_multi_stage_wheel_build() -> None:
+def test_multi_stage_build() -> None:
     stages = _stages()
     assert len(stages) >= 2, "a builder stage and a runtime stage"
     builder = " ".join(stages[0])
     assert re.search(r"FROM \S+ AS builder", stages[0][0], re.I)
-    assert "pip wheel" in builder
+    assert "pip install" in builder and "-c constraints.txt" in builder, "dependencies pinned"
     final = " ".join(stages[-1])
-    assert "from=builder" in final, "the runtime stage installs the builder's wheels"
-    assert "--no-index" in final, "the runtime stage installs offline from the wheels only"
+    assert "COPY --from=builder /opt/mproxy /opt/mproxy" in final, "the runtime takes the built tree"
+    # Any base works, with or without pip (tests/container runs the real image): nothing is installed.
+    assert "pip install" not in final, "the runtime stage installs nothing"
 
 
 def test_final_stage_runs_as_non_root_65532() -> None:
