@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,32 @@ def _from_secret(k: Kube, namespace: str, name: str, hosts: list[str]) -> CertBu
     )
 
 
-def inject_ca_bundle(k: Kube, config_name: str, ca_pem: bytes) -> int:
+def _wait_for_config(k: Kube, path: str, config_name: str, wait_seconds: float) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration, waiting up to `wait_seconds` for it to appear: Helm creates that
+    kind after Deployments, so on a first install the operator usually starts before it exists."""
+    deadline = time.monotonic() + wait_seconds
+    logged = False
+    while True:
+        current = k.get(path)
+        if current is not None:
+            return current
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"MutatingWebhookConfiguration {config_name} did not appear within {wait_seconds:g} s; "
+                "install it (the Helm chart does) or drop --webhook-config"
+            )
+        if not logged:
+            log.info("waiting for MutatingWebhookConfiguration %s to be created", config_name)
+            logged = True
+        time.sleep(0.5)
+
+
+def inject_ca_bundle(k: Kube, config_name: str, ca_pem: bytes, *, wait_seconds: float = 120.0) -> int:
     """Put the CA into every webhook of the MutatingWebhookConfiguration; returns how many changed."""
     encoded = base64.b64encode(ca_pem).decode()
     path = kube.mutating_webhook(config_name)
     for _attempt in range(5):
-        current = k.get(path)
-        if current is None:
-            raise RuntimeError(
-                f"MutatingWebhookConfiguration {config_name} does not exist; install it (the Helm "
-                "chart does) or drop --webhook-config"
-            )
+        current = _wait_for_config(k, path, config_name, wait_seconds)
         changed = 0
         for hook in current.get("webhooks") or []:
             client_config = hook.setdefault("clientConfig", {})
