@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -54,6 +55,13 @@ async def pump(stream: Stream, blob: bytes) -> None:
         stream.write(view[off: off + (1 << 20)])
 
 
+class Seen:
+    """The two ends' WebSockets, once open (for the tests that poke at transports)."""
+
+    edge_ws: Any = None
+    side_ws: Any = None
+
+
 @contextlib.asynccontextmanager
 async def wss_pair(tmp_path: Path, on_side_stream: type[StreamHandler]
                    ) -> AsyncIterator[tuple[Multiplexer, list[StreamHandler]]]:
@@ -75,6 +83,7 @@ async def wss_pair(tmp_path: Path, on_side_stream: type[StreamHandler]
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=False, max_msg_size=0)
         await ws.prepare(request)
+        Seen.edge_ws = ws
         await run_tunnel(ws, edge, heartbeat=QUIET, stop=stop)
         return ws
 
@@ -89,6 +98,7 @@ async def wss_pair(tmp_path: Path, on_side_stream: type[StreamHandler]
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"https://localhost:{port}/", autoping=False, max_msg_size=0,
                                           ssl=ca.client_context())
+            Seen.side_ws = ws
             task = asyncio.ensure_future(run_tunnel(ws, side, heartbeat=QUIET, stop=stop))
             try:
                 yield edge, accepted
@@ -139,3 +149,27 @@ async def test_bulk_over_wss_to_a_silent_peer_does_not_stall(tmp_path: Path, dir
                 digest = await got.wait(SIZE)
         elapsed = time.monotonic() - started
         assert digest == want, f"{direction}: corrupted after {elapsed:.1f} s"
+
+
+async def test_a_peer_that_stops_reading_leaves_at_most_a_batch_in_the_tls_layer(tmp_path: Path) -> None:
+    """Bytes the SSL layer holds are past the multiplexer's fair scheduler: an interactive frame queues
+    behind them. When the peer stops reading, the writer must stop with about one batch there, not the
+    SSL transport's default 512 KiB (what an SSL transport left at its defaults holds here)."""
+    async with wss_pair(tmp_path, Sink) as (edge, _accepted):
+        stream = edge.open_stream(Address("IPv4", "127.0.0.9", "4002"), Sink(), service="tcp", serviceport=1)
+        stream.write(b"hello")
+        async with asyncio.timeout(5):
+            while Seen.side_ws is None or Seen.edge_ws is None:
+                await asyncio.sleep(0.01)
+        Seen.side_ws._response.connection.transport.pause_reading()  # the peer stops reading
+        feeder = asyncio.ensure_future(pump(stream, os.urandom(64 << 20)))
+        last, still = -1, 0
+        async with asyncio.timeout(BOUND):
+            while still < 10:  # the writer has been blocked for 10 polls in a row
+                await asyncio.sleep(0.02)
+                still = still + 1 if edge.bytes_sent == last else 0
+                last = edge.bytes_sent
+        held = Seen.edge_ws._writer.transport.get_write_buffer_size()
+        feeder.cancel()
+        Seen.side_ws._response.connection.transport.resume_reading()
+        assert held <= edge.limits.batch_size + 4096, held
