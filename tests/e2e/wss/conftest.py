@@ -15,8 +15,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from tests.conftest import need
 from tests.e2e.edge.harness import TCP_PUBLIC_PORT, start_edge, stop_proc, token
 
 from mproxy.config.sidecar import load_sidecar_config
+from mproxy.edge.relay import EdgeRelay
 from mproxy.sidecar.app import Sidecar
 from mproxy.tls import CertificateAuthority
 
@@ -85,15 +86,18 @@ async def upload(port: int) -> tuple[str, float]:
     return digest, time.monotonic() - started
 
 
-async def download(port: int) -> tuple[str, int, float]:
-    """Ask for BLOB and hash what arrives until EOF; returns (digest, bytes, seconds)."""
+async def download(port: int, stall: Callable[[], Awaitable[None]] | None = None) -> tuple[str, int, float]:
+    """Ask for BLOB and hash what arrives until EOF; returns (digest, bytes, seconds). With `stall`, read
+    nothing until it returns (the tunnel's flow control must hold the rest back meanwhile)."""
     started = time.monotonic()
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
     sha, n = hashlib.sha256(), 0
     try:
         async with asyncio.timeout(BOUND):
             w.write(b"D")
             await w.drain()
+            if stall is not None:
+                await stall()
             while chunk := await r.read(1 << 16):
                 sha.update(chunk)
                 n += len(chunk)
@@ -121,7 +125,18 @@ class System:
     pair: str
     transport: str
     port: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
+    edge: EdgeRelay | None = None  # the mproxy edge, when the pair has one
+    sidecar: Sidecar | None = None  # the mproxy sidecar, when the pair has one
+
+    def pauses(self) -> tuple[int, int]:
+        """(pauses mproxy sent, pauses it received) on the tunnel, from whichever mproxy role is here."""
+        if self.edge is not None:
+            muxes = [s.mux for s in self.edge.sessions]
+        else:
+            assert self.sidecar is not None
+            muxes = [t.mux for t in self.sidecar.tunnels]
+        return (sum(m.pauses_sent for m in muxes if m is not None),
+                sum(m.pauses_received for m in muxes if m is not None))
 
 
 class Tls:
@@ -207,7 +222,7 @@ def system(tmp_path: Path,
                 }
                 if tls:
                     overrides["tunnel"] = {"tls": {"certFile": tls.cert_file, "keyFile": tls.key_file}}
-                relay = await start_edge(tmp_path, **overrides)
+                relay = out.edge = await start_edge(tmp_path, **overrides)
                 stack.push_async_callback(relay.close)
                 url = f"{scheme}://localhost:{relay.tunnel_port}/tunnel"
                 out.port = relay.listeners[0].port
@@ -245,7 +260,8 @@ def system(tmp_path: Path,
                 stack.callback(drain.cancel)
                 out.port = ready["listeners"][0]["port"]
                 url = f"{scheme}://localhost:{ready['wsPort']}/"
-                await stack.enter_async_context(_sidecar(tmp_path, url, tls, None, backend_port, serviceport))
+                out.sidecar = await stack.enter_async_context(
+                    _sidecar(tmp_path, url, tls, None, backend_port, serviceport))
             yield out
 
     return make
