@@ -144,7 +144,8 @@ class Chisel(TunnelSystem):
 
 class Frp(TunnelSystem):
     name, label = "frp", "frp"
-    describe = "frps / frpc, one tcp proxy (yamux over one TCP connection, the default)"
+    describe = ("frps / frpc, one tcp proxy (yamux over one TLS connection: transport.tls.enable is frp's "
+                "default since v0.50)")
 
     def start_edge(self) -> Proc:
         conf = self.logdir / "frps.toml"
