@@ -157,19 +157,23 @@ def pack_error(
     return _with_body(addr, "error", js_json_bytes({"message": message, "code": code}), serviceport, name)
 
 
-def _count_body(buffered: int) -> bytes:
-    # The reference sends a falsy body (0) as no body at all.
-    return js_json_bytes(buffered) if buffered else b""
+def _count_body(count: int) -> bytes:
+    # Always a body, "0" included: telebit 0.20's device logs `opts.data.toString()` on pause/resume and
+    # dies (TypeError) on a frame without one. (The reference's packHeader would drop a 0 body.)
+    if count < 0:
+        raise LocalProtocolError(f"pause/resume count {count} is negative")
+    return b"%d" % count
 
 
-def pack_pause(addr: Address, buffered: int = 0, *, serviceport: str | int = "", name: str = "") -> bytes:
-    """Ask the peer to stop sending this client's data; `buffered` (bytes queued) is informational."""
-    return _with_body(addr, "pause", _count_body(buffered), serviceport, name)
+def pack_pause(addr: Address, count: int = 0, *, serviceport: str | int = "", name: str = "") -> bytes:
+    """Ask the peer to stop sending this client's data. The body is a decimal byte count, informational
+    (telebit sends the bytes it has read for the client so far); it is never empty."""
+    return _with_body(addr, "pause", _count_body(count), serviceport, name)
 
 
-def pack_resume(addr: Address, buffered: int = 0, *, serviceport: str | int = "", name: str = "") -> bytes:
-    """Ask the peer to send this client's data again."""
-    return _with_body(addr, "resume", _count_body(buffered), serviceport, name)
+def pack_resume(addr: Address, count: int = 0, *, serviceport: str | int = "", name: str = "") -> bytes:
+    """Ask the peer to send this client's data again (body as for pause: a decimal count, never empty)."""
+    return _with_body(addr, "resume", _count_body(count), serviceport, name)
 
 
 def _js_falsy(value: object) -> bool:

@@ -131,6 +131,12 @@ class MuxLimits:
     max_pending_replies: int = 16384  # error frames owed to the peer and not yet sent; past it: flood
 
 
+def _is_connection(frame: bytes) -> bool:
+    """Whether a packed frame is a `connection` (field 5 of its header)."""
+    fields = frame[2: 2 + frame[1]].split(b",", 5)
+    return len(fields) > 5 and fields[4] == b"connection"
+
+
 class Stream:
     """One client stream in a tunnel (the transport side of a StreamHandler)."""
 
@@ -244,7 +250,7 @@ class Stream:
         """Drop queued data, send `error` {message, code} to the peer, close the stream."""
         if self.closed:
             return
-        self.mux._urgent(pack_error(self.addr, message, code))
+        self.mux._urgent(pack_error(self.addr, message, code, serviceport=self.serviceport, name=self.name))
         self._close(f"{code}: {message}")
 
     def close(self) -> None:
@@ -263,12 +269,14 @@ class Stream:
         if not self._paused_peer and not self.closed:
             self._paused_peer = True
             self.mux.pauses_sent += 1
-            self.mux._urgent(pack_pause(self.addr, self._out_size))
+            self.mux._urgent(pack_pause(self.addr, self.bytes_in, serviceport=self.serviceport,
+                                        name=self.name))
 
     def resume_reading(self) -> None:
         if self._paused_peer and not self.closed:
             self._paused_peer = False
-            self.mux._urgent(pack_resume(self.addr, 0))
+            self.mux._urgent(pack_resume(self.addr, self.bytes_in, serviceport=self.serviceport,
+                                         name=self.name))
 
     @property
     def reading_paused(self) -> bool:
@@ -320,7 +328,7 @@ class Stream:
                 self._update_producer()
         if not self._out_size and self._want_eof and not self._eof_sent:
             self._eof_sent = True
-            end = pack_end(self.addr)
+            end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
             out.append(end)
             used += len(end)
             if self.eof_received or self._forget_after_eof:
@@ -474,7 +482,12 @@ class Multiplexer:
         return bool(self._urgent_q or self._ready)
 
     def next_batch(self) -> list[bytes | memoryview]:
-        """Frames for the next send: urgent frames first, then stream data round robin."""
+        """Frames for the next send: urgent frames first, then stream data round robin.
+
+        A `connection` frame ends its batch, so it is the last frame of its WebSocket message and the new
+        client's data goes in a later one: telebit's device pauses its WebSocket on `connection` but
+        parses the rest of the message, and data for the client it is still connecting opens a second
+        local connection (issue 11). Connection frames are urgent, so they still precede their data."""
         out: list[bytes | memoryview] = []
         size = 0
         budget = self.limits.batch_size
@@ -483,6 +496,8 @@ class Multiplexer:
             frame = urgent.popleft()
             out.append(frame)
             size += len(frame)
+            if _is_connection(frame):
+                return out
         ready = self._ready
         frame_size = self.limits.frame_size
         while ready and size < budget:

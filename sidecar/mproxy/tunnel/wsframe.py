@@ -5,8 +5,9 @@ masking it; at tunnel rates that is a quarter of the sidecar's CPU. The multiple
 fresh bytearray per batch, so we mask it in place (aiohttp's C mask) and write the header and the payload
 separately: no extra copy. Frames are written whole and synchronously, so they never interleave with the
 pings, pongs and close frames aiohttp writes itself. If aiohttp's internals are not as expected (another
-version), `frame_sender` returns the plain `ws.send_bytes`. It also sets the transport's write-buffer high
-water to 0, so `send` waits until the previous batch left the process (see below).
+version), `frame_sender` returns the plain `ws.send_bytes`. It also sets the transport's write-buffer
+limits so that `send` waits until the previous batch left the process (see below; TLS transports need
+other numbers than plain TCP for that, see `_no_buffering`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def _header(n: int, mask_bit: int) -> bytes:
     return struct.pack("!BBQ", _OPCODE_BINARY, 127 | mask_bit, n)
 
 
+def _no_buffering(transport: Any) -> dict[str, int]:
+    """Write-buffer limits that pause the writer exactly while the transport holds unsent bytes.
+
+    A plain TCP transport pauses when its buffer is over `high` and resumes at `low`: high=0 does it.
+    The SSL transport (asyncio's sslproto and uvloop's copy of it) pauses when its buffer is *at or
+    over* `high`, so with high=0 it pauses after every write, even one it flushed at once, and only
+    re-checks when the peer sends something or the TCP transport below it resumes: a wss tunnel to a
+    quiet peer moved one batch per peer message (issue 11). high=1 pauses it only while encrypted bytes
+    are really waiting, and the TCP transport under it resumes it when they have gone."""
+    if transport.get_extra_info("ssl_object") is not None:
+        return {"high": 1, "low": 0}
+    return {"high": 0}
+
+
 def frame_sender(ws: Any) -> Sender:
     """A coroutine function sending one binary message (a bytearray we may mutate) on `ws`."""
     writer: Any = getattr(ws, "_writer", None)
@@ -59,7 +74,7 @@ def frame_sender(ws: Any) -> Sender:
     # Hand the transport the next batch only once the last one is in the kernel: bytes waiting in the
     # transport's buffer are past the multiplexer's fair scheduler, so an interactive frame would queue
     # behind them (with the default 64 KiB high water, up to a batch more per hop under bulk).
-    transport.set_write_buffer_limits(high=0)
+    transport.set_write_buffer_limits(**_no_buffering(transport))
 
     async def send(data: bytearray) -> None:
         if writer._closing or transport.is_closing():

@@ -15,6 +15,7 @@ PEERS = ("chisel", "frp", "rathole", "bore")
 LABELS = {
     "direct": "direct loopback",
     "mproxy": "**mproxy**",
+    "mproxy-wss": "**mproxy (wss)**",
     "reference": "reference (node proxy-packer)",
     "chisel": "chisel",
     "frp": "frp",

@@ -144,7 +144,8 @@ class Chisel(TunnelSystem):
 
 class Frp(TunnelSystem):
     name, label = "frp", "frp"
-    describe = "frps / frpc, one tcp proxy (yamux over one TCP connection, the default)"
+    describe = ("frps / frpc, one tcp proxy (yamux over one TLS connection: transport.tls.enable is frp's "
+                "default since v0.50)")
 
     def start_edge(self) -> Proc:
         conf = self.logdir / "frps.toml"
@@ -279,7 +280,7 @@ listeners:
     listen: "127.0.0.1:{entry}"
 tunnel:
   listen: "127.0.0.1:{control}"
-  path: /
+  path: /{tunnel_tls}
 limits:
   streamsPerTunnel: 1000000
   connectionsPerClient: 1000000
@@ -295,8 +296,8 @@ drainSeconds: 1
 
 SIDECAR_YAML = """\
 edge:
-  urls: ["ws://127.0.0.1:{control}/"]
-  tokenFile: {token_file}
+  urls: ["{scheme}://{host}:{control}/"]
+  tokenFile: {token_file}{ca_file}
 routes:
   - name: bench
     match:
@@ -319,6 +320,7 @@ drainSeconds: 1
 class Mproxy(TunnelSystem):
     name, label = "mproxy", "mproxy"
     describe = "mproxy edge + mproxy sidecar (Python asyncio, M-PROXY over WebSocket), one tunnel"
+    tls = False
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
@@ -327,13 +329,23 @@ class Mproxy(TunnelSystem):
         token_file = self.logdir / "token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
+        tunnel_tls = ca_file = ""
+        if self.tls:
+            from mproxy.tls import CertificateAuthority  # the bench runs on the repo's venv
+
+            ca = CertificateAuthority.create("mproxy bench CA")
+            ca_path = ca.write_cert(self.logdir / "ca.crt")
+            cert, key = ca.issue(["localhost"]).write(self.logdir, "tunnel")
+            tunnel_tls = f"\n  tls:\n    certFile: {cert}\n    keyFile: {key}"
+            ca_file = f"\n  caFile: {ca_path}"
         self.edge_conf = self.logdir / "edge.yaml"
         self.edge_conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entry, control=self.control,
-                                                   http=free_port()))
+                                                   http=free_port(), tunnel_tls=tunnel_tls))
         self.sidecar_conf = self.logdir / "sidecar.yaml"
-        self.sidecar_conf.write_text(SIDECAR_YAML.format(control=self.control, token_file=token_file,
-                                                         entry=self.entry, backend=backend_port,
-                                                         http=free_port()))
+        self.sidecar_conf.write_text(SIDECAR_YAML.format(
+            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
+            http=free_port(), scheme="wss" if self.tls else "ws",
+            host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
 
     def start_edge(self) -> Proc:
         argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
@@ -347,8 +359,14 @@ class Mproxy(TunnelSystem):
         return Proc("mproxy-sidecar", argv, self.logdir)
 
 
+class MproxyWss(Mproxy):
+    name, label = "mproxy-wss", "mproxy (wss)"
+    describe = "the same over wss:// (tunnel.tls with a private CA, edge.caFile): the production setting"
+    tls = True
+
+
 SYSTEMS: dict[str, type[System]] = {
-    cls.name: cls for cls in (Direct, Mproxy, Reference, Chisel, Frp, Rathole, Bore)
+    cls.name: cls for cls in (Direct, Mproxy, MproxyWss, Reference, Chisel, Frp, Rathole, Bore)
 }
 
 

@@ -6,6 +6,7 @@ same events in both parsers (and ours in the reference), under random chunking a
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 from pathlib import Path
@@ -180,8 +181,10 @@ def test_frame_helpers_match_packheader(
         ),
         (lambda: pack_end(a, **kw), (meta, None, "end")),
         (lambda: pack_error(a, message, code, **kw), (meta, {"message": message, "code": code}, "error")),
-        (lambda: pack_pause(a, buffered, **kw), (meta, buffered, "pause")),
-        (lambda: pack_resume(a, buffered, **kw), (meta, buffered, "resume")),
+        # A count of 0 is where we differ on purpose: packHeader drops the body, we send "0" (a pause
+        # without a body kills telebit's device); test_count_zero_keeps_a_body covers it.
+        (lambda: pack_pause(a, buffered or 1, **kw), (meta, buffered or 1, "pause")),
+        (lambda: pack_resume(a, buffered or 1, **kw), (meta, buffered or 1, "resume")),
         (lambda: pack_control(value), ({}, value, "control")),
     ]
     for mine, (m, data, kind) in pairs:
@@ -191,6 +194,19 @@ def test_frame_helpers_match_packheader(
             assert "over the 255-byte limit" in str(err)
             continue
         assert got == oracle.pack("packHeader", dict(m), data, kind), kind
+
+
+def test_count_zero_keeps_a_body(oracle: Any) -> None:
+    """pause/resume with a count of 0 still carry a body the reference parses as data "0" (telebit's
+    device calls data.toString() on it), with serviceport and name as given."""
+    a = Address("IPv4", "127.0.0.1", "57206")
+    for kind, fn in (("pause", pack_pause), ("resume", pack_resume)):
+        got = fn(a, 0, serviceport=443, name="app.test")
+        assert got == oracle.pack("packHeader", {"family": "IPv4", "address": "127.0.0.1", "port": "57206",
+                                                 "serviceport": 443, "name": "app.test"}, b"0", kind)
+        [event] = oracle.parse([got])["events"]
+        assert base64.b64decode(event["data"]) == b"0", event
+        assert (event["serviceport"], event["name"]) == ("443", "app.test"), event
 
 
 VECTORS = json.loads((Path(__file__).parents[2] / "unit/codec/vectors/vectors.json").read_text())["vectors"]

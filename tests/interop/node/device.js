@@ -5,9 +5,18 @@
 // with end/error and per-client pause/resume. Used by the edge interop tests and, paired with the
 // reference relay, as the benchmark's "reference system" baseline.
 //
+// Two quirks of telebit 0.20.8's lib/remote.js are reproduced on purpose (the edge must cope with them):
+//   - onpause/onresume log `opts.data.toString()`: a pause or resume without a body throws a TypeError
+//     and the device process exits.
+//   - onconnection pauses the WebSocket's socket until the local connect is done, but proxy-packer goes
+//     on parsing the rest of the same WebSocket message: data for the new client in that message finds
+//     no client yet ("did not get 'connection' event"), so a second local connection is opened for it.
+//     The first one is leaked; later data goes to whichever connected last.
+//
 // usage: node device.js --url ws://127.0.0.1:8443/ --token JWT
 //          [--token-in handshake|query|header|basic] [--name example.com=3000]... [--port 5050=54321]...
-//          [--host 127.0.0.1] [--quiet]
+//          [--host 127.0.0.1] [--ca ca.crt] [--quiet]
+//        (--ca: trust this CA for a wss:// url)
 // stdout: one JSON line per notable event ({"event":"ready"}, {"event":"connection",...}, ...).
 'use strict';
 
@@ -27,6 +36,7 @@ function parseArgs(argv) {
 		else if (arg === '--token') { opts.token = next(); }
 		else if (arg === '--token-in') { opts.tokenIn = next(); }
 		else if (arg === '--host') { opts.host = next(); }
+		else if (arg === '--ca') { opts.ca = next(); }
 		else if (arg === '--quiet') { opts.quiet = true; }
 		else if (arg === '--name' || arg === '--port') {
 			var pair = next().split('=');
@@ -62,12 +72,18 @@ if (opts.tokenIn === 'query') {
 	headers.Authorization = 'Basic ' + Buffer.from('device:' + opts.token).toString('base64');
 }
 
-var ws = new WebSocket(url, { headers: headers, perMessageDeflate: false, maxPayload: 100 * 1024 * 1024 });
+var wsOptions = { headers: headers, perMessageDeflate: false, maxPayload: 100 * 1024 * 1024 };
+if (opts.ca) { wsOptions.ca = require('fs').readFileSync(opts.ca); }
+var ws = new WebSocket(url, wsOptions);
 var clients = {}; // addrToId -> { socket, meta, localPaused }
 var nextId = Math.floor(Math.random() * 1000) + 2;
 var tokenRequestId = 0;
 var wsPausedAll = false;
 var lastSeen = Date.now();
+// Local connects in flight. Like telebit's `wstunneler._socket.pause()`, later WebSocket messages are
+// not read meanwhile (held here); the message being parsed is finished all the same.
+var connecting = 0;
+var held = [];
 
 function send(buf) {
 	if (ws.readyState !== WebSocket.OPEN) { return; }
@@ -106,6 +122,12 @@ function localPortFor(msg) {
 	return opts.names[String(msg.name).toLowerCase()] || opts.ports[String(msg.serviceport)];
 }
 
+function readHeld() {
+	while (!connecting && held.length) {
+		machine.fns.addChunk(held.shift());
+	}
+}
+
 function onConnection(msg) {
 	var id = Packer.addrToId(msg);
 	var addr = meta(msg);
@@ -117,7 +139,22 @@ function onConnection(msg) {
 	}
 	var socket = net.connect({ host: opts.host, port: localPort });
 	var client = { socket: socket, meta: addr, remotePaused: false, localPaused: false, ended: false };
-	clients[id] = client;
+	var pending = true;
+	connecting += 1;
+	function connectDone() {
+		if (pending) {
+			pending = false;
+			connecting -= 1;
+			setImmediate(readHeld);
+		}
+	}
+	socket.on('connect', function () {
+		// telebit adds the client only once connected (sorting-hat's callback), overwriting a twin
+		clients[id] = client;
+		if (msg.data && msg.data.length) { socket.write(msg.data); }
+		if (wsPausedAll) { socket.pause(); }
+		connectDone();
+	});
 	socket.on('data', function (chunk) {
 		lastSeen = Date.now();
 		var dataMeta = Object.assign({}, addr);
@@ -138,10 +175,11 @@ function onConnection(msg) {
 	});
 	socket.on('error', function (err) {
 		report({ event: 'local_error', id: id, message: err.message });
-		if (clients[id] === client && !client.ended) {
+		if (pending || (clients[id] === client && !client.ended)) {
 			client.ended = true;
 			sendError(addr, err.message, err.code || 'E_LOCAL');
 		}
+		connectDone(); // unlike telebit, which never resumes its WebSocket after a failed connect
 	});
 	socket.on('close', function () {
 		if (clients[id] === client) { delete clients[id]; }
@@ -150,7 +188,6 @@ function onConnection(msg) {
 			send(Packer.packHeader(addr, null, 'end'));
 		}
 	});
-	if (wsPausedAll) { socket.pause(); }
 }
 
 function withClient(msg, fn) {
@@ -181,6 +218,12 @@ var machine = Packer.create({
 	},
 	onconnection: onConnection,
 	onmessage: function (msg) {
+		if (!clients[Packer.addrToId(msg)]) {
+			// telebit: "[debug] did not get 'connection' event", then onconnection(tun) with this data
+			report({ event: 'no_connection_event', id: Packer.addrToId(msg) });
+			onConnection(msg);
+			return;
+		}
 		withClient(msg, function (client) {
 			if (!client.socket.write(msg.data) && !client.localPaused) {
 				if (client.socket.writableLength > HIGH_WATER) {
@@ -208,10 +251,18 @@ var machine = Packer.create({
 		setTimeout(function () { client.socket.destroy(); }, 60000).unref();
 	},
 	onpause: function (msg) {
-		withClient(msg, function (client) { client.remotePaused = true; client.socket.pause(); });
+		withClient(msg, function (client) {
+			// telebit logs "remote received <body> of <n> sent": no body, no device (TypeError)
+			report({ event: 'paused', id: Packer.addrToId(msg), received: msg.data.toString(),
+				serviceport: msg.serviceport, name: msg.name });
+			client.remotePaused = true;
+			client.socket.pause();
+		});
 	},
 	onresume: function (msg) {
 		withClient(msg, function (client) {
+			report({ event: 'resumed', id: Packer.addrToId(msg), received: msg.data.toString(),
+				serviceport: msg.serviceport, name: msg.name });
 			client.remotePaused = false;
 			if (!wsPausedAll) { client.socket.resume(); }
 		});
@@ -221,7 +272,9 @@ var machine = Packer.create({
 ws.on('open', function () { report({ event: 'open' }); });
 ws.on('message', function (data) {
 	lastSeen = Date.now();
-	machine.fns.addChunk(Buffer.isBuffer(data) ? data : Buffer.from(data));
+	var chunk = Buffer.isBuffer(data) ? data : Buffer.from(data);
+	if (connecting) { held.push(chunk); return; }
+	machine.fns.addChunk(chunk);
 });
 ws.on('pong', function () { lastSeen = Date.now(); });
 ws.on('ping', function () { lastSeen = Date.now(); });

@@ -3,14 +3,18 @@
 // TCP connections exactly like telebit-relay v0.20 does:
 //   - on a tunnel WebSocket: sends the telebit hello (header and body as two binary messages), answers
 //     add_token (and checks the token when one is configured: ?access_token=, Authorization or add_token);
-//   - per client: `connection` header-only first, then each data chunk as two messages (header, body),
-//     `end` header-only, `error` {message, code} as two messages; pause/resume when the client socket
-//     has more than 1 MiB buffered (like telebit) and on drain;
+//   - per client: `connection` header-only in its own message first, then each data chunk as two
+//     messages (header, body), `end` header-only, `error` {message, code} as two messages; pause/resume
+//     when the client socket has more than 1 MiB buffered (like telebit) and on drain, with the client's
+//     serviceport and name and a JSON integer body (bytes written to that client so far);
+//   - like telebit-relay, it never sends `end` back for a stream the device ended while the client
+//     keeps its side open (a half-closed stream stays half-closed);
 //   - from the device: data -> client socket, end -> socket.end(), error -> destroy, pause/resume -> the
 //     client socket.
 // Config: one JSON argument (or a path to a JSON file):
-//   {"host":"127.0.0.1","wsPort":0,"token":null,
+//   {"host":"127.0.0.1","wsPort":0,"token":null,"tls":null,
 //    "listeners":[{"port":0,"service":"tcp","serviceport":22,"name":""}]}
+// ("tls": {"cert": path, "key": path} serves the tunnel as wss://.)
 // It prints JSON lines on stdout: {"event":"ready","wsPort":N,"listeners":[{"port":N,...}]}, and
 // {"event":"tunnel","state":"open"|"closed",...}, {"event":"error",...}. Commands on stdin, one JSON a line:
 //   {"cmd":"inject","hex":"fe00","tunnel":2}  raw bytes to one tunnel (or all) to test malformed input
@@ -91,10 +95,12 @@ function Tunnel(ws, req) {
 			stats.bytesFromDevice += msg.data ? msg.data.length : 0;
 			if (msg.data && msg.data.length) {
 				sock.write(msg.data);
+				sock._mpTunnelRead = (sock._mpTunnelRead || 0) + msg.data.length;
 				if (sock.writableLength > PAUSE_AT && !sock._mpPausedRemote) {
 					sock._mpPausedRemote = true;
 					stats.pausesSent += 1;
-					sendFrame(ws, msg, Buffer.from(String(sock.writableLength)), 'pause');
+					// telebit-relay: the body is tunnelRead as JSON (bytes written to this client so far)
+					sendFrame(ws, sock._mpAddr, Buffer.from(JSON.stringify(sock._mpTunnelRead)), 'pause');
 					emit({ event: 'pause_sent', tunnel: self.id, client: Packer.addrToId(msg) });
 				}
 			}
@@ -205,6 +211,7 @@ function onClient(listener, sock) {
 		name: listener.name || ''
 	};
 	var id = Packer.addrToId(addr);
+	sock._mpAddr = addr;
 	tunnel.clients[id] = sock;
 	sendFrame(ws, addr, null, 'connection');
 	sock.on('data', function(chunk) {
@@ -221,7 +228,7 @@ function onClient(listener, sock) {
 	sock.on('drain', function() {
 		if (sock._mpPausedRemote) {
 			sock._mpPausedRemote = false;
-			sendFrame(ws, addr, Buffer.from('0'), 'resume');
+			sendFrame(ws, addr, Buffer.from(JSON.stringify(sock._mpTunnelRead || 0)), 'resume');
 			emit({ event: 'resume_sent', tunnel: tunnel.id, client: id });
 		}
 	});
@@ -243,12 +250,20 @@ function onClient(listener, sock) {
 	});
 }
 
-var wss = new WebSocket.Server({
-	host: host,
-	port: config.wsPort || 0,
-	maxPayload: 100 * 1024 * 1024,
-	perMessageDeflate: false
-});
+var wss;
+var wsOptions = { maxPayload: 100 * 1024 * 1024, perMessageDeflate: false };
+var tlsServer = null;
+if (config.tls) {
+	// wss: {"tls": {"cert": "/path.crt", "key": "/path.key"}} (telebit-relay serves its tunnel over TLS)
+	tlsServer = require('https').createServer({
+		cert: fs.readFileSync(config.tls.cert),
+		key: fs.readFileSync(config.tls.key)
+	});
+	wss = new WebSocket.Server(Object.assign({ server: tlsServer }, wsOptions));
+	tlsServer.listen(config.wsPort || 0, host); // ws re-emits the server's 'listening'
+} else {
+	wss = new WebSocket.Server(Object.assign({ host: host, port: config.wsPort || 0 }, wsOptions));
+}
 wss.on('connection', function(ws, req) {
 	new Tunnel(ws, req);
 });

@@ -52,7 +52,8 @@ def test_legacy_pad_and_header_only() -> None:
 def test_json_bodies() -> None:
     err = pack_error(A, "no matching connection", "E_NO_CONN")
     assert err.endswith(b'{"message":"no matching connection","code":"E_NO_CONN"}')
-    assert pack_pause(A) == pack_header(A, "pause", 0)
+    assert pack_pause(A) == pack_header(A, "pause", 1) + b"0"  # never without a body (telebit's device)
+    assert pack_resume(A) == pack_header(A, "resume", 1) + b"0"
     assert pack_pause(A, 1048577) == pack_header(A, "pause", 7) + b"1048577"
     assert pack_resume(A, 5) == pack_header(A, "resume", 1) + b"5"
     assert pack_control([-1, None]).hex() == "fe0c2c2c2c392c636f6e74726f6c5b2d312c6e756c6c5d"

@@ -19,6 +19,8 @@ async def test_default_batches_hold_one_bulk_frame_and_the_interactive_one_waits
     bulk = mux.open_stream(Address("IPv4", "1.1.1.1", "1"), StreamHandler(), service="tcp")
     chat = mux.open_stream(Address("IPv4", "2.2.2.2", "2"), StreamHandler(), service="tcp")
     bulk.write(b"B" * 4_000_000)
+    for _ in range(2):  # each connection frame is a message of its own
+        assert len(mux.next_batch()) == 1
     first = mux.next_batch()  # the bulk stream has a whole batch queued before the interactive write
     chat.write(b"ping")
     second, third = mux.next_batch(), mux.next_batch()
