@@ -41,6 +41,8 @@ _ids = itertools.count(1)
 MAX_ATTEMPTS = 3
 BYTES_FLUSH_SECONDS = 2.0  # tunnels tried for one client when sidecars refuse it before answering
 E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
+# Tunnel ends that are the peer's fault or a bug: counted in tunnel_rejects and logged as a warning.
+_COUNTED_CLOSES = ("protocol_error", "overflow", "internal_error")
 
 
 @dataclass(eq=False)
@@ -415,20 +417,22 @@ class EdgeRelay:
         self.sessions.add(session)
         self.metrics.tunnel_connects.inc()
         self.metrics.tunnels_connected.set(len(self.sessions))
-        mux.send_control(EdgeControl.hello())
-        self.regrant(session)
         hb = self.config.heartbeat
         guard = asyncio.ensure_future(self._guard(session, ws))
         try:
+            mux.send_control(EdgeControl.hello())
+            self.regrant(session)
             result = await run_tunnel(ws, mux, heartbeat=Heartbeat(hb.interval_seconds, hb.timeout_seconds),
                                       stop=session.stop)
         finally:
             guard.cancel()
+            mux.close("the tunnel handler ended")  # no-op after run_tunnel; frees every client if not
             self._forget(session)
             self._tunnel_tasks.discard(task)
-        if result.reason == "protocol_error":
-            self.metrics.tunnel_rejects.labels("protocol_error").inc()
-        log.info("tunnel %d from %s closed: %s", session.id, remote, result)
+        if result.reason in _COUNTED_CLOSES:
+            self.metrics.tunnel_rejects.labels(result.reason).inc()
+        level = logging.WARNING if result.reason in _COUNTED_CLOSES else logging.INFO
+        log.log(level, "tunnel %d from %s closed: %s", session.id, remote, result)
         return ws
 
     async def _guard(self, session: TunnelSession, ws: web.WebSocketResponse) -> None:

@@ -24,6 +24,7 @@ from mproxy.codec import (
     parse_control,
     reply,
 )
+from mproxy.codec.control import unknown_command
 
 __all__ = ["CommandError", "ControlChannel"]
 
@@ -83,7 +84,7 @@ class ControlChannel:
     def _request(self, req: Request) -> None:
         handler = self.handlers.get(req.name)
         if handler is None:
-            self._send(error_reply(req.id, f"unknown command {req.name!r}", "E_UNKNOWN_COMMAND"))
+            self._send(unknown_command(req))
             return
         try:
             result = handler(req)
