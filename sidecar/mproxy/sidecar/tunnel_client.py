@@ -287,8 +287,9 @@ class TunnelClient:
                 task.add_done_callback(tasks.discard)
 
         control.on_hello = on_hello
-        control.handlers["grant"] = lambda req: None
-        control.handlers["access_token"] = lambda req: None
+        # telebit-relay's unsolicited notices: its device never answers them, nor do we.
+        control.notifications["grant"] = lambda req: None
+        control.notifications["access_token"] = lambda req: None
         self.mux = mux
         self.connects += 1
         self.connected_since = time.time()
