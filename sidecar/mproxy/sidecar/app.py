@@ -97,7 +97,7 @@ class Sidecar:
 
     def _new_tunnel(self, url: str, index: int) -> TunnelClient:
         t = TunnelClient(url, index, lambda: self.config, self.accept, self._tunnel_state,
-                         on_crash=self._task_crashed)
+                         on_crash=self._task_crashed, on_restart=self._count_down)
         self.tunnels.append(t)
         t.start()
         return t

@@ -106,6 +106,7 @@ class TunnelClient:
         accept: Callable[[Stream, TunnelClient], StreamHandler],
         on_state: Callable[[TunnelClient], None] | None = None,
         on_crash: Callable[[Supervised], None] | None = None,
+        on_restart: Callable[[Supervised], None] | None = None,
     ) -> None:
         self.url = url
         self.index = index
@@ -115,6 +116,7 @@ class TunnelClient:
         self._accept = accept
         self._on_state = on_state
         self._on_crash = on_crash
+        self._on_restart = on_restart
         self.supervised: Supervised | None = None
         self.state = "idle"
         self.last_error: str | None = None
@@ -131,7 +133,8 @@ class TunnelClient:
     # -- public -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.supervised = Supervised(f"tunnel {self.label}", "tunnel", self.run, on_crash=self._crashed)
+        self.supervised = Supervised(f"tunnel {self.label}", "tunnel", self.run, on_crash=self._crashed,
+                                     on_restart=self._on_restart)
         self._task = self.supervised.task
 
     def _crashed(self, sup: Supervised) -> None:

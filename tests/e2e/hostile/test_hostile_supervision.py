@@ -95,6 +95,10 @@ async def sidecar(tmp_path: Path, stack: Any) -> Sidecar:
     return side
 
 
+def down(side: Sidecar, task: str) -> float | None:
+    return side.metrics.registry.get_sample_value("mproxy_sidecar_tasks_down", {"task": task})
+
+
 def restarts(side: Sidecar, task: str) -> float | None:
     return side.metrics.registry.get_sample_value("mproxy_sidecar_task_restarts_total", {"task": task})
 
@@ -109,8 +113,9 @@ async def test_a_sidecar_tunnel_slot_that_dies_is_logged_shown_and_restarted(
     slot.mux.close("test: the edge went away")  # the slot dials again, and that attempt raises
     await wait_for(lambda: slot.supervised is not None and slot.supervised.down)
     assert slot.status()["state"] == "failed" and "injected fault" in (slot.status()["lastError"] or "")
+    assert down(sidecar, "tunnel") == 1
     await watch_one_crash(slot.supervised, lambda: (sidecar.ready()[0], str(sidecar.status())), caplog)
-    assert restarts(sidecar, "tunnel") == 1
+    assert restarts(sidecar, "tunnel") == 1 and down(sidecar, "tunnel") == 0
     await wait_for(lambda: slot.connected)
 
 
@@ -119,7 +124,7 @@ async def test_the_sidecar_flush_loop_that_dies_is_restarted(
     flush = next(s for s in sidecar.supervised if s.kind == "flush")
     monkeypatch.setattr(sidecar, "_flush_metrics", raise_once(sidecar._flush_metrics))
     await watch_one_crash(flush, sidecar.ready, caplog)
-    assert restarts(sidecar, "flush") == 1
+    assert restarts(sidecar, "flush") == 1 and down(sidecar, "flush") == 0
     assert sidecar.status()["tasks"][0]["restarts"] == 1
 
 
@@ -156,6 +161,9 @@ async def test_the_edge_flusher_and_a_tunnel_guard_that_die_are_restarted(
     guard = next(s for s in relay.supervised if s.kind == "tunnel_guard")
     session = next(iter(relay.sessions))
     monkeypatch.setattr(session.control, "expire", raise_once(session.control.expire))
+    await wait_for(lambda: guard.down)
+    assert relay.metrics.registry.get_sample_value("mproxy_edge_tasks_down", {"task": "tunnel_guard"}) == 1
+    assert relay.status()["tasksDown"], relay.status()
     await watch_one_crash(guard, relay.ready, caplog)
     assert relay.metrics.registry.get_sample_value("mproxy_edge_task_restarts_total",
                                                    {"task": "tunnel_guard"}) == 1
