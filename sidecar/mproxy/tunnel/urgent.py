@@ -4,8 +4,8 @@ bytes.
 These frames go out before any stream data, and most of them are provoked by the peer (error replies,
 control replies), so a peer that sends requests and never reads could otherwise grow this queue without
 limit (it did: ~170 MB/s on the edge). `push()` refuses a frame that would pass either bound; the caller
-then closes the tunnel. `popleft()` is the plain deque's, with the byte count kept, so the writer's loop
-is unchanged.
+then closes the tunnel. The deque's own append/appendleft/popleft keep the byte
+count, so the writer's loop is unchanged.
 """
 
 from __future__ import annotations
@@ -29,8 +29,17 @@ class UrgentQueue(deque[bytes]):
         if len(self) >= self.max_frames or self.nbytes + len(frame) > self.max_bytes:
             return False
         self.append(frame)
-        self.nbytes += len(frame)
         return True
+
+    # The plain deque operations keep `nbytes` right (unbounded: the bound is push()'s), so a writer that
+    # puts a frame back (appendleft) stays consistent.
+    def append(self, frame: bytes) -> None:
+        super().append(frame)
+        self.nbytes += len(frame)
+
+    def appendleft(self, frame: bytes) -> None:
+        super().appendleft(frame)
+        self.nbytes += len(frame)
 
     def popleft(self) -> bytes:
         frame = super().popleft()

@@ -22,6 +22,8 @@ def test_the_queue_refuses_past_either_bound_and_counts_bytes() -> None:
     assert q.push(b"cc") and q.nbytes == 10
     assert not q.push(b"")  # a 4th frame
     assert q.popleft() == b"aaaa" and q.nbytes == 6
+    q.appendleft(b"a")  # a writer putting a frame back
+    assert q.nbytes == 7 and q.popleft() == b"a" and q.nbytes == 6
     q.clear()
     assert q.nbytes == 0 and not q
 
