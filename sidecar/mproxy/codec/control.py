@@ -150,8 +150,16 @@ def hello_ack(req_id: int = 1) -> list[Any]:
     return reply(req_id)
 
 
+QUOTE_MAX = 64  # characters of peer text quoted back in a reply: a reply never grows with the request
+
+
+def quoted(text: str, limit: int = QUOTE_MAX) -> str:
+    """`text` in single quotes for a reply, cut to `limit` characters ("..." marks a cut)."""
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit - 3]}...'"
+
+
 def unknown_command(req: Request) -> list[Any]:
-    return error_reply(req.id, f"unknown command '{req.name}'", E_UNKNOWN_COMMAND)
+    return error_reply(req.id, f"unknown command {quoted(req.name)}", E_UNKNOWN_COMMAND)
 
 
 def bad_command(reason: str) -> list[Any]:

@@ -9,6 +9,10 @@ Each tunnel is a `TunnelSession`: the tunnel core's Multiplexer run over the aio
 `run_tunnel` (heartbeats, dead-peer timeout), plus the telebit control channel (`EdgeControl`) that turns
 tokens into a grant. The routing table only ever holds what a tunnel's tokens grant; a session leaves it
 the moment its tunnel ends, and the multiplexer then closes every client socket it carried.
+
+The bytes flusher and each tunnel's guard (token deadline and expiry) are supervised: one that fails is
+logged once, counted in mproxy_edge_task_restarts_total{task}, and restarted with backoff; /readyz is 503
+and /status lists it while it waits for the restart.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal
 from mproxy.edge.table import RoutingTable
 from mproxy.metrics.edge import EdgeMetrics
 from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream
+from mproxy.tunnel.supervisor import Supervised
 from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
 
 log = logging.getLogger("mproxy.edge")
@@ -42,6 +47,8 @@ _ids = itertools.count(1)
 MAX_ATTEMPTS = 3
 BYTES_FLUSH_SECONDS = 2.0  # tunnels tried for one client when sidecars refuse it before answering
 E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
+# Tunnel ends that are the peer's fault or a bug: counted in tunnel_rejects and logged as a warning.
+_COUNTED_CLOSES = ("protocol_error", "overflow", "internal_error")
 
 
 @dataclass(eq=False)
@@ -154,6 +161,7 @@ class EdgeRelay:
         self._tunnel_tasks: set[asyncio.Task[Any]] = set()
         self._relayed: set[_Relayed] = set()
         self._flusher: asyncio.Future[None] | None = None
+        self.supervised: set[Supervised] = set()  # the flusher and every tunnel's guard
         self.mux_limits = MuxLimits(
             max_streams=lim.streams_per_tunnel,
             max_streams_per_client=lim.connections_per_client,
@@ -174,9 +182,25 @@ class EdgeRelay:
                                              self._tunnel_ssl(), "tunnel.listen")
         self.http_port = await self._serve(self.http_app(), self.config.http.host_port, None, "http.listen")
         self.started = True
-        self._flusher = asyncio.ensure_future(self._flush_loop())
+        self._flusher = self._supervise("edge bytes flusher", "flusher", self._flush_loop).task
         log.info("edge ready: tunnel endpoint on port %d, listeners %s", self.tunnel_port,
                  ", ".join(f"{item.config.kind}:{item.port}" for item in self.listeners))
+
+    def _supervise(self, name: str, kind: str, factory: Any) -> Supervised:
+        sup = Supervised(name, kind, factory, on_crash=self._task_crashed, on_restart=self._count_down)
+        self.supervised.add(sup)
+        return sup
+
+    def _task_crashed(self, sup: Supervised) -> None:
+        self.metrics.task_restarts.labels(sup.kind).inc()
+        self._count_down()
+
+    def _count_down(self, _: Supervised | None = None) -> None:
+        down: dict[str, int] = {}
+        for sup in self.supervised:
+            down[sup.kind] = down.get(sup.kind, 0) + int(sup.down)
+        for kind, n in down.items():
+            self.metrics.tasks_down.labels(kind).set(n)
 
     def _tunnel_ssl(self) -> ssl.SSLContext | None:
         tunnel = self.config.tunnel
@@ -422,20 +446,25 @@ class EdgeRelay:
         self.sessions.add(session)
         self.metrics.tunnel_connects.inc()
         self.metrics.tunnels_connected.set(len(self.sessions))
-        mux.send_control(EdgeControl.hello())
-        self.regrant(session)
         hb = self.config.heartbeat
-        guard = asyncio.ensure_future(self._guard(session, ws))
+        guard = self._supervise(f"tunnel {session.id} guard", "tunnel_guard",
+                                lambda: self._guard(session, ws))
         try:
+            mux.send_control(EdgeControl.hello())
+            self.regrant(session)
             result = await run_tunnel(ws, mux, heartbeat=Heartbeat(hb.interval_seconds, hb.timeout_seconds),
                                       stop=session.stop)
         finally:
-            guard.cancel()
+            guard.task.cancel()
+            self.supervised.discard(guard)
+            self._count_down()
+            mux.close("the tunnel handler ended")  # no-op after run_tunnel; frees every client if not
             self._forget(session)
             self._tunnel_tasks.discard(task)
-        if result.reason == "protocol_error":
-            self.metrics.tunnel_rejects.labels("protocol_error").inc()
-        log.info("tunnel %d from %s closed: %s", session.id, remote, result)
+        if result.reason in _COUNTED_CLOSES:
+            self.metrics.tunnel_rejects.labels(result.reason).inc()
+        level = logging.WARNING if result.reason in _COUNTED_CLOSES else logging.INFO
+        log.log(level, "tunnel %d from %s closed: %s", session.id, remote, result)
         return ws
 
     async def _guard(self, session: TunnelSession, ws: web.WebSocketResponse) -> None:
@@ -476,6 +505,7 @@ class EdgeRelay:
             "names": self.table.names(),
             "ports": {str(k): v for k, v in self.table.ports().items()},
             "tunnels": [s.status() for s in sorted(self.sessions, key=lambda s: s.id)],
+            "tasksDown": sorted(f"{sup.name}: {sup.error}" for sup in self.supervised if sup.down),
         }
 
     def ready(self) -> tuple[bool, str]:
@@ -483,6 +513,9 @@ class EdgeRelay:
             return False, "draining"
         if not self.started:
             return False, "starting"
+        failed = [f"{sup.name} failed ({sup.error}), restarting" for sup in self.supervised if sup.down]
+        if failed:
+            return False, "; ".join(sorted(failed))
         return True, "ok"
 
     def http_app(self) -> web.Application:

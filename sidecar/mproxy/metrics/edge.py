@@ -23,7 +23,9 @@ REJECT_REASONS = ("no_tunnel", "rate_limited", "too_many_connections", "too_many
                   "no_name", "not_tls", "name_too_long", "tunnel_full", "draining", "bad_proxy_header",
                   "client_id_in_use")
 TUNNEL_REJECT_REASONS = ("bad_signature", "expired", "not_yet_valid", "malformed", "bad_alg", "bad_claims",
-                         "no_secret", "no_token", "too_many_tokens", "protocol_error", "too_many_tunnels")
+                         "no_secret", "no_token", "too_many_tokens", "protocol_error", "too_many_tunnels",
+                         "overflow", "internal_error")
+TASKS = ("flusher", "tunnel_guard")  # the supervised long-lived tasks (see tunnel/supervisor.py)
 MAX_NAMES = 10_000  # a backstop in case someone mints tokens for very many domains
 
 
@@ -59,6 +61,13 @@ class EdgeMetrics:
                                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
         self.draining = Gauge("mproxy_edge_draining", "1 while the edge drains before shutting down.",
                               registry=r)
+        self.task_restarts = Counter("mproxy_edge_task_restarts_total", "Long-lived tasks that failed and "
+                                     "were restarted (flusher, tunnel_guard).", ["task"], registry=r)
+        self.tasks_down = Gauge("mproxy_edge_tasks_down", "Supervised tasks failed and waiting for their "
+                                "restart (the edge is not ready meanwhile).", ["task"], registry=r)
+        for task in TASKS:
+            self.task_restarts.labels(task)
+            self.tasks_down.labels(task)
         # Children are cached: `labels()` costs a lock and a dict walk per call, and a new stream made five
         # such calls. The per-name caches drop a name's entries when _evict removes its series, so a stale
         # child can never bring an evicted series back.

@@ -37,7 +37,9 @@ STREAM_ERROR_REASONS = frozenset((
     *("backend_" + c.lower() for c in BACKEND_ERROR_CODES),
 ))
 TUNNEL_DOWN_REASONS = frozenset(("peer_closed", "protocol_error", "dead_peer", "transport_error", "closed",
-                                 "shutdown", "connect_failed", "handshake_failed", "auth_failed", "unknown"))
+                                 "shutdown", "connect_failed", "handshake_failed", "auth_failed", "unknown",
+                                 "overflow", "internal_error", "task_failed"))
+TASKS = ("tunnel", "flush", "config_watcher")  # the supervised long-lived tasks (see tunnel/supervisor.py)
 REFUSAL_REASONS = frozenset(("no_route", "limit", "draining", "e_no_service"))
 
 
@@ -103,6 +105,13 @@ class SidecarMetrics:
                                     ("edge", "connection"), registry=r)
         self.config_reloads = Counter(P + "config_reloads", "Config file reloads, by result.", ("result",),
                                       registry=r)
+        self.task_restarts = Counter(P + "task_restarts", "Long-lived tasks that failed and were restarted "
+                                     "(tunnel, flush, config_watcher).", ("task",), registry=r)
+        self.tasks_down = Gauge(P + "tasks_down", "Supervised tasks failed and waiting for their restart "
+                                "(the sidecar is not ready meanwhile).", ("task",), registry=r)
+        for task in TASKS:
+            self.task_restarts.labels(task)
+            self.tasks_down.labels(task)
         for reason in ("no_route", "limit", "draining"):
             self.refused.labels(reason)
         for result in ("applied", "refused"):

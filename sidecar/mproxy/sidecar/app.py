@@ -5,6 +5,10 @@ refuse new streams with E_SHUTTING_DOWN so the relay can use another replica, le
 up to `drainSeconds`, then close every tunnel with 1001). A reloaded config swaps the route table for new
 streams (streams in flight keep their backend), applies limits, and adds or drains tunnel slots whose URL
 set changed. The metrics label tier and the HTTP listen address apply at the next restart.
+
+Long-lived tasks (each tunnel slot, the metrics flush loop, the config watcher) are supervised: one that
+fails is logged once, counted in mproxy_sidecar_task_restarts_total{task}, shown in /status, and restarted
+with backoff; while the flush loop or the watcher waits for its restart /readyz is 503.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sidecar.backend import BackendOptions, BackendStream
 from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
 from mproxy.tunnel import Stream, StreamHandler
+from mproxy.tunnel.supervisor import Supervised
 
 __all__ = ["Sidecar", "build_table"]
 
@@ -72,6 +77,7 @@ class Sidecar:
         self.http: ObserveServer | None = None
         self.watcher: ConfigWatcher[SidecarConfig] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.supervised: list[Supervised] = []  # the flush loop and the config watcher
         self._stopped = asyncio.Event()
         self._refused_seen: dict[str, tuple[int, dict[str, int]]] = {}
 
@@ -90,7 +96,8 @@ class Sidecar:
         return [(url, i) for url in cfg.edge.urls for i in range(cfg.edge.connections_per_url)]
 
     def _new_tunnel(self, url: str, index: int) -> TunnelClient:
-        t = TunnelClient(url, index, lambda: self.config, self.accept, self._tunnel_state)
+        t = TunnelClient(url, index, lambda: self.config, self.accept, self._tunnel_state,
+                         on_crash=self._task_crashed, on_restart=self._count_down)
         self.tunnels.append(t)
         t.start()
         return t
@@ -101,8 +108,27 @@ class Sidecar:
             self.metrics.tunnel_up(t.edge, conn)
         elif t.state == "backoff":
             self.metrics.tunnel_down(t.edge, conn, t.last_reason or _reason_label(t.last_error))
+        elif t.state == "failed":
+            self.metrics.tunnel_down(t.edge, conn, "task_failed")
         elif t.state == "stopped":
             self.metrics.tunnel_connected.labels(t.edge, conn).set(0)
+
+    def _task_crashed(self, sup: Supervised) -> None:
+        self.metrics.task_restarts.labels(sup.kind).inc()
+        self._count_down()
+
+    def _count_down(self, _: Supervised | None = None) -> None:
+        down: dict[str, int] = {}
+        every = [*self.supervised, *(t.supervised for t in self.tunnels if t.supervised is not None)]
+        for sup in every:
+            down[sup.kind] = down.get(sup.kind, 0) + int(sup.down)
+        for kind, n in down.items():
+            self.metrics.tasks_down.labels(kind).set(n)
+
+    def _supervise(self, name: str, kind: str, factory: Any) -> None:
+        sup = Supervised(name, kind, factory, on_crash=self._task_crashed, on_restart=self._count_down)
+        self.supervised.append(sup)
+        self._tasks.append(sup.task)
 
     async def start(self) -> None:
         if self._serve_http:
@@ -112,14 +138,13 @@ class Sidecar:
             log.info("HTTP endpoints on %s:%d", host, self.http.port)
         for url, index in self._slots(self.config):
             self._new_tunnel(url, index)
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._flush_loop()))
+        self._supervise("metrics flush loop", "flush", self._flush_loop)
         if self.config_path:
-            self.watcher = ConfigWatcher(
+            watcher = self.watcher = ConfigWatcher(
                 self.config_path, load_sidecar_config, self.apply_config, interval=self._reload_interval,
                 on_error=lambda _: self.metrics.config_reloads.labels("refused").inc(),
             )
-            self._tasks.append(loop.create_task(self.watcher.run()))
+            self._supervise("config watcher", "config_watcher", lambda: watcher.run())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -215,6 +240,9 @@ class Sidecar:
     def ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting down"
+        failed = [f"{sup.name} failed ({sup.error}), restarting" for sup in self.supervised if sup.down]
+        if failed:
+            return False, "; ".join(failed)
         if any(t.connected for t in self.tunnels):
             return True, ""
         errors = "; ".join(f"{t.label}: {t.last_error}" for t in self.tunnels if t.last_error)
@@ -232,6 +260,8 @@ class Sidecar:
             "defaultRoute": self.table.default.name if self.table.default else None,
             "tunnels": tunnels,
             "streams": sum(t["streams"] for t in tunnels),
+            "tasks": [{"task": sup.kind, "down": sup.down, "restarts": sup.restarts, "lastError": sup.error}
+                      for sup in self.supervised],
             "config": {
                 "path": self.config_path,
                 "reloads": self.watcher.reloads if self.watcher else 0,

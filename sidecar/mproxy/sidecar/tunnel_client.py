@@ -5,6 +5,10 @@ the token (Authorization: Bearer, ?access_token=, or the telebit `add_token` com
 hello), then runs a Multiplexer that accepts streams until the tunnel ends. It then waits a full-jitter
 backoff delay (short ones for a few seconds after an established tunnel was lost) and dials again; DNS is
 resolved again on every attempt (no DNS cache).
+
+The slot's task is supervised (mproxy.tunnel.supervisor): should it ever raise, the error is logged once,
+the slot shows state "failed" with the error in /status (and so is not connected for /readyz), its
+multiplexer is closed, `on_crash` counts it, and the loop is restarted after a backoff.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from mproxy.tunnel import (
     run_tunnel,
 )
 from mproxy.tunnel.sockbuf import auto_send_buffer, set_send_buffer, tcp_rtt_seconds
+from mproxy.tunnel.supervisor import Supervised
 
 if TYPE_CHECKING:
     from mproxy.config.sidecar import SidecarConfig
@@ -100,6 +105,8 @@ class TunnelClient:
         get_config: Callable[[], SidecarConfig],
         accept: Callable[[Stream, TunnelClient], StreamHandler],
         on_state: Callable[[TunnelClient], None] | None = None,
+        on_crash: Callable[[Supervised], None] | None = None,
+        on_restart: Callable[[Supervised], None] | None = None,
     ) -> None:
         self.url = url
         self.index = index
@@ -108,6 +115,9 @@ class TunnelClient:
         self._get_config = get_config
         self._accept = accept
         self._on_state = on_state
+        self._on_crash = on_crash
+        self._on_restart = on_restart
+        self.supervised: Supervised | None = None
         self.state = "idle"
         self.last_error: str | None = None
         self.last_reason: str | None = None  # why the last attempt ended (a bounded metric label)
@@ -123,7 +133,21 @@ class TunnelClient:
     # -- public -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"tunnel {self.label}")
+        self.supervised = Supervised(f"tunnel {self.label}", "tunnel", self.run, on_crash=self._crashed,
+                                     on_restart=self._on_restart)
+        self._task = self.supervised.task
+
+    def _crashed(self, sup: Supervised) -> None:
+        mux = self.mux
+        if mux is not None and not mux.closed:
+            mux.close(f"the tunnel task failed: {sup.error}")
+        self._tunnel_stop = None
+        self.connected_since = None
+        self.last_error = f"the tunnel task failed ({sup.error}); restarting it"
+        self.last_reason = "task_failed"
+        self._set_state("failed")
+        if self._on_crash is not None:
+            self._on_crash(sup)
 
     @property
     def stopping(self) -> bool:
@@ -142,6 +166,7 @@ class TunnelClient:
             "connectedSince": self.connected_since,
             "connects": self.connects,
             "lastError": self.last_error,
+            "restarts": self.supervised.restarts if self.supervised else 0,
             "streams": len(mux.streams) if mux and not mux.closed else 0,
             "streamsOpened": mux.streams_opened if mux else 0,
             "refused": dict(mux.refused) if mux else {},
@@ -161,6 +186,8 @@ class TunnelClient:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self.supervised is not None and self.supervised.down:
+            self.supervised.task.cancel()  # waiting to restart after a failure: nothing to drain
         if self._tunnel_stop is not None:
             self._tunnel_stop.set()
         if self._task is not None:
@@ -263,8 +290,9 @@ class TunnelClient:
                 task.add_done_callback(tasks.discard)
 
         control.on_hello = on_hello
-        control.handlers["grant"] = lambda req: None
-        control.handlers["access_token"] = lambda req: None
+        # telebit-relay's unsolicited notices: its device never answers them, nor do we.
+        control.notifications["grant"] = lambda req: None
+        control.notifications["access_token"] = lambda req: None
         self.mux = mux
         self.connects += 1
         self.connected_since = time.time()

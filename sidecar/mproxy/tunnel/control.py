@@ -2,7 +2,13 @@
 
 Role-neutral: a role registers command handlers (`handlers["add_token"] = fn`) and/or `on_hello`, and
 calls `request(name, *args)` to send a command and await its reply. Bad shapes are answered with an
-E_BAD_COMMAND notice, unknown commands with E_UNKNOWN_COMMAND; nothing here closes the tunnel.
+E_BAD_COMMAND notice, unknown commands with E_UNKNOWN_COMMAND (quoting at most 64 characters of the name);
+nothing here closes the tunnel.
+
+`notifications["grant"] = fn` marks a command the peer sends unsolicited and expects no answer to:
+telebit-relay sends `[id, "grant", ...]` and `[id, "access_token", ...]` after a token is accepted, its
+device never replies, and an answer makes the relay log "received response to unknown command" on every
+connect. `fn` is called; nothing is sent back, not even when it raises.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from mproxy.codec import (
     parse_control,
     reply,
 )
+from mproxy.codec.control import unknown_command
 
 __all__ = ["CommandError", "ControlChannel"]
 
@@ -50,6 +57,7 @@ class ControlChannel:
         self.timeout = timeout
         self.name = name
         self.handlers: dict[str, Handler] = {}
+        self.notifications: dict[str, Callable[[Request], None]] = {}
         self.on_hello: Callable[[Hello], None] | None = None
         self.on_notice: Callable[[Notice], None] | None = None
         self._ids = itertools.count(2)  # the relay's hello uses id 1
@@ -81,9 +89,17 @@ class ControlChannel:
             self._request(msg)
 
     def _request(self, req: Request) -> None:
+        note = self.notifications.get(req.name)
+        if note is not None:
+            try:
+                note(req)
+            except Exception as exc:  # never answered, so never an error reply either
+                log.warning("handling %s from the peer failed: %s: %s", req.name, type(exc).__name__, exc,
+                            extra={"tunnel": self.name})
+            return
         handler = self.handlers.get(req.name)
         if handler is None:
-            self._send(error_reply(req.id, f"unknown command {req.name!r}", "E_UNKNOWN_COMMAND"))
+            self._send(unknown_command(req))
             return
         try:
             result = handler(req)

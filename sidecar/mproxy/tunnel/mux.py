@@ -32,6 +32,13 @@ How a role uses it:
   `eof_received()`. A stream is closed (and `stream_closed()` called once) when both sides sent `end`, on
   any `error` either way, on `abort()`, on the idle timeout, or when the tunnel closes.
 - Control channel: `mux.send_control(value)`; incoming control values go to `on_control(value)`.
+- Urgent frames (control, connection, error, pause/resume) are bounded by `max_pending_replies` frames and
+  `max_urgent_bytes` bytes not yet sent. Going past either (a peer provoking replies and not reading them)
+  drops the frame and fails the tunnel: `mux.failure` says why, `feed()` raises `TunnelOverflow` (a
+  `TunnelProtocolError`) if it happened there, and `await mux.wait_failed()` returns, so the runner closes
+  the tunnel with 1008 wherever it happened. A reply the codec cannot pack (a peer's client id so long
+  that our header would pass 255 bytes) is dropped and counted in `replies_dropped`; a stream whose frames
+  could not be packed is never opened.
 - Closing the tunnel: `mux.close(reason)` closes every stream (handlers see `stream_closed(reason)`);
   malformed input makes `feed()` raise `TunnelProtocolError` (the runner then closes the tunnel, 1002).
 
@@ -53,6 +60,7 @@ from mproxy.codec import (
     End,
     Error,
     Event,
+    LocalProtocolError,
     Message,
     Parser,
     Pause,
@@ -66,6 +74,7 @@ from mproxy.codec import (
     pack_pause,
     pack_resume,
 )
+from mproxy.tunnel.urgent import UrgentQueue
 
 __all__ = [
     "E_IDLE",
@@ -75,6 +84,7 @@ __all__ = [
     "MuxLimits",
     "Stream",
     "StreamHandler",
+    "TunnelOverflow",
     "TunnelProtocolError",
 ]
 
@@ -90,6 +100,10 @@ E_BUFFER = "E_BUFFER"
 
 class TunnelProtocolError(Exception):
     """The peer sent bytes that are not valid M-PROXY; the tunnel must be closed (reason in str())."""
+
+
+class TunnelOverflow(TunnelProtocolError):
+    """The peer provoked more urgent frames than the budget allows without reading them (close: 1008)."""
 
 
 class StreamHandler:
@@ -128,7 +142,8 @@ class MuxLimits:
     high_water: int = 256 * 1024  # per-stream outbound queue: pause the producer above this
     low_water: int = 64 * 1024  # ... and resume it below this
     recent_closed: int = 4096  # remembered closed client ids (late frames for them are dropped)
-    max_pending_replies: int = 16384  # error frames owed to the peer and not yet sent; past it: flood
+    max_pending_replies: int = 16384  # urgent frames (replies, control, pause...) unsent; past it: flood
+    max_urgent_bytes: int = 1 << 20  # ... and their bytes: ~7,000 replies, far above any honest backlog
 
 
 def _is_connection(frame: bytes) -> bool:
@@ -374,11 +389,13 @@ class Multiplexer:
         self.streams: dict[str, Stream] = {}
         self._per_client: dict[str, int] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
-        self._urgent_q: deque[bytes] = deque()
+        self._urgent_q = UrgentQueue(self.limits.max_pending_replies, self.limits.max_urgent_bytes)
         self._ready: deque[Stream] = deque()
         self._wakeup = asyncio.Event()
         self.closed = False
         self.close_reason: str | None = None
+        self.failure: str | None = None  # why the tunnel must close (urgent frames over budget)
+        self._failed = asyncio.Event()
         self.draining = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         # counters (read by the roles' metrics and /status)
@@ -389,6 +406,7 @@ class Multiplexer:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.frames_received = 0
+        self.replies_dropped = 0  # replies that could not be packed (the peer's client id too long)
 
     # -- outbound ---------------------------------------------------------------------------------
 
@@ -397,10 +415,30 @@ class Multiplexer:
             self._wakeup.set()
 
     def _urgent(self, frame: bytes) -> None:
-        if self.closed:
+        if self.closed or self.failure is not None:
             return
-        self._urgent_q.append(frame)
+        q = self._urgent_q
+        if not q.push(frame):
+            self._fail(
+                f"{len(q)} frames ({q.nbytes} bytes) owed to the peer were not sent yet (limits "
+                f"{q.max_frames} frames, {q.max_bytes} bytes): the peer provokes replies and does not read "
+                "them (flood)"
+            )
+            return
         self._wake()
+
+    def _fail(self, reason: str) -> None:
+        """The tunnel cannot go on (the runner closes it with 1008); later frames are dropped."""
+        if self.failure is None:
+            self.failure = reason
+            self._failed.set()
+            self._wake()
+
+    async def wait_failed(self) -> str:
+        """Return `failure` once the multiplexer has failed (see `_fail`)."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
 
     def send_control(self, value: object) -> None:
         """Queue a control message (JSON-serialisable value), sent before any stream data."""
@@ -408,18 +446,18 @@ class Multiplexer:
 
     def send_error(self, addr: Address, message: str, code: str) -> None:
         """An `error` frame for a client that has no stream here (e.g. refused by the role)."""
-        self._urgent(pack_error(addr, message, code))
+        self._reply_error(addr, message, code)
 
     def _reply_error(self, addr: Address, message: str, code: str) -> None:
-        """An error frame answering the peer's frame. A peer that provokes these faster than the tunnel
-        drains them is flooding us: the tunnel is closed (TunnelProtocolError out of feed()) rather than
-        letting the queue grow without bound."""
-        if len(self._urgent_q) >= self.limits.max_pending_replies:
-            raise TunnelProtocolError(
-                f"the peer provoked more than {self.limits.max_pending_replies} error replies that the "
-                "tunnel could not send yet (flood)"
-            )
-        self._urgent(pack_error(addr, message, code))
+        """An error frame answering the peer's frame, within the urgent budget (see `_urgent`). One the
+        codec cannot pack (the peer's address fields leave no room for ours) is dropped: the peer could
+        not parse it anyway, and raising here would take the whole tunnel down."""
+        try:
+            frame = pack_error(addr, message, code)
+        except LocalProtocolError:
+            self.replies_dropped += 1
+            return
+        self._urgent(frame)
 
     def can_open(self, client_address: str) -> bool:
         lim = self.limits
@@ -533,7 +571,7 @@ class Multiplexer:
 
     def feed(self, data: bytes) -> None:
         """Process bytes from the peer. Raises TunnelProtocolError on malformed input."""
-        if self.closed:
+        if self.closed or self.failure is not None:
             return
         self.bytes_received += len(data)
         try:
@@ -544,6 +582,8 @@ class Multiplexer:
             raise TunnelProtocolError(f"malformed M-PROXY data from the peer at {exc}") from None
         for event in events:
             self._dispatch(event)
+            if self._failed.is_set():  # over budget: the rest is not worth answering
+                raise TunnelOverflow(self.failure)
 
     def _dispatch(self, event: Event) -> None:
         self.frames_received += 1
@@ -616,7 +656,24 @@ class Multiplexer:
         self._reply_error(event.addr, message, code)
         self._remember_closed(event.client_id)
 
+    def _packable(self, addr: Address, service: str, serviceport: str, name: str) -> bool:
+        """Whether every frame a stream may send fits a v1 header: its longest data frame, an error with
+        a long message, a pause/resume with a count (serviceport and name filled, as the reference does)."""
+        try:
+            pack_header(addr, service or "tcp", self.limits.frame_size, serviceport=serviceport, name=name)
+            pack_header(addr, "error", 9999, serviceport=serviceport, name=name)
+            pack_header(addr, "resume", 99, serviceport=serviceport, name=name)
+        except LocalProtocolError:
+            return False
+        return True
+
     def _accept(self, event: Event, service: str, serviceport: str, name: str) -> Stream | None:
+        if not self._packable(event.addr, service, serviceport, name):
+            # The peer used up the header's 255 bytes: our answers would not fit, and a stream we cannot
+            # answer on would take the writer down. Drop it (no reply fits either) and its later frames.
+            self.replies_dropped += 1
+            self._remember_closed(event.client_id)
+            return None
         if self.draining:
             self._refuse(event, "this tunnel is shutting down, retry on another", E_SHUTTING_DOWN)
             return None
