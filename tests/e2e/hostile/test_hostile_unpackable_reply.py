@@ -29,8 +29,9 @@ TCP_PORT = 7022
 
 def unpackable_frame() -> bytes:
     """Data for an unknown client: our header is 255 bytes, the reply's (",error" and more) cannot be."""
-    port = "1" * (255 - len("IPv4,9.9.9.9,,1,tcp,,"))
-    frame = pack_data(Address("IPv4", "9.9.9.9", port), b"x", service="tcp")
+    # A long address, not a long port: the parser refuses a port that is not canonical 0-65535.
+    address = "9" * (255 - len("IPv4,,1,1,tcp,,"))
+    frame = pack_data(Address("IPv4", address, "1"), b"x", service="tcp")
     assert frame[1] == 255
     return frame
 

@@ -63,8 +63,9 @@ async def test_error_replies_are_bounded_in_bytes_too() -> None:
 async def test_an_unpackable_reply_is_dropped_and_counted() -> None:
     mux = Multiplexer(clock=lambda: 0.0)
     # The peer's header is 255 bytes; ours (",error" and a 2-digit datalen) would not fit.
-    port = "1" * (255 - len("IPv4,9.9.9.9,,1,tcp,,"))
-    frame = pack_data(Address("IPv4", "9.9.9.9", port), b"x", service="tcp")
+    # A long address, not a long port: the parser refuses a port that is not canonical 0-65535.
+    address = "9" * (255 - len("IPv4,,1,1,tcp,,"))
+    frame = pack_data(Address("IPv4", address, "1"), b"x", service="tcp")
     mux.feed(frame)
     assert mux.replies_dropped == 1 and not mux._urgent_q and mux.failure is None
     mux.feed(frame)  # remembered as closed: dropped without trying again
@@ -74,8 +75,9 @@ async def test_an_unpackable_reply_is_dropped_and_counted() -> None:
 async def test_a_stream_whose_replies_cannot_be_packed_is_never_opened() -> None:
     opened: list[Any] = []
     mux = Multiplexer(on_stream=lambda s: opened.append(s), implicit_open=True, clock=lambda: 0.0)
-    port = "1" * (255 - len("IPv4,9.9.9.9,,1,tcp,,"))
-    mux.feed(pack_data(Address("IPv4", "9.9.9.9", port), b"x", service="tcp"))
+    # A long address, not a long port: the parser refuses a port that is not canonical 0-65535.
+    address = "9" * (255 - len("IPv4,,1,1,tcp,,"))
+    mux.feed(pack_data(Address("IPv4", address, "1"), b"x", service="tcp"))
     assert not opened and not mux.streams and mux.replies_dropped == 1
 
 
