@@ -14,9 +14,10 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,11 @@ PAIRS = ["edge+sidecar", "edge+device.js", "relay.js+sidecar"]
 TRANSPORTS = ["ws", "wss"]
 
 
+BACKEND_LOG: list[str] = []  # what the backend saw when a transfer went wrong (for failure messages)
+
+
 async def transfer_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    mode = b""
     try:
         mode = await r.readexactly(1)
         if mode == b"U":
@@ -53,18 +58,22 @@ async def transfer_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> 
             while left:
                 chunk = await r.read(min(left, 1 << 16))
                 if not chunk:
+                    BACKEND_LOG.append(f"upload: EOF with {left} of {SIZE} bytes left")
                     return
                 sha.update(chunk)
                 left -= len(chunk)
             w.write(sha.hexdigest().encode())
+            BACKEND_LOG.append("upload: digest sent")
         elif mode == b"D":
             view = memoryview(BLOB)
             for off in range(0, SIZE, 1 << 20):
                 w.write(view[off: off + (1 << 20)])
                 await w.drain()
+        else:
+            BACKEND_LOG.append(f"unknown mode {mode!r}")
         await w.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        BACKEND_LOG.append(f"mode {mode!r}: {exc!r}")
     finally:
         w.close()
 
@@ -90,7 +99,13 @@ async def download(port: int, stall: Callable[[], Awaitable[None]] | None = None
     """Ask for BLOB and hash what arrives until EOF; returns (digest, bytes, seconds). With `stall`, read
     nothing until it returns (the tunnel's flow control must hold the rest back meanwhile)."""
     started = time.monotonic()
-    r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    sock = socket.socket()
+    if stall is not None:
+        # A small receive window, so the kernel cannot absorb the whole transfer while we do not read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    r, w = await asyncio.open_connection(sock=sock, limit=1 << 16)
     sha, n = hashlib.sha256(), 0
     try:
         async with asyncio.timeout(BOUND):
@@ -127,6 +142,11 @@ class System:
     port: int = 0
     edge: EdgeRelay | None = None  # the mproxy edge, when the pair has one
     sidecar: Sidecar | None = None  # the mproxy sidecar, when the pair has one
+    events: list[dict[str, Any]] = field(default_factory=list)  # device.js's, for failure messages
+
+    def odd_events(self) -> list[dict[str, Any]]:
+        """device.js events a clean transfer does not produce."""
+        return [e for e in self.events if e.get("event") not in ("connection", "control", "ready", "open")]
 
     def pauses(self) -> tuple[int, int]:
         """(pauses mproxy sent, pauses it received) on the tunnel, from whichever mproxy role is here."""
@@ -197,11 +217,12 @@ async def _read_json_until(proc: asyncio.subprocess.Process, event: str,
                 return item
 
 
-async def _drain_stdout(proc: asyncio.subprocess.Process) -> None:
-    """Keep reading a child's stdout so a chatty child never blocks on a full pipe."""
+async def _drain_stdout(proc: asyncio.subprocess.Process, into: list[dict[str, Any]] | None = None) -> None:
+    """Keep reading a child's stdout (JSON lines) so a chatty child never blocks on a full pipe."""
     assert proc.stdout is not None
-    while await proc.stdout.readline():
-        pass
+    while line := await proc.stdout.readline():
+        if into is not None and len(into) < 1000:
+            into.append(json.loads(line))
 
 
 @pytest.fixture
@@ -235,11 +256,11 @@ def system(tmp_path: Path,
                     if tls:
                         args += ["--ca", tls.ca_file]
                     proc = await asyncio.create_subprocess_exec(
-                        node_bin, str(NODE / "device.js"), *args, "--quiet",
+                        node_bin, str(NODE / "device.js"), *args,
                         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
                     stack.push_async_callback(stop_proc, proc)
                     await _read_json_until(proc, "ready")
-                    drain = asyncio.ensure_future(_drain_stdout(proc))
+                    drain = asyncio.ensure_future(_drain_stdout(proc, out.events))
                     stack.callback(drain.cancel)
                 async with asyncio.timeout(10):
                     while not relay.table.ports():

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from .conftest import BLOB_SHA, PAIRS, SIZE, TRANSPORTS, download, upload
+from .conftest import BACKEND_LOG, BLOB_SHA, PAIRS, SIZE, TRANSPORTS, download, upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 async def test_24_mib_each_way(system, pair: str, transport: str) -> None:  # type: ignore[no-untyped-def]
     async with system(pair, transport) as sys_:
         digest, up_s = await upload(sys_.port)
-        assert digest == BLOB_SHA, f"{pair} over {transport}: upload corrupted ({up_s:.2f} s)"
+        assert digest == BLOB_SHA, (f"{pair} over {transport}: upload corrupted ({up_s:.2f} s); device.js: "
+                                    f"{sys_.odd_events()}; backend: {BACKEND_LOG[-3:]}")
         digest, n, down_s = await download(sys_.port)
         assert (n, digest) == (SIZE, BLOB_SHA), f"{pair} over {transport}: download corrupted"
         print(f"{pair} {transport}: 24 MiB up {up_s:.2f} s, down {down_s:.2f} s")

@@ -113,8 +113,14 @@ function meta(msg) {
 		serviceport: msg.serviceport, name: msg.name };
 }
 
+// packHeader sets meta.service to the frame's service: pack from a copy, or the client's later data
+// frames would go out as `resume` or `end` frames.
+function pack(addr, data, service, andBody) {
+	return Packer.packHeader(Object.assign({}, addr), data, service, andBody);
+}
+
 function sendError(addr, message, code) {
-	send(Packer.packHeader(addr, { message: message, code: code }, 'error', true));
+	send(pack(addr, { message: message, code: code }, 'error', true));
 }
 
 function localPortFor(msg) {
@@ -145,7 +151,7 @@ function onConnection(msg) {
 		if (pending) {
 			pending = false;
 			connecting -= 1;
-			setImmediate(readHeld);
+			readHeld();
 		}
 	}
 	socket.on('connect', function () {
@@ -157,20 +163,19 @@ function onConnection(msg) {
 	});
 	socket.on('data', function (chunk) {
 		lastSeen = Date.now();
-		var dataMeta = Object.assign({}, addr);
-		send(Packer.packHeader(dataMeta, chunk, addr.service));
+		send(pack(addr, chunk, addr.service));
 		send(chunk);
 	});
 	socket.on('drain', function () {
 		if (client.localPaused) {
 			client.localPaused = false;
-			send(Packer.packHeader(addr, Buffer.from(String(socket.writableLength)), 'resume', true));
+			send(pack(addr, Buffer.from(String(socket.writableLength)), 'resume', true));
 		}
 	});
 	socket.on('end', function () {
 		if (!client.ended) {
 			client.ended = true;
-			send(Packer.packHeader(addr, null, 'end'));
+			send(pack(addr, null, 'end'));
 		}
 	});
 	socket.on('error', function (err) {
@@ -185,7 +190,7 @@ function onConnection(msg) {
 		if (clients[id] === client) { delete clients[id]; }
 		if (!client.ended) {
 			client.ended = true;
-			send(Packer.packHeader(addr, null, 'end'));
+			send(pack(addr, null, 'end'));
 		}
 	});
 }
@@ -228,7 +233,7 @@ var machine = Packer.create({
 			if (!client.socket.write(msg.data) && !client.localPaused) {
 				if (client.socket.writableLength > HIGH_WATER) {
 					client.localPaused = true;
-					send(Packer.packHeader(client.meta, Buffer.from(String(client.socket.writableLength)),
+					send(pack(client.meta, Buffer.from(String(client.socket.writableLength)),
 						'pause', true));
 				}
 			}
@@ -273,8 +278,9 @@ ws.on('open', function () { report({ event: 'open' }); });
 ws.on('message', function (data) {
 	lastSeen = Date.now();
 	var chunk = Buffer.isBuffer(data) ? data : Buffer.from(data);
-	if (connecting) { held.push(chunk); return; }
-	machine.fns.addChunk(chunk);
+	// in order: behind whatever is still held (readHeld stops again when a message starts a connect)
+	held.push(chunk);
+	readHeld();
 });
 ws.on('pong', function () { lastSeen = Date.now(); });
 ws.on('ping', function () { lastSeen = Date.now(); });

@@ -47,7 +47,7 @@ function sendFrame(ws, addr, data, service) {
 	if (data && !Buffer.isBuffer(data)) {
 		data = Buffer.from(JSON.stringify(data));
 	}
-	var header = Packer.packHeader(addr, data, service);
+	var header = Packer.packHeader(Object.assign({}, addr), data, service); // it sets meta.service
 	ws.send(header, { binary: true });
 	if (data && data.byteLength) {
 		ws.send(data, { binary: true });
