@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 BACKEND_PY = HERE / "backend.py"
 SECRET = b"fault-suite-secret-0123456789abc"
 PUBLIC_PORT = 7022
+SINK_PORT = 7023  # the public port of the listener whose route leads to a backend that never reads
 RECONNECT_BUDGET = 3.0  # s from the edge listening again to a tunnel carrying traffic (fast window: ~0.25 s)
 HEARTBEAT = {"intervalSeconds": 0.5, "timeoutSeconds": 2}
 
@@ -156,6 +157,7 @@ class TcpProxy:
         self.port = free_port()
         self.pairs: list[_Pair] = []
         self.accepted = 0
+        self.accepted_at: list[float] = []  # time.monotonic() of each connection from the sidecar
         self.server: asyncio.Server | None = None
 
     async def start(self) -> TcpProxy:
@@ -164,6 +166,7 @@ class TcpProxy:
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.accepted_at.append(time.monotonic())
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         except OSError:
@@ -326,15 +329,20 @@ class Rig:
 
     def __init__(self, tmp: Path, *, edge: dict[str, Any] | None = None,
                  sidecar: dict[str, Any] | None = None, modes: dict[str, str] | None = None,
-                 labels: tuple[str, ...] = ("A", "B")) -> None:
+                 labels: tuple[str, ...] = ("A", "B"), sink: bool = False) -> None:
+        """`sink`: a second edge listener (public port SINK_PORT) routed by every sidecar to one backend
+        process that accepts and never reads."""
         self.tmp = tmp
         (tmp / "secret").write_bytes(SECRET)
-        (tmp / "token").write_text(mint(SECRET, ports=[PUBLIC_PORT]))
+        (tmp / "token").write_text(mint(SECRET, ports=[PUBLIC_PORT, SINK_PORT]))
         self.client_port, self.tunnel_port, self.edge_http = free_port(), free_port(), free_port()
+        self.sink_port = free_port()
+        pairs = [(self.client_port, PUBLIC_PORT)] + ([(self.sink_port, SINK_PORT)] if sink else [])
+        listeners = [{"kind": "tcp", "listen": f"127.0.0.1:{port}", "publicPort": public}
+                     for port, public in pairs]
         edge_cfg = merge({
             "auth": {"secretFile": str(tmp / "secret")},
-            "listeners": [{"kind": "tcp", "listen": f"127.0.0.1:{self.client_port}",
-                           "publicPort": PUBLIC_PORT}],
+            "listeners": listeners,
             "tunnel": {"listen": f"127.0.0.1:{self.tunnel_port}", "path": "/tunnel"},
             "http": {"listen": f"127.0.0.1:{self.edge_http}"},
             "heartbeat": {**HEARTBEAT, "authTimeoutSeconds": 2},
@@ -350,6 +358,13 @@ class Rig:
         self.sidecar_http = {label: free_port() for label in labels}
         self.backends: dict[str, Proc] = {}
         self.sidecars: dict[str, Proc] = {}
+        routes_extra: list[dict[str, Any]] = []
+        if sink:
+            sink_backend = free_port()
+            self.backends["sink"] = Proc("backend sink", [sys.executable, str(BACKEND_PY), str(sink_backend),
+                                                          "S", "sink"], tmp / "backend-sink.log", "ready")
+            routes_extra.append({"name": "sink", "match": {"ports": [SINK_PORT]},
+                                 "backend": {"host": "127.0.0.1", "port": sink_backend}})
         for label in labels:
             mode = (modes or {}).get(label, "echo")
             self.backends[label] = Proc(
@@ -360,7 +375,8 @@ class Rig:
                 "edge": {"urls": [f"ws://127.0.0.1:{self.proxies[label].port}/tunnel"],
                          "tokenFile": str(tmp / "token")},
                 "routes": [{"name": "echo", "match": {"services": ["tcp"]},
-                            "backend": {"host": "127.0.0.1", "port": self.backend_ports[label]}}],
+                            "backend": {"host": "127.0.0.1", "port": self.backend_ports[label]}},
+                           *routes_extra],
                 "heartbeat": HEARTBEAT,
                 "reconnect": {"initialSeconds": 0.05, "maxSeconds": 0.5},
                 "http": {"listen": f"127.0.0.1:{self.sidecar_http[label]}"},
@@ -455,3 +471,20 @@ class Rig:
                          lambda: summary(transfers))
         assert not running.done() and not any(t.eof for t in transfers), summary(transfers)
         return running
+
+
+async def upload_until_stalled(port: int, seconds: float = 3.0, limit: int = 64 << 20
+                               ) -> tuple[asyncio.StreamWriter, int]:
+    """Connect, write 1 MiB chunks for `seconds` and never read; returns the writer (still open) and the
+    bytes that went out. Fails when all of `limit` went out: nothing pushed back."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    chunk, sent = os.urandom(1 << 20), 0
+    try:
+        async with asyncio.timeout(seconds):
+            while sent < limit:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+    except TimeoutError:
+        return writer, sent
+    raise AssertionError(f"{limit} bytes went out in under {seconds:g} s: nothing pushed back")
