@@ -262,10 +262,10 @@ class Transfer:
         """What came back (maybe cut short) is a prefix of what was sent."""
         return self.payload.startswith(bytes(self.received))
 
-    async def run(self, port: int, timeout: float) -> Transfer:
+    async def run(self, port: int, timeout: float, local_addr: tuple[str, int] | None = None) -> Transfer:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local_addr)
                 sender = asyncio.ensure_future(self._send(writer))
                 try:
                     await self._receive(reader)
@@ -276,6 +276,8 @@ class Transfer:
                     writer.close()
         except TimeoutError:
             self.error = "hung"
+        except OSError as exc:  # the connect itself failed
+            self.error = f"connect: {type(exc).__name__}"
         self.ended_at = time.monotonic()
         return self
 
