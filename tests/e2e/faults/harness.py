@@ -436,8 +436,13 @@ class Rig:
     # -- measuring ------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        """Open fds of every running process, by name."""
-        return {p.name: fds(p.pid) for p in self.all_procs() if p.alive}
+        """Open fds (key: the process's name) and threads ("<name> threads") of every running process.
+        Neither role exposes its asyncio task count, so fds and threads stand in for it."""
+        out: dict[str, int] = {}
+        for p in self.all_procs():
+            if p.alive:
+                out[p.name], out[f"{p.name} threads"] = fds(p.pid), threads(p.pid)
+        return out
 
     async def settled_counts(self, within: float = 5.0) -> dict[str, int]:
         """The fd counts once two readings 0.3 s apart agree (a process still closing has moved on)."""
@@ -451,7 +456,7 @@ class Rig:
             last = now
 
     async def back_to(self, baseline: dict[str, int], within: float = 5.0) -> float:
-        """Every process of `baseline` is back to its fd count."""
+        """Every process of `baseline` is back to its fd and thread counts."""
         def same() -> bool:
             now = self.counts()
             return all(now.get(name) == n for name, n in baseline.items())

@@ -35,7 +35,7 @@ def expected_after(r: Rig, role: str, base: dict[str, int]) -> dict[str, int]:
     that led to the victim (a sidecar redialling a dead edge is in flux: only the backends count then)."""
     if role == "edge":
         return {name: n for name, n in base.items() if name.startswith("backend")}
-    out = {name: n for name, n in base.items() if name != victim_of(r, role).name}
+    out = {name: n for name, n in base.items() if not name.startswith(victim_of(r, role).name)}
     if role == "sidecar":
         out["edge"] -= 1  # sidecar A's tunnel
     return out

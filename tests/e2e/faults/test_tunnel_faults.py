@@ -46,7 +46,7 @@ async def test_blackholed_tunnel_is_found_dead_and_redialled(rig) -> None:  # ty
     r: Rig = await rig()
     base = await blackhole_a(r)
     # the sidecars and backends closed the dead tunnel's sockets and its streams' backend connections
-    await r.back_to({name: n for name, n in base.items() if name != "edge"})
+    await r.back_to({name: n for name, n in base.items() if name != "edge"})  # edge: the xfail below
 
 
 @pytest.mark.xfail(strict=True, reason=(
