@@ -45,6 +45,7 @@ from tests.e2e.faults.harness import (  # noqa: E402
     fds,
     free_port,
     get_json,
+    get_text,
     mproxy_argv,
     rss_kib,
     threads,
@@ -149,6 +150,26 @@ class System:
         with contextlib.suppress(OSError, TimeoutError, ValueError):
             return int((await get_json(self.edge_http))["ports"].get(str(PUBLIC_PORT), 0))
         return 0
+
+    async def refusals(self) -> dict[str, float]:
+        """Every refusal and error counter of the three mproxy processes that is not zero, summed over
+        its other labels: what the roles say went wrong."""
+        wanted = ("mproxy_edge_rejects_total", "mproxy_edge_tunnel_rejects_total",
+                  "mproxy_edge_client_connections_total", "mproxy_sidecar_stream_errors_total",
+                  "mproxy_sidecar_streams_refused_total", "mproxy_sidecar_tunnel_reconnects_total")
+        out: Counter[str] = Counter()
+        for port in (self.edge_http, *self.sidecar_http):
+            with contextlib.suppress(OSError, TimeoutError, ValueError):
+                text = await get_text(port, "/metrics")
+                for metric in text.splitlines():
+                    name = metric.split("{", 1)[0]
+                    if name in wanted and not metric.startswith("#"):
+                        labels = metric[len(name):].rsplit(" ", 1)[0]
+                        keep = ",".join(part for part in labels.strip("{}").split(",")
+                                        if part.split("=")[0] in ("reason", "result"))
+                        if 'result="ok"' not in keep:
+                            out[f"{name}{{{keep}}}"] += float(metric.rsplit(" ", 1)[1])
+        return {k: v for k, v in out.items() if v}
 
     def sample(self) -> dict[str, dict[str, int]]:
         return {p.name: {"rss_mib": rss_kib(p.pid) >> 10, "fds": fds(p.pid), "threads": threads(p.pid)}
@@ -330,6 +351,9 @@ async def run(args: argparse.Namespace) -> int:
             minutes.append({"minute": round((now - started) / 60, 2), "rate": round(rate), "roles": sample,
                             "streams": stats.streams, "failed": stats.failed})
             print(line((now - started) / 60, sample, stats, rate), flush=True)
+            if stats.failed:
+                roles = await system.refusals()
+                print(f"    failures {dict(stats.failures)}; the roles count {roles}", flush=True)
         stop.set()
         await asyncio.wait(tasks, timeout=90)
         await asyncio.sleep(3)

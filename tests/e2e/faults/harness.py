@@ -218,7 +218,7 @@ class TcpProxy:
 
 # -- HTTP endpoints -----------------------------------------------------------------------------------
 
-async def get_json(port: int, path: str = "/status") -> Any:
+async def _get(port: int, path: str) -> tuple[int, bytes]:
     """GET with `Connection: close`, so no keep-alive socket is left in the count of the server's fds."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     try:
@@ -227,9 +227,17 @@ async def get_json(port: int, path: str = "/status") -> Any:
     finally:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
-    if path == "/status":
-        return json.loads(body)
-    return int(head.split()[1])
+    return int(head.split()[1]), body
+
+
+async def get_json(port: int, path: str = "/status") -> Any:
+    """/status as JSON; any other path: its HTTP status code."""
+    code, body = await _get(port, path)
+    return json.loads(body) if path == "/status" else code
+
+
+async def get_text(port: int, path: str) -> str:
+    return (await _get(port, path))[1].decode(errors="replace")
 
 
 # -- checksummed transfers ----------------------------------------------------------------------------
@@ -300,7 +308,7 @@ class Transfer:
         except asyncio.IncompleteReadError:
             self.error = "closed before the tag"
         except OSError as exc:
-            self.error = type(exc).__name__
+            self.error = type(exc).__name__ + ("" if self.tag else " before the tag")
 
 
 def summary(transfers: list[Transfer]) -> str:
