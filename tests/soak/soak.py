@@ -3,7 +3,7 @@
 
 - honest load: `--streams` concurrent client streams (2000 by default) from 40 loopback addresses, each
   opening, echoing 1-128 KiB of random bytes through edge -> sidecar -> backend, checking sha256, closing,
-  and starting again;
+  and starting again (the streams and slowloris start evenly over `--ramp-seconds`, 10 by default);
 - a hostile tunnel: 3 WebSocket peers at once that dial the edge with bad or missing tokens and bad
   M-PROXY input (one case per connection, round robin; their token grants a port no listener serves,
   so no honest client is ever routed to them);
@@ -182,7 +182,8 @@ class System:
 
 # -- load -------------------------------------------------------------------------------------------
 
-async def honest(system: System, stats: Stats, stop: asyncio.Event, n: int) -> None:
+async def honest(system: System, stats: Stats, stop: asyncio.Event, n: int, delay: float) -> None:
+    await asyncio.sleep(delay)  # the ramp: a soak measures the steady state, not one SYN burst
     rng = random.Random(n)
     local = CLIENT_ADDRS[n % len(CLIENT_ADDRS)]
     while not stop.is_set():
@@ -267,9 +268,10 @@ async def hostile(system: System, stats: Stats, stop: asyncio.Event, first: int)
                 stats.hostile_unexpected[f"{name}: {outcome}"] += 1
 
 
-async def slowloris(system: System, stats: Stats, stop: asyncio.Event, n: int) -> None:
+async def slowloris(system: System, stats: Stats, stop: asyncio.Event, n: int, delay: float) -> None:
     """Trickle a request head (HTTP) or a ClientHello (TLS) one byte a second; the edge must cut it
     at the sniff timeout."""
+    await asyncio.sleep(delay)
     port = system.http if n % 2 else system.tls
     http_head = b"GET / HTTP/1.1\r\nHost: slow" + b"w" * 64
     client_hello = b"\x16\x03\x01\x02\x00\x01" + b"\x00" * 64  # a record of 512 bytes that never comes
@@ -330,8 +332,11 @@ async def run(args: argparse.Namespace) -> int:
           f"3 hostile tunnel peers; logs in {tmp}", flush=True)
     print("baseline: " + json.dumps(baseline), flush=True)
     stop = asyncio.Event()
-    tasks = [asyncio.ensure_future(honest(system, stats, stop, n)) for n in range(args.streams)]
-    tasks += [asyncio.ensure_future(slowloris(system, stats, stop, n)) for n in range(args.slowloris)]
+    ramp = args.ramp_seconds
+    tasks = [asyncio.ensure_future(honest(system, stats, stop, n, ramp * n / args.streams))
+             for n in range(args.streams)]
+    tasks += [asyncio.ensure_future(slowloris(system, stats, stop, n, ramp * n / max(1, args.slowloris)))
+              for n in range(args.slowloris)]
     tasks += [asyncio.ensure_future(hostile(system, stats, stop, 4 * k)) for k in range(3)]
     minutes: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -423,11 +428,13 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to hold the load (default 10)")
     parser.add_argument("--streams", type=int, default=2000, help="concurrent honest streams (default 2000)")
     parser.add_argument("--slowloris", type=int, default=100, help="slowloris connections (default 100)")
+    parser.add_argument("--ramp-seconds", type=float, default=10.0,
+                        help="start the streams and slowloris evenly over this long (default 10)")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between reports (default 60)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
     args = parser.parse_args()
-    if args.minutes <= 0 or args.streams < 1 or args.slowloris < 0:
-        parser.error("--minutes must be > 0, --streams >= 1, --slowloris >= 0")
+    if args.minutes <= 0 or args.streams < 1 or args.slowloris < 0 or args.ramp_seconds < 0:
+        parser.error("--minutes must be > 0, --streams >= 1, --slowloris >= 0, --ramp-seconds >= 0")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return asyncio.run(run(args))
 
