@@ -20,7 +20,10 @@ pytestmark = pytest.mark.e2e
 async def blackhole_a(r: Rig) -> dict[str, int]:
     """Blackhole A's tunnel mid-transfer; check both sides found it dead and A is back; the baseline fds."""
     base = await r.settled_counts()
-    transfers = r.transfers(size=1280 << 10)  # 3.2 s or more: still running when the heartbeat fires
+    # 70 chunks of 64 KiB, 0.05 s apart: 3.5 s or more, so still running when the heartbeat fires, and
+    # A's 10 streams offer ~12 MB/s, so the ~8 MB of socket buffers between the edge and the blackholed
+    # proxy are full well before then: the edge's tunnel writer is blocked when the tunnel is found dead
+    transfers = r.transfers(size=70 << 16, chunk=64 << 10)
     running = await r.in_flight(transfers)
     assert r.proxies["A"].blackhole() == 1
     holed_at = time.monotonic()
