@@ -55,7 +55,7 @@ async def test_blackholed_tunnel_is_found_dead_and_redialled(rig) -> None:  # ty
 @pytest.mark.xfail(strict=True, reason=(
     "edge holds a dead-peer tunnel's socket (and MBs unsent) forever: in run_tunnel (tunnel/ws.py:165-173) "
     "ws.close() awaits aiohttp's shared drain waiter, cancelled with the writer task, so CancelledError "
-    "escapes suppress(Exception) and handle_tunnel never logs the close (edge/relay.py:432); with that "
+    "escapes suppress(Exception) and handle_tunnel never logs the close (edge/relay.py:431); with that "
     "shielded, close() times out into aiohttp's graceful transport.close(), which waits to flush to a peer "
     "that never reads: the transport must be aborted"))
 async def test_blackholed_tunnel_releases_its_socket_on_the_edge(rig) -> None:  # type: ignore[no-untyped-def]
