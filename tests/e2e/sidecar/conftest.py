@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -261,18 +262,27 @@ def run_sidecar(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContext
 
 async def tcp_roundtrip(port: int, payload: bytes, *, expect: int | None = None, timeout: float = 5.0,
                         half_close: bool = True) -> bytes:
-    """Connect to the relay's public port, send, half-close, read everything back."""
+    """Connect to the relay's public port, send, half-close, read everything back.
+
+    The relay may close or reset the client first (a refused stream), at any point of the write: the
+    reset then comes out of drain() (ECONNRESET), or out of write_eof() (ENOTCONN: shutdown on a socket
+    the peer reset before the loop read that reset). That is an answer, so the helper stops writing and
+    returns what was read."""
     async with asyncio.timeout(timeout):
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(payload)
-        await w.drain()
-        if half_close:
-            w.write_eof()
+        try:
+            w.write(payload)
+            await w.drain()
+            if half_close:
+                w.write_eof()
+        except OSError as exc:  # the relay closed first; anything else is a real failure
+            if not isinstance(exc, ConnectionError) and exc.errno != errno.ENOTCONN:
+                raise
         out = bytearray()
         while expect is None or len(out) < expect:
             try:
                 chunk = await r.read(65536)
-            except ConnectionResetError:  # the relay destroys a client whose stream got an error
+            except ConnectionError:  # the relay destroys a client whose stream got an error
                 break
             if not chunk:
                 break
