@@ -222,7 +222,10 @@ async def _close_ws(ws: WebSocketLike, result: TunnelClose) -> None:
         if task is not None and task.cancelling():
             raise
     finally:
-        # A peer that does not read (or answer our close) must not keep the connection: drop it.
+        # A peer that does not read (or answer our close) must not keep the connection: drop it. After an
+        # overflow or a dead peer, even a close that "finished" may have left the transport closing with
+        # our unsent bytes, waiting for a flush that never comes (asyncio), so drop those always.
         transport = getattr(getattr(ws, "_writer", None), "transport", None)
-        if not finished and transport is not None and not transport.is_closing():
+        not_reading = result.reason in ("overflow", "dead_peer")
+        if transport is not None and (not_reading or (not finished and not transport.is_closing())):
             transport.abort()
