@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from mproxy.codec.errors import LocalProtocolError
+
+# Canonical decimal, as every peer writes numbers: no sign, no spaces, no leading zeros. A lenient reading
+# (int("+0443") == 443) would let two spellings name one port, and routing, grants and logs disagree.
+CANONICAL = re.compile(r"0|[1-9][0-9]*")
+
+
+def port_ok(text: str) -> bool:
+    """A port field as M-PROXY peers must write it: canonical decimal 0-65535. The parser refuses any
+    other spelling and the packer will not write one."""
+    return len(text) <= 5 and bool(CANONICAL.fullmatch(text)) and int(text) <= 65535
 
 
 @dataclass(frozen=True, slots=True)
