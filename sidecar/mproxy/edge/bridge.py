@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
@@ -110,9 +111,10 @@ class _TunnelSide(StreamHandler):
 
 class ClientBridge:
     def __init__(self, transport: asyncio.Transport, *, high_water: int, kind: str = "tcp",
-                 rule: BufferRule | None = None) -> None:
+                 rule: BufferRule | None = None, on_cut: Callable[[str], None] | None = None) -> None:
         self.transport = transport
         self.rule = rule or BufferRule()
+        self.on_cut = on_cut  # told which buffer limit cut this stream (mproxy.buffers.CUT_LIMITS)
         self.buffers: TunnelBuffers | None = None  # the tunnel's ledger, once attached
         self.kind = kind  # the listener kind: how to tell the client its backend failed
         self.high_water = high_water
@@ -232,7 +234,9 @@ class ClientBridge:
         t = self.transport
         return 0 if t.is_closing() else t.get_write_buffer_size()
 
-    def overflow(self, reason: str) -> None:
+    def overflow(self, reason: str, limit: str) -> None:
+        if self.on_cut is not None:
+            self.on_cut(limit)
         stream = self.stream
         log.warning("client %s: the tunnel kept sending while paused (%s); cutting the stream",
                     stream.client_id if stream else "?", reason)

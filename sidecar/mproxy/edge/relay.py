@@ -343,7 +343,7 @@ class EdgeRelay:
             # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
             transport = cast(asyncio.Transport, req.writer.transport)
             bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind,
-                                  rule=self.buffer_rule)
+                                  rule=self.buffer_rule, on_cut=self.metrics.buffer_cut)
             stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
                                      serviceport=req.serviceport, name=req.name)
             rel.session, rel.bridge, rel.stream = session, bridge, stream
