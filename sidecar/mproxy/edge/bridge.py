@@ -14,8 +14,9 @@ bytes already buffered there come along) and works at the protocol level: no tas
   is cut with E_BUFFER and the client reset.
 - A client that resets or closes while its reads are paused is noticed within a second
   (mproxy.sockwatch), not at the idle timeout.
-- A stream that fails after the client got data (backend error, E_BUFFER) ends with a TCP reset, so the
-  client cannot mistake a truncated answer for a whole one.
+- A stream that fails after the client got data and before the sidecar's `end` (backend error, E_BUFFER,
+  the tunnel closed) ends with a TCP reset, so the client cannot mistake a truncated answer for a whole
+  one. After `end` the answer is whole: what is queued is flushed, then a FIN.
 - Replay: until the sidecar answers anything, the client's bytes are kept (up to REPLAY_MAX) so that a
   stream the sidecar refuses without having dialled a backend (E_SHUTTING_DOWN, E_LIMIT) can be moved to
   another tunnel by the relay.
@@ -91,6 +92,7 @@ class _TunnelSide(StreamHandler):
         self.b.to_client(data)
 
     def eof_received(self) -> None:
+        self.b.tunnel_ended = True
         t = self.b.transport
         if not t.is_closing() and t.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
@@ -126,6 +128,7 @@ class ClientBridge:
         self.peer_error: tuple[str, str] | None = None
         self.received_any = False
         self.client_ended = False
+        self.tunnel_ended = False  # the sidecar sent `end`: the client's answer is complete
         self.sent: bytearray | None = bytearray()  # replay buffer, None once the sidecar answered
         self.retry = False
         self._want_read = True
@@ -284,11 +287,12 @@ class ClientBridge:
             code = self.peer_error[1][:40]
             self.transport.write(refusal_bytes(
                 self.kind, "backend_failed", f"the service behind this name is unavailable ({code})"))
-        if reason is not None and self.received_any and not reason.startswith("tunnel closed"):
-            # The client already has part of an answer: a reset tells it the answer is incomplete.
+        if reason is not None and self.received_any and not self.tunnel_ended:
+            # The client has part of an answer and the rest will never come (the backend failed, E_BUFFER,
+            # the tunnel closed): a reset tells it the answer is incomplete.
             reset(self.transport)
-        elif reason is not None and reason.startswith("tunnel closed"):
-            self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
+        elif reason is not None and reason.startswith("tunnel closed") and not self.tunnel_ended:
+            self.transport.abort()  # the tunnel is gone before any answer: free the client now
         else:
             self.transport.close()  # flushes what is queued for the client, then closes
             asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
