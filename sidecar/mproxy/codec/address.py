@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,22 @@ class Address:
                 f"got {len(parts)} fields"
             )
         return cls(parts[0], parts[1], parts[2])
+
+
+@functools.lru_cache(maxsize=4096)
+def address_key(address: str, ipv6_prefix: int = 64) -> str:
+    """The key a client address is counted under by per-address limits (the edge's admission, each
+    tunnel's streams per client): IPv4 as is, IPv6 as its /`ipv6_prefix` network (one host usually holds
+    a whole /64, so counting each address would let it bypass every per-address limit)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
 
 
 def address_from_peername(peername: Any) -> Address:

@@ -165,6 +165,7 @@ class EdgeRelay:
         self.mux_limits = MuxLimits(
             max_streams=lim.streams_per_tunnel,
             max_streams_per_client=lim.connections_per_client,
+            ipv6_prefix=lim.ipv6_prefix_length,
             idle_timeout=lim.idle_timeout_seconds,
             max_frame_bytes=lim.max_frame_bytes,
         )
