@@ -148,8 +148,11 @@ _ledgers: weakref.WeakKeyDictionary[object, TunnelBuffers] = weakref.WeakKeyDict
 
 
 def buffers_of(tunnel: object, rule: BufferRule) -> TunnelBuffers:
-    """The ledger of `tunnel` (e.g. its Multiplexer), made on first use and gone with the tunnel."""
+    """The ledger of `tunnel` (e.g. its Multiplexer), made on first use and gone with the tunnel. A
+    different `rule` (a config reload) replaces the ledger's from then on."""
     ledger = _ledgers.get(tunnel)
     if ledger is None:
         ledger = _ledgers[tunnel] = TunnelBuffers(rule)
+    elif ledger.rule != rule:
+        ledger.rule = rule
     return ledger

@@ -123,3 +123,47 @@ async def test_sidecar_cuts_a_burst_once_the_edge_goes_quiet(tmp_path, stack) ->
     assert loop.time() - quiet < 5.0
     for w in never.writers:
         w.transport.abort()
+
+
+async def _sidecar_with_firehoses(tmp_path, stack, n: int, total: int,  # type: ignore[no-untyped-def]
+                                  limits: dict[str, object]) -> list[Firehose]:
+    never = _Never()
+    server = await asyncio.start_server(never, "127.0.0.1", 0)
+    stack.callback(server.close)
+    stack.callback(lambda: [w.transport.abort() for w in never.writers])
+    edge = await HostileEdge().start()
+    stack.push_async_callback(edge.close)
+    sidecar = await start_sidecar(tmp_path, edge.port, server.sockets[0].getsockname()[1], limits=limits)
+    stack.push_async_callback(sidecar.stop)
+    await asyncio.wait_for(edge.connected.wait(), 20)
+    hoses: list[Firehose] = []
+
+    def make(stream: Stream) -> Firehose:
+        hoses.append(Firehose(stream, total))
+        return hoses[-1]
+
+    for i in range(n):
+        edge.open(i, make)
+    return hoses
+
+
+async def test_sidecar_buffer_limits_are_configurable(tmp_path, stack) -> None:  # type: ignore[no-untyped-def]
+    # bufferHardBytes 4 MiB with a 60 s grace: only the configured hard limit can cut within 10 s (the
+    # default one is 64 MiB). Before: the sidecar refused these keys (its limits were not configurable).
+    hoses = await _sidecar_with_firehoses(tmp_path, stack, 1, 48 * MiB, {
+        "bufferSoftBytes": 2 * MiB, "bufferHardBytes": 4 * MiB, "bufferGraceSeconds": 60})
+    await asyncio.wait_for(asyncio.shield(hoses[0].closed), 10)
+    assert hoses[0].error is not None and hoses[0].error[0] == "E_BUFFER", hoses[0].error
+    assert "4194304" in hoses[0].error[1]  # the hard limit's message
+    assert hoses[0].sent < 40 * MiB
+
+
+async def test_sidecar_tunnel_buffer_cap_is_configurable(tmp_path, stack) -> None:  # type: ignore[no-untyped-def]
+    # 6 x 12 MiB under a 16 MiB soft limit (grace 60 s), a 32 MiB tunnel cap: some, not all, are cut.
+    hoses = await _sidecar_with_firehoses(tmp_path, stack, 6, 12 * MiB, {
+        "bufferSoftBytes": 16 * MiB, "bufferGraceSeconds": 60, "tunnelBufferBytes": 32 * MiB})
+    await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.done_sending) for h in hoses)), 20)
+    await asyncio.sleep(1.0)
+    cut = [h for h in hoses if h.error and h.error[0] == "E_BUFFER"]
+    assert 1 <= len(cut) < 6, [h.error for h in hoses]
+    assert all("held the most" in h.error[1] for h in cut if h.error)

@@ -86,6 +86,9 @@ def test_one_ledger_per_tunnel() -> None:
     a, b = Tunnel(), Tunnel()
     assert buffers_of(a, BufferRule()) is buffers_of(a, BufferRule())
     assert buffers_of(a, BufferRule()) is not buffers_of(b, BufferRule())
+    reloaded = BufferRule(soft=MiB, hard=2 * MiB, grace=1, tunnel=4 * MiB)
+    assert buffers_of(a, reloaded) is buffers_of(a, BufferRule())
+    assert buffers_of(a, reloaded).rule == reloaded  # a config reload applies to a tunnel's next streams
 
 
 async def test_bytes_under_the_high_water_mark_do_not_count_against_the_tunnel() -> None:
