@@ -37,7 +37,7 @@ from mproxy.tunnel.mux import Stream, StreamHandler
 
 log = logging.getLogger("mproxy.edge")
 
-CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is cut off
+CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is reset
 REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
 RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
 E_BUFFER = "E_BUFFER"
@@ -300,7 +300,7 @@ class ClientBridge:
 
     def _cut(self) -> None:
         if self.transport.get_write_buffer_size():
-            self.transport.abort()
+            reset(self.transport)  # what it read is truncated: a FIN would make it look whole
 
     def _finish(self) -> None:
         if not self.done.done():
