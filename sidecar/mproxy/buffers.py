@@ -13,7 +13,8 @@ until the tunnel is back under it, so `streams x hard` is not the worst case.
 
 A role registers each stream as a `Holder` in its tunnel's `TunnelBuffers` (`buffers_of(mux, rule)`
 keeps one per multiplexer), reports `update(holder, size)` after each write, `paused`/`resumed` when it
-sends pause/resume, and `forget` when the stream ends. Cutting is the holder's `overflow(reason)`.
+sends pause/resume, and `forget` when the stream ends. Cutting is the holder's `overflow(reason, limit)`;
+`limit` names the rule that cut (one of CUT_LIMITS), for a metric label.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["BufferRule", "Holder", "TunnelBuffers", "buffers_of"]
+__all__ = ["CUT_LIMITS", "BufferRule", "Holder", "TunnelBuffers", "buffers_of"]
 
 MiB = 1024 * 1024
+# Which rule cut a stream: past `hard` at once, past `soft` after the grace, or the tunnel's cap.
+CUT_LIMITS = ("hard", "soft", "tunnel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +51,9 @@ class Holder(Protocol):
     def buffered_bytes(self) -> int:
         """Bytes queued for the local socket right now."""
 
-    def overflow(self, reason: str) -> None:
-        """Cut the stream (E_BUFFER); the ledger forgets the holder right after."""
+    def overflow(self, reason: str, limit: str) -> None:
+        """Cut the stream (E_BUFFER) because of rule `limit` (CUT_LIMITS); the ledger forgets the holder
+        right after."""
 
 
 class TunnelBuffers:
@@ -103,13 +107,14 @@ class TunnelBuffers:
         if size <= rule.soft:
             return False
         if size > rule.hard:
-            self._cut(holder, f"more than {rule.hard} bytes buffered for one stream")
+            self._cut(holder, f"more than {rule.hard} bytes buffered for one stream", "hard")
             return True
         since = self._paused.get(holder)
         if since is None:
             return False
         if self._now() - since >= rule.grace - 0.001:  # a timer may fire a hair early
-            self._cut(holder, f"more than {rule.soft} bytes still buffered {rule.grace:g} s after pause")
+            self._cut(holder, f"more than {rule.soft} bytes still buffered {rule.grace:g} s after pause",
+                      "soft")
             return True
         if holder not in self._timers:  # no more data may come: check again when the grace ends
             loop = asyncio.get_running_loop()
@@ -128,14 +133,14 @@ class TunnelBuffers:
         while self.total > self.rule.tunnel and self._size:
             biggest = max(self._size, key=self._size.__getitem__)
             self._cut(biggest, f"the tunnel holds more than {self.rule.tunnel} buffered bytes; this "
-                               "stream held the most")
+                               "stream held the most", "tunnel")
 
-    def _cut(self, holder: Holder, reason: str) -> None:
+    def _cut(self, holder: Holder, reason: str, limit: str) -> None:
         self.cuts += 1
         timer = self._timers.pop(holder, None)
         if timer is not None:
             timer.cancel()
-        holder.overflow(reason)
+        holder.overflow(reason, limit)
         self.forget(holder)  # whether or not the holder's stream_closed did
 
 
@@ -143,8 +148,11 @@ _ledgers: weakref.WeakKeyDictionary[object, TunnelBuffers] = weakref.WeakKeyDict
 
 
 def buffers_of(tunnel: object, rule: BufferRule) -> TunnelBuffers:
-    """The ledger of `tunnel` (e.g. its Multiplexer), made on first use and gone with the tunnel."""
+    """The ledger of `tunnel` (e.g. its Multiplexer), made on first use and gone with the tunnel. A
+    different `rule` (a config reload) replaces the ledger's from then on."""
     ledger = _ledgers.get(tunnel)
     if ledger is None:
         ledger = _ledgers[tunnel] = TunnelBuffers(rule)
+    elif ledger.rule != rule:
+        ledger.rule = rule
     return ledger

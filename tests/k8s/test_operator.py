@@ -344,8 +344,13 @@ def events_for(kube: Any, ns: str, name: str) -> list[dict[str, Any]]:
 # reconcile: ConfigMap, status, events
 
 
+BUFFER_LIMITS = {"bufferSoftBytes": 4194304, "bufferHardBytes": 16777216, "bufferGraceSeconds": 0.5,
+                 "tunnelBufferBytes": 33554432, "ipv6PrefixLength": 56}
+
+
 def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Operator, ns: str) -> None:
-    _apply(kube, service("web", [("http", 80), ("https", 443)]), secret(), tunnel(), namespace=ns)
+    body = tunnel(limits=dict(BUFFER_LIMITS))
+    _apply(kube, service("web", [("http", 80), ("https", 443)]), secret(), body, namespace=ns)
     t = wait_tunnel(
         kube, ns, "shop", "RoutesResolved", lambda t: _condition(t, "RoutesResolved").get("status") == "True"
     )
@@ -366,6 +371,10 @@ def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Opera
     assert route.match.hostnames == ("*.shop.example.test",)
     assert config.edge.token_file == "/var/run/mproxy/token/token"
     assert status["configHash"] == cm["metadata"]["annotations"]["mproxy.dev/config-hash"]
+    # the sidecar's buffer limits survive the apiserver (a key the CRD does not declare is pruned)
+    limits = config.limits
+    assert (limits.buffer_soft_bytes, limits.buffer_hard_bytes, limits.buffer_grace_seconds,
+            limits.tunnel_buffer_bytes, limits.ipv6_prefix_length) == tuple(BUFFER_LIMITS.values())
 
     table = kube.kubectl("get", "tunnels", "-n", ns).stdout
     assert table.split("\n")[0].split()[:6] == ["NAME", "MODE", "READY", "REASON", "INJECTED", "READY-PODS"]
@@ -432,12 +441,14 @@ def test_the_crd_rejects_bad_tunnels(kube: Any, operator: Operator, ns: str) -> 
     bad_url = tunnel("d")
     bad_url["spec"]["edge"]["urls"] = ["http://edge.example.test"]
     long_name = tunnel("x" * 54)
+    bad_buffers = tunnel("e", limits={"bufferHardBytes": 1048576})  # under the default soft 8 MiB
     for body, expect in (
         (no_selector, "spec.selector is required in Sidecar mode"),
         (bad_proxy, "proxyProtocol"),
         (bad_default, "spec.defaultRoute must name"),
         (bad_url, "spec.edge.urls[0]"),
         (long_name, "at most 53 characters"),
+        (bad_buffers, "bufferHardBytes must be at least bufferSoftBytes"),
     ):
         res = kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body), check=False)
         assert res.returncode != 0 and expect in res.stderr, res.stderr

@@ -482,6 +482,12 @@ def edge() -> dm.Dashboard:
                   "busiest.", BPS, [
                       (f"topk(10, sum by (name) (rate({e}bytes_total{{{ED}}}[{RI}])))", "{{name}}"),
                   ]),
+            Panel("Streams cut for buffering (E_BUFFER)", "Rate of client streams the edge cut because "
+                  "their tunnel kept sending while the client was paused, by the limit passed (hard: "
+                  "bufferHardBytes, soft: bufferSoftBytes after the grace, tunnel: tunnelBufferBytes). "
+                  "Anything above zero is a sidecar ignoring pause or a burst larger than the limits.", OPS, [
+                      (f"sum by (limit) (rate({e}buffer_cuts_total{{{ED}}}[{RI}]))", "{{limit}}"),
+                  ]),
         ]),
     ]
     return _dashboard(

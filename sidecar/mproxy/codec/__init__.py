@@ -1,6 +1,6 @@
 """Sans-IO M-PROXY v1 codec: frames, packer, incremental parser, events, errors. No I/O, no dependencies."""
 
-from mproxy.codec.address import Address, address_from_peername
+from mproxy.codec.address import Address, address_from_peername, address_key
 from mproxy.codec.control import (
     ControlMessage,
     Hello,
@@ -78,6 +78,7 @@ __all__ = [
     "Request",
     "Resume",
     "address_from_peername",
+    "address_key",
     "data_header_packer",
     "error_body",
     "error_reply",

@@ -2,14 +2,15 @@
 
 Frame = 0xFE, one byte header length, ASCII header, body. Unlike the reference, a field with a comma or
 a non-ASCII character, or a header over 255 bytes, is refused (LocalProtocolError): the reference would
-silently write a frame that desynchronises the tunnel.
+silently write a frame that desynchronises the tunnel. So is a port or serviceport that is not canonical
+decimal 0-65535 (`038983`, `+443`, ` 80`): our parser refuses those, so we never send them either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mproxy.codec.address import Address
+from mproxy.codec.address import Address, port_ok
 from mproxy.codec.errors import LocalProtocolError
 from mproxy.codec.jsjson import js_json_bytes
 
@@ -55,6 +56,12 @@ def _datalen(datalen: int) -> str:
     return str(datalen)
 
 
+def _check_port(what: str, value: str) -> None:
+    if value and not port_ok(value):
+        raise LocalProtocolError(f"field {what}={value[:16]!r} is not a port number in canonical decimal "
+                                 "(0-65535, no sign, spaces or leading zeros); the peer would refuse it")
+
+
 def pack_header(
     addr: Address | None,
     service: str,
@@ -74,6 +81,8 @@ def pack_header(
     if addr is None:
         raise LocalProtocolError(f"a {service!r} frame needs the client address (addr is None)")
     sp = str(serviceport)
+    _check_port("port", addr.port)
+    _check_port("serviceport", sp)
     if service == "connection":
         fields: tuple[str, ...] = (
             addr.family, addr.address, addr.port, _datalen(datalen), "connection", sp, name, servicename

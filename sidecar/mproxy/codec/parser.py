@@ -17,10 +17,10 @@ parser is dead (framing is lost).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
+from mproxy.codec.address import CANONICAL, port_ok
 from mproxy.codec.errors import RemoteProtocolError
 from mproxy.codec.events import Connection, Control, End, Error, Event, Message, Pause, Resume
 
@@ -30,10 +30,6 @@ _CACHE_LIMIT = 512
 # A parsed header: (make_event(body) -> Event, datalen).
 _Header = tuple[Callable[[bytes], Event], int]
 
-
-# Canonical decimal, as every peer writes numbers: no sign, no spaces, no leading zeros. A lenient reading
-# (int("+0443") == 443) would let two spellings name one port, and routing, grants and logs disagree.
-_CANONICAL = re.compile(r"0|[1-9][0-9]*")
 
 
 def _reject_constant(name: str) -> object:
@@ -315,7 +311,7 @@ class Parser:
 
     def _check_port(self, fields: list[str], i: int, what: str, at: int, events: list[Event]) -> None:
         """A port field, when present, must be a canonical decimal 0-65535."""
-        if i >= len(fields) or not fields[i] or _port_ok(fields[i]):
+        if i >= len(fields) or not fields[i] or port_ok(fields[i]):
             return
         offset = at + sum(len(f) + 1 for f in fields[:i])
         self._die(offset, f"{what} {fields[i][:16]!r} is not a port number in canonical decimal (0-65535, no "
@@ -335,7 +331,7 @@ class Parser:
         if not text.isdigit():
             what = "empty" if not text else ("negative" if text.startswith("-") else "not a decimal number")
             self._die(text_at, f"datalen {text!r} is {what}", events)
-        if not _CANONICAL.fullmatch(text):
+        if not CANONICAL.fullmatch(text):
             self._die(text_at, f"datalen {text!r} is not canonical decimal (no leading zeros)", events)
         datalen = int(text)
         if datalen > self.max_body:
@@ -350,10 +346,6 @@ class Parser:
             cache.clear()
         cache[raw] = header
         return header
-
-
-def _port_ok(text: str) -> bool:
-    return len(text) <= 5 and bool(_CANONICAL.fullmatch(text)) and int(text) <= 65535
 
 
 def _tail(chunk: bytes, start: int, n: int) -> bytes | memoryview:

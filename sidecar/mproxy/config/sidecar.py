@@ -112,6 +112,14 @@ class LimitsConfig:
     stream_buffer_bytes: int = 262144
     # None = "auto" (sized from the measured RTT), 0 = kernel autotuning, else a fixed SO_SNDBUF.
     tunnel_send_buffer_bytes: int | None = None
+    # E_BUFFER (mproxy.buffers), the edge's keys and defaults: bytes queued for one backend past
+    # `bufferSoftBytes` once its pause is `bufferGraceSeconds` old, past `bufferHardBytes` at once, or for
+    # all backends of one tunnel together past `tunnelBufferBytes`.
+    buffer_soft_bytes: int = 8 * 1024 * 1024
+    buffer_hard_bytes: int = 64 * 1024 * 1024
+    buffer_grace_seconds: float = 2.0
+    tunnel_buffer_bytes: int = 256 * 1024 * 1024
+    ipv6_prefix_length: int = 64  # maxStreamsPerClient counts IPv6 clients per prefix of this length
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +130,11 @@ class LimitsConfig:
             "streamBufferBytes": self.stream_buffer_bytes,
             "tunnelSendBufferBytes": "auto" if self.tunnel_send_buffer_bytes is None
             else self.tunnel_send_buffer_bytes,
+            "bufferSoftBytes": self.buffer_soft_bytes,
+            "bufferHardBytes": self.buffer_hard_bytes,
+            "bufferGraceSeconds": self.buffer_grace_seconds,
+            "tunnelBufferBytes": self.tunnel_buffer_bytes,
+            "ipv6PrefixLength": self.ipv6_prefix_length,
         }
 
 
@@ -298,8 +311,24 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
 def _limits(root: Mapping[str, Any]) -> LimitsConfig:
     obj = f.mapping(root.get("limits"), "limits")
     f.only_keys(obj, "limits", {"maxStreamsPerTunnel", "maxStreamsPerClient", "idleTimeoutSeconds",
-                                "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes"})
+                                "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes",
+                                "bufferSoftBytes", "bufferHardBytes", "bufferGraceSeconds",
+                                "tunnelBufferBytes", "ipv6PrefixLength"})
+    gib = 1024 * 1024 * 1024
+    # Same names, ranges and checks as the edge's (mproxy/config/edge.py).
+    soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
+    hard = f.integer(obj, "bufferHardBytes", "limits", 64 * 1024 * 1024, 65536, 16 * gib)
+    if hard < soft:
+        raise ConfigError("limits.bufferHardBytes", f"must be at least bufferSoftBytes ({hard} < {soft})")
+    tunnel = f.integer(obj, "tunnelBufferBytes", "limits", 256 * 1024 * 1024, 65536, 64 * gib)
+    if tunnel < soft:
+        raise ConfigError("limits.tunnelBufferBytes", f"must be at least bufferSoftBytes ({tunnel} < {soft})")
     return LimitsConfig(
+        buffer_soft_bytes=soft,
+        buffer_hard_bytes=hard,
+        buffer_grace_seconds=f.number(obj, "bufferGraceSeconds", "limits", 2.0, 0.01, 600),
+        tunnel_buffer_bytes=tunnel,
+        ipv6_prefix_length=f.integer(obj, "ipv6PrefixLength", "limits", 64, 1, 128),
         max_streams_per_tunnel=f.integer(obj, "maxStreamsPerTunnel", "limits", 1000, 1, 1_000_000),
         max_streams_per_client=f.integer(obj, "maxStreamsPerClient", "limits", 100, 1, 1_000_000),
         idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),

@@ -14,8 +14,9 @@ bytes already buffered there come along) and works at the protocol level: no tas
   is cut with E_BUFFER and the client reset.
 - A client that resets or closes while its reads are paused is noticed within a second
   (mproxy.sockwatch), not at the idle timeout.
-- A stream that fails after the client got data (backend error, E_BUFFER) ends with a TCP reset, so the
-  client cannot mistake a truncated answer for a whole one.
+- A stream that fails after the client got data and before the sidecar's `end` (backend error, E_BUFFER,
+  the tunnel closed) ends with a TCP reset, so the client cannot mistake a truncated answer for a whole
+  one. After `end` the answer is whole: what is queued is flushed, then a FIN.
 - Replay: until the sidecar answers anything, the client's bytes are kept (up to REPLAY_MAX) so that a
   stream the sidecar refuses without having dialled a backend (E_SHUTTING_DOWN, E_LIMIT) can be moved to
   another tunnel by the relay.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
@@ -35,7 +37,7 @@ from mproxy.tunnel.mux import Stream, StreamHandler
 
 log = logging.getLogger("mproxy.edge")
 
-CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is cut off
+CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is reset
 REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
 RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
 E_BUFFER = "E_BUFFER"
@@ -90,6 +92,7 @@ class _TunnelSide(StreamHandler):
         self.b.to_client(data)
 
     def eof_received(self) -> None:
+        self.b.tunnel_ended = True
         t = self.b.transport
         if not t.is_closing() and t.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
@@ -110,9 +113,10 @@ class _TunnelSide(StreamHandler):
 
 class ClientBridge:
     def __init__(self, transport: asyncio.Transport, *, high_water: int, kind: str = "tcp",
-                 rule: BufferRule | None = None) -> None:
+                 rule: BufferRule | None = None, on_cut: Callable[[str], None] | None = None) -> None:
         self.transport = transport
         self.rule = rule or BufferRule()
+        self.on_cut = on_cut  # told which buffer limit cut this stream (mproxy.buffers.CUT_LIMITS)
         self.buffers: TunnelBuffers | None = None  # the tunnel's ledger, once attached
         self.kind = kind  # the listener kind: how to tell the client its backend failed
         self.high_water = high_water
@@ -124,6 +128,7 @@ class ClientBridge:
         self.peer_error: tuple[str, str] | None = None
         self.received_any = False
         self.client_ended = False
+        self.tunnel_ended = False  # the sidecar sent `end`: the client's answer is complete
         self.sent: bytearray | None = bytearray()  # replay buffer, None once the sidecar answered
         self.retry = False
         self._want_read = True
@@ -232,7 +237,9 @@ class ClientBridge:
         t = self.transport
         return 0 if t.is_closing() else t.get_write_buffer_size()
 
-    def overflow(self, reason: str) -> None:
+    def overflow(self, reason: str, limit: str) -> None:
+        if self.on_cut is not None:
+            self.on_cut(limit)
         stream = self.stream
         log.warning("client %s: the tunnel kept sending while paused (%s); cutting the stream",
                     stream.client_id if stream else "?", reason)
@@ -280,11 +287,12 @@ class ClientBridge:
             code = self.peer_error[1][:40]
             self.transport.write(refusal_bytes(
                 self.kind, "backend_failed", f"the service behind this name is unavailable ({code})"))
-        if reason is not None and self.received_any and not reason.startswith("tunnel closed"):
-            # The client already has part of an answer: a reset tells it the answer is incomplete.
+        if reason is not None and self.received_any and not self.tunnel_ended:
+            # The client has part of an answer and the rest will never come (the backend failed, E_BUFFER,
+            # the tunnel closed): a reset tells it the answer is incomplete.
             reset(self.transport)
-        elif reason is not None and reason.startswith("tunnel closed"):
-            self.transport.abort()  # the tunnel is gone: nothing more will come, free the client now
+        elif reason is not None and reason.startswith("tunnel closed") and not self.tunnel_ended:
+            self.transport.abort()  # the tunnel is gone before any answer: free the client now
         else:
             self.transport.close()  # flushes what is queued for the client, then closes
             asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
@@ -292,7 +300,7 @@ class ClientBridge:
 
     def _cut(self) -> None:
         if self.transport.get_write_buffer_size():
-            self.transport.abort()
+            reset(self.transport)  # what it read is truncated: a FIN would make it look whole
 
     def _finish(self) -> None:
         if not self.done.done():

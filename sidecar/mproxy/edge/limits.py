@@ -10,25 +10,13 @@ so counting each address separately would let it bypass every per-address limit.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mproxy.codec.address import address_key
 
-@functools.lru_cache(maxsize=4096)
-def address_key(address: str, ipv6_prefix: int = 64) -> str:
-    """The key an address is counted under: IPv4 as is, IPv6 as its /`ipv6_prefix` network."""
-    if ":" not in address:
-        return address
-    try:
-        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+__all__ = ["ClientLimiter", "PendingClients", "address_key"]
 
 
 @dataclass(slots=True)

@@ -165,6 +165,7 @@ class EdgeRelay:
         self.mux_limits = MuxLimits(
             max_streams=lim.streams_per_tunnel,
             max_streams_per_client=lim.connections_per_client,
+            ipv6_prefix=lim.ipv6_prefix_length,
             idle_timeout=lim.idle_timeout_seconds,
             max_frame_bytes=lim.max_frame_bytes,
         )
@@ -343,7 +344,7 @@ class EdgeRelay:
             # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
             transport = cast(asyncio.Transport, req.writer.transport)
             bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind,
-                                  rule=self.buffer_rule)
+                                  rule=self.buffer_rule, on_cut=self.metrics.buffer_cut)
             stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
                                      serviceport=req.serviceport, name=req.name)
             rel.session, rel.bridge, rel.stream = session, bridge, stream

@@ -21,10 +21,11 @@ CLIENT_RESULTS = ("ok", "rejected", "tunnel_closed", "error")
 # Every reason the edge's code can give (listener, limits, relay; token checks); anything else is "other".
 REJECT_REASONS = ("no_tunnel", "rate_limited", "too_many_connections", "too_many_clients", "sniff_timeout",
                   "no_name", "not_tls", "name_too_long", "tunnel_full", "draining", "bad_proxy_header",
-                  "client_id_in_use")
+                  "client_id_in_use", "overloaded")
 TUNNEL_REJECT_REASONS = ("bad_signature", "expired", "not_yet_valid", "malformed", "bad_alg", "bad_claims",
                          "no_secret", "no_token", "too_many_tokens", "protocol_error", "too_many_tunnels",
                          "overflow", "internal_error")
+BUFFER_LIMITS = ("hard", "soft", "tunnel")  # mproxy.buffers.CUT_LIMITS: which rule cut a stream
 TASKS = ("flusher", "tunnel_guard")  # the supervised long-lived tasks (see tunnel/supervisor.py)
 MAX_NAMES = 10_000  # a backstop in case someone mints tokens for very many domains
 
@@ -56,6 +57,12 @@ class EdgeMetrics:
         self.rejects = Counter("mproxy_edge_rejects_total",
                                "Client connections refused, by reason (no_tunnel, rate_limited, ...).",
                                ["reason"], registry=r)
+        self.buffer_cuts = Counter("mproxy_edge_buffer_cuts_total",
+                                   "Client streams cut with E_BUFFER because a tunnel kept sending while the "
+                                   "client was paused, by the limit passed (hard, soft, tunnel).", ["limit"],
+                                   registry=r)
+        for limit in BUFFER_LIMITS:
+            self.buffer_cuts.labels(limit)
         self.duration = Histogram("mproxy_edge_client_connection_duration_seconds",
                                   "How long client connections stayed open.", ["protocol"],
                                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
@@ -145,6 +152,9 @@ class EdgeMetrics:
         child.inc()
         hist = self._durations.get(protocol)
         (hist or self.duration.labels(protocol)).observe(seconds)
+
+    def buffer_cut(self, limit: str) -> None:
+        self.buffer_cuts.labels(limit if limit in BUFFER_LIMITS else "other").inc()
 
     def client_rejected(self, protocol: str, reason: str) -> None:
         self.rejects.labels(reason if reason in REJECT_REASONS else "other").inc()

@@ -31,7 +31,7 @@ from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
 from mproxy.tunnel import Stream, StreamHandler
 from mproxy.tunnel.supervisor import Supervised
 
-__all__ = ["Sidecar", "build_table"]
+__all__ = ["Sidecar", "backend_options", "build_table"]
 
 log = logging.getLogger("mproxy.sidecar")
 
@@ -52,6 +52,14 @@ def build_table(cfg: SidecarConfig) -> RouteTable:
         for r in cfg.routes
     ]
     return RouteTable(routes, cfg.default_route)
+
+
+def backend_options(cfg: SidecarConfig) -> BackendOptions:
+    """Per-stream options from the config's limits (flow control and the E_BUFFER rule)."""
+    lim = cfg.limits
+    return BackendOptions(stream_buffer=lim.stream_buffer_bytes, soft_buffer=lim.buffer_soft_bytes,
+                          hard_buffer=lim.buffer_hard_bytes, grace=lim.buffer_grace_seconds,
+                          tunnel_buffer=lim.tunnel_buffer_bytes)
 
 
 class Sidecar:
@@ -84,7 +92,7 @@ class Sidecar:
     # -- streams ----------------------------------------------------------------------------------
 
     def _backend_opts(self) -> BackendOptions:
-        return BackendOptions(stream_buffer=self.config.limits.stream_buffer_bytes)
+        return backend_options(self.config)
 
     def accept(self, stream: Stream, tunnel: TunnelClient) -> StreamHandler:
         # The table is captured per stream: a reload never re-routes a stream in flight.

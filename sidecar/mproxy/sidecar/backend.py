@@ -272,7 +272,7 @@ class BackendStream(StreamHandler):
             return 0 if t.is_closing() else t.get_write_buffer_size()
         return self._early_size
 
-    def overflow(self, reason: str) -> None:
+    def overflow(self, reason: str, limit: str) -> None:
         log.warning("client kept sending while paused (%s); cutting it off", reason, extra=self._extra())
         if self.meter:
             self.meter.error("buffer_overflow")

@@ -72,6 +72,7 @@ def mux_limits(cfg: SidecarConfig) -> MuxLimits:
     return MuxLimits(
         max_streams=lim.max_streams_per_tunnel,
         max_streams_per_client=lim.max_streams_per_client,
+        ipv6_prefix=lim.ipv6_prefix_length,
         idle_timeout=lim.idle_timeout_seconds,
         max_frame_bytes=lim.max_frame_bytes,
         frame_size=frame,

@@ -16,9 +16,10 @@ How a role uses it:
   `mux.can_open(addr.address)` says whether the limits allow one more stream.
 - Sidecar (accepts streams): `Multiplexer(on_stream=accept)`; `accept(stream)` is called on a `connection`
   frame (or, with `implicit_open=True`, on data for an unknown client, as old relays send it) and returns the
-  stream's handler. Limits (streams per tunnel, per client address) are enforced before `accept` is called:
-  the client gets an `error` frame, the tunnel carries on. During shutdown `mux.draining = True` refuses new
-  streams the same way (code E_SHUTTING_DOWN) so the relay can try another replica.
+  stream's handler. Limits (streams per tunnel, per client address: IPv6 per /64 network, `ipv6_prefix`)
+  are enforced before `accept` is called: the client gets an `error` frame, the tunnel carries on. During
+  shutdown `mux.draining = True` refuses new streams the same way (code E_SHUTTING_DOWN) so the relay can
+  try another replica.
 - Flow control, both ways, per stream:
   * outbound: `stream.write()` never blocks; when the stream's queued bytes pass `high_water` (or the peer
     sent `pause` for this client) the handler's `pause_writing()` is called: stop reading your socket.
@@ -66,6 +67,7 @@ from mproxy.codec import (
     Pause,
     RemoteProtocolError,
     Resume,
+    address_key,
     pack_connection,
     pack_control,
     pack_end,
@@ -131,7 +133,8 @@ class StreamHandler:
 @dataclass(frozen=True, slots=True)
 class MuxLimits:
     max_streams: int = 1000  # concurrent streams in this tunnel
-    max_streams_per_client: int = 100  # concurrent streams per client address (not port)
+    max_streams_per_client: int = 100  # concurrent streams per client address (not port) ...
+    ipv6_prefix: int = 64  # ... IPv6 counted per network of this prefix (codec.address_key)
     idle_timeout: float = 900.0  # seconds without data either way before a stream is closed
     max_frame_bytes: int = 1 << 20  # largest frame body accepted from the peer
     frame_size: int = 64 * 1024  # largest data frame body we send
@@ -174,6 +177,7 @@ class Stream:
         "closed",
         "eof_received",
         "last_active",
+        "limit_key",
         "mux",
         "name",
         "opened_at",
@@ -208,6 +212,7 @@ class Stream:
         self.opened_at = now
         self.last_active = now
         self.tags: dict[str, str] = {}  # free for the role (e.g. route name) and its logs/metrics
+        self.limit_key = ""  # what the per-client limit counts it under (set when registered)
 
     def __repr__(self) -> str:
         return f"<Stream {self.client_id} {self.service}:{self.serviceport} {self.name!r}>"
@@ -464,7 +469,8 @@ class Multiplexer:
         return (
             not self.closed
             and len(self.streams) < lim.max_streams
-            and self._per_client.get(client_address, 0) < lim.max_streams_per_client
+            and self._per_client.get(address_key(client_address, lim.ipv6_prefix), 0)
+            < lim.max_streams_per_client
         )
 
     def open_stream(
@@ -491,13 +497,15 @@ class Multiplexer:
 
     def _register(self, stream: Stream) -> None:
         self.streams[stream.client_id] = stream
-        self._per_client[stream.addr.address] = self._per_client.get(stream.addr.address, 0) + 1
+        # Kept on the stream: a reload may change the prefix while it is open.
+        key = stream.limit_key = address_key(stream.addr.address, self.limits.ipv6_prefix)
+        self._per_client[key] = self._per_client.get(key, 0) + 1
         self._recent.pop(stream.client_id, None)
         self.streams_opened += 1
 
     def _forget(self, stream: Stream) -> None:
         if self.streams.pop(stream.client_id, None) is stream:
-            key = stream.addr.address
+            key = stream.limit_key
             n = self._per_client.get(key, 1) - 1
             if n > 0:
                 self._per_client[key] = n
@@ -684,9 +692,9 @@ class Multiplexer:
         if len(self.streams) >= lim.max_streams:
             self._refuse(event, f"too many streams in this tunnel (limit {lim.max_streams})", E_LIMIT)
             return None
-        if self._per_client.get(event.address, 0) >= lim.max_streams_per_client:
+        if self._per_client.get(address_key(event.address, lim.ipv6_prefix), 0) >= lim.max_streams_per_client:
             self._refuse(event, f"too many streams from this client address (limit "
-                                f"{lim.max_streams_per_client})", E_LIMIT)
+                                f"{lim.max_streams_per_client}; IPv6 per /{lim.ipv6_prefix})", E_LIMIT)
             return None
         stream = Stream(self, event.addr, service, serviceport, name)
         self._register(stream)

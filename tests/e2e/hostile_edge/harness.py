@@ -1,7 +1,7 @@
 """Real processes for the hostile-input tests: `mproxy edge` / `mproxy sidecar` as children, measured from
 /proc (RSS, fds), and hostile peers built on the tunnel core that ignore `pause`.
 
-- `Proc`: a child mproxy process; `rss_mb()`, `fds()`.
+- `Proc`: a child mproxy process; `rss_mb()`, `fds()`, `await metric(name, **labels)`.
 - `start_edge(tmp, limits=...)`: an edge process with one tcp listener (public port TCP_PORT).
 - `HostileTunnel`: a tunnel that dials the edge with a token for TCP_PORT and hands every stream the edge
   opens to `on_stream(stream)`; nothing in it honours `pause`.
@@ -66,6 +66,19 @@ class Proc:
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample from the process's /metrics (0 when the series does not exist)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{self.port('http')}/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     async def stop(self) -> None:
         if self.proc.returncode is None:

@@ -108,3 +108,6 @@ async def test_pre_routing_cap_sheds_the_oldest(tmp_path, stack) -> None:  # typ
     first, last = held[0], held[-1]
     assert await asyncio.wait_for(first.transport.get_protocol()._stream_reader.read(), 2) == b""  # type: ignore[attr-defined]
     assert not last.transport.is_closing()
+    # each shed connection is counted as `overloaded` (before: folded into "other")
+    assert await edge.metric("mproxy_edge_rejects_total", reason="overloaded") >= 500 - 200
+    assert await edge.metric("mproxy_edge_rejects_total", reason="other") == 0

@@ -15,6 +15,7 @@ from mproxy.codec import (
     pack,
     pack_connection,
     pack_control,
+    pack_data,
     pack_data_header,
     pack_end,
     pack_error,
@@ -23,6 +24,7 @@ from mproxy.codec import (
     pack_resume,
     parse_all,
 )
+from mproxy.codec.errors import RemoteProtocolError
 
 A = Address("IPv4", "127.0.1.1", "4321")
 
@@ -78,6 +80,38 @@ def test_refuses_commas_and_non_ascii_naming_the_field(kwargs: dict, field: str)
     args = {"addr": A, "service": "https", "serviceport": "443", "name": "x.io", **kwargs}
     with pytest.raises(LocalProtocolError, match=rf"^field {field}="):
         pack_header(args.pop("addr"), args.pop("service"), 1, **args)
+
+
+@pytest.mark.parametrize("bad", ["038983", "+38983", " 80", "80 ", "65536", "0443", "-1", "1e3",
+                                 "\uff18\uff10"])
+@pytest.mark.parametrize("field", ["port", "serviceport"])
+def test_refuses_non_canonical_ports_the_parser_refuses(field: str, bad: str) -> None:
+    """Never send what we would refuse: each of these spellings makes our parser fail the tunnel."""
+    addr = Address("IPv4", "127.0.1.1", bad) if field == "port" else A
+    serviceport = bad if field == "serviceport" else "443"
+    if bad.isascii():  # the parser refuses the same header
+        with pytest.raises(RemoteProtocolError, match="canonical"):
+            parse_all(h(f"IPv4,127.0.1.1,{addr.port},1,https,{serviceport},x.io") + b"z")
+    packers = [
+        lambda: pack_header(addr, "https", 1, serviceport=serviceport, name="x.io"),
+        lambda: pack_connection(addr, service="https", serviceport=serviceport, name="x.io"),
+        lambda: pack_data_header(addr, 1, service="https", serviceport=serviceport),
+        lambda: data_header_packer(addr, service="https", serviceport=serviceport),
+        lambda: pack_end(addr, serviceport=serviceport),
+        lambda: pack_error(addr, "m", "E", serviceport=serviceport),
+        lambda: pack_pause(addr, serviceport=serviceport),
+    ]
+    for make in packers:
+        with pytest.raises(LocalProtocolError, match=rf"^field {field}=.*canonical decimal"):
+            make()
+
+
+def test_packs_every_canonical_port() -> None:
+    for port in ("0", "1", "80", "443", "65535"):
+        frame = pack_data(Address("IPv4", "127.0.0.1", port), b"x", service="tcp", serviceport=port)
+        [event] = parse_all(frame)
+        assert (event.port, event.serviceport) == (port, port)
+    assert pack_end(A) == h("IPv4,127.0.1.1,4321,0,end,,")  # an empty serviceport is still fine
 
 
 def test_refuses_header_over_255_bytes() -> None:

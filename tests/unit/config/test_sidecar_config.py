@@ -85,6 +85,28 @@ def test_tunnel_send_buffer_modes() -> None:
     assert load_sidecar_config(fixed.to_dict()) == fixed
 
 
+def test_buffer_limits_have_the_edges_names_and_reach_the_backend_rule() -> None:
+    from mproxy.config.edge import EdgeLimits
+    from mproxy.sidecar.app import backend_options
+    from mproxy.sidecar.tunnel_client import mux_limits
+
+    defaults = load_sidecar_config(BASE).limits
+    edge = EdgeLimits()
+    assert (defaults.buffer_soft_bytes, defaults.buffer_hard_bytes, defaults.buffer_grace_seconds,
+            defaults.tunnel_buffer_bytes, defaults.ipv6_prefix_length) == (
+        edge.buffer_soft_bytes, edge.buffer_hard_bytes, edge.buffer_grace_seconds, edge.tunnel_buffer_bytes,
+        edge.ipv6_prefix_length)
+    cfg = load_sidecar_config(BASE + "limits: {bufferSoftBytes: 4194304, bufferHardBytes: 16777216, "
+                              "bufferGraceSeconds: 0.5, tunnelBufferBytes: 33554432, ipv6PrefixLength: 56}")
+    assert load_sidecar_config(cfg.to_dict()) == cfg
+    assert {k: v for k, v in cfg.to_dict()["limits"].items() if "uffer" in k and "stream" not in k
+            and "Send" not in k} == {"bufferSoftBytes": 4194304, "bufferHardBytes": 16777216,
+                                     "bufferGraceSeconds": 0.5, "tunnelBufferBytes": 33554432}
+    rule = backend_options(cfg).rule
+    assert (rule.soft, rule.hard, rule.grace, rule.tunnel) == (4194304, 16777216, 0.5, 33554432)
+    assert mux_limits(cfg).ipv6_prefix == 56
+
+
 def test_yaml_off_means_off() -> None:
     cfg = load_sidecar_config("edge: {urls: ['ws://h/']}\nmetrics: {labels: off}\n")
     assert cfg.metrics.labels == "off"
@@ -126,6 +148,12 @@ BASE = "edge: {urls: ['ws://h/']}\n"
         (BASE + "bogus: 1", "bogus", "unknown field"),
         (BASE + "limits: {tunnelSendBufferBytes: 100}", "limits.tunnelSendBufferBytes", "auto"),
         (BASE + "limits: {tunnelSendBufferBytes: big}", "limits.tunnelSendBufferBytes", "auto"),
+        (BASE + "limits: {bufferSoftBytes: 1000}", "limits.bufferSoftBytes", "65536"),
+        (BASE + "limits: {bufferSoftBytes: 4194304, bufferHardBytes: 2097152}", "limits.bufferHardBytes",
+         "at least bufferSoftBytes"),
+        (BASE + "limits: {tunnelBufferBytes: 65536}", "limits.tunnelBufferBytes", "at least bufferSoftBytes"),
+        (BASE + "limits: {bufferGraceSeconds: 0}", "limits.bufferGraceSeconds", "0.01"),
+        (BASE + "limits: {ipv6PrefixLength: 129}", "limits.ipv6PrefixLength", "128"),
     ],
 )
 def test_errors_name_the_field(text: str, path: str, words: str) -> None:

@@ -16,12 +16,13 @@ class _Holder:
         self.ledger = ledger
         self.size = size
         self.cut: str | None = None
+        self.limit: str | None = None
 
     def buffered_bytes(self) -> int:
         return self.size
 
-    def overflow(self, reason: str) -> None:
-        self.cut = reason
+    def overflow(self, reason: str, limit: str) -> None:
+        self.cut, self.limit = reason, limit
         self.ledger.forget(self)
 
     def put(self, size: int) -> bool:
@@ -33,7 +34,7 @@ async def test_hard_limit_cuts_at_once() -> None:
     ledger = TunnelBuffers(BufferRule(soft=MiB, hard=4 * MiB, grace=10, tunnel=64 * MiB))
     h = _Holder(ledger)
     assert not h.put(3 * MiB)
-    assert h.put(5 * MiB) and h.cut is not None and "4194304" in h.cut
+    assert h.put(5 * MiB) and h.cut is not None and "4194304" in h.cut and h.limit == "hard"
     assert ledger.total == 0 and len(ledger) == 0
 
 
@@ -46,7 +47,7 @@ async def test_soft_limit_is_checked_on_a_timer_after_the_pause_grace() -> None:
     assert not calm.put(2 * MiB)
     calm.size = MiB // 2  # drains below soft before the grace ends: kept
     await asyncio.sleep(0.35)  # no more data arrives
-    assert h.cut is not None and "after pause" in h.cut
+    assert h.cut is not None and "after pause" in h.cut and h.limit == "soft"
     assert calm.cut is None
 
 
@@ -66,7 +67,7 @@ async def test_tunnel_cap_sheds_the_biggest_until_under_it() -> None:
     small.put(2 * MiB)
     big.put(6 * MiB)
     assert not mid.put(3 * MiB)  # 11 MiB > 10: the 6 MiB stream goes
-    assert big.cut is not None and "held the most" in big.cut
+    assert big.cut is not None and "held the most" in big.cut and big.limit == "tunnel"
     assert small.cut is None and mid.cut is None
     assert ledger.total == 5 * MiB
 
@@ -85,6 +86,9 @@ def test_one_ledger_per_tunnel() -> None:
     a, b = Tunnel(), Tunnel()
     assert buffers_of(a, BufferRule()) is buffers_of(a, BufferRule())
     assert buffers_of(a, BufferRule()) is not buffers_of(b, BufferRule())
+    reloaded = BufferRule(soft=MiB, hard=2 * MiB, grace=1, tunnel=4 * MiB)
+    assert buffers_of(a, reloaded) is buffers_of(a, BufferRule())
+    assert buffers_of(a, reloaded).rule == reloaded  # a config reload applies to a tunnel's next streams
 
 
 async def test_bytes_under_the_high_water_mark_do_not_count_against_the_tunnel() -> None:

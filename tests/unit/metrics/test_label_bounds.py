@@ -78,7 +78,8 @@ def test_every_reason_the_edge_code_gives_has_its_own_value() -> None:
     rejects = set(re.findall(r'Refused\(\s*"(\w+)"', "".join(code.values())))
     rejects |= set(re.findall(r'_read_more\([^)]*?"(\w+)"', code["listener.py"]))
     rejects |= set(re.findall(r'return "(\w+)"', code["limits.py"]))
-    assert {"no_tunnel", "rate_limited", "sniff_timeout"} <= rejects  # the scan finds them
+    rejects |= set(re.findall(r'_on_reject\([^)]*?"(\w+)"\)', "".join(code.values())))
+    assert {"no_tunnel", "rate_limited", "sniff_timeout", "overloaded"} <= rejects  # the scan finds them
     assert rejects <= set(edge_metrics.REJECT_REASONS), rejects - set(edge_metrics.REJECT_REASONS)
     tokens = set(re.findall(r'TokenError\([^\n]*?,\s*"(\w+)"\)', "".join(code.values())))
     tokens |= set(re.findall(r'tunnel_rejects\.labels\("(\w+)"\)', code["relay.py"]))
@@ -97,3 +98,16 @@ def test_every_fixed_stream_error_reason_of_the_sidecar_has_its_own_value() -> N
     reasons = set(re.findall(r'meter\.error\("(\w+)"\)', src.read_text()))
     assert {"idle", "tunnel_closed"} <= reasons
     assert reasons <= sidecar_metrics.STREAM_ERROR_REASONS, reasons - sidecar_metrics.STREAM_ERROR_REASONS
+
+
+def test_buffer_cut_limits_match_the_rule_and_unknown_ones_fold() -> None:
+    from mproxy.buffers import CUT_LIMITS
+    from mproxy.metrics.edge import BUFFER_LIMITS
+
+    assert set(BUFFER_LIMITS) == set(CUT_LIMITS)  # metrics may not import buffers (same layer)
+    m = EdgeMetrics()
+    for i in range(100):
+        m.buffer_cut(f"made_up_{i}")
+    m.buffer_cut("soft")
+    cuts = {dict(labels)["limit"]: None for labels in series(m.registry, "mproxy_edge_buffer_cuts")}
+    assert set(cuts) == {"hard", "soft", "tunnel", "other"}

@@ -74,6 +74,19 @@ def test_unresolved_routes_and_a_default_pointing_at_them_are_left_out() -> None
     load_sidecar_config(data)
 
 
+def test_buffer_limits_pass_through_to_the_sidecar() -> None:
+    limits = {"bufferSoftBytes": 4194304, "bufferHardBytes": 16777216, "bufferGraceSeconds": 0.5,
+              "tunnelBufferBytes": 33554432, "ipv6PrefixLength": 56}
+    data, text = _render(tunnel(limits=limits))
+    assert {k: data["limits"][k] for k in limits} == limits
+    cfg = load_sidecar_config(text).limits
+    assert (cfg.buffer_soft_bytes, cfg.buffer_hard_bytes, cfg.buffer_grace_seconds, cfg.tunnel_buffer_bytes,
+            cfg.ipv6_prefix_length) == (4194304, 16777216, 0.5, 33554432, 56)
+    spec = parse_spec(tunnel(limits={"bufferSoftBytes": 4194304, "bufferHardBytes": 65536})["spec"])
+    with pytest.raises(ConfigError, match=r"limits\.bufferHardBytes"):
+        render_config(spec, [])
+
+
 def test_a_config_the_sidecar_would_refuse_is_caught_before_shipping() -> None:
     spec = parse_spec(tunnel(limits={"maxFrameBytes": 10})["spec"])
     with pytest.raises(ConfigError, match=r"limits\.maxFrameBytes"):

@@ -98,6 +98,34 @@ async def test_limits_answer_the_client_not_the_tunnel(tunnel_pair: PairFactory)
         assert not other.closed.is_set()
 
 
+async def test_per_client_limits_count_ipv6_per_64_both_ways(tunnel_pair: PairFactory) -> None:
+    """One host holds a whole /64: counting each IPv6 address alone let it open max_streams_per_client
+    streams from every address (edge can_open and sidecar accept)."""
+    from mproxy.codec import Address
+
+    async with tunnel_pair(limits=MuxLimits(max_streams_per_client=2)) as pair:
+        same = [Address("IPv6", f"2001:db8:7:1::{i + 1:x}", "1") for i in range(3)]
+        recs = [Recorder() for _ in same]
+        for addr, rec in zip(same[:2], recs, strict=False):
+            pair.edge.open_stream(addr, rec, service="tcp").write(b"hi")
+        assert not pair.edge.can_open("2001:db8:7:1:ffff::9")  # before: True, another address
+        assert pair.edge.can_open("2001:db8:7:2::1")  # another /64: its own budget
+        # The accepting side counts the same way, even when the opener does not check.
+        pair.edge.open_stream(same[2], recs[2], service="tcp").write(b"hi")
+        await asyncio.wait_for(recs[2].closed.wait(), 5)
+        assert recs[2].error is not None and recs[2].error[1] == E_LIMIT, recs[2].error
+        assert "/64" in recs[2].error[0]
+        assert len(pair.side.streams) == 2 and not recs[0].closed.is_set()
+        other = Recorder()
+        pair.edge.open_stream(Address("IPv6", "2001:db8:7:2::1", "1"), other, service="tcp").write(b"hi")
+        await asyncio.sleep(0.1)
+        assert not other.closed.is_set() and len(pair.side.streams) == 3
+        # A stream that ends frees its /64's slot.
+        pair.edge.streams[same[0].client_id].abort("done", "E_CLIENT")
+        await asyncio.wait_for(recs[0].closed.wait(), 5)
+        assert pair.edge.can_open("2001:db8:7:1::77")
+
+
 async def test_draining_refuses_new_streams(tunnel_pair: PairFactory) -> None:
     async with tunnel_pair() as pair:
         s1, r1 = pair.open(port=1)
