@@ -98,6 +98,9 @@ class EdgeLimits:
     tunnel_buffer_bytes: int = 256 * 1024 * 1024
     pre_routing_connections: int = 2000  # accepted, not yet routed, over all listeners; oldest shed first
     ipv6_prefix_length: int = 64  # per-address limits count IPv6 clients per prefix of this length
+    # Connections the kernel queues per listening socket before the edge accepts them (capped by
+    # net.core.somaxconn). asyncio's default of 100 overflowed when hundreds of clients connected at once.
+    listen_backlog: int = 4096
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +119,7 @@ class EdgeLimits:
             "tunnelBufferBytes": self.tunnel_buffer_bytes,
             "preRoutingConnections": self.pre_routing_connections,
             "ipv6PrefixLength": self.ipv6_prefix_length,
+            "listenBacklog": self.listen_backlog,
         }
 
 
@@ -254,7 +258,7 @@ def _limits(root: Mapping[str, Any]) -> EdgeLimits:
                                 "connectionBurst", "sniffTimeoutSeconds", "idleTimeoutSeconds",
                                 "streamBufferBytes", "maxFrameBytes", "bufferSoftBytes", "bufferHardBytes",
                                 "bufferGraceSeconds", "tunnelBufferBytes", "preRoutingConnections",
-                                "ipv6PrefixLength"})
+                                "ipv6PrefixLength", "listenBacklog"})
     gib = 1024 * 1024 * 1024
     soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
     hard = f.integer(obj, "bufferHardBytes", "limits", 64 * 1024 * 1024, 65536, 16 * gib)
@@ -270,6 +274,7 @@ def _limits(root: Mapping[str, Any]) -> EdgeLimits:
         tunnel_buffer_bytes=tunnel,
         pre_routing_connections=f.integer(obj, "preRoutingConnections", "limits", 2000, 1, 1_000_000),
         ipv6_prefix_length=f.integer(obj, "ipv6PrefixLength", "limits", 64, 1, 128),
+        listen_backlog=f.integer(obj, "listenBacklog", "limits", 4096, 1, 65535),
         streams_per_tunnel=f.integer(obj, "streamsPerTunnel", "limits", 1000, 1, 1_000_000),
         connections_per_client=f.integer(obj, "connectionsPerClient", "limits", 100, 1, 1_000_000),
         connection_rate=f.number(obj, "connectionRate", "limits", 50.0, 0.01, 1_000_000),

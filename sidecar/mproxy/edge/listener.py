@@ -101,12 +101,14 @@ class PublicListener:
         on_reject: OnReject | None = None,
         on_accept: Callable[[str], None] | None = None,
         pending: PendingClients | None = None,
+        backlog: int = 4096,
     ) -> None:
         self.config = config
         self._route = route
         self._limiter = limiter
         self._trusted = trusted
         self._sniff_timeout = sniff_timeout
+        self._backlog = backlog
         self._on_reject = on_reject
         self._on_accept = on_accept
         self._pending = pending if pending is not None else PendingClients(1_000_000)
@@ -121,7 +123,8 @@ class PublicListener:
     async def start(self) -> None:
         host, port = self.config.host_port
         try:
-            self._server = await asyncio.start_server(self._on_client, host, port, limit=READ_CHUNK)
+            self._server = await asyncio.start_server(self._on_client, host, port, limit=READ_CHUNK,
+                                                      backlog=self._backlog)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {host}:{port} for {self.config.kind} clients: "
                           f"{exc.strerror}; pick another port in listeners[].listen") from None

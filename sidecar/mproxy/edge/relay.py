@@ -150,7 +150,7 @@ class EdgeRelay:
         self.listeners = [
             PublicListener(item, route=self.route, limiter=self.limiter, trusted=networks,
                            sniff_timeout=lim.sniff_timeout_seconds, on_reject=self._on_reject,
-                           pending=self.pending)
+                           pending=self.pending, backlog=lim.listen_backlog)
             for item in config.listeners
         ]
         self.draining = False
@@ -216,7 +216,8 @@ class EdgeRelay:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host_port[0], host_port[1], ssl_context=ctx)
+        site = web.TCPSite(runner, host_port[0], host_port[1], ssl_context=ctx,
+                           backlog=self.config.limits.listen_backlog)
         try:
             await site.start()
         except OSError as exc:
