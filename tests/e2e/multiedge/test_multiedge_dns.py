@@ -1,0 +1,77 @@
+"""3 edge processes behind one hostname that resolves to all of them (a real DNS server), 2 sidecars:
+every sidecar holds a tunnel to every edge, so clients on any edge reach the backend; an edge killed with
+SIGKILL costs no new client on the others, and its replacement is picked up."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from .harness import EDGE_HOSTS, HOSTNAME, PUBLIC_PORT, Cluster, roundtrip, spread_clients, until
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_sidecars_reach_every_edge_behind_one_hostname(cluster: Cluster) -> None:
+    await cluster.echo()
+    dns = await cluster.dns(list(EDGE_HOSTS))
+    edges = [await cluster.edge(host, f"edge-{i}") for i, host in enumerate(EDGE_HOSTS)]
+    url = f"ws://{HOSTNAME}:{cluster.tunnel_port}/tunnel"
+    sidecars = [await cluster.sidecar(label, url, [f"127.0.0.1:{dns.port}"]) for label in "AB"]
+    await cluster.wait_tunnels(edges, per_edge=2)
+    state = (await sidecars[0].status())["edges"][0]
+    assert state["expectedEdges"] == 3 and state["connectedEdges"] == 3, state
+    assert state["addresses"] == list(EDGE_HOSTS)
+    assert state["edges"] == {"edge-0": 1, "edge-1": 1, "edge-2": 1}
+    metrics = await sidecars[0].metrics()
+    assert f'mproxy_sidecar_edges_connected{{edge="{url}"}} 3.0' in metrics
+    assert f'mproxy_sidecar_edges_expected{{edge="{url}"}} 3.0' in metrics
+
+    assert await spread_clients(edges, 300) == {}
+
+    # One edge dies mid-traffic: a stream on a survivor keeps its bytes, no new client is refused.
+    payload = bytes(range(256)) * 16384  # 4 MiB
+    long_stream = asyncio.ensure_future(roundtrip(edges[0].host, edges[0].client_port, payload, timeout=30))
+    await asyncio.sleep(0.05)
+    edges[2].kill()
+    await edges[2].proc.wait()
+    assert await spread_clients(edges[:2], 200) == {}
+    assert hashlib.sha256(await long_stream).hexdigest() == hashlib.sha256(payload).hexdigest()
+
+    async def missing_one() -> bool:
+        state = (await sidecars[1].status())["edges"][0]
+        return bool(state["connectedEdges"] == 2 and state["expectedEdges"] == 3)
+
+    await until(missing_one, 10, "the sidecar to see 2 of 3 edges")
+    assert 'mproxy_sidecar_edges_connected{edge="' + url + '"} 2.0' in await sidecars[1].metrics()
+
+    # Its replacement (a new pod, a new id, the same address) is found without touching the sidecars.
+    replacement = await cluster.edge(EDGE_HOSTS[2], "edge-2b")
+    await cluster.wait_tunnels([edges[0], edges[1], replacement], per_edge=2)
+    assert await spread_clients([edges[0], edges[1], replacement], 150) == {}
+
+
+async def test_a_new_address_is_picked_up_and_a_gone_one_dropped(cluster: Cluster) -> None:
+    await cluster.echo()
+    dns = await cluster.dns(list(EDGE_HOSTS[:2]))
+    edges = [await cluster.edge(host, f"edge-{i}", replicas=2) for i, host in enumerate(EDGE_HOSTS[:2])]
+    url = f"ws://{HOSTNAME}:{cluster.tunnel_port}/tunnel"
+    sidecar = await cluster.sidecar("A", url, [f"127.0.0.1:{dns.port}"])
+    await cluster.wait_tunnels(edges, per_edge=1)
+
+    # Scale 2 -> 3: the new edge announces 3 replicas and appears in DNS.
+    third = await cluster.edge(EDGE_HOSTS[2], "edge-2", replicas=3)
+    dns.addresses = list(EDGE_HOSTS)
+    await cluster.wait_tunnels([*edges, third], per_edge=1)
+    assert await spread_clients([*edges, third], 90) == {}
+
+    # The address leaves DNS: the sidecar stops listing it.
+    dns.addresses = list(EDGE_HOSTS[:2])
+
+    async def dropped() -> bool:
+        return bool((await sidecar.status())["edges"][0]["addresses"] == list(EDGE_HOSTS[:2]))
+
+    await until(dropped, 5, "the address to be dropped")
+    assert PUBLIC_PORT
