@@ -80,7 +80,8 @@ class DnsServer(asyncio.DatagramProtocol):
 
 
 class Balancer:
-    """A TCP load balancer with one address: each new connection goes to the next backend in turn."""
+    """A TCP load balancer with one address. Skewed on purpose: each backend gets two new connections in
+    a row before the next one's turn, so sidecars land on an edge they already hold."""
 
     def __init__(self, backends: list[tuple[str, int]]) -> None:
         self.backends = backends
@@ -94,7 +95,7 @@ class Balancer:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self.backends[self.turn % len(self.backends)]
+        host, port = self.backends[(self.turn // 2) % len(self.backends)]
         self.turn += 1
         try:
             up_r, up_w = await asyncio.open_connection(host, port)
@@ -133,6 +134,11 @@ class Edge:
 
     async def status(self) -> dict[str, Any]:
         return await get_json(f"http://{self.host}:{self.http_port}/status")
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://{self.host}:{self.http_port}/metrics") as resp:
+            return await resp.text()
 
     def kill(self) -> None:
         if self.proc.returncode is None:
