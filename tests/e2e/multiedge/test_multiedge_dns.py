@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from .harness import EDGE_HOSTS, HOSTNAME, PUBLIC_PORT, Cluster, roundtrip, spread_clients, until
+from .harness import EDGE_HOSTS, HOSTNAME, Cluster, roundtrip, spread_clients, until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,11 +49,18 @@ async def test_sidecars_reach_every_edge_behind_one_hostname(cluster: Cluster) -
 
     # Its replacement (a new pod, a new id, the same address) is found without touching the sidecars.
     replacement = await cluster.edge(EDGE_HOSTS[2], "edge-2b")
-    await cluster.wait_tunnels([edges[0], edges[1], replacement], per_edge=2)
-    assert await spread_clients([edges[0], edges[1], replacement], 150) == {}
+    live = [edges[0], edges[1], replacement]
+    await cluster.wait_tunnels(live, per_edge=2)
+    assert await spread_clients(live, 150) == {}
+
+    # One sidecar dies (SIGKILL): the edges drop its tunnels at once, every new client goes to the other.
+    sidecars[0].proc.kill()
+    await sidecars[0].proc.wait()
+    await cluster.wait_tunnels(live, per_edge=1)
+    assert await spread_clients(live, 150) == {}
 
 
-async def test_a_new_address_is_picked_up_and_a_gone_one_dropped(cluster: Cluster) -> None:
+async def test_sidecars_follow_a_scale_up_and_down(cluster: Cluster) -> None:
     await cluster.echo()
     dns = await cluster.dns(list(EDGE_HOSTS[:2]))
     edges = [await cluster.edge(host, f"edge-{i}", replicas=2) for i, host in enumerate(EDGE_HOSTS[:2])]
@@ -67,11 +74,18 @@ async def test_a_new_address_is_picked_up_and_a_gone_one_dropped(cluster: Cluste
     await cluster.wait_tunnels([*edges, third], per_edge=1)
     assert await spread_clients([*edges, third], 90) == {}
 
-    # The address leaves DNS: the sidecar stops listing it.
+    # Scale 3 -> 2: the third edge drains away and leaves DNS; the survivors announce 2, so the sidecar
+    # drops the address and its third slot.
+    third.proc.terminate()
+    await third.proc.wait()
     dns.addresses = list(EDGE_HOSTS[:2])
 
-    async def dropped() -> bool:
-        return bool((await sidecar.status())["edges"][0]["addresses"] == list(EDGE_HOSTS[:2]))
+    async def scaled_down() -> bool:
+        state = await sidecar.status()
+        edges_state = state["edges"][0]
+        live = [t for t in state["tunnels"] if t["state"] != "stopped"]
+        return bool(edges_state["addresses"] == list(EDGE_HOSTS[:2]) and edges_state["expectedEdges"] == 2
+                    and edges_state["connectedEdges"] == 2 and len(live) == 2)
 
-    await until(dropped, 5, "the address to be dropped")
-    assert PUBLIC_PORT
+    await until(scaled_down, 10, "the sidecar to follow the scale-down")
+    assert await spread_clients(edges, 60) == {}
