@@ -73,13 +73,9 @@ class EdgePool:
 
     @property
     def expected(self) -> int:
-        """Edges this sidecar should hold tunnels to: the announced replica count, or more when the
-        hostname lists more edges (addresses that answered with the same id count once); 1 while no edge
+        """Edges this sidecar should hold tunnels to: the announced replica count; 1 while no edge
         announced anything (a telebit relay: today's behaviour)."""
-        if self._replicas == 0:
-            return 1
-        behind = {self._address_id.get(a, a) for a in self.addresses}
-        return max(self._replicas, len(behind))
+        return max(1, self._replicas)
 
     def edge_ids(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -93,7 +89,14 @@ class EdgePool:
         return len(self.edge_ids())
 
     def desired_slots(self) -> int:
-        return min(MAX_SLOTS, self.connections * self.expected)
+        """connections x the announced count, or x the edges behind the addresses when more (a new pod
+        in DNS is dialled before any edge announces the new count; addresses that answered with one id
+        count once). An address that never answers (say an unroutable AAAA) gets a slot that keeps
+        dialling with backoff, but does not raise `expected`."""
+        if self._replicas == 0:
+            return self.connections
+        behind = {self._address_id.get(a, a) for a in self.addresses}
+        return min(MAX_SLOTS, self.connections * max(self._replicas, len(behind)))
 
     def saturated(self, slot: TunnelClient) -> set[str]:
         """Edge ids `slot` must not land on: those already holding `connections` other tunnels."""

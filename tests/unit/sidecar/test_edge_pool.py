@@ -128,3 +128,17 @@ def test_config_fields() -> None:
     assert load_sidecar_config(side.to_dict()) == side
     with pytest.raises(ConfigError, match=r"^edge.nameservers\[0\]: "):
         load_sidecar_config({"edge": {"urls": ["ws://e/"], "nameservers": ["dns.example"]}})
+
+
+async def test_an_address_that_never_answers_gets_a_slot_but_is_not_expected() -> None:
+    p, _ = pool(addresses=("10.0.0.1", "10.0.0.2", "fd00::1"))  # the AAAA is unroutable from here
+    for addr, edge_id in (("10.0.0.1", "edge-a"), ("10.0.0.2", "edge-b")):
+        slot = next(s for s in p.slots if s not in p._edges)
+        assert await p.choose_address(slot) in {addr, "10.0.0.2", "fd00::1"}
+        p._using[slot] = addr
+        p.accept(slot, Announced(edge_id, 2))
+    assert len(p.slots) == 3  # fd00::1 might be a third edge: keep dialling it
+    slot = next(s for s in p.slots if s not in p._edges)
+    assert await p.choose_address(slot) == "fd00::1"
+    p.dial_failed(slot)
+    assert p.expected == 2 == p.connected_edges  # no MproxyTunnelEdgeMissing for it
