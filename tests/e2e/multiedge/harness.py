@@ -203,14 +203,18 @@ class Cluster:
         self.stack.push_async_callback(lb.close)
         return lb
 
-    async def edge(self, host: str, edge_id: str, replicas: int = 3) -> Edge:
+    async def edge(self, host: str, edge_id: str, replicas: int = 3,
+                   tls: tuple[str, str] | None = None) -> Edge:
         http_port, client_port = free_port((host,)), free_port((host,))
+        tunnel: dict[str, Any] = {"listen": f"{host}:{self.tunnel_port}", "path": "/tunnel"}
+        if tls is not None:
+            tunnel["tls"] = {"certFile": tls[0], "keyFile": tls[1]}
         cfg = {
             "id": edge_id,
             "replicas": replicas,
             "auth": {"secretFile": str(self.tmp / "secret")},
             "listeners": [{"kind": "tcp", "listen": f"{host}:{client_port}", "publicPort": PUBLIC_PORT}],
-            "tunnel": {"listen": f"{host}:{self.tunnel_port}", "path": "/tunnel"},
+            "tunnel": tunnel,
             "http": {"listen": f"{host}:{http_port}"},
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3, "authTimeoutSeconds": 2},
             "limits": {"connectionRate": 100000, "connectionBurst": 100000, "connectionsPerClient": 10000},
@@ -228,10 +232,13 @@ class Cluster:
         self.edges.append(edge)
         return edge
 
-    async def sidecar(self, label: str, url: str, nameservers: list[str] | None = None) -> Sidecar:
+    async def sidecar(self, label: str, url: str, nameservers: list[str] | None = None,
+                      ca_file: str | None = None) -> Sidecar:
         http_port = free_port(("127.0.0.1",))
         edge: dict[str, Any] = {"urls": [url], "connectionsPerUrl": 1, "tokenFile": str(self.tmp / "token"),
                                 "resolveSeconds": 0.5}
+        if ca_file:
+            edge["caFile"] = ca_file
         if nameservers:
             edge["nameservers"] = nameservers
         cfg = {

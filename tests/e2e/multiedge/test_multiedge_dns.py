@@ -92,3 +92,29 @@ async def test_sidecars_follow_a_scale_up_and_down(cluster: Cluster) -> None:
 
     await until(scaled_down, 10, "the sidecar to follow the scale-down")
     assert await spread_clients(edges, 60) == {}
+
+
+async def test_wss_by_hostname_checks_the_certificate_against_the_hostname(cluster: Cluster) -> None:
+    """Each dial goes to one address, but TLS still sends SNI and verifies the certificate for the URL's
+    hostname: a certificate for edges.test passes, one for another name is refused."""
+    from mproxy.tls import CertificateAuthority
+
+    await cluster.echo()
+    dns = await cluster.dns(list(EDGE_HOSTS[:2]))
+    ca = CertificateAuthority.create("multi-edge CA")
+    ca_file = str(ca.write_cert(cluster.tmp / "ca.pem"))
+    good = tuple(str(p) for p in ca.issue([HOSTNAME]).write(cluster.tmp, "good"))
+    wrong = tuple(str(p) for p in ca.issue(["other.test"]).write(cluster.tmp, "wrong"))
+    edges = [await cluster.edge(EDGE_HOSTS[0], "edge-0", replicas=2, tls=(good[0], good[1])),
+             await cluster.edge(EDGE_HOSTS[1], "edge-1", replicas=2, tls=(wrong[0], wrong[1]))]
+    url = f"wss://{HOSTNAME}:{cluster.tunnel_port}/tunnel"
+    await cluster.sidecar("A", url, [f"127.0.0.1:{dns.port}"], ca_file=ca_file)
+    await cluster.wait_tunnels(edges[:1], per_edge=1)  # the right name: SNI and the check used edges.test
+    log = cluster.tmp / "sidecar-A.log"
+
+    async def refused() -> bool:
+        return "certificate verify failed" in log.read_text()
+
+    await until(refused, 10, "the certificate for another name to be refused")
+    assert (await edges[1].status())["tunnels"] == []
+    assert await spread_clients(edges[:1], 20) == {}
