@@ -61,6 +61,7 @@ async def test_an_edge_refuses_a_sidecar_that_already_holds_it(cluster: Cluster)
     assert (await edge.status())["tunnels"] == []
 
 
+@pytest.mark.interop
 async def test_a_telebit_device_through_the_balancer_still_works(cluster: Cluster, node_bin: str) -> None:
     echo_port = await cluster.echo()
     edges = [await cluster.edge(host, f"edge-{i}") for i, host in enumerate(EDGE_HOSTS)]
