@@ -207,6 +207,12 @@ class SidecarMetrics:
         self.edges_expected.labels(edge).set(expected)
         self.edges_connected.labels(edge).set(connected)
 
+    def forget_edges(self, edge: str) -> None:
+        """The URL left the config: its series go too."""
+        for gauge in (self.edges_expected, self.edges_connected):
+            with contextlib.suppress(KeyError):
+                gauge.remove(edge)
+
     def tunnel_down(self, edge: str, connection: str, reason: str) -> None:
         self.tunnel_connected.labels(edge, connection).set(0)
         self.tunnel_streams.labels(edge, connection).set(0)

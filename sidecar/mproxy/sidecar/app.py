@@ -207,8 +207,10 @@ class Sidecar:
             log.warning("metrics and http settings change at the next restart")
         for url in list(self.pools):
             if url not in new.edge.urls:
-                for t in self.pools.pop(url).stop():
+                pool = self.pools.pop(url)
+                for t in pool.stop():
                     self._retire_later(t)
+                self.metrics.forget_edges(pool.edge)
         for url in new.edge.urls:
             pool = self.pools.get(url) or self._new_pool(url)
             pool.connections, pool.nameservers = new.edge.connections_per_url, new.edge.nameservers

@@ -204,7 +204,8 @@ class EdgePool:
             return
         self.reconcile()
         have, want = self.connected_edges, self.expected
-        if have < want and self._missing_logged != (have, want):
+        # None held at all: each slot's own "cannot reach the edge" line says why, and TunnelDown fires.
+        if 0 < have < want and self._missing_logged != (have, want):
             log.warning("tunnels to %d of %d edges for %s; dialling on for the missing ones", have, want,
                         self.edge)
         elif have >= want and self._missing_logged is not None and self._missing_logged[0] < want:
