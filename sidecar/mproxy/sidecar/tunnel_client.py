@@ -54,6 +54,7 @@ log = logging.getLogger("mproxy.sidecar.tunnel")
 
 STABLE_SECONDS = 10.0  # a tunnel that lived this long resets the backoff
 DIAL_TIMEOUT = 15.0
+LOCK_WAIT = 2.0  # longest a dial waits for another slot of its pool to finish dialling
 
 
 def read_token(cfg: SidecarConfig) -> str | None:
@@ -273,11 +274,21 @@ class TunnelClient:
             dialled = await self._dial(session, url, headers, cfg, token)
         else:
             self.address = self._resolver.address = await pool.choose_address(self)
-            async with pool.dial_lock:  # see mproxy.sidecar.edges: the "have" list must be current
+            # Serialised (mproxy.sidecar.edges) so the "have" list is current; but a dial stuck on a
+            # blackholed address must not hold the others up for DIAL_TIMEOUT: past LOCK_WAIT dial anyway
+            # (two slots may then land on one edge; the pool closes the second).
+            locked = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.dial_lock.acquire(), LOCK_WAIT)
+                locked = True
+            try:
                 have = pool.saturated(self)
                 if have:
                     headers[HAVE_HEADER] = have_value(have)
                 dialled = await self._dial(session, url, headers, cfg, token)
+            finally:
+                if locked:
+                    pool.dial_lock.release()
         if isinstance(dialled, str):
             return dialled
         try:
