@@ -143,6 +143,21 @@ def test_full_render_with_every_option(kube: Any) -> None:
         "/etc/mproxy/edge.yaml",
     ]
     assert by[("Service", "mproxy-edge")]["spec"]["type"] == "ClusterIP"
+    # Scale-out: every edge announces the Deployment's replica count and its pod name as its id; the
+    # headless Service gives in-cluster sidecars one address per ready edge pod.
+    pod = edge["spec"]["template"]["spec"]
+    assert config.replicas == edge["spec"]["replicas"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        pod["containers"][0]["env"])
+    headless = by[("Service", "mproxy-edge-tunnel")]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert [p["name"] for p in headless["ports"]] == ["tunnel"]
+    assert headless["selector"].items() <= edge["spec"]["template"]["metadata"]["labels"].items()
+    pdb = by[("PodDisruptionBudget", "mproxy-edge")]["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == headless["selector"]
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == headless["selector"]
     # Its metrics: a PodMonitor on the edge pods' http-metrics port (the Service above is the public one).
     monitor = by[("PodMonitor", "mproxy-edge")]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= (
@@ -242,6 +257,27 @@ def test_helm_install_into_the_real_apiserver(kube: Any) -> None:
         ):
             got = kube.kubectl("auth", "can-i", verb, resource, "--as", sa, "-A", check=False).stdout.strip()
             assert got == expected, f"{verb} {resource}: {got}"
+    finally:
+        kube.run_helm("uninstall", release, "--namespace", ns, "--wait=false", check=False)
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_helm_install_with_the_edge_into_the_real_apiserver(kube: Any) -> None:
+    """edge.enabled installs the public Service, the headless tunnel Service, the PDB and the config
+    with the announced replica count, and the server accepts them all."""
+    ns = f"mproxy-edge-{uuid.uuid4().hex[:6]}"
+    release = f"e{uuid.uuid4().hex[:6]}"
+    kube.run_helm("install", release, str(CHART), "--namespace", ns, "--create-namespace", "--set",
+                  "edge.enabled=true", "--set", "edge.secretName=edge-secret", "--set", "edge.replicas=3",
+                  "--wait=false", timeout=120)
+    try:
+        full = f"{release}-mproxy-edge"
+        headless = json.loads(kube.kubectl("get", "service", f"{full}-tunnel", "-n", ns, "-o", "json").stdout)
+        assert headless["spec"]["clusterIP"] == "None"
+        pdb = json.loads(kube.kubectl("get", "pdb", full, "-n", ns, "-o", "json").stdout)
+        assert pdb["spec"]["maxUnavailable"] == 1
+        cm = json.loads(kube.kubectl("get", "configmap", f"{full}-config", "-n", ns, "-o", "json").stdout)
+        assert yaml.safe_load(cm["data"]["edge.yaml"])["replicas"] == 3
     finally:
         kube.run_helm("uninstall", release, "--namespace", ns, "--wait=false", check=False)
         kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -74,6 +74,7 @@ ALERT_STATES = {
     "MproxyTunnelUnavailable": "pending",  # Tunnel "lonely": its only pod has no connected tunnel
     "MproxyTunnelDown": "pending",  # that pod, sidecar-lonely, whose token the edge refuses
     "MproxyTunnelFlapping": "inactive",  # failed dials (dead edge URL, refused token) are not flaps
+    "MproxyTunnelEdgeMissing": "inactive",  # each sidecar holds its one edge (lonely holds none: TunnelDown)
     "MproxyBackendErrorsHigh": "pending",  # dead.test: 1 stream in 8 fails
     "MproxyEdgeNoTunnelForName": "inactive",  # app.test and dead.test keep their tunnel
     "MproxyEdgeTokensRefused": "pending",  # sidecar-lonely's token: bad_signature

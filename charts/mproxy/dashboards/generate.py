@@ -302,6 +302,13 @@ def tunnels() -> dm.Dashboard:
                   "ended. The MproxyTunnelFlapping runbook explains each reason.", OPS, [
                       (f"sum by (reason) (rate({s}tunnel_reconnects_total{{{SC}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
+            Panel("Edges missing, per sidecar", "Edge replicas announced for each edge URL minus the "
+                  "distinct edges the sidecar holds a tunnel to. Above 0, clients landing on the missing "
+                  "replicas get no tunnel from this pod (MproxyTunnelEdgeMissing).", NONE, [
+                      (f"max by (namespace, pod, edge) ({s}edges_expected{{{SC}}})"
+                       f" - max by (namespace, pod, edge) ({s}edges_connected{{{SC}}})",
+                       "{{namespace}}/{{pod}} {{edge}}"),
+                  ], width=24, decimals=0),
         ]),
         Row("Streams and bytes", [
             Panel("Streams open, per sidecar", "Client streams open now, per sidecar.", NONE, [

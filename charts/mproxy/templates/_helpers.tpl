@@ -57,14 +57,16 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/component: edge
 {{- end }}
 
-{{/* The edge config file: edge.config, with auth.secretFile at the Secret edge-deployment.yaml mounts.
+{{/* The edge config file: edge.config, with auth.secretFile at the Secret edge-deployment.yaml mounts and
+replicas (the count each edge announces to sidecars) from edge.replicas.
 One definition for the ConfigMap and for the Deployment's config-hash annotation. */}}
 {{/* The edge ConfigMap: "-config", apart from the dashboard ConfigMaps (<fullname>-dashboard-edge). */}}
 {{- define "mproxy.edge.configMapName" -}}
 {{- printf "%s-config" (include "mproxy.edge.fullname" .) }}
 {{- end }}
 {{- define "mproxy.edge.config" -}}
-{{- toYaml (merge (dict "auth" (dict "secretFile" "/var/run/mproxy/edge/secret")) (deepCopy .Values.edge.config)) }}
+{{- $chart := dict "auth" (dict "secretFile" "/var/run/mproxy/edge/secret") "replicas" (int .Values.edge.replicas | max 1) }}
+{{- toYaml (merge $chart (deepCopy .Values.edge.config)) }}
 {{- end }}
 
 {{- define "mproxy.serviceAccountName" -}}

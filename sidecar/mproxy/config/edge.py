@@ -8,6 +8,7 @@ every error is a `ConfigError` whose message starts with the field path. Same st
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 LISTENER_KINDS = ("tls", "http", "tcp")
+EDGE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 # The service name each listener kind puts in `connection` frames (what telebit sends).
 SERVICE_OF_KIND = {"tls": "https", "http": "http", "tcp": "tcp"}
 
@@ -148,9 +150,13 @@ class EdgeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drain_seconds: float = 20.0
+    id: str | None = None  # this edge's identity announced to sidecars; None: $POD_NAME or hostname-pid
+    replicas: int = 1  # how many edges serve the same tunnels: sidecars dial until they hold this many
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
+        return out | {
+            "replicas": self.replicas,
             "auth": {"secretFile": self.secret_file},
             "listeners": [item.to_dict() for item in self.listeners],
             "tunnel": self.tunnel.to_dict(),
@@ -174,7 +180,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     """Validate YAML text (or an already parsed mapping) into an EdgeConfig; raises ConfigError."""
     root = f.root(source)
     f.only_keys(root, "", {"auth", "listeners", "tunnel", "trustedProxies", "limits", "heartbeat", "http",
-                           "logging", "drainSeconds"})
+                           "logging", "drainSeconds", "id", "replicas"})
     if "auth" not in root:
         raise ConfigError("auth", "is required (auth.secretFile holds the shared token secret)")
     auth = f.mapping(root["auth"], "auth")
@@ -193,7 +199,17 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
         http=http,
         logging=read_logging(root),
         drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
+        id=_edge_id(root),
+        replicas=f.integer(root, "replicas", "", 1, 1, 1000),
     )
+
+
+def _edge_id(root: Mapping[str, Any]) -> str | None:
+    value = f.opt_string(root, "id", "")
+    if value is not None and not EDGE_ID.fullmatch(value):
+        raise ConfigError("id", f"must be 1-63 letters, digits, '.', '_' or '-' (got {value[:80]!r}); "
+                          "it travels in an HTTP header")
+    return value
 
 
 def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:

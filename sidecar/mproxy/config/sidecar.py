@@ -9,6 +9,7 @@ See docs/sidecar.md for the meaning of every field.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +49,16 @@ class EdgeConfig:
     token_file: str | None = None
     ca_file: str | None = None
     token_in: str = "header"  # noqa: S105 (how the token is sent, not a token)
+    # Where edge hostnames are resolved to every edge address: HOST:PORT DNS servers, () = the system's.
+    nameservers: tuple[str, ...] = ()
+    resolve_seconds: float = 30.0  # re-resolve each URL's hostname this often (and on every dial)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"urls": list(self.urls), "connectionsPerUrl": self.connections_per_url}
+        if self.nameservers:
+            out["nameservers"] = list(self.nameservers)
+        if self.resolve_seconds != 30.0:
+            out["resolveSeconds"] = self.resolve_seconds
         if self.token_file is not None:
             out["tokenFile"] = self.token_file
         if self.ca_file is not None:
@@ -233,7 +241,8 @@ def _edge(root: Mapping[str, Any]) -> EdgeConfig:
     if "edge" not in root:
         raise ConfigError("edge", "is required (edge.urls lists the edge relay WebSocket URLs)")
     obj = f.mapping(root["edge"], "edge")
-    f.only_keys(obj, "edge", {"urls", "connectionsPerUrl", "tokenFile", "caFile", "tokenIn"})
+    f.only_keys(obj, "edge", {"urls", "connectionsPerUrl", "tokenFile", "caFile", "tokenIn", "nameservers",
+                              "resolveSeconds"})
     urls = f.seq(obj, "urls", "edge")
     if not urls:
         raise ConfigError("edge.urls", "needs at least one ws:// or wss:// URL")
@@ -246,7 +255,32 @@ def _edge(root: Mapping[str, Any]) -> EdgeConfig:
         token_file=f.opt_string(obj, "tokenFile", "edge"),
         ca_file=f.opt_string(obj, "caFile", "edge"),
         token_in=f.choice(obj, "tokenIn", "edge", "header", TOKEN_IN),
+        nameservers=_nameservers(obj),
+        resolve_seconds=f.number(obj, "resolveSeconds", "edge", 30.0, 0.1, 3600),
     )
+
+
+def _nameservers(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    out = []
+    for i, item in enumerate(f.seq(obj, "nameservers", "edge")):
+        path = f"edge.nameservers[{i}]"
+        text = str(item)
+        try:
+            host, port = (text, 53) if _is_ip(text) else f.split_listen(text, path)
+            ipaddress.ip_address(host)
+        except (ConfigError, ValueError):
+            raise ConfigError(path, f"must be a DNS server address such as 10.96.0.10 or 127.0.0.1:5353 "
+                              f"(got {text[:80]!r})") from None
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return tuple(out)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _hostname(value: object, path: str) -> str:

@@ -37,6 +37,7 @@ from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
 from mproxy.edge.table import RoutingTable
 from mproxy.metrics.edge import EdgeMetrics
+from mproxy.tunnel.identity import HAVE_HEADER, ID_HEADER, REPLICAS_HEADER, default_edge_id, parse_have
 from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream
 from mproxy.tunnel.supervisor import Supervised
 from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
@@ -155,6 +156,8 @@ class EdgeRelay:
         ]
         self.draining = False
         self.started = False
+        self.edge_id = config.id or default_edge_id()
+        self.identity = {ID_HEADER: self.edge_id, REPLICAS_HEADER: str(config.replicas)}
         self.tunnel_port = 0
         self.http_port = 0
         self._runners: list[web.AppRunner] = []
@@ -419,6 +422,12 @@ class EdgeRelay:
         if self.draining:
             return web.json_response({"error": "the edge is shutting down; reconnect to another"}, status=503)
         remote = request.remote or "?"
+        if self.edge_id in parse_have(request.headers.get(HAVE_HEADER)):
+            # The sidecar already holds its tunnels to this edge (it dialled through a load balancer).
+            self.metrics.tunnel_rejects.labels("duplicate_edge").inc()
+            message = f"this sidecar already holds its tunnels to edge {self.edge_id}"
+            return web.json_response({"error": message, "code": "E_DUPLICATE"}, status=409,
+                                     headers=self.identity)
         if len(self.sessions) >= self.config.limits.max_tunnels:
             self.metrics.tunnel_rejects.labels("too_many_tunnels").inc()
             return web.json_response({"error": f"this edge already holds {len(self.sessions)} tunnels "
@@ -439,6 +448,7 @@ class EdgeRelay:
         lim = self.config.limits
         ws = web.WebSocketResponse(autoping=False, compress=False,
                                    max_msg_size=max(4 << 20, 2 * lim.max_frame_bytes + 65536))
+        ws.headers.update(self.identity)
         await ws.prepare(request)
         task = asyncio.current_task()
         assert task is not None
@@ -500,6 +510,8 @@ class EdgeRelay:
     def status(self) -> dict[str, Any]:
         return {
             "role": "edge",
+            "id": self.edge_id,
+            "replicas": self.config.replicas,
             "draining": self.draining,
             "listeners": [{"kind": item.config.kind, "port": item.port, "publicPort": item.public_port}
                           for item in self.listeners],

@@ -38,7 +38,7 @@ STREAM_ERROR_REASONS = frozenset((
 ))
 TUNNEL_DOWN_REASONS = frozenset(("peer_closed", "protocol_error", "dead_peer", "transport_error", "closed",
                                  "shutdown", "connect_failed", "handshake_failed", "auth_failed", "unknown",
-                                 "overflow", "internal_error", "task_failed"))
+                                 "overflow", "internal_error", "task_failed", "duplicate_edge"))
 TASKS = ("tunnel", "flush", "config_watcher")  # the supervised long-lived tasks (see tunnel/supervisor.py)
 REFUSAL_REASONS = frozenset(("no_route", "limit", "draining", "e_no_service"))
 
@@ -103,6 +103,11 @@ class SidecarMetrics:
                                            ("edge", "connection"), registry=r)
         self.tunnel_streams = Gauge(P + "tunnel_streams", "Streams open in this tunnel connection.",
                                     ("edge", "connection"), registry=r)
+        # Per edge URL: the replicas its edges announce vs the distinct edges this sidecar holds tunnels to.
+        self.edges_expected = Gauge(P + "edges_expected", "Edge replicas announced for this edge URL.",
+                                    ("edge",), registry=r)
+        self.edges_connected = Gauge(P + "edges_connected", "Distinct edges this sidecar holds a tunnel to.",
+                                     ("edge",), registry=r)
         self.config_reloads = Counter(P + "config_reloads", "Config file reloads, by result.", ("result",),
                                       registry=r)
         self.task_restarts = Counter(P + "task_restarts", "Long-lived tasks that failed and were restarted "
@@ -197,6 +202,16 @@ class SidecarMetrics:
     def tunnel_up(self, edge: str, connection: str) -> None:
         self.tunnel_connected.labels(edge, connection).set(1)
         self.tunnel_last_connected.labels(edge, connection).set(time.time())
+
+    def edges(self, edge: str, expected: int, connected: int) -> None:
+        self.edges_expected.labels(edge).set(expected)
+        self.edges_connected.labels(edge).set(connected)
+
+    def forget_edges(self, edge: str) -> None:
+        """The URL left the config: its series go too."""
+        for gauge in (self.edges_expected, self.edges_connected):
+            with contextlib.suppress(KeyError):
+                gauge.remove(edge)
 
     def tunnel_down(self, edge: str, connection: str, reason: str) -> None:
         self.tunnel_connected.labels(edge, connection).set(0)

@@ -27,6 +27,7 @@ from mproxy.metrics.sidecar import SidecarMetrics
 from mproxy.observe.http import ObserveServer
 from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sidecar.backend import BackendOptions, BackendStream
+from mproxy.sidecar.edges import EdgePool
 from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
 from mproxy.tunnel import Stream, StreamHandler
 from mproxy.tunnel.supervisor import Supervised
@@ -78,6 +79,7 @@ class Sidecar:
         self.metrics = SidecarMetrics(registry, tier=config.metrics.labels,
                                       max_clients=config.metrics.max_clients)
         self.tunnels: list[TunnelClient] = []
+        self.pools: dict[str, EdgePool] = {}  # edge URL -> its slots, one set per edge replica
         self.started_at = time.time()
         self.draining = False
         self._serve_http = serve_http
@@ -100,15 +102,27 @@ class Sidecar:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def _slots(self, cfg: SidecarConfig) -> list[tuple[str, int]]:
-        return [(url, i) for url in cfg.edge.urls for i in range(cfg.edge.connections_per_url)]
+    def _new_pool(self, url: str) -> EdgePool:
+        edge = self.config.edge
+        pool = EdgePool(url, edge.connections_per_url, edge.nameservers, edge.resolve_seconds,
+                        spawn=self._new_tunnel, retire=self._retire_later, on_change=self._edges_changed)
+        self.pools[url] = pool
+        pool.start()
+        return pool
 
-    def _new_tunnel(self, url: str, index: int) -> TunnelClient:
-        t = TunnelClient(url, index, lambda: self.config, self.accept, self._tunnel_state,
-                         on_crash=self._task_crashed, on_restart=self._count_down)
+    def _new_tunnel(self, pool: EdgePool, index: int) -> TunnelClient:
+        t = TunnelClient(pool.url, index, lambda: self.config, self.accept, self._tunnel_state,
+                         on_crash=self._task_crashed, on_restart=self._count_down, pool=pool)
         self.tunnels.append(t)
         t.start()
         return t
+
+    def _retire_later(self, t: TunnelClient) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._retire(t, loop.time() + self.config.drain_seconds)))
+
+    def _edges_changed(self, pool: EdgePool) -> None:
+        self.metrics.edges(pool.edge, pool.expected, pool.connected_edges)
 
     def _tunnel_state(self, t: TunnelClient) -> None:
         conn = str(t.index)
@@ -144,8 +158,8 @@ class Sidecar:
             self.http = ObserveServer(self.metrics.registry, self.ready, self.status, host=host, port=port)
             await self.http.start()
             log.info("HTTP endpoints on %s:%d", host, self.http.port)
-        for url, index in self._slots(self.config):
-            self._new_tunnel(url, index)
+        for url in self.config.edge.urls:
+            self._new_pool(url)
         self._supervise("metrics flush loop", "flush", self._flush_loop)
         if self.config_path:
             watcher = self.watcher = ConfigWatcher(
@@ -163,6 +177,8 @@ class Sidecar:
             await self._stopped.wait()
             return
         self.draining = True
+        for pool in self.pools.values():
+            pool.stop()
         in_flight = sum(len(t.mux.streams) for t in self.tunnels if t.mux and not t.mux.closed)
         log.info("shutting down: %d streams in flight, waiting up to %g s", in_flight,
                  self.config.drain_seconds)
@@ -197,18 +213,20 @@ class Sidecar:
                 t.mux.limits = limits
         if new.metrics != old.metrics or new.http != old.http:
             log.warning("metrics and http settings change at the next restart")
-        want = self._slots(new)
-        have = {(t.url, t.index): t for t in self.tunnels if not t.stopping}
-        for slot in want:
-            if slot not in have:
-                self._new_tunnel(*slot)
-        loop = asyncio.get_running_loop()
-        for slot, t in have.items():
-            if slot not in want:
-                deadline = loop.time() + new.drain_seconds
-                self._tasks.append(loop.create_task(self._retire(t, deadline)))
+        for url in list(self.pools):
+            if url not in new.edge.urls:
+                pool = self.pools.pop(url)
+                for t in pool.stop():
+                    self._retire_later(t)
+                self.metrics.forget_edges(pool.edge)
+        for url in new.edge.urls:
+            pool = self.pools.get(url) or self._new_pool(url)
+            pool.connections, pool.nameservers = new.edge.connections_per_url, new.edge.nameservers
+            pool.resolve_seconds = new.edge.resolve_seconds
+            pool.reconcile()
         self.metrics.config_reloads.labels("applied").inc()
-        log.info("config applied: %d routes, %d tunnel connections", len(new.routes), len(want))
+        log.info("config applied: %d routes, %d tunnel connections", len(new.routes),
+                 sum(len(p.slots) for p in self.pools.values()))
 
     async def _retire(self, t: TunnelClient, deadline: float) -> None:
         await t.drain_and_stop(deadline)
@@ -267,6 +285,7 @@ class Sidecar:
             "routes": [r.name for r in self.table.routes],
             "defaultRoute": self.table.default.name if self.table.default else None,
             "tunnels": tunnels,
+            "edges": [{"edge": p.edge, **p.status()} for p in self.pools.values()],
             "streams": sum(t["streams"] for t in tunnels),
             "tasks": [{"task": sup.kind, "down": sup.down, "restarts": sup.restarts, "lastError": sup.error}
                       for sup in self.supervised],

@@ -28,6 +28,7 @@ import aiohttp
 
 from mproxy.codec import Hello, reply
 from mproxy.observe.logs import redact_url
+from mproxy.sidecar.discovery import PinnedResolver
 from mproxy.tunnel import (
     Backoff,
     CommandError,
@@ -39,11 +40,13 @@ from mproxy.tunnel import (
     StreamHandler,
     run_tunnel,
 )
+from mproxy.tunnel.identity import HAVE_HEADER, have_value, parse_announced
 from mproxy.tunnel.sockbuf import auto_send_buffer, set_send_buffer, tcp_rtt_seconds
 from mproxy.tunnel.supervisor import Supervised
 
 if TYPE_CHECKING:
     from mproxy.config.sidecar import SidecarConfig
+    from mproxy.sidecar.edges import EdgePool
 
 __all__ = ["TunnelClient", "mux_limits", "read_token"]
 
@@ -51,6 +54,7 @@ log = logging.getLogger("mproxy.sidecar.tunnel")
 
 STABLE_SECONDS = 10.0  # a tunnel that lived this long resets the backoff
 DIAL_TIMEOUT = 15.0
+LOCK_WAIT = 2.0  # longest a dial waits for another slot of its pool to finish dialling
 
 
 def read_token(cfg: SidecarConfig) -> str | None:
@@ -108,8 +112,14 @@ class TunnelClient:
         on_state: Callable[[TunnelClient], None] | None = None,
         on_crash: Callable[[Supervised], None] | None = None,
         on_restart: Callable[[Supervised], None] | None = None,
+        pool: EdgePool | None = None,
     ) -> None:
         self.url = url
+        self.pool = pool
+        self.address: str | None = None  # the address dialled (None: aiohttp resolves the hostname)
+        self.edge_id: str | None = None  # what the connected edge announced
+        self._resolver = PinnedResolver()
+        self._upgrade_headers: Any = None
         self.index = index
         self.edge = redact_url(url)
         self.label = f"{self.edge}#{index}"
@@ -163,6 +173,8 @@ class TunnelClient:
         return {
             "edge": self.edge,
             "connection": self.index,
+            "address": self.address,
+            "edgeId": self.edge_id,
             "state": self.state,
             "connectedSince": self.connected_since,
             "connects": self.connects,
@@ -210,8 +222,10 @@ class TunnelClient:
         cfg = self._get_config()
         backoff = Backoff(cfg.reconnect.initial_seconds, cfg.reconnect.max_seconds,
                           fast_window=cfg.reconnect.fast_window_seconds)
-        connector = aiohttp.TCPConnector(use_dns_cache=False, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        connector = aiohttp.TCPConnector(use_dns_cache=False, force_close=True, resolver=self._resolver)
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(self._upgrade_answered)
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
             while not self._stopping:
                 started = time.monotonic()
                 connects = self.connects
@@ -225,7 +239,7 @@ class TunnelClient:
                 backoff.fast_window = cfg.reconnect.fast_window_seconds
                 # An established tunnel that was lost (edge restarting with 1001, dropped connection) is
                 # likely back within a second: retry quickly for a short window. A refused token is not.
-                if self.connects != connects and reason != "auth_failed":
+                if self.connects != connects and reason not in ("auth_failed", "duplicate_edge"):
                     backoff.lost()
                 delay = backoff.next_delay()
                 self.last_reason = reason
@@ -236,6 +250,9 @@ class TunnelClient:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         self._set_state("stopped")
+
+    async def _upgrade_answered(self, _: Any, __: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        self._upgrade_headers = params.response.headers
 
     def _ssl(self, cfg: SidecarConfig) -> ssl.SSLContext | bool:
         if not self.url.startswith("wss://"):
@@ -252,6 +269,40 @@ class TunnelClient:
         elif token and mode == "header":
             headers["Authorization"] = f"Bearer {token}"
         self._set_state("connecting")
+        pool = self.pool
+        self.edge_id = None
+        if pool is None:
+            dialled = await self._dial(session, url, headers, cfg, token)
+        else:
+            self.address = self._resolver.address = await pool.choose_address(self)
+            # Serialised (mproxy.sidecar.edges) so the "have" list is current; but a dial stuck on a
+            # blackholed address must not hold the others up for DIAL_TIMEOUT: past LOCK_WAIT dial anyway
+            # (two slots may then land on one edge; the pool closes the second).
+            locked = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.dial_lock.acquire(), LOCK_WAIT)
+                locked = True
+            try:
+                have = pool.saturated(self)
+                if have:
+                    headers[HAVE_HEADER] = have_value(have)
+                dialled = await self._dial(session, url, headers, cfg, token)
+            finally:
+                if locked:
+                    pool.dial_lock.release()
+        if isinstance(dialled, str):
+            return dialled
+        try:
+            return await self._hold(dialled, cfg, token)
+        finally:
+            if pool is not None:
+                pool.lost(self)
+
+    async def _dial(self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                    cfg: SidecarConfig, token: str | None) -> str | aiohttp.ClientWebSocketResponse:
+        """The upgraded WebSocket, accepted by the pool; or why not (a reason label)."""
+        self._upgrade_headers = None
+        pool = self.pool
         try:
             ssl_ctx = self._ssl(cfg)
             async with asyncio.timeout(DIAL_TIMEOUT):
@@ -260,13 +311,31 @@ class TunnelClient:
                     max_msg_size=max(4 << 20, 2 * cfg.limits.max_frame_bytes),
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            announced = parse_announced(exc.headers or {})
+            if exc.status == 409 and announced is not None and pool is not None:
+                pool.duplicate(self, announced)
+                self.last_error = f"landed on edge {announced.id} again, which already has its tunnels"
+                return "duplicate_edge"
+            if pool is not None:
+                pool.dial_failed(self)
             reason = "auth_failed" if exc.status in (401, 403) else "handshake_failed"
             return self._failed(reason, f"the edge answered HTTP {exc.status} to the WebSocket upgrade")
         except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
+            if pool is not None:
+                pool.dial_failed(self)
             detail = f"{type(exc).__name__}: {exc}"
             if token:  # some errors quote the URL, and with tokenIn=query the URL holds the token
                 detail = detail.replace(token, "<token>")
             return self._failed("connect_failed", detail)
+        announced = parse_announced(self._upgrade_headers or {})
+        self.edge_id = announced.id if announced else None
+        if pool is not None and not pool.accept(self, announced):
+            await ws.close(code=1000, message=b"duplicate edge")
+            return "duplicate_edge"
+        return ws
+
+    async def _hold(self, ws: aiohttp.ClientWebSocketResponse, cfg: SidecarConfig, token: str | None) -> str:
+        mode = cfg.edge.token_in
         sock = ws.get_extra_info("socket")
         fixed = cfg.limits.tunnel_send_buffer_bytes
         if fixed and sock is not None:

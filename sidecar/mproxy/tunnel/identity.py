@@ -1,0 +1,63 @@
+"""Edge identity on the WebSocket upgrade, so sidecars can hold tunnels to every edge replica.
+
+An mproxy edge answers every tunnel upgrade (101, and 409 when refused as a duplicate) with
+`X-Mproxy-Edge-Id` (stable per process) and `X-Mproxy-Edge-Replicas` (how many edges serve the same
+tunnels). A sidecar names, in `X-Mproxy-Have-Edges`, the edge ids it already holds all its connections to;
+an edge whose id is listed refuses the upgrade with 409 before granting anything, so a sidecar dialling
+through a load balancer learns "duplicate" with no stream at risk. telebit peers ignore unknown headers
+both ways: a telebit relay announces nothing (the sidecar then behaves as with one edge), a telebit device
+sends no list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["HAVE_HEADER", "ID_HEADER", "REPLICAS_HEADER", "Announced", "default_edge_id", "have_value",
+           "parse_announced", "parse_have"]
+
+ID_HEADER = "X-Mproxy-Edge-Id"
+REPLICAS_HEADER = "X-Mproxy-Edge-Replicas"
+HAVE_HEADER = "X-Mproxy-Have-Edges"
+MAX_HAVE = 64  # ids named in one request (a sidecar never expects more edges than this per URL)
+MAX_REPLICAS = 1000
+_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    id: str
+    replicas: int
+
+
+def default_edge_id() -> str:
+    """$POD_NAME (the chart sets it from the downward API), else hostname-pid; cut to a valid id."""
+    raw = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", raw)[-63:]
+    return cleaned or f"edge-{os.getpid()}"
+
+
+def parse_announced(headers: Mapping[str, str]) -> Announced | None:
+    """The identity an edge announced, or None (a telebit relay, or values that are not well formed)."""
+    edge_id = headers.get(ID_HEADER, "")
+    if not _ID.fullmatch(edge_id):
+        return None
+    try:
+        replicas = int(headers.get(REPLICAS_HEADER, "1"))
+    except ValueError:
+        replicas = 1
+    return Announced(edge_id, min(max(replicas, 1), MAX_REPLICAS))
+
+
+def have_value(ids: Iterable[str]) -> str:
+    return ",".join(sorted(ids)[:MAX_HAVE])
+
+
+def parse_have(value: str | None) -> frozenset[str]:
+    if not value:
+        return frozenset()
+    return frozenset(v for v in (p.strip() for p in value.split(",")[:MAX_HAVE]) if _ID.fullmatch(v))
