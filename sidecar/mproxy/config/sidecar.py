@@ -35,7 +35,7 @@ __all__ = [
     "load_sidecar_config",
 ]
 
-SERVICES_HINT = ("https", "http", "ssh", "tcp", "tls")
+SERVICES_HINT = ("https", "http", "ssh", "tcp", "tls", "udp")
 TOKEN_IN = ("header", "query", "handshake")
 PROXY_PROTOCOLS = ("none", "v1", "v2")
 LABEL_TIERS = ("off", "route", "client")
@@ -112,6 +112,7 @@ class LimitsConfig:
     stream_buffer_bytes: int = 262144
     # None = "auto" (sized from the measured RTT), 0 = kernel autotuning, else a fixed SO_SNDBUF.
     tunnel_send_buffer_bytes: int | None = None
+    udp_idle_timeout_seconds: float = 30.0  # a UDP client's stream silent both ways this long is ended
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +123,7 @@ class LimitsConfig:
             "streamBufferBytes": self.stream_buffer_bytes,
             "tunnelSendBufferBytes": "auto" if self.tunnel_send_buffer_bytes is None
             else self.tunnel_send_buffer_bytes,
+            "udpIdleTimeoutSeconds": self.udp_idle_timeout_seconds,
         }
 
 
@@ -298,7 +300,8 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
 def _limits(root: Mapping[str, Any]) -> LimitsConfig:
     obj = f.mapping(root.get("limits"), "limits")
     f.only_keys(obj, "limits", {"maxStreamsPerTunnel", "maxStreamsPerClient", "idleTimeoutSeconds",
-                                "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes"})
+                                "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes",
+                                "udpIdleTimeoutSeconds"})
     return LimitsConfig(
         max_streams_per_tunnel=f.integer(obj, "maxStreamsPerTunnel", "limits", 1000, 1, 1_000_000),
         max_streams_per_client=f.integer(obj, "maxStreamsPerClient", "limits", 100, 1, 1_000_000),
@@ -306,6 +309,7 @@ def _limits(root: Mapping[str, Any]) -> LimitsConfig:
         max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
         stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 262144, 1024, 64 * 1024 * 1024),
         tunnel_send_buffer_bytes=_send_buffer(obj),
+        udp_idle_timeout_seconds=f.number(obj, "udpIdleTimeoutSeconds", "limits", 30.0, 0.01, 86400),
     )
 
 

@@ -24,10 +24,12 @@ from prometheus_client import CollectorRegistry
 from mproxy.config.loader import ConfigWatcher
 from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
 from mproxy.metrics.sidecar import SidecarMetrics
+from mproxy.metrics.udp import UdpMetrics
 from mproxy.observe.http import ObserveServer
 from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sidecar.backend import BackendOptions, BackendStream
 from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
+from mproxy.sidecar.udp_backend import UdpBackend
 from mproxy.tunnel import Stream, StreamHandler
 from mproxy.tunnel.supervisor import Supervised
 
@@ -69,6 +71,10 @@ class Sidecar:
         self.table = build_table(config)
         self.metrics = SidecarMetrics(registry, tier=config.metrics.labels,
                                       max_clients=config.metrics.max_clients)
+        self.udp_metrics = UdpMetrics(self.metrics.registry, "sidecar", "route")
+        for r in config.routes:
+            if "udp" in r.match.services:
+                self.udp_metrics.start(r.name)
         self.tunnels: list[TunnelClient] = []
         self.started_at = time.time()
         self.draining = False
@@ -88,6 +94,9 @@ class Sidecar:
 
     def accept(self, stream: Stream, tunnel: TunnelClient) -> StreamHandler:
         # The table is captured per stream: a reload never re-routes a stream in flight.
+        if stream.service == "udp":
+            return UdpBackend(stream, self.table, self.metrics, self.udp_metrics,
+                              self.config.limits.udp_idle_timeout_seconds, tunnel.label)
         return BackendStream(stream, self.table, self.metrics, self._backend_opts(), tunnel.label)
 
     # -- lifecycle --------------------------------------------------------------------------------
