@@ -1,0 +1,81 @@
+"""Real DNS through edge and sidecar: Debian's dnsmasq as the backend, dig as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import need
+
+from .harness import PUBLIC_PORT, Stack, free_udp_port
+
+pytestmark = pytest.mark.e2e
+
+NAMES = 1000
+
+
+def address(i: int) -> str:
+    return f"10.77.{i // 250}.{i % 250 + 1}"
+
+
+@pytest.fixture
+async def dnsmasq(tmp_path: Path) -> AsyncIterator[int]:
+    """dnsmasq answering h{i}.example.test -> address(i) on a loopback UDP port, nothing else."""
+    need(shutil.which("dnsmasq"), "dnsmasq (Debian dnsmasq-base; scripts/install-test-tools)")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{address(i)} h{i}.example.test\n" for i in range(NAMES)))
+    port = free_udp_port()
+    proc = await asyncio.create_subprocess_exec(
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", f"--port={port}",
+        "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+        f"--addn-hosts={hosts}", "--pid-file=", "--user=root", "--group=root", "--log-facility=-",
+        "--cache-size=0", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        while b"read " not in (line := await asyncio.wait_for(proc.stderr.readline(), 10)):
+            assert line, "dnsmasq exited before it read its hosts file"
+        yield port
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def dig(port: int, names: list[str], tmp: Path, tag: str) -> list[str]:
+    batch = tmp / f"batch-{tag}"
+    batch.write_text("".join(f"{name} A\n" for name in names))
+    proc = await asyncio.create_subprocess_exec(
+        "dig", "@127.0.0.1", "-p", str(port), "+short", "+tries=1", "+time=3", "-f", str(batch),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode().split()
+
+
+async def test_1000_dns_queries_through_edge_and_sidecar_are_answered_correctly(
+        stack: Stack, dnsmasq: int, tmp_path: Path) -> None:
+    need(shutil.which("dig"), "dig (Debian bind9-dnsutils; scripts/install-test-tools)")
+    dns = {"name": "dns", "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
+           "backend": {"host": "127.0.0.1", "port": dnsmasq}}
+    listener = await stack.start([dns], listener={"idleTimeoutSeconds": 5})
+    # Four dig processes at once, 250 queries each; every query comes from its own source port, so each
+    # is its own client stream: 1,000 streams opened, 1,000 answers checked name by name.
+    chunks = [list(range(k, NAMES, 4)) for k in range(4)]
+    answers = await asyncio.gather(*(dig(listener.port, [f"h{i}.example.test" for i in chunk], tmp_path,
+                                         str(k)) for k, chunk in enumerate(chunks)))
+    for chunk, got in zip(chunks, answers, strict=True):
+        assert got == [address(i) for i in chunk]
+    reg = stack.edge.metrics.registry  # type: ignore[union-attr]
+    assert reg.get_sample_value("mproxy_edge_udp_datagrams_total", {"port": str(PUBLIC_PORT),
+                                                                    "direction": "out"}) == NAMES
+    sidecar_reg = stack.sidecar.metrics.registry  # type: ignore[union-attr]
+    assert sidecar_reg.get_sample_value("mproxy_sidecar_udp_datagrams_total", {"route": "dns",
+                                                                             "direction": "in"}) == NAMES
