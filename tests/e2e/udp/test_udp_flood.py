@@ -83,3 +83,24 @@ async def test_a_flood_is_dropped_not_buffered(stack: Stack) -> None:
     print(f"flood: {count} x {size} B in {elapsed:.2f} s; relayed {relayed:.0f}, dropped {dropped:.0f}, "
           f"echoed {echo.received}, RSS +{grown / 1e6:.1f} MB")
     assert await c.ask(b"still there", timeout=10) == b"still there"
+
+
+async def test_the_tunnels_datagram_rate_and_the_listeners_client_cap_hold(stack: Stack) -> None:
+    transport, echo, port = await udp_echo()
+    stack.closers.append(transport.close)
+    listener = await stack.start([route(port)], listener={"tunnelDatagramRate": 4, "maxClients": 3})
+    clients = [await client(listener.port) for _ in range(4)]
+    for c in clients:
+        stack.closers.append(c.close)
+    for i, c in enumerate(clients[:3]):
+        for j in range(2):
+            c.send(b"%d.%d" % (i, j))
+    await until(lambda: echo.received == 4, 5, "the tunnel's first 4 datagrams")
+    clients[3].send(b"a fourth client")
+    reg = stack.edge.metrics.registry  # type: ignore[union-attr]
+    await until(lambda: sample(reg, "mproxy_edge_udp_dropped_total", {"reason": "too_many_clients"}) == 1,
+                5, "the fourth client to be dropped")
+    assert sample(reg, "mproxy_edge_udp_dropped_total", {"reason": "tunnel_rate_limited"}) == 2
+    assert len(listener.clients) == 3
+    await asyncio.sleep(0.1)
+    assert echo.received == 4
