@@ -13,9 +13,10 @@ back. Nothing is split or queued without bound; what cannot go is dropped and co
 - the socket's send buffer towards clients full (client_slow);
 - a new client when the listener holds `maxClients`, no tunnel serves the port, every tunnel is full, or
   the client's address is over its limits (too_many_clients, no_tunnel, tunnel_full, client_limit).
-A client silent both ways for `idleTimeoutSeconds` is ended with `end` and forgotten; a stream the sidecar
-ends (`end` or `error`, e.g. ECONNREFUSED from a backend that is down) forgets the client too, and its
-next datagram opens a new stream.
+A client silent both ways for `idleTimeoutSeconds` is ended with `end` and forgotten (once the edge
+drains, after DRAIN_IDLE seconds, so a drain does not wait out a 30 s timer for clients that are done); a
+stream the sidecar ends (`end` or `error`, e.g. ECONNREFUSED from a backend that is down) forgets the
+client too, and its next datagram opens a new stream.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = ["TokenBucket", "UdpListener"]
 
 log = logging.getLogger("mproxy.edge")
 
+DRAIN_IDLE = 1.0  # seconds of silence that end a client once the edge drains
 SEND_BUFFER_MAX = 1 << 20  # bytes asyncio may hold for clients when the socket is full; past it, drop
 _LIMITER_REASONS = {"too_many_clients": "too_many_clients"}  # anything else is client_limit
 
@@ -107,7 +109,7 @@ class _Client(StreamHandler):
 
     def check_idle(self) -> None:
         listener = self.listener
-        left = self.last_active + listener.opts.idle_timeout_seconds - listener.now()
+        left = self.last_active + listener.idle_timeout - listener.now()
         if left > 0:
             self.timer = listener.call_later(left, self.check_idle)
             return
@@ -158,6 +160,11 @@ class UdpListener:
         return self.config.public_port or self.port
 
     @property
+    def idle_timeout(self) -> float:
+        idle = self.opts.idle_timeout_seconds
+        return idle if self.accepting else min(idle, DRAIN_IDLE)
+
+    @property
     def label(self) -> str:
         return str(self.public_port)
 
@@ -175,7 +182,12 @@ class UdpListener:
         self.metrics.start(self.label)
 
     async def stop_accepting(self) -> None:
-        self.accepting = False  # clients with a stream keep it; new ones are dropped
+        """Drain: new clients are dropped; a client with a stream keeps it until DRAIN_IDLE of silence."""
+        self.accepting = False
+        for client in list(self.clients.values()):
+            if client.timer is not None:
+                client.timer.cancel()
+            client.check_idle()
 
     async def close(self) -> None:
         self.accepting = False
@@ -266,7 +278,7 @@ class UdpListener:
             assert isinstance(stream, DatagramStream)
             client.stream = stream
             self.clients[key] = client
-            client.timer = self.call_later(self.opts.idle_timeout_seconds, client.check_idle)
+            client.timer = self.call_later(self.idle_timeout, client.check_idle)
             self.metrics.client_count(self.label, 1)
             return client
 

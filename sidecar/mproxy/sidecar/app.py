@@ -168,6 +168,10 @@ class Sidecar:
         log.info("shutting down: %d streams in flight, waiting up to %g s", in_flight,
                  self.config.drain_seconds)
         deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
+        for t in self.tunnels:  # UDP clients have no end of their own: end them once they go quiet
+            for stream in list(t.mux.streams.values()) if t.mux is not None else ():
+                if isinstance(stream.handler, UdpBackend):
+                    stream.handler.drain()
         await asyncio.gather(*(t.drain_and_stop(deadline) for t in self.tunnels))
         for task in self._tasks:
             task.cancel()

@@ -9,7 +9,8 @@ replies come back, each as one data frame for this client. Bounded both ways, ne
   full -> dropped (queue_full), counted in mproxy_sidecar_udp_dropped_total{reason}.
 ICMP port unreachable from the backend (nothing listens) ends the stream with `error` ECONNREFUSED; the
 tunnel carries on. The edge's `end` (its client went idle) closes the socket; so does our own idle timer
-(limits.udpIdleTimeoutSeconds, both directions).
+(limits.udpIdleTimeoutSeconds, both directions), which shortens to DRAIN_IDLE once the sidecar drains
+(`drain()`), so a shutdown does not wait out a 30 s timer for clients that are done.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ E_NO_ROUTE = "E_NO_ROUTE"
 EARLY_MAX = 64  # datagrams held while the backend socket opens
 EARLY_MAX_BYTES = 256 * 1024
 SEND_BUFFER_MAX = 1 << 20  # bytes asyncio may hold for the backend when its socket is full
+DRAIN_IDLE = 1.0  # seconds of silence that end a client once the sidecar drains
 
 
 def _code(exc: BaseException) -> str:
@@ -169,6 +171,15 @@ class UdpBackend(StreamHandler):
             return
         self.timer = None
         self.stream.close()
+
+    def drain(self) -> None:
+        """The sidecar is shutting down: end this client after DRAIN_IDLE of silence."""
+        if self.closed or self.route is None:
+            return
+        self.idle_timeout = min(self.idle_timeout, DRAIN_IDLE)
+        if self.timer is not None:
+            self.timer.cancel()
+        self._check_idle()
 
     def stream_closed(self, reason: str | None) -> None:
         if self.closed:

@@ -35,6 +35,8 @@ class DatagramStream(Stream):
             return "queue_full"
         if not data:
             return "empty"  # a zero-length frame would be read as nothing by every peer
+        if len(data) > self.mux.limits.frame_size:
+            return "oversize"  # never split: our peer's frame limit is configured like ours
         self._out.append(data)
         n = len(data)
         self._out_size += n

@@ -46,11 +46,18 @@ async def udp_echo(host: str = "127.0.0.1") -> tuple[asyncio.DatagramTransport, 
 
 
 def free_udp_port() -> int:
-    """A UDP port nothing listens on (bound, read, closed): datagrams to it get ICMP port unreachable."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    """A port free on 127.0.0.1 for UDP and TCP both (dnsmasq takes both): nothing listens there, so
+    datagrams to it get ICMP port unreachable."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            u.bind(("127.0.0.1", 0))
+            port: int = u.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken for TCP: try another
+            return port
 
 
 class Client(asyncio.DatagramProtocol):
@@ -98,14 +105,14 @@ class Stack:
         self.closers: list[Any] = []
 
     async def start(self, routes: list[dict[str, Any]], *, listener: dict[str, Any] | None = None,
-                    ports: list[int] | None = None,
-                    sidecar_limits: dict[str, Any] | None = None) -> UdpListener:
+                    ports: list[int] | None = None, sidecar_limits: dict[str, Any] | None = None,
+                    drain: float = 1) -> UdpListener:
         secret = self.tmp / "secret"
         secret.write_bytes(SECRET)
         lst = {"kind": "udp", "listen": "127.0.0.1:0", "publicPort": PUBLIC_PORT, **(listener or {})}
         cfg = {"auth": {"secretFile": str(secret)}, "listeners": [lst],
                "tunnel": {"listen": "127.0.0.1:0", "path": "/tunnel"}, "http": {"listen": "127.0.0.1:0"},
-               "limits": LIMITS, "drainSeconds": 1}
+               "limits": LIMITS, "drainSeconds": drain}
         self.edge = EdgeRelay(load_edge_config(cfg), SECRET)
         await self.edge.start()
         token = self.tmp / "token"
@@ -117,7 +124,7 @@ class Stack:
             "limits": {"maxStreamsPerTunnel": 5000, "maxStreamsPerClient": 5000, **(sidecar_limits or {})},
             "http": {"listen": "127.0.0.1:0"},
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3},
-            "drainSeconds": 1,
+            "drainSeconds": drain,
         }
         self.sidecar = Sidecar(load_sidecar_config(scfg), serve_http=False)
         await self.sidecar.start()

@@ -36,8 +36,10 @@ async def dnsmasq(tmp_path: Path) -> AsyncIterator[int]:
         "--cache-size=0", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stderr is not None
+        said = b""
         while b"read " not in (line := await asyncio.wait_for(proc.stderr.readline(), 10)):
-            assert line, "dnsmasq exited before it read its hosts file"
+            said += line
+            assert line, f"dnsmasq exited before it read its hosts file: {said.decode()!r}"
         yield port
     finally:
         if proc.returncode is None:

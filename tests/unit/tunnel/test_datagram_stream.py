@@ -17,10 +17,10 @@ def frames(mux: Multiplexer) -> list[object]:
 
 
 def test_each_datagram_is_its_own_frame_never_merged_or_split() -> None:
-    mux = Multiplexer(limits=MuxLimits(frame_size=1024, batch_size=4096), clock=lambda: 0.0)
+    mux = Multiplexer(limits=MuxLimits(batch_size=4096), clock=lambda: 0.0)
     stream = mux.open_stream(ADDR, StreamHandler(), service="udp", serviceport=53)
     assert isinstance(stream, DatagramStream)
-    sizes = [1, 7, 1024, 1025, 5000, 65507, 3]  # past frame_size and batch_size too
+    sizes = [1, 7, 1024, 1025, 5000, 65507, 3]  # past batch_size too
     for i, size in enumerate(sizes):
         assert stream.send_datagram(bytes([i]) * size) is None
     events = frames(mux)
@@ -60,3 +60,12 @@ def test_a_byte_stream_is_unchanged() -> None:
     stream.write(b"cd")
     data = [e for e in frames(mux) if isinstance(e, Message)]
     assert [e.data for e in data] == [b"abcd"]  # byte streams are still coalesced
+
+
+def test_a_datagram_over_our_frame_size_is_oversize_never_split() -> None:
+    mux = Multiplexer(limits=MuxLimits(frame_size=1024), clock=lambda: 0.0)
+    stream = mux.open_stream(ADDR, StreamHandler(), service="udp", serviceport=53)
+    assert isinstance(stream, DatagramStream)
+    assert stream.send_datagram(b"a" * 1024) is None
+    assert stream.send_datagram(b"a" * 1025) == "oversize"
+    assert [len(e.data) for e in frames(mux) if isinstance(e, Message)] == [1024]
