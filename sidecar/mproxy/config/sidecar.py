@@ -292,9 +292,21 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
             connect_timeout_seconds=f.number(b, "connectTimeoutSeconds", bpath, 5.0, 0.001, 300),
             proxy_protocol=f.choice(b, "proxyProtocol", bpath, "none", PROXY_PROTOCOLS),
         )
+        if "udp" in services:
+            _udp_route(path, backend, hostnames)
         out.append(RouteConfig(name=name, backend=backend,
                                match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames))))
     return tuple(out)
+
+
+def _udp_route(path: str, backend: BackendConfig, hostnames: list[str]) -> None:
+    """What a udp route cannot do (mproxy/sidecar/udp_backend.py): it would silently never apply."""
+    if backend.proxy_protocol != "none":
+        raise ConfigError(f"{path}.backend.proxyProtocol", "must be none for a udp route (PROXY headers are "
+                          "sent on TCP connections only)")
+    if hostnames:
+        raise ConfigError(f"{path}.match.hostnames", "must be empty for a udp route (UDP clients carry no "
+                          "name, so it would never match)")
 
 
 def _limits(root: Mapping[str, Any]) -> LimitsConfig:
