@@ -104,3 +104,29 @@ async def test_the_tunnels_datagram_rate_and_the_listeners_client_cap_hold(stack
     assert len(listener.clients) == 3
     await asyncio.sleep(0.1)
     assert echo.received == 4
+
+
+async def test_replies_for_a_paused_client_are_dropped_and_counted_by_the_sidecar(stack: Stack) -> None:
+    """No backpressure for UDP: a client the edge paused gets its replies dropped at the sidecar (counted),
+    not queued; once resumed, replies flow again."""
+    transport, echo, port = await udp_echo()
+    stack.closers.append(transport.close)
+    listener = await stack.start([route(port)])
+    c = await client(listener.port)
+    stack.closers.append(c.close)
+    assert await c.ask(b"before") == b"before"
+    stream = next(iter(listener.clients.values())).stream
+    assert stream is not None and stack.sidecar is not None
+    reg = stack.sidecar.metrics.registry
+    stream.pause_reading()  # as if the client could take no more
+    sidecar_stream = next(s for t in stack.sidecar.tunnels if t.mux for s in t.mux.streams.values())
+    await until(lambda: sidecar_stream.writing_paused, 5, "the sidecar to see the pause")
+    for i in range(10):
+        c.send(b"while paused %d" % i)
+    await until(lambda: sample(reg, "mproxy_sidecar_udp_dropped_total", {"reason": "paused"}) == 10, 5,
+                "ten replies dropped at the sidecar")
+    assert echo.received == 11 and sidecar_stream.buffered == 0  # the backend answered; nothing was queued
+    stream.resume_reading()
+    await until(lambda: not sidecar_stream.writing_paused, 5, "the resume")
+    assert await c.ask(b"after") == b"after"
+    assert c.got.empty()
