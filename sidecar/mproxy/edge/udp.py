@@ -62,13 +62,6 @@ class TokenBucket:
         return True
 
 
-class Tunnel(Protocol):
-    """What the listener needs of a relay's tunnel session."""
-
-    @property
-    def mux(self) -> Multiplexer | None: ...
-
-
 class Picker(Protocol):
     """The relay's routing table, by port."""
 
@@ -101,8 +94,10 @@ class _Client(StreamHandler):
                  else "?", code)
 
     def eof_received(self) -> None:
-        if self.stream is not None:
-            self.stream.close()  # the sidecar is done with this client: end ours too and forget it
+        stream = self.stream
+        self.listener.forget(self)  # the sidecar is done with this client (its idle timer): so are we
+        if stream is not None:
+            stream.close()
 
     def stream_closed(self, reason: str | None) -> None:
         self.listener.forget(self)

@@ -136,3 +136,15 @@ async def test_ipv6_clients(stack: Stack) -> None:
         assert await c.ask(f"v6 {i}".encode()) == f"v6 {i}".encode()
     ids = sorted(k for k in listener.clients)
     assert all(host == "::1" for host, _ in ids) and len(ids) == 5
+
+
+async def test_the_sidecars_idle_timer_ends_the_client_at_the_edge_too(stack: Stack) -> None:
+    transport, _, port = await udp_echo()
+    stack.closers.append(transport.close)
+    listener = await stack.start([route(port)], listener={"idleTimeoutSeconds": 60},
+                                 sidecar_limits={"udpIdleTimeoutSeconds": 0.5})
+    c = await client(listener.port)
+    stack.closers.append(c.close)
+    assert await c.ask(b"one") == b"one"
+    await until(lambda: not listener.clients and stack.sidecar_streams() == 0, 5, "the sidecar's `end`")
+    assert await c.ask(b"two") == b"two"  # a new stream
