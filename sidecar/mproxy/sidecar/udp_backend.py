@@ -11,6 +11,8 @@ ICMP port unreachable from the backend (nothing listens) ends the stream with `e
 tunnel carries on. The edge's `end` (its client went idle) closes the socket; so does our own idle timer
 (limits.udpIdleTimeoutSeconds, both directions), which shortens to DRAIN_IDLE once the sidecar drains
 (`drain()`), so a shutdown does not wait out a 30 s timer for clients that are done.
+Metrics: mproxy_sidecar_udp_* per route (mproxy.metrics.udp), and, like a TCP stream, the tiered stream
+metrics (streams opened/active, received/sent bytes per route and client, under the cardinality guard).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import time
 from typing import Any, cast
 
-from mproxy.metrics.sidecar import SidecarMetrics
+from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.routing import Route, RouteTable
 from mproxy.tunnel.datagram import SERVICE, DatagramStream
@@ -77,6 +79,7 @@ class UdpBackend(StreamHandler):
         self.loop = asyncio.get_running_loop()
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.meter: StreamMeter | None = None
         route = table.match(SERVICE, stream.serviceport)
         if route is None or SERVICE not in route.services:
             self.closed = True
@@ -89,6 +92,7 @@ class UdpBackend(StreamHandler):
         self.route = route
         stream.tags["route"] = route.name
         udp.client_count(route.name, 1)
+        self.meter = metrics.stream_opened(route.name, stream.addr.address)
         self.task = self.loop.create_task(self._open(route))
         self.timer = self.loop.call_later(idle_timeout, self._check_idle)
 
@@ -135,6 +139,8 @@ class UdpBackend(StreamHandler):
             return
         t.sendto(data)
         self.udp.relayed(self.route.name, "in", len(data))
+        if self.meter is not None:
+            self.meter.add_bytes(len(data), 0)
 
     def eof_received(self) -> None:
         self.stream.close()  # the edge forgot this client (idle): end ours, close the socket
@@ -150,6 +156,8 @@ class UdpBackend(StreamHandler):
             self.udp.drop(reason)
             return
         self.udp.relayed(self.route.name, "out", len(data))
+        if self.meter is not None:
+            self.meter.add_bytes(0, len(data))
 
     def backend_error(self, exc: BaseException) -> None:
         if self.closed:
@@ -160,6 +168,8 @@ class UdpBackend(StreamHandler):
                         "route": self.route.name if self.route else "-"})
         msg = ("the backend refused the datagram (ICMP port unreachable: nothing listens there)"
                if code == "ECONNREFUSED" else f"the backend failed ({code})")
+        if self.meter is not None:
+            self.meter.error(f"backend_{code.lower()}")
         self.stream.abort(msg, code)
 
     # -- end ----------------------------------------------------------------------------------------
@@ -194,3 +204,5 @@ class UdpBackend(StreamHandler):
         self.early.clear()
         if self.route is not None:
             self.udp.client_count(self.route.name, -1)
+        if self.meter is not None:
+            self.meter.close()

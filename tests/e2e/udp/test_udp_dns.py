@@ -81,3 +81,15 @@ async def test_1000_dns_queries_through_edge_and_sidecar_are_answered_correctly(
     sidecar_reg = stack.sidecar.metrics.registry  # type: ignore[union-attr]
     assert sidecar_reg.get_sample_value("mproxy_sidecar_udp_datagrams_total", {"route": "dns",
                                                                              "direction": "in"}) == NAMES
+    # ... and the tiered stream metrics, per route and client address (under the cardinality guard).
+    client = {"route": "dns", "client": "127.0.0.1"}
+    # dig picks random source ports: a few queries reuse a port whose stream is still open, so count
+    # the streams the edge opened rather than assume 1,000.
+    opened = sum(s.mux.streams_opened for s in stack.edge.sessions if s.mux)  # type: ignore[union-attr]
+    assert 0 < opened <= NAMES
+    assert sidecar_reg.get_sample_value("mproxy_sidecar_streams_opened_total", client) == opened
+    for tiered, direction in (("received", "in"), ("sent", "out")):
+        udp_bytes = sidecar_reg.get_sample_value("mproxy_sidecar_udp_bytes_total",
+                                                 {"route": "dns", "direction": direction})
+        assert udp_bytes and sidecar_reg.get_sample_value(f"mproxy_sidecar_{tiered}_bytes_total",
+                                                          client) == udp_bytes
