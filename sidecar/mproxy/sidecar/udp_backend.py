@@ -18,6 +18,7 @@ metrics (streams opened/active, received/sent bytes per route and client, under 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from typing import Any, cast
@@ -42,8 +43,6 @@ DRAIN_IDLE = 1.0  # seconds of silence that end a client once the sidecar drains
 def _code(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "ECONNREFUSED"
-    import errno
-
     num = getattr(exc, "errno", None)
     return errno.errorcode.get(num, "E_BACKEND") if isinstance(num, int) else "E_BACKEND"
 

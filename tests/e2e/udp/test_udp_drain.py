@@ -32,7 +32,7 @@ async def test_the_edge_drains_udp_clients_once_they_are_quiet(stack: Stack) -> 
     started = time.monotonic()
     drain = asyncio.create_task(stack.edge.drain())
     for i in range(3):  # the talking client keeps being served while the edge drains
-        await asyncio.sleep(DRAIN_IDLE / 2)
+        await asyncio.sleep(DRAIN_IDLE / 4)
         assert await talking.ask(b"%d" % i) == b"%d" % i
     await asyncio.wait_for(drain, 10)
     took = time.monotonic() - started

@@ -80,7 +80,7 @@ async def test_a_datagram_over_the_maximum_is_dropped_and_counted_never_split(st
 async def test_an_idle_client_is_ended_and_its_next_datagram_opens_a_new_stream(stack: Stack) -> None:
     transport, _, port = await udp_echo()
     stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], listener={"idleTimeoutSeconds": 0.5})
+    listener = await stack.start([route(port)], listener={"idleTimeoutSeconds": 1.5})
     c = await client(listener.port)
     stack.closers.append(c.close)
     assert await c.ask(b"one") == b"one"
@@ -88,7 +88,7 @@ async def test_an_idle_client_is_ended_and_its_next_datagram_opens_a_new_stream(
     first = stack.edge.sessions and next(iter(stack.edge.sessions)).mux  # type: ignore[union-attr]
     assert first
     opened = first.streams_opened
-    await until(lambda: not listener.clients and stack.sidecar_streams() == 0, 5, "the idle client to end")
+    await until(lambda: not listener.clients and stack.sidecar_streams() == 0, 10, "the idle client to end")
     assert not first.streams  # the edge sent `end` and forgot it; the sidecar closed its backend socket
     assert await c.ask(b"two") == b"two"
     assert first.streams_opened == opened + 1
