@@ -174,11 +174,17 @@ def _route(value: object, path: str) -> Route:
     for j, p in enumerate(ports):
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
             raise SpecError(f"{path}.match.ports[{j}]", f"must be 1-65535 (got {p!r})")
+    services = tuple(str(s) for s in _list(match.get("services"), f"{path}.match.services"))
+    if "udp" in services and obj.get("proxyProtocol", "none") != "none":
+        raise SpecError(f"{path}.proxyProtocol", "must be none for a udp route (PROXY headers are for TCP)")
+    if "udp" in services and match.get("hostnames"):
+        raise SpecError(f"{path}.match.hostnames",
+                        "must be empty for a udp route (UDP clients carry no name)")
     return Route(
         name=_str(obj, "name", path),
         service=_str(backend, "service", f"{path}.backend"),
         port=port,
-        services=tuple(str(s) for s in _list(match.get("services"), f"{path}.match.services")),
+        services=services,
         ports=ports,
         hostnames=tuple(str(h) for h in _list(match.get("hostnames"), f"{path}.match.hostnames")),
         proxy_protocol=_choice(obj, "proxyProtocol", path, "none", ("none", "v1", "v2")),

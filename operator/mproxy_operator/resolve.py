@@ -2,6 +2,8 @@
 
 A route resolves to the Service's cluster DNS name and a port number. A missing Service or port does not
 fail the whole Tunnel: that route is left out of the sidecar config and reported, the others still work.
+A route whose `match.services` lists `udp` takes `protocol: UDP` Service ports, any other route TCP ones
+(a Service may have both under one number, as kube-dns has for 53); SCTP ports are never taken.
 """
 
 from __future__ import annotations
@@ -33,7 +35,24 @@ def _port_list(service: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _describe(ports: list[Mapping[str, Any]]) -> str:
-    return ", ".join(f"{p.get('name') or '-'}/{p.get('port')}" for p in ports) or "none"
+    return ", ".join(f"{p.get('name') or '-'}/{p.get('port')}{_suffix(p)}" for p in ports) or "none"
+
+
+def _suffix(port: Mapping[str, Any]) -> str:
+    protocol = _protocol(port)
+    return "" if protocol == "TCP" else f"/{protocol}"
+
+
+def _protocol(port: Mapping[str, Any]) -> str:
+    return str(port.get("protocol") or "TCP")
+
+
+def _protocols(route: Route) -> frozenset[str]:
+    """The Service port protocols the route's streams can use: udp streams UDP, every other service TCP."""
+    if not route.services:
+        return frozenset({"TCP"})
+    wanted = {"UDP" if s == "udp" else "TCP" for s in route.services}
+    return frozenset(wanted)
 
 
 def resolve_route(
@@ -58,10 +77,15 @@ def resolve_route(
             f"route {route.name}: {where} is an ExternalName Service "
             f"without ports, so port {route.port!r} must be given as a number",
         )
+    protocols = _protocols(route)
+    wrong = []
     for p in ports:
         if (isinstance(route.port, int) and p.get("port") == route.port) or (
             isinstance(route.port, str) and p.get("name") == route.port
         ):
+            if _protocol(p) not in protocols:
+                wrong.append(_protocol(p))
+                continue
             if spec.get("clusterIP") == "None":
                 # A headless Service's name resolves to pod IPs: the pods listen on the target port.
                 target = p.get("targetPort", p.get("port"))
@@ -75,6 +99,15 @@ def resolve_route(
                     )
                 return Resolved(route, host, target)
             return Resolved(route, host, int(p["port"]))
+    if wrong:
+        hint = ("list udp in spec.routes[].match.services for a UDP port" if "UDP" in wrong
+                else "UDP routes (match.services: [udp]) need a UDP port")
+        return Unresolved(
+            route,
+            "PortNotFound",
+            f"route {route.name}: {where} port {route.port!r} is {'/'.join(sorted(set(wrong)))}, not "
+            f"{'/'.join(sorted(protocols))} (its ports: {_describe(ports)}); {hint}",
+        )
     return Unresolved(
         route,
         "PortNotFound",

@@ -323,6 +323,14 @@ def tunnels() -> dm.Dashboard:
                       (f"sum(rate({s}received_bytes_total{{{SC}}}[{RI}]))", "in"),
                       (f"sum(rate({s}sent_bytes_total{{{SC}}}[{RI}]))", "out"),
                   ]),
+            Panel("UDP datagrams and drops", "UDP datagrams per second relayed per route (in = from clients "
+                  "to backends, out = back), and dropped by reason. UDP has no backpressure: a full queue, "
+                  "an oversize datagram or a slow backend socket drops, never buffers.", OPS, [
+                      (f"sum by (route, direction) (rate({s}udp_datagrams_total{{{SC}}}[{RI}]))",
+                       "{{route}} {{direction}}"),
+                      (f"sum by (reason) (rate({s}udp_dropped_total{{{SC}}}[{RI}])) > 0",
+                       "dropped: {{reason}}"),
+                  ]),
             Panel("Flow-control pauses", "Rate of flow-control pauses. relay: the sidecar asked the relay to "
                   "pause a client (slow backend); backend: the sidecar stopped reading a backend (slow "
                   "client, or the stream's tunnel queue is full). A paused stream waits instead of stalling "
@@ -484,6 +492,18 @@ def edge() -> dm.Dashboard:
             Panel("Bytes in / out", "Payload bytes per second relayed: in = from clients to tunnels, out = "
                   "to clients.", BPS, [
                       (f"sum by (direction) (rate({e}bytes_total{{{ED}}}[{RI}]))", "{{direction}}"),
+                  ]),
+            Panel("UDP datagrams and drops", "UDP datagrams per second relayed per listener port (in = from "
+                  "clients to tunnels, out = to clients), and dropped by reason (oversize, rate_limited, "
+                  "queue_full, no_tunnel...): UDP is never buffered past a bound.", OPS, [
+                      (f"sum by (port, direction) (rate({e}udp_datagrams_total{{{ED}}}[{RI}]))",
+                       "{{port}} {{direction}}"),
+                      (f"sum by (reason) (rate({e}udp_dropped_total{{{ED}}}[{RI}])) > 0",
+                       "dropped: {{reason}}"),
+                  ]),
+            Panel("UDP clients", "UDP client streams (one per source address:port) open now, per listener "
+                  "port; each ends after the listener's idleTimeoutSeconds of silence.", NONE, [
+                      (f"sum by (port) ({e}udp_clients{{{ED}}})", "{{port}}"),
                   ]),
             Panel("Bytes per name", "Payload bytes per second per granted name (both directions), the 10 "
                   "busiest.", BPS, [

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--secret-file", required=True, help="file holding the edge's shared secret")
     parser.add_argument("--domain", action="append", default=[], help="a name to grant (repeatable)")
     parser.add_argument(
-        "--port", action="append", type=int, default=[], help="a TCP port to grant (repeatable)"
+        "--port", action="append", type=int, default=[], help="a TCP and UDP port to grant (repeatable)"
     )
     parser.add_argument("--ttl", type=parse_duration, default=None,
                         help="lifetime, e.g. 3600, 90m, 12h, 30d (default: no expiry)")

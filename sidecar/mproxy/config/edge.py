@@ -27,21 +27,43 @@ __all__ = [
     "EdgeLimits",
     "ListenerConfig",
     "TunnelEndpoint",
+    "UdpOptions",
     "load_edge_config",
 ]
 
-LISTENER_KINDS = ("tls", "http", "tcp")
+LISTENER_KINDS = ("tls", "http", "tcp", "udp")
 EDGE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 # The service name each listener kind puts in `connection` frames (what telebit sends).
-SERVICE_OF_KIND = {"tls": "https", "http": "http", "tcp": "tcp"}
+SERVICE_OF_KIND = {"tls": "https", "http": "http", "tcp": "tcp", "udp": "udp"}
+UDP_KEYS = {"idleTimeoutSeconds", "maxDatagramBytes", "maxClients", "datagramRate", "datagramBurst",
+            "tunnelDatagramRate"}
+MAX_UDP_PAYLOAD = 65507  # the largest IPv4 UDP payload
+
+
+@dataclass(frozen=True, slots=True)
+class UdpOptions:
+    """A `kind: udp` listener's settings (docs/edge.md); each client address:port is one stream."""
+
+    idle_timeout_seconds: float = 30.0  # a client silent both ways this long is ended with `end`
+    max_datagram_bytes: int = MAX_UDP_PAYLOAD  # larger datagrams are dropped and counted, never split
+    max_clients: int = 10000  # client streams at once on this listener; past it new clients are dropped
+    datagram_rate: float = 1000.0  # datagrams per second per client (token bucket), both directions
+    datagram_burst: int = 2000
+    tunnel_datagram_rate: float = 100000.0  # datagrams per second per tunnel on this listener
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"idleTimeoutSeconds": self.idle_timeout_seconds, "maxDatagramBytes": self.max_datagram_bytes,
+                "maxClients": self.max_clients, "datagramRate": self.datagram_rate,
+                "datagramBurst": self.datagram_burst, "tunnelDatagramRate": self.tunnel_datagram_rate}
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    kind: str  # tls | http | tcp
+    kind: str  # tls | http | tcp | udp
     listen: str  # HOST:PORT
     public_port: int | None = None  # the port clients see; serviceport in frames, and what tokens grant
     proxy_protocol: bool = False  # expect a PROXY v1/v2 header from a trusted proxy
+    udp: UdpOptions | None = None  # kind udp only
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -56,6 +78,8 @@ class ListenerConfig:
         if self.public_port is not None:
             out["publicPort"] = self.public_port
         out["proxyProtocol"] = self.proxy_protocol
+        if self.udp is not None:
+            out.update(self.udp.to_dict())
         return out
 
 
@@ -217,7 +241,7 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
     for i, item in enumerate(f.seq(root, "listeners", "")):
         path = f"listeners[{i}]"
         obj = f.mapping(item, path)
-        f.only_keys(obj, path, {"kind", "listen", "publicPort", "proxyProtocol"})
+        f.only_keys(obj, path, {"kind", "listen", "publicPort", "proxyProtocol", *UDP_KEYS})
         if "kind" not in obj:
             raise ConfigError(f"{path}.kind", f"is required (one of {', '.join(LISTENER_KINDS)})")
         kind = f.choice(obj, "kind", path, "tls", LISTENER_KINDS)
@@ -226,19 +250,38 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
         public_port = None
         if obj.get("publicPort") is not None:
             public_port = f.integer(obj, "publicPort", path, 0, 1, 65535)
-        if kind == "tcp" and port == 0 and public_port is None:
-            raise ConfigError(f"{path}.publicPort", "is required for a tcp listener on port 0 "
-                              "(tokens grant tcp ports by number)")
+        if kind in ("tcp", "udp") and port == 0 and public_port is None:
+            raise ConfigError(f"{path}.publicPort", f"is required for a {kind} listener on port 0 "
+                              f"(tokens grant {kind} ports by number)")
         proxy_protocol = obj.get("proxyProtocol", False)
         if not isinstance(proxy_protocol, bool):
             raise ConfigError(f"{path}.proxyProtocol", f"must be true or false (got {proxy_protocol!r})")
-        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol))
-    tcp_ports = [item.public_port or item.host_port[1] for item in out if item.kind == "tcp"]
-    for port in tcp_ports:
-        if tcp_ports.count(port) > 1:
-            raise ConfigError("listeners", f"two tcp listeners claim public port {port}; tokens could not "
-                              "tell them apart")
+        if kind == "udp" and proxy_protocol:
+            raise ConfigError(f"{path}.proxyProtocol", "is not supported on a udp listener (PROXY headers "
+                              "come on TCP connections only)")
+        udp = _udp_options(obj, path) if kind == "udp" else None
+        stray = sorted(UDP_KEYS & set(obj)) if kind != "udp" else []
+        if stray:
+            raise ConfigError(f"{path}.{stray[0]}", "applies to kind: udp listeners only")
+        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol, udp))
+    for kind in ("tcp", "udp"):
+        ports = [item.public_port or item.host_port[1] for item in out if item.kind == kind]
+        for port in ports:
+            if ports.count(port) > 1:
+                raise ConfigError("listeners", f"two {kind} listeners claim public port {port}; tokens "
+                                  "could not tell them apart")
     return tuple(out)
+
+
+def _udp_options(obj: Mapping[str, Any], path: str) -> UdpOptions:
+    return UdpOptions(
+        idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", path, 30.0, 0.01, 86400),
+        max_datagram_bytes=f.integer(obj, "maxDatagramBytes", path, MAX_UDP_PAYLOAD, 1, MAX_UDP_PAYLOAD),
+        max_clients=f.integer(obj, "maxClients", path, 10000, 1, 1_000_000),
+        datagram_rate=f.number(obj, "datagramRate", path, 1000.0, 0.01, 10_000_000),
+        datagram_burst=f.integer(obj, "datagramBurst", path, 2000, 1, 10_000_000),
+        tunnel_datagram_rate=f.number(obj, "tunnelDatagramRate", path, 100000.0, 0.01, 100_000_000),
+    )
 
 
 def _tunnel(root: Mapping[str, Any]) -> TunnelEndpoint:
@@ -312,12 +355,14 @@ def _heartbeat(root: Mapping[str, Any]) -> EdgeHeartbeat:
 
 
 def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig) -> None:
-    seen: dict[tuple[str, int], str] = {}
-    named = [(f"listeners[{i}].listen", item.host_port) for i, item in enumerate(listeners)]
-    named += [("tunnel.listen", tunnel.host_port), ("http.listen", http.host_port)]
-    for path, (host, port) in named:
+    seen: dict[tuple[str, str, int], str] = {}
+    # UDP and TCP ports are separate spaces: a udp listener may share its port with a tcp one (DNS on 53).
+    named = [(f"listeners[{i}].listen", "udp" if item.kind == "udp" else "tcp", item.host_port)
+             for i, item in enumerate(listeners)]
+    named += [("tunnel.listen", "tcp", tunnel.host_port), ("http.listen", "tcp", http.host_port)]
+    for path, proto, (host, port) in named:
         if port == 0:
             continue  # the kernel picks a free port
-        if (host, port) in seen:
-            raise ConfigError(path, f"{host}:{port} is already used by {seen[(host, port)]}")
-        seen[(host, port)] = path
+        if (proto, host, port) in seen:
+            raise ConfigError(path, f"{host}:{port} is already used by {seen[(proto, host, port)]}")
+        seen[(proto, host, port)] = path

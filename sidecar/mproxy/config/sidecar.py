@@ -36,7 +36,7 @@ __all__ = [
     "load_sidecar_config",
 ]
 
-SERVICES_HINT = ("https", "http", "ssh", "tcp", "tls")
+SERVICES_HINT = ("https", "http", "ssh", "tcp", "tls", "udp")
 TOKEN_IN = ("header", "query", "handshake")
 PROXY_PROTOCOLS = ("none", "v1", "v2")
 LABEL_TIERS = ("off", "route", "client")
@@ -128,6 +128,7 @@ class LimitsConfig:
     buffer_grace_seconds: float = 2.0
     tunnel_buffer_bytes: int = 256 * 1024 * 1024
     ipv6_prefix_length: int = 64  # maxStreamsPerClient counts IPv6 clients per prefix of this length
+    udp_idle_timeout_seconds: float = 30.0  # a UDP client's stream silent both ways this long is ended
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +144,7 @@ class LimitsConfig:
             "bufferGraceSeconds": self.buffer_grace_seconds,
             "tunnelBufferBytes": self.tunnel_buffer_bytes,
             "ipv6PrefixLength": self.ipv6_prefix_length,
+            "udpIdleTimeoutSeconds": self.udp_idle_timeout_seconds,
         }
 
 
@@ -337,9 +339,21 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
             connect_timeout_seconds=f.number(b, "connectTimeoutSeconds", bpath, 5.0, 0.001, 300),
             proxy_protocol=f.choice(b, "proxyProtocol", bpath, "none", PROXY_PROTOCOLS),
         )
+        if "udp" in services:
+            _udp_route(path, backend, hostnames)
         out.append(RouteConfig(name=name, backend=backend,
                                match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames))))
     return tuple(out)
+
+
+def _udp_route(path: str, backend: BackendConfig, hostnames: list[str]) -> None:
+    """What a udp route cannot do (mproxy/sidecar/udp_backend.py): it would silently never apply."""
+    if backend.proxy_protocol != "none":
+        raise ConfigError(f"{path}.backend.proxyProtocol", "must be none for a udp route (PROXY headers are "
+                          "sent on TCP connections only)")
+    if hostnames:
+        raise ConfigError(f"{path}.match.hostnames", "must be empty for a udp route (UDP clients carry no "
+                          "name, so it would never match)")
 
 
 def _limits(root: Mapping[str, Any]) -> LimitsConfig:
@@ -347,7 +361,7 @@ def _limits(root: Mapping[str, Any]) -> LimitsConfig:
     f.only_keys(obj, "limits", {"maxStreamsPerTunnel", "maxStreamsPerClient", "idleTimeoutSeconds",
                                 "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes",
                                 "bufferSoftBytes", "bufferHardBytes", "bufferGraceSeconds",
-                                "tunnelBufferBytes", "ipv6PrefixLength"})
+                                "tunnelBufferBytes", "ipv6PrefixLength", "udpIdleTimeoutSeconds"})
     gib = 1024 * 1024 * 1024
     # Same names, ranges and checks as the edge's (mproxy/config/edge.py).
     soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
@@ -369,6 +383,7 @@ def _limits(root: Mapping[str, Any]) -> LimitsConfig:
         max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
         stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 262144, 1024, 64 * 1024 * 1024),
         tunnel_send_buffer_bytes=_send_buffer(obj),
+        udp_idle_timeout_seconds=f.number(obj, "udpIdleTimeoutSeconds", "limits", 30.0, 0.01, 86400),
     )
 
 

@@ -36,7 +36,9 @@ from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
 from mproxy.edge.table import RoutingTable
+from mproxy.edge.udp import UdpListener
 from mproxy.metrics.edge import EdgeMetrics
+from mproxy.metrics.udp import UdpMetrics
 from mproxy.tunnel.identity import HAVE_HEADER, ID_HEADER, REPLICAS_HEADER, default_edge_id, parse_have
 from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream
 from mproxy.tunnel.supervisor import Supervised
@@ -148,7 +150,10 @@ class EdgeRelay:
                                      burst=lim.connection_burst, ipv6_prefix=lim.ipv6_prefix_length)
         networks = config.trusted_networks
         self.pending = PendingClients(lim.pre_routing_connections)  # shared by every listener
-        self.listeners = [
+        self.udp_metrics = UdpMetrics(self.metrics.registry, "edge", "port")
+        self.listeners: list[PublicListener | UdpListener] = [
+            UdpListener(item, table=self.table, limiter=self.limiter, metrics=self.udp_metrics)
+            if item.kind == "udp" else
             PublicListener(item, route=self.route, limiter=self.limiter, trusted=networks,
                            sniff_timeout=lim.sniff_timeout_seconds, on_reject=self._on_reject,
                            pending=self.pending, backlog=lim.listen_backlog)

@@ -24,11 +24,13 @@ from prometheus_client import CollectorRegistry
 from mproxy.config.loader import ConfigWatcher
 from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
 from mproxy.metrics.sidecar import SidecarMetrics
+from mproxy.metrics.udp import UdpMetrics
 from mproxy.observe.http import ObserveServer
 from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sidecar.backend import BackendOptions, BackendStream
 from mproxy.sidecar.edges import EdgePool
 from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
+from mproxy.sidecar.udp_backend import UdpBackend
 from mproxy.tunnel import Stream, StreamHandler
 from mproxy.tunnel.supervisor import Supervised
 
@@ -78,6 +80,10 @@ class Sidecar:
         self.table = build_table(config)
         self.metrics = SidecarMetrics(registry, tier=config.metrics.labels,
                                       max_clients=config.metrics.max_clients)
+        self.udp_metrics = UdpMetrics(self.metrics.registry, "sidecar", "route")
+        for r in config.routes:
+            if "udp" in r.match.services:
+                self.udp_metrics.start(r.name)
         self.tunnels: list[TunnelClient] = []
         self.pools: dict[str, EdgePool] = {}  # edge URL -> its slots, one set per edge replica
         self.started_at = time.time()
@@ -98,6 +104,9 @@ class Sidecar:
 
     def accept(self, stream: Stream, tunnel: TunnelClient) -> StreamHandler:
         # The table is captured per stream: a reload never re-routes a stream in flight.
+        if stream.service == "udp":
+            return UdpBackend(stream, self.table, self.metrics, self.udp_metrics,
+                              self.config.limits.udp_idle_timeout_seconds, tunnel.label)
         return BackendStream(stream, self.table, self.metrics, self._backend_opts(), tunnel.label)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -183,6 +192,10 @@ class Sidecar:
         log.info("shutting down: %d streams in flight, waiting up to %g s", in_flight,
                  self.config.drain_seconds)
         deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
+        for t in self.tunnels:  # UDP clients have no end of their own: end them once they go quiet
+            for stream in list(t.mux.streams.values()) if t.mux is not None else ():
+                if isinstance(stream.handler, UdpBackend):
+                    stream.handler.drain()
         await asyncio.gather(*(t.drain_and_stop(deadline) for t in self.tunnels))
         for task in self._tasks:
             task.cancel()

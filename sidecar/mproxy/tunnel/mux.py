@@ -371,6 +371,14 @@ class Stream:
 Accept = Callable[[Stream], StreamHandler]
 
 
+def _new_stream(mux: Multiplexer, addr: Address, service: str, serviceport: str, name: str) -> Stream:
+    if service == "udp":  # one datagram per frame, drop when full (issue 15)
+        from mproxy.tunnel.datagram import DatagramStream
+
+        return DatagramStream(mux, addr, service, serviceport, name)
+    return Stream(mux, addr, service, serviceport, name)
+
+
 class Multiplexer:
     """One tunnel's streams; see the module docstring for the protocol between roles and streams."""
 
@@ -489,7 +497,7 @@ class Multiplexer:
             raise ValueError(f"client {addr.client_id} already has a stream in this tunnel")
         # Pack first: a header the codec refuses (LocalProtocolError) must leave no stream behind.
         connection = pack_connection(addr, service=service, serviceport=serviceport, name=name)
-        stream = Stream(self, addr, service, str(serviceport), name)
+        stream = _new_stream(self, addr, service, str(serviceport), name)
         stream._handler = handler
         self._register(stream)
         self._urgent(connection)
@@ -696,7 +704,7 @@ class Multiplexer:
             self._refuse(event, f"too many streams from this client address (limit "
                                 f"{lim.max_streams_per_client}; IPv6 per /{lim.ipv6_prefix})", E_LIMIT)
             return None
-        stream = Stream(self, event.addr, service, serviceport, name)
+        stream = _new_stream(self, event.addr, service, serviceport, name)
         self._register(stream)
         try:
             stream._handler = self._on_stream(stream)

@@ -48,7 +48,7 @@ def test_minimal_config_has_defaults() -> None:
     [
         ("listeners: []", "auth"),
         ("auth: {secretFile: ''}", "auth.secretFile"),
-        ("auth: {secretFile: s}\nlisteners: [{kind: udp, listen: ':1'}]", "listeners[0].kind"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: quic, listen: ':1'}]", "listeners[0].kind"),
         ("auth: {secretFile: s}\nlisteners: [{listen: ':1'}]", "listeners[0].kind"),
         ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: 'nope'}]", "listeners[0].listen"),
         ("auth: {secretFile: s}\nlisteners: [{kind: tcp, listen: ':0'}]", "listeners[0].publicPort"),

@@ -91,3 +91,20 @@ def test_gateway_mode_needs_no_selector() -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(SpecError, match="spec: must be an object"):
         parse_spec(["x"])  # type: ignore[arg-type]
+
+
+def test_udp_routes_take_no_proxy_header_and_no_hostnames() -> None:
+    def udp_route(**extra: Any) -> dict[str, Any]:
+        body = tunnel()
+        body["spec"]["routes"] = [{"name": "dns", "match": {"services": ["udp"], "ports": [53]},
+                                   "backend": {"service": "kube-dns", "port": 53}, **extra}]
+        return body["spec"]
+
+    spec = parse_spec(udp_route())
+    assert spec.routes[0].services == ("udp",)
+    with pytest.raises(SpecError, match=r"^spec.routes\[0\].proxyProtocol"):
+        parse_spec(udp_route(proxyProtocol="v2"))
+    bad = udp_route()
+    bad["routes"][0]["match"]["hostnames"] = ["dns.example.com"]
+    with pytest.raises(SpecError, match=r"^spec.routes\[0\].match.hostnames"):
+        parse_spec(bad)

@@ -57,3 +57,40 @@ def test_one_bad_route_leaves_the_others() -> None:
     assert [r.route.name for r in resolved] == ["a", "c"]
     assert resolved[0].host == "web.prod.svc.example.internal"
     assert [(u.route.name, u.reason) for u in unresolved] == [("b", "ServiceNotFound")]
+
+
+KUBE_DNS = {"spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                               {"name": "metrics", "port": 9153, "protocol": "TCP"},
+                               {"name": "syslog", "port": 514, "protocol": "UDP"},
+                               {"name": "sig", "port": 2905, "protocol": "SCTP"}]}}
+
+
+@pytest.mark.parametrize(("services", "port", "want"), [
+    (("udp",), 53, 53),  # the UDP port of a number both protocols use
+    (("udp",), "dns", 53),
+    (("tcp",), 53, 53),
+    ((), "dns-tcp", 53),
+    (("udp",), "dns-tcp", "PortNotFound"),  # named TCP port for a udp route
+    (("tcp",), "dns", "PortNotFound"),  # named UDP port for a tcp route
+    ((), 514, "PortNotFound"),  # UDP only: a byte-stream route cannot use it
+    (("udp",), 514, 514),
+    (("udp", "tcp"), 514, 514),
+    (("udp",), 2905, "PortNotFound"),  # SCTP: never
+], ids=lambda v: repr(v))
+def test_udp_routes_take_udp_service_ports_and_only_they(services: tuple[str, ...], port: Any,
+                                                        want: Any) -> None:
+    got = resolve_route(Route("dns", "kube-dns", port, services=services), KUBE_DNS, "kube-system",
+                        "cluster.local")
+    if isinstance(want, int):
+        assert isinstance(got, Resolved)
+        assert (got.host, got.port) == ("kube-dns.kube-system.svc.cluster.local", want)
+    else:
+        assert isinstance(got, Unresolved) and got.reason == want
+        assert "udp" in got.message or "UDP" in got.message, got.message
+
+
+def test_a_tcp_route_on_a_udp_port_says_what_to_do() -> None:
+    got = resolve_route(Route("syslog", "kube-dns", 514), KUBE_DNS, "kube-system", "cluster.local")
+    assert isinstance(got, Unresolved)
+    assert "port 514 is UDP, not TCP" in got.message and "match.services" in got.message

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import need
+
+from .harness import Stack
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Both loops the roles may run on: their datagram transports differ (uvloop's is the production one)."""
+    if request.param == "asyncio":
+        return asyncio.DefaultEventLoopPolicy()
+    try:
+        import uvloop
+    except ImportError:
+        need(False, "uvloop (a dependency on Linux: pip install -e .)")
+        raise
+    return uvloop.EventLoopPolicy()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """An edge and a sidecar (see Stack.start); closed when the test ends, pass or fail."""
+    s = Stack(tmp_path)
+    try:
+        yield s
+    finally:
+        await s.close()
