@@ -8,6 +8,7 @@ gets their tails in its report.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -108,9 +109,38 @@ def prometheus(
         wait_scrapes(2)
         stack.drive_traffic()
         wait_scrapes(2)
+        # Keep the traffic going while the tests query: a panel's rate() over 1m, or an alert's window,
+        # must not run dry when a loaded machine takes over a minute to reach it.
+        keep_driving = _KeepDriving(stack)
         yield api
+        keep_driving.stop()
     finally:
         group.stop()
+
+
+class _KeepDriving:
+    """A burst of the stack's traffic every few seconds on a thread of its own, until stop()."""
+
+    def __init__(self, stack: Stack, every: float = 5.0) -> None:
+        self._stack = stack
+        self._every = every
+        self._done = threading.Event()
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="keep-driving", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                self._stack.drive_traffic()
+            except BaseException as exc:  # reported by stop(), on the test thread
+                self.errors.append(exc)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+        assert not self.errors, f"background traffic failed: {self.errors[0]!r}"
 
 
 @pytest.hookimpl(wrapper=True)
