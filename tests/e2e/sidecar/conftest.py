@@ -36,7 +36,7 @@ async def serve_handler(handler: Callable[[web.Request], Any], path: str = "/",
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, runner.addresses[0][1]
 
 
 class NodeRelay:

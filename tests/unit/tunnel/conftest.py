@@ -121,7 +121,7 @@ def tunnel_pair() -> PairFactory:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         loop = asyncio.get_running_loop()
 
         def accept(stream: Stream) -> StreamHandler:

@@ -253,7 +253,7 @@ async def test_dead_peer_is_detected() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"http://127.0.0.1:{port}/", autoping=False)
