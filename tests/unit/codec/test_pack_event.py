@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,7 +28,7 @@ CANONICAL = [v for v in VECTORS if v["canonical"]]
 
 
 @pytest.mark.parametrize("vector", CANONICAL, ids=[v["name"] for v in CANONICAL])
-def test_every_canonical_vector_packs_back_byte_for_byte(vector: dict) -> None:
+def test_every_canonical_vector_packs_back_byte_for_byte(vector: dict[str, Any]) -> None:
     assert b"".join(pack_event(e) for e in parse_all(vector["wire"])) == vector["wire"]
 
 
@@ -43,7 +45,7 @@ SERVICE = FIELD.filter(lambda s: s not in {"connection", "control", "end", "erro
 
 @st.composite
 def events(draw: st.DrawFn) -> Event:
-    common = {"family": draw(FIELD), "address": draw(FIELD), "port": draw(PORT),
+    common: dict[str, Any] = {"family": draw(FIELD), "address": draw(FIELD), "port": draw(PORT),
               "serviceport": draw(PORT), "name": draw(FIELD), "data": draw(BODY)}
     kind = draw(st.sampled_from((Connection, Message, Control, End, Error, Pause, Resume)))
     if kind is Connection:

@@ -70,7 +70,7 @@ async def test_a_frame_written_raw_is_read_whole_by_aiohttp(ws_pair: tuple[Any, 
 class _Other:
     """A WebSocket of an aiohttp laid out otherwise: no private writer."""
 
-    async def send_bytes(self, data: bytes) -> None:
+    async def send_bytes(self, data: bytearray) -> None:
         raise AssertionError("not sent in this test")
 
 
