@@ -1,4 +1,4 @@
-"""Every use of aiohttp's private internals, in one place (tests/unit/test_aiohttp_compat.py checks them).
+"""aiohttp's private internals, all in one place (checked by tests/unit/tunnel/test_aiohttp_compat.py).
 
 tunnel/wsframe.py writes binary frames straight to the transport under an aiohttp WebSocket (aiohttp's
 writer copies each frame three times), so it needs the writer, its transport and protocol, the protocol's
