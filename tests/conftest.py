@@ -7,6 +7,7 @@ skipped check is ever counted as a pass.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,21 @@ def need(condition: object, reason: str) -> None:
     if os.environ.get("MPROXY_REQUIRE_ALL") == "1":
         pytest.fail(f"required in CI but unavailable: {reason}", pytrace=False)
     pytest.skip(f"UNAVAILABLE: {reason} (run scripts/test to install it)")
+
+
+LOOPS = ("asyncio", "uvloop")  # the event loops the roles run on (mproxy.tunnel.loop)
+
+
+def loop_policy(name: str) -> asyncio.AbstractEventLoopPolicy:
+    """The policy of one of LOOPS, for an `event_loop_policy` fixture parametrized over them."""
+    if name == "asyncio":
+        return asyncio.DefaultEventLoopPolicy()
+    try:
+        import uvloop
+    except ImportError:
+        need(False, "uvloop (a dependency on Linux: pip install -e .)")
+        raise
+    return uvloop.EventLoopPolicy()
 
 
 @pytest.fixture(scope="session")

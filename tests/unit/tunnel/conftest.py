@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.conftest import need
+from tests.conftest import LOOPS, loop_policy
 
 from mproxy.codec import Address
 from mproxy.tunnel import Heartbeat, Multiplexer, MuxLimits, Stream, StreamHandler, TunnelClose, run_tunnel
@@ -159,15 +159,8 @@ def tunnel_pair() -> PairFactory:
 
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     """Every async tunnel test runs on both loops the roles may use (mproxy.tunnel.loop picks uvloop
     when it is installed): the stdlib loop and uvloop, whose transports differ in buffering and types."""
-    if request.param == "asyncio":
-        return asyncio.DefaultEventLoopPolicy()
-    try:
-        import uvloop
-    except ImportError:
-        need(False, "uvloop (a dependency on Linux: pip install -e .)")
-        raise
-    return uvloop.EventLoopPolicy()
+    return loop_policy(request.param)
