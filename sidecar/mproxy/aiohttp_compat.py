@@ -66,7 +66,7 @@ class RawWriter:
 
 def raw_writer(ws: Any) -> RawWriter | None:
     """Direct frame access to the open aiohttp WebSocket `ws`, or None on an aiohttp laid out otherwise."""
-    if missing(ws) or _mask is None:
+    if missing(ws) or _mask is None or ws._writer.transport is None:  # None: the connection is gone
         return None
     return RawWriter(ws._writer, _mask)
 

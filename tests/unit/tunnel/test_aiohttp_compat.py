@@ -79,3 +79,27 @@ def test_another_layout_is_named_and_falls_back_to_send_bytes() -> None:
     assert "ws._writer" in missing(ws)
     assert raw_writer(ws) is None and transport_of(ws) is None
     assert frame_sender(ws) == ws.send_bytes
+
+
+class _Protocol:
+    _paused = False
+
+    async def _drain_helper(self) -> None:
+        raise AssertionError("not drained in this test")
+
+
+class _GoneWriter:
+    """aiohttp's writer after its connection went away: every name there, no transport."""
+
+    transport = None
+    protocol = _Protocol()
+    compress = 0
+    use_mask = True
+    _closing = False
+
+
+def test_a_writer_without_a_transport_falls_back_to_send_bytes() -> None:
+    ws = _Other()
+    ws._writer = _GoneWriter()  # type: ignore[attr-defined]
+    assert missing(ws) == [] and raw_writer(ws) is None
+    assert frame_sender(ws) == ws.send_bytes
