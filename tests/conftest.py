@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO_ROOT / "tests" / "interop" / "node"
@@ -25,6 +27,16 @@ def need(condition: object, reason: str) -> None:
     if os.environ.get("MPROXY_REQUIRE_ALL") == "1":
         pytest.fail(f"required in CI but unavailable: {reason}", pytrace=False)
     pytest.skip(f"UNAVAILABLE: {reason} (run scripts/test to install it)")
+
+
+async def serve_app(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """`app` on a free loopback port: the runner (clean it up) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    return runner, runner.addresses[0][1]
 
 
 LOOPS = ("asyncio", "uvloop")  # the event loops the roles run on (mproxy.tunnel.loop)

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from tests.conftest import serve_app
 
 from mproxy.aiohttp_compat import transport_of
 from mproxy.config.edge import load_edge_config
@@ -185,11 +186,7 @@ async def start_backends(tmp: Path, names: list[str], label: str = "A",
     app.router.add_get("/", hello)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http_port = runner.addresses[0][1]
+    runner, http_port = await serve_app(app)
 
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     return Backends(ca, https.sockets[0].getsockname()[1], http_port, echo_server.sockets[0].getsockname()[1],

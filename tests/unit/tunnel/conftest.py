@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.conftest import LOOPS, loop_policy
+from tests.conftest import LOOPS, loop_policy, serve_app
 
 from mproxy.codec import Address
 from mproxy.tunnel import Heartbeat, Multiplexer, MuxLimits, Stream, StreamHandler, TunnelClose, run_tunnel
@@ -117,11 +117,7 @@ def tunnel_pair() -> PairFactory:
 
         app = web.Application()
         app.router.add_get("/", ws_handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        runner, port = await serve_app(app)
         loop = asyncio.get_running_loop()
 
         def accept(stream: Stream) -> StreamHandler:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from tests.conftest import serve_app
 
 from mproxy.aiohttp_compat import missing, raw_writer, transport_of
 from mproxy.tunnel.wsframe import frame_sender
@@ -32,10 +33,7 @@ async def ws_pair() -> AsyncIterator[tuple[web.WebSocketResponse, aiohttp.Client
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
+    runner, port = await serve_app(app)
     async with aiohttp.ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{port}/") as client:
         server = await asyncio.wait_for(accepted, 5)
         yield server, client

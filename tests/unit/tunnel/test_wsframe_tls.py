@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from tests.conftest import serve_app
 
 from mproxy.aiohttp_compat import transport_of
 from mproxy.codec import Address
@@ -90,11 +91,7 @@ async def wss_pair(tmp_path: Path, on_side_stream: type[StreamHandler]
 
     app = web.Application()
     app.router.add_get("/", ws_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve_app(app, ssl_context=server_ctx)
     try:
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"https://localhost:{port}/", autoping=False, max_msg_size=0,
