@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from mproxy.codec.address import Address, port_ok
 from mproxy.codec.errors import LocalProtocolError
+from mproxy.codec.events import Connection, Control, End, Error, Event, Message, Pause, Resume
 from mproxy.codec.jsjson import js_json_bytes
 
 VERSION_BYTE = 0xFE  # 255 - version 1
@@ -196,3 +197,43 @@ def pack_control(value: object) -> bytes:
     (null, false, 0, "") is sent as no body at all; real control messages are arrays."""
     body = b"" if _js_falsy(value) else js_json_bytes(value)
     return pack_header(None, "control", len(body)) + body
+
+
+# The service names the parser turns into their own event types (any other service is a Message).
+_TYPED: dict[type[Event], str] = {End: "end", Error: "error", Pause: "pause", Resume: "resume"}
+_RESERVED = frozenset((*_TYPED.values(), "connection", "control"))
+
+
+def _event_body(event: Event) -> bytes:
+    if event.data or not isinstance(event, Error | Control):
+        return bytes(event.data)
+    # Built by hand with the parsed fields only: encode them as the parser would have read them.
+    if isinstance(event, Error):
+        return js_json_bytes({"message": event.message, "code": event.code})
+    return b"" if _js_falsy(event.value) else js_json_bytes(event.value)
+
+
+def pack_event(event: Event) -> bytes:
+    """The frame the parser reads back as `event` (packing mirrors parsing): for a frame in canonical
+    form (7 fields, 8 for a connection; control with empty address fields), pack_event(parse(x)) == x.
+
+    The body is `event.data`; an Error or Control without one gets its message/code or value encoded.
+    An event whose class and service disagree (a Message with service "end", an End with service
+    "https") is refused: the peer would parse it as another event."""
+    body = _event_body(event)
+    if isinstance(event, Connection):
+        head = pack_header(event.addr, "connection", len(body), serviceport=event.serviceport,
+                           name=event.name, servicename=event.servicename)
+    elif isinstance(event, Control):
+        head = pack_header(None, "control", len(body))
+    else:
+        typed = _TYPED.get(type(event))
+        if typed is None:
+            ok, service = type(event) is Message and event.service not in _RESERVED, event.service
+        else:
+            ok, service = event.service in ("", typed), typed
+        if not ok:
+            raise LocalProtocolError(f"a {type(event).__name__} event with service {event.service!r} would "
+                                     "be read back as another event; use the event class of that service")
+        head = pack_header(event.addr, service, len(body), serviceport=event.serviceport, name=event.name)
+    return head + body

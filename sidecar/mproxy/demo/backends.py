@@ -8,7 +8,6 @@ import contextlib
 import html
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
@@ -73,8 +72,7 @@ class DemoBackends:
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         self._runners.append(runner)
-        server: Any = site._server
-        port: int = server.sockets[0].getsockname()[1]
+        port: int = runner.addresses[0][1]
         return port
 
     async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -231,10 +231,7 @@ class EdgeRelay:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {host_port[0]}:{host_port[1]} ({field}): "
                           f"{exc.strerror}") from None
-        # asyncio.Server or uvloop's Server (which is no asyncio.Server subclass): both have .sockets
-        sockets: Any = getattr(site._server, "sockets", None)
-        assert sockets, "the tunnel site has no listening socket"
-        port: int = sockets[0].getsockname()[1]
+        port: int = runner.addresses[0][1]  # this runner's one site (asyncio's or uvloop's server)
         return port
 
     async def drain(self, grace: float | None = None) -> None:

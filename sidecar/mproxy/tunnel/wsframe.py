@@ -4,8 +4,9 @@ aiohttp's writer copies a client frame three times (bytearray(message), then hea
 masking it; at tunnel rates that is a quarter of the sidecar's CPU. The multiplexer already hands over a
 fresh bytearray per batch, so we mask it in place (aiohttp's C mask) and write the header and the payload
 separately: no extra copy. Frames are written whole and synchronously, so they never interleave with the
-pings, pongs and close frames aiohttp writes itself. If aiohttp's internals are not as expected (another
-version), `frame_sender` returns the plain `ws.send_bytes`. It also sets the transport's write-buffer
+pings, pongs and close frames aiohttp writes itself. aiohttp's internals are reached only through
+mproxy.aiohttp_compat; if they are not as expected (another version), `frame_sender` returns the plain
+`ws.send_bytes`. It also sets the transport's write-buffer
 limits so that `send` waits until the previous batch left the process (see below; TLS transports need
 other numbers than plain TCP for that, see `_no_buffering`).
 """
@@ -17,15 +18,11 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mproxy.aiohttp_compat import raw_writer
+
 __all__ = ["frame_sender"]
 
 Sender = Callable[[bytearray], Awaitable[None]]
-
-_mask: Callable[[bytes, bytearray], None] | None
-try:
-    from aiohttp._websocket.helpers import websocket_mask as _mask
-except ImportError:  # pragma: no cover - another aiohttp layout
-    _mask = None
 
 _OPCODE_BINARY = 0x82  # FIN + binary
 
@@ -54,30 +51,21 @@ def _no_buffering(transport: Any) -> dict[str, int]:
 
 def frame_sender(ws: Any) -> Sender:
     """A coroutine function sending one binary message (a bytearray we may mutate) on `ws`."""
-    writer: Any = getattr(ws, "_writer", None)
-    transport: Any = getattr(writer, "transport", None)
-    protocol: Any = getattr(writer, "protocol", None)
+    raw = raw_writer(ws)
     plain: Sender = ws.send_bytes
-    if (
-        _mask is None
-        or writer is None
-        or transport is None
-        or not hasattr(protocol, "_drain_helper")
-        or not hasattr(protocol, "_paused")
-        or getattr(writer, "compress", None) != 0  # permessage-deflate negotiated: let aiohttp compress
-        or not hasattr(writer, "_closing")
-    ):
+    if raw is None or raw.compress != 0:  # another aiohttp layout, or permessage-deflate: let aiohttp do it
         return plain
-    use_mask = bool(getattr(writer, "use_mask", False))
+    transport = raw.transport
+    use_mask = raw.use_mask
     mask_bit = 0x80 if use_mask else 0
-    mask_fn = _mask
+    mask_fn = raw.mask
     # Hand the transport the next batch only once the last one is in the kernel: bytes waiting in the
     # transport's buffer are past the multiplexer's fair scheduler, so an interactive frame would queue
     # behind them (with the default 64 KiB high water, up to a batch more per hop under bulk).
     transport.set_write_buffer_limits(**_no_buffering(transport))
 
     async def send(data: bytearray) -> None:
-        if writer._closing or transport.is_closing():
+        if raw.closing():
             raise ConnectionResetError("the tunnel WebSocket is closing")
         head = _header(len(data), mask_bit)
         if use_mask:
@@ -87,7 +75,7 @@ def frame_sender(ws: Any) -> Sender:
         else:
             transport.write(head)
         transport.write(data)
-        if protocol._paused:
-            await protocol._drain_helper()
+        if raw.paused():
+            await raw.drain()
 
     return send

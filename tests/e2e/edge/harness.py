@@ -18,7 +18,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from tests.conftest import serve_app
 
+from mproxy.aiohttp_compat import transport_of
 from mproxy.config.edge import load_edge_config
 from mproxy.demo.backends import echo
 from mproxy.edge.auth import mint
@@ -184,11 +186,7 @@ async def start_backends(tmp: Path, names: list[str], label: str = "A",
     app.router.add_get("/", hello)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, http_port = await serve_app(app)
 
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     return Backends(ca, https.sockets[0].getsockname()[1], http_port, echo_server.sockets[0].getsockname()[1],
@@ -335,7 +333,7 @@ class Device:
     async def kill(self) -> None:
         """Vanish without a goodbye (like a crashed pod): drop the TCP connection."""
         assert self.ws is not None
-        transport = self.ws._response.connection.transport if self.ws._response.connection else None  # type: ignore[union-attr]
+        transport = transport_of(self.ws)
         if transport is not None:
             transport.abort()
         await self.close()

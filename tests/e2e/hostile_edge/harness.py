@@ -259,7 +259,7 @@ class HostileEdge:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self.runner.addresses[0][1]
         return self
 
     def open(self, i: int, handler: Callable[[Stream], StreamHandler], serviceport: int = TCP_PORT) -> Stream:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from tests.conftest import serve_app
 
 from mproxy.config.sidecar import load_sidecar_config
 from mproxy.sidecar.app import Sidecar
@@ -32,11 +33,7 @@ async def serve_handler(handler: Callable[[web.Request], Any], path: str = "/",
     port: returns the runner to clean up and the port."""
     app = web.Application()
     app.router.add_get(path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return await serve_app(app, ssl_context)
 
 
 class NodeRelay:

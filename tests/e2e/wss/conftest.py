@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import need
+from tests.conftest import LOOPS, loop_policy
 from tests.e2e.edge.harness import TCP_PUBLIC_PORT, start_edge, stop_proc, token
 
 from mproxy.config.sidecar import load_sidecar_config
@@ -121,18 +121,11 @@ async def download(port: int, stall: Callable[[], Awaitable[None]] | None = None
     return sha.hexdigest(), n, time.monotonic() - started
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     """The in-process roles on both loops they run on (uvloop in production, MPROXY_EVENT_LOOP=asyncio):
     their SSL transports are separate implementations."""
-    if request.param == "asyncio":
-        return asyncio.DefaultEventLoopPolicy()
-    try:
-        import uvloop
-    except ImportError:
-        need(False, "uvloop (a dependency on Linux: pip install -e .)")
-        raise
-    return uvloop.EventLoopPolicy()
+    return loop_policy(request.param)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.conftest import need
+from tests.conftest import LOOPS, loop_policy, serve_app
 
 from mproxy.codec import Address
 from mproxy.tunnel import Heartbeat, Multiplexer, MuxLimits, Stream, StreamHandler, TunnelClose, run_tunnel
@@ -117,11 +117,7 @@ def tunnel_pair() -> PairFactory:
 
         app = web.Application()
         app.router.add_get("/", ws_handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await serve_app(app)
         loop = asyncio.get_running_loop()
 
         def accept(stream: Stream) -> StreamHandler:
@@ -159,15 +155,8 @@ def tunnel_pair() -> PairFactory:
 
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     """Every async tunnel test runs on both loops the roles may use (mproxy.tunnel.loop picks uvloop
     when it is installed): the stdlib loop and uvloop, whose transports differ in buffering and types."""
-    if request.param == "asyncio":
-        return asyncio.DefaultEventLoopPolicy()
-    try:
-        import uvloop
-    except ImportError:
-        need(False, "uvloop (a dependency on Linux: pip install -e .)")
-        raise
-    return uvloop.EventLoopPolicy()
+    return loop_policy(request.param)

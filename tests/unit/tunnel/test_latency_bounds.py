@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from mproxy.aiohttp_compat import transport_of
 from mproxy.codec import Address, Message, parse_all
 from mproxy.tunnel import Multiplexer, MuxLimits, StreamHandler
 
@@ -35,9 +36,9 @@ async def test_default_batches_hold_one_bulk_frame_and_the_interactive_one_waits
 async def test_the_tunnel_transport_buffers_nothing_past_the_scheduler(tunnel_pair: PairFactory) -> None:
     async with tunnel_pair() as pair:
         assert pair.edge_ws is not None
-        writer = pair.edge_ws._writer
-        assert writer is not None
-        assert writer.transport.get_write_buffer_limits() == (0, 0)  # set by run_tunnel's frame_sender
+        transport = transport_of(pair.edge_ws)
+        assert transport is not None
+        assert transport.get_write_buffer_limits() == (0, 0)  # set by run_tunnel's frame_sender
         # ... and the tunnel still carries a bulk transfer whole with that limit.
         stream, rec = pair.open()
         payload = bytes(range(256)) * 4096  # 1 MiB

@@ -236,6 +236,7 @@ async def test_feed_raises_tunnel_protocol_error_after_dispatching_good_frames()
 async def test_dead_peer_is_detected() -> None:
     """A peer that never answers pings is declared dead after the timeout, not before."""
     from aiohttp import web
+    from tests.conftest import serve_app
 
     from mproxy.tunnel import Multiplexer, run_tunnel
 
@@ -249,11 +250,7 @@ async def test_dead_peer_is_detected() -> None:
 
     app = web.Application()
     app.router.add_get("/", silent)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     try:
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"http://127.0.0.1:{port}/", autoping=False)

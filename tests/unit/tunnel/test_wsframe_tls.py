@@ -18,7 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from tests.conftest import serve_app
 
+from mproxy.aiohttp_compat import transport_of
 from mproxy.codec import Address
 from mproxy.tls import CertificateAuthority
 from mproxy.tunnel import Heartbeat, Multiplexer, Stream, StreamHandler, run_tunnel
@@ -89,11 +91,7 @@ async def wss_pair(tmp_path: Path, on_side_stream: type[StreamHandler]
 
     app = web.Application()
     app.router.add_get("/", ws_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app, ssl_context=server_ctx)
     try:
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"https://localhost:{port}/", autoping=False, max_msg_size=0,
@@ -161,7 +159,9 @@ async def test_a_peer_that_stops_reading_leaves_at_most_a_batch_in_the_tls_layer
         async with asyncio.timeout(5):
             while Seen.side_ws is None or Seen.edge_ws is None:
                 await asyncio.sleep(0.01)
-        Seen.side_ws._response.connection.transport.pause_reading()  # the peer stops reading
+        side = transport_of(Seen.side_ws)
+        assert side is not None
+        side.pause_reading()  # the peer stops reading
         feeder = asyncio.ensure_future(pump(stream, os.urandom(64 << 20)))
         last, still = -1, 0
         async with asyncio.timeout(BOUND):
@@ -169,7 +169,9 @@ async def test_a_peer_that_stops_reading_leaves_at_most_a_batch_in_the_tls_layer
                 await asyncio.sleep(0.02)
                 still = still + 1 if edge.bytes_sent == last else 0
                 last = edge.bytes_sent
-        held = Seen.edge_ws._writer.transport.get_write_buffer_size()
+        edge_transport = transport_of(Seen.edge_ws)
+        assert edge_transport is not None
+        held = edge_transport.get_write_buffer_size()
         feeder.cancel()
-        Seen.side_ws._response.connection.transport.resume_reading()
+        side.resume_reading()
         assert held <= edge.limits.batch_size + 4096, held
