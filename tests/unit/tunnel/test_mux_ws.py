@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 
 from mproxy.tunnel import E_LIMIT, E_SHUTTING_DOWN, Heartbeat, MuxLimits, TunnelProtocolError
 
 from .conftest import Echo, PairFactory, Recorder
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    """Wait for a condition the tunnel reaches asynchronously (no fixed sleep: a loaded machine is slow)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout:g} s: {what}"
+        await asyncio.sleep(0.005)
 
 
 async def test_echo_and_half_close(tunnel_pair: PairFactory) -> None:
@@ -34,7 +43,7 @@ async def test_half_close_keeps_the_other_direction_open(tunnel_pair: PairFactor
         stream, rec = pair.open()
         stream.write(b"request")
         stream.write_eof()
-        await asyncio.sleep(0.05)
+        await until(lambda: pair.accepted, "the stream accepted on the far side")
         side = pair.accepted[0]
         await asyncio.wait_for(side.eof.wait(), 5)
         assert bytes(side.data) == b"request"
@@ -50,7 +59,7 @@ async def test_error_both_ways(tunnel_pair: PairFactory) -> None:
     async with tunnel_pair(handler=Recorder) as pair:
         stream, rec = pair.open()
         stream.write(b"x")
-        await asyncio.sleep(0.05)
+        await until(lambda: pair.accepted, "the stream accepted on the far side")
         side = pair.accepted[0]
         assert side.stream is not None
         side.stream.abort("backend refused", "ECONNREFUSED")
@@ -60,8 +69,8 @@ async def test_error_both_ways(tunnel_pair: PairFactory) -> None:
         # The tunnel carries on: a second stream works.
         s2, _ = pair.open(port=50001)
         s2.write(b"again")
-        await asyncio.sleep(0.05)
-        assert bytes(pair.accepted[1].data) == b"again"
+        await until(lambda: len(pair.accepted) > 1 and bytes(pair.accepted[1].data) == b"again",
+                    "the second stream's data")
 
 
 async def test_many_streams_interleave(tunnel_pair: PairFactory) -> None:
@@ -143,15 +152,13 @@ async def test_pause_from_the_peer_pauses_the_producer(tunnel_pair: PairFactory)
     async with tunnel_pair(handler=Recorder) as pair:
         stream, rec = pair.open()
         stream.write(b"x")
-        await asyncio.sleep(0.05)
+        await until(lambda: pair.accepted, "the stream accepted on the far side")
         side = pair.accepted[0]
         assert side.stream is not None
         side.stream.pause_reading()  # the side's sink is full: ask the edge to stop this client
-        await asyncio.sleep(0.05)
-        assert rec.pauses == 1 and stream.writing_paused
+        await until(lambda: rec.pauses == 1 and stream.writing_paused, "the pause to reach the producer")
         side.stream.resume_reading()
-        await asyncio.sleep(0.05)
-        assert rec.resumes == 1 and not stream.writing_paused
+        await until(lambda: rec.resumes == 1 and not stream.writing_paused, "the resume to arrive")
         assert pair.edge.pauses_received == 1
 
 
