@@ -175,9 +175,9 @@ class Tls:
         self.cert_file, self.key_file = str(cert), str(key)
 
 
-async def _backend(system: System) -> asyncio.Server:
+async def _backend(system: System | None = None) -> asyncio.Server:
     async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await transfer_backend(r, w, system.upload_stall)
+        await transfer_backend(r, w, system.upload_stall if system is not None else None)
 
     return await asyncio.start_server(serve, "127.0.0.1", 0, limit=1 << 20)
 
