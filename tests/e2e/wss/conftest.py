@@ -46,7 +46,10 @@ TRANSPORTS = ["ws", "wss"]
 BACKEND_LOG: list[str] = []  # what the backend saw when a transfer went wrong (for failure messages)
 
 
-async def transfer_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+async def transfer_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                           stall: Callable[[], Awaitable[None]] | None = None) -> None:
+    """With `stall`, an upload is not read past its length until `stall` returns (so the tunnel's flow
+    control must hold the rest back meanwhile)."""
     mode = b""
     try:
         mode = await r.readexactly(1)
@@ -54,6 +57,8 @@ async def transfer_backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> 
             # Length-prefixed, not "until EOF": telebit's device has no half-close (it drops what the
             # backend sends after the client's end).
             left = int.from_bytes(await r.readexactly(8), "big")
+            if stall is not None:
+                await stall()
             sha = hashlib.sha256()
             while left:
                 chunk = await r.read(min(left, 1 << 16))
@@ -136,6 +141,7 @@ class System:
     edge: EdgeRelay | None = None  # the mproxy edge, when the pair has one
     sidecar: Sidecar | None = None  # the mproxy sidecar, when the pair has one
     events: list[dict[str, Any]] = field(default_factory=list)  # device.js's, for failure messages
+    upload_stall: Callable[[], Awaitable[None]] | None = None  # see transfer_backend
 
     def odd_events(self) -> list[dict[str, Any]]:
         """device.js events a clean transfer does not produce."""
@@ -162,8 +168,11 @@ class Tls:
         self.cert_file, self.key_file = str(cert), str(key)
 
 
-async def _backend() -> asyncio.Server:
-    return await asyncio.start_server(transfer_backend, "127.0.0.1", 0, limit=1 << 20)
+async def _backend(system: System | None = None) -> asyncio.Server:
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await transfer_backend(r, w, system.upload_stall if system is not None else None)
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0, limit=1 << 20)
 
 
 @contextlib.asynccontextmanager
@@ -227,7 +236,7 @@ def system(tmp_path: Path,
         scheme = "wss" if tls else "ws"
         out = System(pair, transport)
         async with contextlib.AsyncExitStack() as stack:
-            backend = await _backend()
+            backend = await _backend(out)
             stack.callback(backend.close)
             backend_port = backend.sockets[0].getsockname()[1]
             if pair.startswith("edge+"):
