@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 
 from mproxy.config import fields as f
-from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
+from mproxy.config.common import (
+    BUFFER_KEYS,
+    HttpConfig,
+    LoggingConfig,
+    read_buffer_limits,
+    read_http,
+    read_logging,
+)
 from mproxy.config.errors import ConfigError
 from mproxy.config.fields import split_listen
 
@@ -315,24 +322,11 @@ def _limits(root: Mapping[str, Any]) -> EdgeLimits:
     obj = f.mapping(root.get("limits"), "limits")
     f.only_keys(obj, "limits", {"maxTunnels", "streamsPerTunnel", "connectionsPerClient", "connectionRate",
                                 "connectionBurst", "sniffTimeoutSeconds", "idleTimeoutSeconds",
-                                "streamBufferBytes", "maxFrameBytes", "bufferSoftBytes", "bufferHardBytes",
-                                "bufferGraceSeconds", "tunnelBufferBytes", "preRoutingConnections",
-                                "ipv6PrefixLength", "listenBacklog"})
-    gib = 1024 * 1024 * 1024
-    soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
-    hard = f.integer(obj, "bufferHardBytes", "limits", 64 * 1024 * 1024, 65536, 16 * gib)
-    if hard < soft:
-        raise ConfigError("limits.bufferHardBytes", f"must be at least bufferSoftBytes ({hard} < {soft})")
-    tunnel = f.integer(obj, "tunnelBufferBytes", "limits", 256 * 1024 * 1024, 65536, 64 * gib)
-    if tunnel < soft:
-        raise ConfigError("limits.tunnelBufferBytes", f"must be at least bufferSoftBytes ({tunnel} < {soft})")
+                                "streamBufferBytes", "maxFrameBytes", "preRoutingConnections",
+                                "listenBacklog", *BUFFER_KEYS})
     return EdgeLimits(
-        buffer_soft_bytes=soft,
-        buffer_hard_bytes=hard,
-        buffer_grace_seconds=f.number(obj, "bufferGraceSeconds", "limits", 2.0, 0.01, 600),
-        tunnel_buffer_bytes=tunnel,
+        **read_buffer_limits(obj),
         pre_routing_connections=f.integer(obj, "preRoutingConnections", "limits", 2000, 1, 1_000_000),
-        ipv6_prefix_length=f.integer(obj, "ipv6PrefixLength", "limits", 64, 1, 128),
         listen_backlog=f.integer(obj, "listenBacklog", "limits", 4096, 1, 65535),
         streams_per_tunnel=f.integer(obj, "streamsPerTunnel", "limits", 1000, 1, 1_000_000),
         connections_per_client=f.integer(obj, "connectionsPerClient", "limits", 100, 1, 1_000_000),

@@ -17,7 +17,14 @@ from typing import Any
 import yaml
 
 from mproxy.config import fields as f
-from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
+from mproxy.config.common import (
+    BUFFER_KEYS,
+    HttpConfig,
+    LoggingConfig,
+    read_buffer_limits,
+    read_http,
+    read_logging,
+)
 from mproxy.config.errors import ConfigError
 
 __all__ = [
@@ -360,23 +367,9 @@ def _limits(root: Mapping[str, Any]) -> LimitsConfig:
     obj = f.mapping(root.get("limits"), "limits")
     f.only_keys(obj, "limits", {"maxStreamsPerTunnel", "maxStreamsPerClient", "idleTimeoutSeconds",
                                 "maxFrameBytes", "streamBufferBytes", "tunnelSendBufferBytes",
-                                "bufferSoftBytes", "bufferHardBytes", "bufferGraceSeconds",
-                                "tunnelBufferBytes", "ipv6PrefixLength", "udpIdleTimeoutSeconds"})
-    gib = 1024 * 1024 * 1024
-    # Same names, ranges and checks as the edge's (mproxy/config/edge.py).
-    soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
-    hard = f.integer(obj, "bufferHardBytes", "limits", 64 * 1024 * 1024, 65536, 16 * gib)
-    if hard < soft:
-        raise ConfigError("limits.bufferHardBytes", f"must be at least bufferSoftBytes ({hard} < {soft})")
-    tunnel = f.integer(obj, "tunnelBufferBytes", "limits", 256 * 1024 * 1024, 65536, 64 * gib)
-    if tunnel < soft:
-        raise ConfigError("limits.tunnelBufferBytes", f"must be at least bufferSoftBytes ({tunnel} < {soft})")
+                                "udpIdleTimeoutSeconds", *BUFFER_KEYS})
     return LimitsConfig(
-        buffer_soft_bytes=soft,
-        buffer_hard_bytes=hard,
-        buffer_grace_seconds=f.number(obj, "bufferGraceSeconds", "limits", 2.0, 0.01, 600),
-        tunnel_buffer_bytes=tunnel,
-        ipv6_prefix_length=f.integer(obj, "ipv6PrefixLength", "limits", 64, 1, 128),
+        **read_buffer_limits(obj),  # the edge's names, defaults, ranges and checks
         max_streams_per_tunnel=f.integer(obj, "maxStreamsPerTunnel", "limits", 1000, 1, 1_000_000),
         max_streams_per_client=f.integer(obj, "maxStreamsPerClient", "limits", 100, 1, 1_000_000),
         idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
