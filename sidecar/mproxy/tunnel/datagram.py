@@ -13,7 +13,7 @@ Inbound needs nothing special: the parser hands every data frame over whole, as 
 
 from __future__ import annotations
 
-from mproxy.codec import pack_end, pack_header
+from mproxy.codec import pack_header
 from mproxy.tunnel.mux import Stream
 
 __all__ = ["MAX_QUEUED", "SERVICE", "DatagramStream"]
@@ -62,11 +62,6 @@ class DatagramStream(Stream):
             out.append(datagram)
             self._out_size -= n
             used = len(header) + n
-        if not self._out and self._want_eof and not self._eof_sent:
-            self._eof_sent = True
-            end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
-            out.append(end)
-            used += len(end)
-            if self.eof_received or self._forget_after_eof:
-                self._close(None)
+        if not self._out:
+            used += self._take_end(out)
         return used

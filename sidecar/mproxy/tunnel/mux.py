@@ -346,14 +346,20 @@ class Stream:
             if self._local_full and self._out_size <= self.mux.limits.low_water:
                 self._local_full = False
                 self._update_producer()
-        if not self._out_size and self._want_eof and not self._eof_sent:
-            self._eof_sent = True
-            end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
-            out.append(end)
-            used += len(end)
-            if self.eof_received or self._forget_after_eof:
-                self._close(None)
+        if not self._out_size:
+            used += self._take_end(out)
         return used
+
+    def _take_end(self, out: list[bytes | memoryview]) -> int:
+        """Append a due `end` (queue drained, write_eof() called, not sent yet); return bytes appended."""
+        if not self._want_eof or self._eof_sent:
+            return 0
+        self._eof_sent = True
+        end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
+        out.append(end)
+        if self.eof_received or self._forget_after_eof:
+            self._close(None)
+        return len(end)
 
     def _close(self, reason: str | None) -> None:
         if self.closed:
