@@ -12,20 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mproxy.codec.errors import ControlMessageError
+from mproxy.codec.errors import ControlMessageError, ErrorCode
 
 PROTOCOL_VERSIONS = (1,)
 CAPABILITIES = ("add_token", "delete_token", "auth", "authn", "authz")
 
-E_UNKNOWN_COMMAND = "E_UNKNOWN_COMMAND"
-E_BAD_COMMAND = "E_BAD_COMMAND"
-E_TIMEOUT = "E_TIMEOUT"
-E_CONN_CLOSED = "E_CONN_CLOSED"
-E_NO_CONN = "E_NO_CONN"
-E_UNKNOWN_ERR = "E_UNKNOWN_ERR"
-E_AUTH = "E_AUTH"
-E_NO_SERVICE = "E_NO_SERVICE"
-E_CONNREFUSED = "ECONNREFUSED"
 
 _MISSING: Any = object()
 
@@ -159,8 +150,8 @@ def quoted(text: str, limit: int = QUOTE_MAX) -> str:
 
 
 def unknown_command(req: Request) -> list[Any]:
-    return error_reply(req.id, f"unknown command {quoted(req.name)}", E_UNKNOWN_COMMAND)
+    return error_reply(req.id, f"unknown command {quoted(req.name)}", ErrorCode.UNKNOWN_COMMAND)
 
 
 def bad_command(reason: str) -> list[Any]:
-    return notice(f"bad command: {reason}", E_BAD_COMMAND)
+    return notice(f"bad command: {reason}", ErrorCode.BAD_COMMAND)

@@ -7,6 +7,7 @@ closed, because framing is lost from that byte on.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 
@@ -39,3 +40,35 @@ class ControlMessageError(ProtocolError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ErrorCode(StrEnum):
+    """The error codes mproxy puts on the wire (in `error` frames, control replies and HTTP refusals).
+
+    One list, so a code is spelled once and a reader sees every code a peer can receive. They are strings
+    on the wire (StrEnum compares equal to its value), and telebit peers send and expect the same ones.
+    A backend's own OS error name (ECONNRESET, ETIMEDOUT, ...) is passed through as-is and is not listed.
+    """
+
+    # telebit's control-channel codes
+    UNKNOWN_COMMAND = "E_UNKNOWN_COMMAND"
+    BAD_COMMAND = "E_BAD_COMMAND"
+    TIMEOUT = "E_TIMEOUT"
+    CONN_CLOSED = "E_CONN_CLOSED"
+    NO_CONN = "E_NO_CONN"
+    UNKNOWN_ERR = "E_UNKNOWN_ERR"
+    AUTH = "E_AUTH"
+    NO_SERVICE = "E_NO_SERVICE"
+    # a backend refused the connection (the errno name, as node's net module reports it)
+    CONNREFUSED = "ECONNREFUSED"
+    # mproxy's stream and tunnel codes
+    ABORTED = "E_ABORTED"
+    BACKEND = "E_BACKEND"
+    BUFFER = "E_BUFFER"
+    CLIENT = "E_CLIENT"
+    DUPLICATE = "E_DUPLICATE"
+    IDLE = "E_IDLE"
+    INTERNAL = "E_INTERNAL"
+    LIMIT = "E_LIMIT"
+    NO_ROUTE = "E_NO_ROUTE"
+    SHUTTING_DOWN = "E_SHUTTING_DOWN"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
 from mproxy.codec.address import CANONICAL, port_ok
-from mproxy.codec.errors import RemoteProtocolError
+from mproxy.codec.errors import ErrorCode, RemoteProtocolError
 from mproxy.codec.events import Connection, Control, End, Error, Event, Message, Pause, Resume
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -53,7 +53,7 @@ def _error_fields(body: bytes) -> tuple[str, str]:
             message if isinstance(message, str) else json.dumps(message),
             code if isinstance(code, str) else json.dumps(code),
         )
-    return body.decode("utf-8", "replace"), "E_UNKNOWN_ERR"
+    return body.decode("utf-8", "replace"), ErrorCode.UNKNOWN_ERR
 
 
 def _slot_setter(name: str) -> Callable[[object, object], None]:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
+from mproxy.codec.errors import ErrorCode
 from mproxy.edge.listener import refusal_bytes
 from mproxy.sockwatch import PausedWatch, reset
 from mproxy.tunnel.mux import Stream, StreamHandler
@@ -39,9 +40,7 @@ log = logging.getLogger("mproxy.edge")
 
 CLOSE_GRACE = 30.0  # a closed stream's client gets this long to take its last bytes, then is reset
 REPLAY_MAX = 256 * 1024  # client bytes kept until the sidecar first answers, to retry elsewhere
-RETRY_CODES = frozenset({"E_SHUTTING_DOWN", "E_LIMIT"})
-E_BUFFER = "E_BUFFER"
-E_CLIENT = "E_CLIENT"
+RETRY_CODES = frozenset({ErrorCode.SHUTTING_DOWN, ErrorCode.LIMIT})
 # A tunnel closing with 1001 (a sidecar going away after its drain) may never have read a `connection`
 # the edge sent just before the close; such a stream, opened this recently and never answered, cannot
 # have reached a backend (a drain waits for streams it accepted), so it is replayed elsewhere too.
@@ -141,7 +140,7 @@ class ClientBridge:
         self.buffers = buffers_of(stream.mux, self.rule)
         t = self.transport
         if t.is_closing():  # the client left while we were choosing a tunnel
-            stream.abort("client connection lost before it was relayed", "E_CLIENT")
+            stream.abort("client connection lost before it was relayed", ErrorCode.CLIENT)
             self._finish()
             return
         t.set_write_buffer_limits(high=self.high_water, low=max(self.high_water // 4, 1))
@@ -180,7 +179,7 @@ class ClientBridge:
         if stream is not None and not stream.closed:
             if exc is not None or not self.client_ended:
                 reason = type(exc).__name__ if exc else "closed without EOF"
-                stream.abort(f"client connection lost ({reason})", "E_CLIENT")
+                stream.abort(f"client connection lost ({reason})", ErrorCode.CLIENT)
             else:
                 stream.close()  # our `end` is queued; stop waiting for the sidecar's
         self._finish()
@@ -209,7 +208,7 @@ class ClientBridge:
         log.info("client %s reset its connection while paused; ending its stream",
                  stream.client_id if stream else "?")
         if stream is not None and not stream.closed:
-            stream.abort("client connection reset while paused", E_CLIENT)
+            stream.abort("client connection reset while paused", ErrorCode.CLIENT)
         self.transport.abort()
         self._finish()
 
@@ -244,7 +243,7 @@ class ClientBridge:
         log.warning("client %s: the tunnel kept sending while paused (%s); cutting the stream",
                     stream.client_id if stream else "?", reason)
         if stream is not None and not stream.closed:
-            stream.abort(f"the tunnel kept sending while paused: {reason}", E_BUFFER)
+            stream.abort(f"the tunnel kept sending while paused: {reason}", ErrorCode.BUFFER)
         else:
             reset(self.transport)
 

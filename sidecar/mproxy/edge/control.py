@@ -19,14 +19,13 @@ from urllib.parse import parse_qs
 
 from mproxy.codec import ControlMessageError, Hello, Notice, Reply, Request, parse_control
 from mproxy.codec.control import (
-    E_AUTH,
-    E_BAD_COMMAND,
     bad_command,
     error_reply,
     hello_message,
     reply,
     unknown_command,
 )
+from mproxy.codec.errors import ErrorCode
 from mproxy.edge import jwt
 from mproxy.edge.auth import Grant
 from mproxy.edge.jwt import TokenError
@@ -147,7 +146,7 @@ class EdgeControl:
             # A device has no business greeting the relay; answer like any unknown command.
             if isinstance(msg, Hello):
                 out.replies.append(
-                    error_reply(msg.id, "the relay sends hello, not the device", E_BAD_COMMAND)
+                    error_reply(msg.id, "the relay sends hello, not the device", ErrorCode.BAD_COMMAND)
                 )
             return out
         assert isinstance(msg, Request)
@@ -156,7 +155,8 @@ class EdgeControl:
             if isinstance(token, Mapping):  # some clients send {"jwt": "..."}
                 token = token.get("jwt") or token.get("token")
             if not isinstance(token, str) or not token:
-                out.replies.append(error_reply(msg.id, f"{msg.name} needs a token argument", E_BAD_COMMAND))
+                out.replies.append(error_reply(msg.id, f"{msg.name} needs a token argument",
+                                               ErrorCode.BAD_COMMAND))
                 out.rejected.append("malformed")
                 return out
             reason = self.add_token(token)
@@ -164,12 +164,13 @@ class EdgeControl:
                 out.replies.append(reply(msg.id))
             else:
                 out.rejected.append(reason)
-                out.replies.append(error_reply(msg.id, f"token refused: {reason.replace('_', ' ')}", E_AUTH))
+                out.replies.append(error_reply(msg.id, f"token refused: {reason.replace('_', ' ')}",
+                                               ErrorCode.AUTH))
         elif msg.name == "delete_token":
             token = msg.args[0] if msg.args else None
             if not isinstance(token, str) or not token:
                 out.replies.append(error_reply(msg.id, "delete_token needs a token argument or '*'",
-                                               E_BAD_COMMAND))
+                                               ErrorCode.BAD_COMMAND))
                 return out
             self.delete_token(token)
             out.replies.append(reply(msg.id))

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from mproxy.buffers import BufferRule
 from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
+from mproxy.codec.errors import ErrorCode
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.bridge import ClientBridge, take_over
 from mproxy.edge.control import EdgeControl, tokens_from_request
@@ -49,7 +50,6 @@ log = logging.getLogger("mproxy.edge")
 _ids = itertools.count(1)
 MAX_ATTEMPTS = 3
 BYTES_FLUSH_SECONDS = 2.0  # tunnels tried for one client when sidecars refuse it before answering
-E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
 # Tunnel ends that are the peer's fault or a bug: counted in tunnel_rejects and logged as a warning.
 _COUNTED_CLOSES = ("protocol_error", "overflow", "internal_error")
 
@@ -373,7 +373,7 @@ class EdgeRelay:
                 # The sidecar refused before saying anything: try another tunnel with the same bytes.
                 rel.tried.add(id(session))
                 code = bridge.peer_error[1] if bridge.peer_error else "tunnel closed"
-                if code == E_SHUTTING_DOWN:
+                if code == ErrorCode.SHUTTING_DOWN:
                     session.draining = True  # it is going away: route nobody else to it
                 log.info("tunnel %d refused a client (%s); retrying on another", session.id, code)
                 rel.initial, rel.eof = bytes(bridge.sent or b""), bridge.client_ended
@@ -428,12 +428,13 @@ class EdgeRelay:
             # The sidecar already holds its tunnels to this edge (it dialled through a load balancer).
             self.metrics.tunnel_rejects.labels("duplicate_edge").inc()
             message = f"this sidecar already holds its tunnels to edge {self.edge_id}"
-            return web.json_response({"error": message, "code": "E_DUPLICATE"}, status=409,
+            return web.json_response({"error": message, "code": ErrorCode.DUPLICATE}, status=409,
                                      headers=self.identity)
         if len(self.sessions) >= self.config.limits.max_tunnels:
             self.metrics.tunnel_rejects.labels("too_many_tunnels").inc()
             return web.json_response({"error": f"this edge already holds {len(self.sessions)} tunnels "
-                                      "(limits.maxTunnels); try another edge", "code": "E_LIMIT"}, status=503)
+                                      "(limits.maxTunnels); try another edge", "code": ErrorCode.LIMIT},
+                                     status=503)
         session = TunnelSession(self, remote)
         tokens = tokens_from_request(request.query_string, request.headers.get("Authorization"))
         refused = []
@@ -445,7 +446,7 @@ class EdgeRelay:
         if tokens and session.control.grant.empty:
             log.warning("tunnel from %s refused: %s", remote, ", ".join(refused))
             return web.json_response(
-                {"error": f"token refused: {', '.join(refused)}", "code": "E_AUTH"}, status=401
+                {"error": f"token refused: {', '.join(refused)}", "code": ErrorCode.AUTH}, status=401
             )
         lim = self.config.limits
         ws = web.WebSocketResponse(autoping=False, compress=False,

@@ -14,6 +14,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from mproxy.codec.errors import ErrorCode
 from mproxy.metrics.guard import OTHER, ClientGuard, ClientSlot
 
 __all__ = ["SidecarMetrics", "StreamMeter"]
@@ -24,12 +25,17 @@ P = "mproxy_sidecar_"
 # relay cannot grow our series: `client_<code>` takes the code of the relay's `error` frame (proxy-packer
 # relays send E_* codes and node socket errors, telebit's Go relay similar), `backend_<code>` the errno of
 # a failed backend connect.
-CLIENT_ERROR_CODES = ("E_NO_CONN", "E_CLIENT", "E_ABORTED", "E_IDLE", "E_BUFFER", "E_LIMIT",
-                      "E_SHUTTING_DOWN", "E_INTERNAL", "E_UNKNOWN_ERR", "E_TIMEOUT", "E_CONN_CLOSED",
-                      "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNREFUSED", "ECONNABORTED", "EHOSTUNREACH",
-                      "ENETUNREACH", "EOF")
-BACKEND_ERROR_CODES = ("ECONNREFUSED", "ETIMEDOUT", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "ECONNRESET",
-                       "ECONNABORTED", "EADDRNOTAVAIL", "EACCES", "EPERM", "E_BACKEND")
+CLIENT_ERROR_CODES = (
+    ErrorCode.NO_CONN, ErrorCode.CLIENT, ErrorCode.ABORTED, ErrorCode.IDLE, ErrorCode.BUFFER,
+    ErrorCode.LIMIT, ErrorCode.SHUTTING_DOWN, ErrorCode.INTERNAL, ErrorCode.UNKNOWN_ERR, ErrorCode.TIMEOUT,
+    ErrorCode.CONN_CLOSED, ErrorCode.CONNREFUSED,
+    "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED", "EHOSTUNREACH", "ENETUNREACH", "EOF",
+)
+BACKEND_ERROR_CODES = (
+    ErrorCode.CONNREFUSED, ErrorCode.BACKEND,
+    "ETIMEDOUT", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "ECONNRESET", "ECONNABORTED", "EADDRNOTAVAIL",
+    "EACCES", "EPERM",
+)
 STREAM_ERROR_REASONS = frozenset((
     "client_error", "client_other", "backend_other", "backend_reset", "buffer_overflow", "idle",
     "tunnel_closed", "other",

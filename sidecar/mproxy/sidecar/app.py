@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from mproxy.codec.errors import ErrorCode
 from mproxy.config.loader import ConfigWatcher
 from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
 from mproxy.metrics.sidecar import SidecarMetrics
@@ -39,7 +40,7 @@ __all__ = ["Sidecar", "backend_options", "build_table"]
 log = logging.getLogger("mproxy.sidecar")
 
 METRICS_FLUSH_SECONDS = 2.0
-_REFUSAL_REASONS = {"E_LIMIT": "limit", "E_SHUTTING_DOWN": "draining"}
+_REFUSAL_REASONS: dict[str, str] = {ErrorCode.LIMIT: "limit", ErrorCode.SHUTTING_DOWN: "draining"}
 
 
 def build_table(cfg: SidecarConfig) -> RouteTable:

@@ -26,6 +26,7 @@ from typing import cast
 
 from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
 from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
+from mproxy.codec.errors import ErrorCode
 from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.proxyproto import encode as encode_proxy
 from mproxy.routing import Route, RouteTable
@@ -36,9 +37,6 @@ __all__ = ["BackendOptions", "BackendStream"]
 
 log = logging.getLogger("mproxy.sidecar")
 
-E_NO_ROUTE = "E_NO_ROUTE"
-E_BUFFER = "E_BUFFER"
-E_BACKEND = "E_BACKEND"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +73,7 @@ def _errno_code(exc: BaseException) -> str:
     num = getattr(exc, "errno", None)
     if isinstance(num, int) and num in errno.errorcode:
         return errno.errorcode[num]
-    return E_BACKEND
+    return ErrorCode.BACKEND
 
 
 class _BackendProtocol(asyncio.Protocol):
@@ -187,7 +185,8 @@ class BackendStream(StreamHandler):
             self.metrics.refuse("no_route")
             log.info("no route for service=%s port=%s name=%r: refused", s.service, s.serviceport, name,
                      extra=self._extra())
-            s.abort(f"no route for service {s.service!r} port {s.serviceport!r} name {name!r}", E_NO_ROUTE)
+            s.abort(f"no route for service {s.service!r} port {s.serviceport!r} name {name!r}",
+                    ErrorCode.NO_ROUTE)
             return
         self.route = route
         s.tags["route"] = route.name
@@ -277,7 +276,7 @@ class BackendStream(StreamHandler):
         if self.meter:
             self.meter.error("buffer_overflow")
         self._buffers.forget(self)
-        self.stream.abort(f"the client kept sending while paused: {reason}", E_BUFFER)
+        self.stream.abort(f"the client kept sending while paused: {reason}", ErrorCode.BUFFER)
 
     def _pause_relay(self) -> None:
         if not self.stream.reading_paused:
@@ -346,7 +345,7 @@ class BackendStream(StreamHandler):
         self._early = []
         self.flush_metrics()
         if self.meter:
-            if reason is not None and "E_IDLE" in reason:
+            if reason is not None and ErrorCode.IDLE in reason:
                 self.meter.error("idle")
             elif reason is not None and reason.startswith("tunnel closed"):
                 self.meter.error("tunnel_closed")

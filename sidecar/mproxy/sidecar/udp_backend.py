@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Any, cast
 
+from mproxy.codec.errors import ErrorCode
 from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.routing import Route, RouteTable
@@ -33,7 +34,6 @@ __all__ = ["UdpBackend"]
 
 log = logging.getLogger("mproxy.sidecar")
 
-E_NO_ROUTE = "E_NO_ROUTE"
 EARLY_MAX = 64  # datagrams held while the backend socket opens
 EARLY_MAX_BYTES = 256 * 1024
 SEND_BUFFER_MAX = 1 << 20  # bytes asyncio may hold for the backend when its socket is full
@@ -42,9 +42,9 @@ DRAIN_IDLE = 1.0  # seconds of silence that end a client once the sidecar drains
 
 def _code(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
-        return "ECONNREFUSED"
+        return ErrorCode.CONNREFUSED
     num = getattr(exc, "errno", None)
-    return errno.errorcode.get(num, "E_BACKEND") if isinstance(num, int) else "E_BACKEND"
+    return errno.errorcode.get(num, ErrorCode.BACKEND) if isinstance(num, int) else ErrorCode.BACKEND
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -85,7 +85,7 @@ class UdpBackend(StreamHandler):
             metrics.refuse("no_route")
             log.info("no udp route for port %s: refused", stream.serviceport,
                      extra={"tunnel": tunnel, "client": stream.client_id, "route": "-"})
-            stream.abort(f"no route for service 'udp' port {stream.serviceport!r}", E_NO_ROUTE)
+            stream.abort(f"no route for service 'udp' port {stream.serviceport!r}", ErrorCode.NO_ROUTE)
             self.route: Route | None = None
             return
         self.route = route
@@ -166,7 +166,7 @@ class UdpBackend(StreamHandler):
                  extra={"tunnel": self.tunnel, "client": self.stream.client_id,
                         "route": self.route.name if self.route else "-"})
         msg = ("the backend refused the datagram (ICMP port unreachable: nothing listens there)"
-               if code == "ECONNREFUSED" else f"the backend failed ({code})")
+               if code == ErrorCode.CONNREFUSED else f"the backend failed ({code})")
         if self.meter is not None:
             self.meter.error(f"backend_{code.lower()}")
         self.stream.abort(msg, code)

@@ -8,9 +8,6 @@ aiohttp WebSocket with keepalive) and `mproxy.tunnel.control.ControlChannel` (te
 from mproxy.tunnel.backoff import Backoff
 from mproxy.tunnel.control import CommandError, ControlChannel
 from mproxy.tunnel.mux import (
-    E_IDLE,
-    E_LIMIT,
-    E_SHUTTING_DOWN,
     Multiplexer,
     MuxLimits,
     Stream,
@@ -22,9 +19,6 @@ from mproxy.tunnel.ws import CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, Heartbeat, 
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_PROTOCOL_ERROR",
-    "E_IDLE",
-    "E_LIMIT",
-    "E_SHUTTING_DOWN",
     "Backoff",
     "CommandError",
     "ControlChannel",

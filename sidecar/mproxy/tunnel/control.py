@@ -31,6 +31,7 @@ from mproxy.codec import (
     reply,
 )
 from mproxy.codec.control import unknown_command
+from mproxy.codec.errors import ErrorCode
 
 __all__ = ["CommandError", "ControlChannel"]
 
@@ -69,7 +70,7 @@ class ControlChannel:
             msg = parse_control(value)
         except ControlMessageError as exc:
             log.warning("bad control message from the peer: %s", exc.reason, extra={"tunnel": self.name})
-            self._send(notice(exc.reason, "E_BAD_COMMAND"))
+            self._send(notice(exc.reason, ErrorCode.BAD_COMMAND))
             return
         if isinstance(msg, Hello):
             if self.on_hello is not None:
@@ -117,14 +118,14 @@ class ControlChannel:
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:
-            raise CommandError(f"no reply to {name!r} within {self.timeout:g} s", "E_TIMEOUT") from None
+            raise CommandError(f"no reply to {name!r} within {self.timeout:g} s", ErrorCode.TIMEOUT) from None
         finally:
             self._pending.pop(req_id, None)
 
     def close(self) -> None:
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(CommandError("the tunnel closed", "E_CONN_CLOSED"))
+                fut.set_exception(CommandError("the tunnel closed", ErrorCode.CONN_CLOSED))
         self._pending.clear()
 
 

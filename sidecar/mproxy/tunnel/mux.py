@@ -76,12 +76,10 @@ from mproxy.codec import (
     pack_pause,
     pack_resume,
 )
+from mproxy.codec.errors import ErrorCode
 from mproxy.tunnel.urgent import UrgentQueue
 
 __all__ = [
-    "E_IDLE",
-    "E_LIMIT",
-    "E_SHUTTING_DOWN",
     "Multiplexer",
     "MuxLimits",
     "Stream",
@@ -91,14 +89,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mproxy.tunnel")
-
-E_LIMIT = "E_LIMIT"
-E_IDLE = "E_IDLE"
-E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
-E_CONN_CLOSED = "E_CONN_CLOSED"
-E_NO_CONN = "E_NO_CONN"
-E_BUFFER = "E_BUFFER"
-
 
 class TunnelProtocolError(Exception):
     """The peer sent bytes that are not valid M-PROXY; the tunnel must be closed (reason in str())."""
@@ -266,7 +256,7 @@ class Stream:
             self.mux._ready.append(self)
             self.mux._wake()
 
-    def abort(self, message: str = "stream aborted", code: str = "E_ABORTED") -> None:
+    def abort(self, message: str = "stream aborted", code: str = ErrorCode.ABORTED) -> None:
         """Drop queued data, send `error` {message, code} to the peer, close the stream."""
         if self.closed:
             return
@@ -622,7 +612,7 @@ class Multiplexer:
                 if client_id in self._recent:
                     return  # late data for a stream we closed: drop it, the peer has our end/error
                 if not self.implicit_open:
-                    self._reply_error(event.addr, "no matching connection", E_NO_CONN)
+                    self._reply_error(event.addr, "no matching connection", ErrorCode.NO_CONN)
                     self._remember_closed(client_id)
                     return
                 stream = self._accept(event, event.service, event.serviceport, event.name)
@@ -635,7 +625,7 @@ class Multiplexer:
                 stream._handler.data_received(event.data)
             except Exception as exc:
                 log.exception("stream handler failed in data_received", extra=stream._tags())
-                stream.abort(f"internal error: {type(exc).__name__}", "E_INTERNAL")
+                stream.abort(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL)
             return
         if cls is Connection:
             assert isinstance(event, Connection)
@@ -645,7 +635,7 @@ class Multiplexer:
             return
         if stream is None:
             if cls in (Pause, Resume) and client_id not in self._recent:
-                self._reply_error(event.addr, "no matching connection", E_NO_CONN)
+                self._reply_error(event.addr, "no matching connection", ErrorCode.NO_CONN)
             return
         if cls is End:
             if stream.eof_received:
@@ -697,18 +687,19 @@ class Multiplexer:
             self._remember_closed(event.client_id)
             return None
         if self.draining:
-            self._refuse(event, "this tunnel is shutting down, retry on another", E_SHUTTING_DOWN)
+            self._refuse(event, "this tunnel is shutting down, retry on another", ErrorCode.SHUTTING_DOWN)
             return None
         if self._on_stream is None:
-            self._refuse(event, "this peer does not accept streams", "E_NO_SERVICE")
+            self._refuse(event, "this peer does not accept streams", ErrorCode.NO_SERVICE)
             return None
         lim = self.limits
         if len(self.streams) >= lim.max_streams:
-            self._refuse(event, f"too many streams in this tunnel (limit {lim.max_streams})", E_LIMIT)
+            self._refuse(event, f"too many streams in this tunnel (limit {lim.max_streams})", ErrorCode.LIMIT)
             return None
         if self._per_client.get(address_key(event.address, lim.ipv6_prefix), 0) >= lim.max_streams_per_client:
             self._refuse(event, f"too many streams from this client address (limit "
-                                f"{lim.max_streams_per_client}; IPv6 per /{lim.ipv6_prefix})", E_LIMIT)
+                                f"{lim.max_streams_per_client}; IPv6 per /{lim.ipv6_prefix})",
+                         ErrorCode.LIMIT)
             return None
         stream = _new_stream(self, event.addr, service, serviceport, name)
         self._register(stream)
@@ -716,7 +707,7 @@ class Multiplexer:
             stream._handler = self._on_stream(stream)
         except Exception as exc:
             log.exception("accepting a stream failed", extra=stream._tags())
-            stream.abort(f"internal error: {type(exc).__name__}", "E_INTERNAL")
+            stream.abort(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL)
             return None
         return stream
 
@@ -727,7 +718,7 @@ class Multiplexer:
         deadline = self.now() - self.limits.idle_timeout
         idle = [s for s in self.streams.values() if s.last_active < deadline]
         for stream in idle:
-            stream.abort(f"idle for more than {self.limits.idle_timeout:g} s", E_IDLE)
+            stream.abort(f"idle for more than {self.limits.idle_timeout:g} s", ErrorCode.IDLE)
         return len(idle)
 
     async def wait_idle(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109

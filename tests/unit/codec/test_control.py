@@ -15,6 +15,7 @@ from mproxy.codec import (
     parse_control,
 )
 from mproxy.codec import control as c
+from mproxy.codec.errors import ErrorCode
 
 
 def test_hello_is_the_reference_relay_greeting() -> None:
@@ -60,13 +61,13 @@ def test_bad_shapes(value: object, reason: str) -> None:
 def test_builders() -> None:
     assert c.reply(5) == [-5, None]
     assert c.reply(5, {"a": 1}) == [-5, None, {"a": 1}]
-    assert c.error_reply(5, "unknown command 'x'", c.E_UNKNOWN_COMMAND) == [
-        -5, {"message": "unknown command 'x'", "code": "E_UNKNOWN_COMMAND"}
+    assert c.error_reply(5, "unknown command 'x'", c.ErrorCode.UNKNOWN_COMMAND) == [
+        -5, {"message": "unknown command 'x'", "code": ErrorCode.UNKNOWN_COMMAND}
     ]
-    assert c.notice("bad", c.E_BAD_COMMAND) == [0, {"message": "bad", "code": "E_BAD_COMMAND"}]
+    assert c.notice("bad", c.ErrorCode.BAD_COMMAND) == [0, {"message": "bad", "code": ErrorCode.BAD_COMMAND}]
     assert c.hello_ack() == [-1, None]
     assert c.request(9, "add_token", "jwt") == [9, "add_token", "jwt"]
-    assert c.unknown_command(Request(4, "frob", ()))[1]["code"] == "E_UNKNOWN_COMMAND"
+    assert c.unknown_command(Request(4, "frob", ()))[1]["code"] == ErrorCode.UNKNOWN_COMMAND
     assert c.bad_command("not an array")[0] == 0
     with pytest.raises(ValueError):
         c.request(0, "x")

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import aiohttp
 
-from mproxy.tunnel import E_LIMIT, E_SHUTTING_DOWN, Heartbeat, MuxLimits, TunnelProtocolError
+from mproxy.codec.errors import ErrorCode
+from mproxy.tunnel import Heartbeat, MuxLimits, TunnelProtocolError
 
 from .conftest import Echo, PairFactory, Recorder
 
@@ -62,10 +63,10 @@ async def test_error_both_ways(tunnel_pair: PairFactory) -> None:
         await until(lambda: pair.accepted, "the stream accepted on the far side")
         side = pair.accepted[0]
         assert side.stream is not None
-        side.stream.abort("backend refused", "ECONNREFUSED")
+        side.stream.abort("backend refused", ErrorCode.CONNREFUSED)
         await asyncio.wait_for(rec.closed.wait(), 5)
-        assert rec.error == ("backend refused", "ECONNREFUSED")
-        assert rec.close_reason and "ECONNREFUSED" in rec.close_reason
+        assert rec.error == ("backend refused", ErrorCode.CONNREFUSED)
+        assert rec.close_reason and ErrorCode.CONNREFUSED in rec.close_reason
         # The tunnel carries on: a second stream works.
         s2, _ = pair.open(port=50001)
         s2.write(b"again")
@@ -92,9 +93,9 @@ async def test_limits_answer_the_client_not_the_tunnel(tunnel_pair: PairFactory)
         for stream, _ in opened:
             stream.write(b"hi")
         await asyncio.wait_for(opened[2][1].closed.wait(), 5)
-        assert opened[2][1].error is not None and opened[2][1].error[1] == E_LIMIT
+        assert opened[2][1].error is not None and opened[2][1].error[1] == ErrorCode.LIMIT
         assert "client address" in opened[2][1].error[0]
-        assert len(pair.side.streams) == 2 and pair.side.refused == {E_LIMIT: 1}
+        assert len(pair.side.streams) == 2 and pair.side.refused == {ErrorCode.LIMIT: 1}
         assert not opened[0][1].closed.is_set()
         # Another address still fits under the per-tunnel limit of 3, then a fourth stream does not.
         from mproxy.codec import Address
@@ -122,7 +123,7 @@ async def test_per_client_limits_count_ipv6_per_64_both_ways(tunnel_pair: PairFa
         # The accepting side counts the same way, even when the opener does not check.
         pair.edge.open_stream(same[2], recs[2], service="tcp").write(b"hi")
         await asyncio.wait_for(recs[2].closed.wait(), 5)
-        assert recs[2].error is not None and recs[2].error[1] == E_LIMIT, recs[2].error
+        assert recs[2].error is not None and recs[2].error[1] == ErrorCode.LIMIT, recs[2].error
         assert "/64" in recs[2].error[0]
         assert len(pair.side.streams) == 2 and not recs[0].closed.is_set()
         other = Recorder()
@@ -130,7 +131,7 @@ async def test_per_client_limits_count_ipv6_per_64_both_ways(tunnel_pair: PairFa
         await asyncio.sleep(0.1)
         assert not other.closed.is_set() and len(pair.side.streams) == 3
         # A stream that ends frees its /64's slot.
-        pair.edge.streams[same[0].client_id].abort("done", "E_CLIENT")
+        pair.edge.streams[same[0].client_id].abort("done", ErrorCode.CLIENT)
         await asyncio.wait_for(recs[0].closed.wait(), 5)
         assert pair.edge.can_open("2001:db8:7:1::77")
 
@@ -143,7 +144,7 @@ async def test_draining_refuses_new_streams(tunnel_pair: PairFactory) -> None:
         pair.side.draining = True
         _, r2 = pair.open(port=2)
         await asyncio.wait_for(r2.closed.wait(), 5)
-        assert r2.error is not None and r2.error[1] == E_SHUTTING_DOWN
+        assert r2.error is not None and r2.error[1] == ErrorCode.SHUTTING_DOWN
         s1.write(b"b")  # the stream in flight still works
         assert await r1.wait_bytes(2) == b"ab"
 
@@ -199,7 +200,7 @@ async def test_data_for_unknown_client_gets_no_conn_without_implicit_open(tunnel
         pair.edge._dispatch = spy  # type: ignore[method-assign]
         pair.edge._urgent(pack_data(Address("IPv4", "10.1.1.1", "7"), b"stray", service="tcp"))
         await asyncio.sleep(0.1)
-        assert got == [("IPv4,10.1.1.1,7", "E_NO_CONN")]
+        assert got == [("IPv4,10.1.1.1,7", ErrorCode.NO_CONN)]
         assert not pair.accepted
 
 
@@ -281,8 +282,8 @@ async def test_idle_streams_are_closed(tunnel_pair: PairFactory) -> None:
         await asyncio.wait_for(rec.closed.wait(), 5)
         await asyncio.wait_for(pair.accepted[0].closed.wait(), 5)
         # Whichever side swept first closed it with E_IDLE; the other saw the error frame or swept too.
-        assert rec.close_reason is not None and "E_IDLE" in rec.close_reason
-        assert pair.accepted[0].close_reason is not None and "E_IDLE" in pair.accepted[0].close_reason
+        assert rec.close_reason is not None and ErrorCode.IDLE in rec.close_reason
+        assert pair.accepted[0].close_reason is not None and ErrorCode.IDLE in pair.accepted[0].close_reason
         assert not pair.edge.streams and not pair.side.streams
 
 
