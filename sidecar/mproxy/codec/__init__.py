@@ -16,6 +16,7 @@ from mproxy.codec.control import (
 )
 from mproxy.codec.errors import (
     ControlMessageError,
+    ErrorCode,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -66,6 +67,7 @@ __all__ = [
     "ControlMessageError",
     "End",
     "Error",
+    "ErrorCode",
     "Event",
     "Hello",
     "LocalProtocolError",
