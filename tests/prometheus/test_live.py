@@ -80,6 +80,8 @@ ALERT_STATES = {
     "MproxyEdgeTokensRefused": "pending",  # sidecar-lonely's token: bad_signature
     "MproxyOperatorReconcileErrors": "inactive",
     "MproxyWebhookLatencyHigh": "inactive",
+    "MproxyEdgeTaskRestarting": "inactive",  # nothing fails in this setup
+    "MproxySidecarTaskRestarting": "inactive",
 }
 
 
