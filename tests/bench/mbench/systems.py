@@ -282,8 +282,8 @@ tunnel:
   listen: "127.0.0.1:{control}"
   path: /{tunnel_tls}
 limits:
-  streamsPerTunnel: 1000000
-  connectionsPerClient: 1000000
+  maxStreamsPerTunnel: 1000000
+  maxStreamsPerClient: 1000000
   connectionRate: 1000000
   connectionBurst: 1000000
 http:
