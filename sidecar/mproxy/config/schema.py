@@ -183,12 +183,27 @@ def keys(cls: type) -> set[str]:
     return out
 
 
-def read_field(cls: type, attr: str, obj: Mapping[str, Any], path: str) -> Any:
-    """One field of a section, read with its spec (the operator reads the Tunnel spec so)."""
+def _find(cls: type, attr: str) -> tuple[str, Spec, Any]:
     for name, key, spec, default in specs(cls):
         if name == attr:
-            return _read_one(spec, obj, key, path, default)
-    raise KeyError(attr)
+            return key, spec, default
+    raise KeyError(f"{cls.__name__} declares no config field {attr!r}")
+
+
+def spec_of(cls: type, attr: str) -> Spec:
+    return _find(cls, attr)[1]
+
+
+def default(cls: type, attr: str) -> Any:
+    """A field's default, for code that must agree with it (the operator's Tunnel model)."""
+    return _find(cls, attr)[2]
+
+
+def read_field(cls: type, attr: str, obj: Mapping[str, Any], path: str, *, key: str | None = None) -> Any:
+    """One field of a section, read with its spec under its key (or another: the Tunnel spec's logLevel
+    is the sidecar's logging.level)."""
+    own_key, spec, fallback = _find(cls, attr)
+    return _read_one(spec, obj, key or own_key, path, fallback)
 
 
 def read(cls: type[T], obj: Mapping[str, Any], path: str, **given: Any) -> T:
