@@ -17,13 +17,13 @@ from mproxy.config import fields as f
 from mproxy.config import schema
 from mproxy.config.common import LoggingConfig
 from mproxy.config.errors import ConfigError
-from mproxy.config.sidecar import BackendConfig, EdgeConfig, MetricsConfig, SidecarConfig
+from mproxy.config.sidecar import BackendConfig, EdgeDialConfig, MetricsConfig, SidecarConfig
 
 MODES = ("Sidecar", "Gateway")
 # Tunnel spec key (below .spec) -> the sidecar config field it becomes.
 SIDECAR_FIELDS: dict[str, tuple[type, str]] = {
-    "edge.connectionsPerUrl": (EdgeConfig, "connections_per_url"),
-    "edge.tokenIn": (EdgeConfig, "token_in"),
+    "edge.connectionsPerUrl": (EdgeDialConfig, "connections_per_url"),
+    "edge.tokenIn": (EdgeDialConfig, "token_in"),
     "routes[].proxyProtocol": (BackendConfig, "proxy_protocol"),
     "routes[].connectTimeoutSeconds": (BackendConfig, "connect_timeout_seconds"),
     "metrics.labels": (MetricsConfig, "labels"),
@@ -62,8 +62,8 @@ class KeyRef:
 class Edge:
     urls: tuple[str, ...]
     token: KeyRef
-    connections_per_url: int = schema.default(EdgeConfig, "connections_per_url")
-    token_in: str = schema.default(EdgeConfig, "token_in")
+    connections_per_url: int = schema.default(EdgeDialConfig, "connections_per_url")
+    token_in: str = schema.default(EdgeDialConfig, "token_in")
     ca: KeyRef | None = None
 
 

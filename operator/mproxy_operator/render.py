@@ -11,7 +11,7 @@ from mproxy.config import schema
 from mproxy.config.common import HttpConfig, LoggingConfig
 from mproxy.config.sidecar import (
     BackendConfig,
-    EdgeConfig,
+    EdgeDialConfig,
     LimitsConfig,
     MatchConfig,
     RouteConfig,
@@ -26,7 +26,7 @@ from mproxy_operator.resolve import Resolved
 def sidecar_config(spec: TunnelSpec, resolved: list[Resolved]) -> SidecarConfig:
     """The sidecar config as the schema's own values, before the sidecar's loader checks the rules
     between fields. Unresolved routes are left out. Raises mproxy.config.ConfigError (a bad limit)."""
-    edge = EdgeConfig(
+    edge = EdgeDialConfig(
         urls=spec.edge.urls,
         connections_per_url=spec.edge.connections_per_url,
         token_file=f"{names.TOKEN_DIR}/{names.TOKEN_FILE}",

@@ -25,7 +25,7 @@ from mproxy.config.errors import ConfigError
 __all__ = [
     "BackendConfig",
     "ConfigError",
-    "EdgeConfig",
+    "EdgeDialConfig",
     "HeartbeatConfig",
     "HttpConfig",
     "LimitsConfig",
@@ -46,7 +46,10 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeConfig:
+class EdgeDialConfig:
+    """The sidecar's `edge` section: which edge relays it dials and how it authenticates (the edge role's
+    own config is mproxy.config.edge.EdgeConfig)."""
+
     urls: tuple[str, ...] = s.custom()
     connections_per_url: int = s.integer(1, 1, 64)
     # Where edge hostnames are resolved to every edge address: HOST:PORT DNS servers, () = the system's.
@@ -170,7 +173,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class SidecarConfig:
-    edge: EdgeConfig = s.custom(of=EdgeConfig)
+    edge: EdgeDialConfig = s.custom(of=EdgeDialConfig)
     routes: tuple[RouteConfig, ...] = s.custom((), of=RouteConfig, many=True)
     default_route: str | None = field(default=None, metadata={s.SPEC: s.Custom()})
     limits: LimitsConfig = s.custom(factory=LimitsConfig, of=LimitsConfig)
@@ -226,18 +229,18 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
     )
 
 
-def _edge(root: Mapping[str, Any]) -> EdgeConfig:
+def _edge(root: Mapping[str, Any]) -> EdgeDialConfig:
     if "edge" not in root:
         raise ConfigError("edge", "is required (edge.urls lists the edge relay WebSocket URLs)")
     obj = f.mapping(root["edge"], "edge")
-    f.only_keys(obj, "edge", s.keys(EdgeConfig))
+    f.only_keys(obj, "edge", s.keys(EdgeDialConfig))
     urls = f.seq(obj, "urls", "edge")
     if not urls:
         raise ConfigError("edge.urls", "needs at least one ws:// or wss:// URL")
     for i, url in enumerate(urls):
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or len(url) < 6:
             raise ConfigError(f"edge.urls[{i}]", f"must be a ws:// or wss:// URL (got {url!r})")
-    return s.read(EdgeConfig, obj, "edge", urls=tuple(urls), nameservers=_nameservers(obj))
+    return s.read(EdgeDialConfig, obj, "edge", urls=tuple(urls), nameservers=_nameservers(obj))
 
 
 def _nameservers(obj: Mapping[str, Any]) -> tuple[str, ...]:
