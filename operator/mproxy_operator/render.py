@@ -67,10 +67,6 @@ def render_config(spec: TunnelSpec, resolved: list[Resolved]) -> SidecarConfig:
     return load_sidecar_config(sidecar_config_dict(spec, resolved))
 
 
-def config_text(config: SidecarConfig) -> str:
-    return config.to_yaml()
-
-
 def digest(data: object) -> str:
     """A short stable hash of JSON-able data (config, sidecar container)."""
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
