@@ -16,24 +16,18 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
-class HttpConfig:
+class HttpConfig(s.Section):
     listen: str = s.listen("0.0.0.0:9090")
 
     @property
     def host_port(self) -> tuple[str, int]:
         return f.split_listen(self.listen, "http.listen")
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class LoggingConfig:
+class LoggingConfig(s.Section):
     format: str = s.choice("json", LOG_FORMATS)
     level: str = s.choice("info", LOG_LEVELS)
-
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
 
 
 def read_http(root: Mapping[str, Any]) -> HttpConfig:

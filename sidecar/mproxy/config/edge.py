@@ -41,7 +41,7 @@ MAX_UDP_PAYLOAD = 65507  # the largest IPv4 UDP payload
 
 
 @dataclass(frozen=True, slots=True)
-class UdpOptions:
+class UdpOptions(s.Section):
     """A `kind: udp` listener's settings (docs/edge.md); each client address:port is one stream."""
 
     idle_timeout_seconds: float = s.number(30.0, 0.01, 86400)  # silent both ways this long: `end`
@@ -52,15 +52,12 @@ class UdpOptions:
     datagram_burst: int = s.integer(2000, 1, 10_000_000)
     tunnel_datagram_rate: float = s.number(100000.0, 0.01, 100_000_000)  # per tunnel on this listener
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 UDP_KEYS = s.keys(UdpOptions)
 
 
 @dataclass(frozen=True, slots=True)
-class ListenerConfig:
+class ListenerConfig(s.Section):
     kind: str = s.custom()  # tls | http | tcp | udp
     listen: str = s.custom()  # HOST:PORT
     # The port clients see; serviceport in frames, and what tokens grant.
@@ -83,7 +80,7 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class TunnelEndpoint:
+class TunnelEndpoint(s.Section):
     listen: str = s.listen("0.0.0.0:8443")
     path: str = s.string("/")
     cert_file: str | None = s.opt_string(key="tls.certFile")
@@ -105,7 +102,7 @@ class TunnelEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeLimits:
+class EdgeLimits(s.Section):
     max_tunnels: int = s.integer(10000, 1, 1_000_000)  # WebSocket tunnels at once (authenticated or not)
     # Keyed with the sidecar's names (the old edge names are still read): streams per tunnel, and
     # concurrent connections (each one stream) per client address.
@@ -132,22 +129,16 @@ class EdgeLimits:
     # net.core.somaxconn). asyncio's default of 100 overflowed when hundreds of clients connected at once.
     listen_backlog: int = s.integer(4096, 1, 65535)
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class EdgeHeartbeat:
+class EdgeHeartbeat(s.Section):
     interval_seconds: float = c.heartbeat_interval(15.0)
     timeout_seconds: float = c.heartbeat_timeout(45.0)
     auth_timeout_seconds: float = s.number(10.0, 0.01, 600)  # a tunnel must present a valid token by then
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class EdgeConfig:
+class EdgeConfig(s.Section):
     secret_file: str = s.custom(key="auth.secretFile")
     listeners: tuple[ListenerConfig, ...] = s.custom((), of=ListenerConfig, many=True)
     tunnel: TunnelEndpoint = s.custom(factory=TunnelEndpoint, of=TunnelEndpoint)

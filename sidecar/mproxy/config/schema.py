@@ -1,7 +1,9 @@
 """Each config field declared once: a dataclass field whose default is its config default and whose
 metadata (a `Spec`) says how its camelCase key is read, bounded and written back.
 
-    max_frame_bytes: int = integer(1048576, 1024, 100 * 1024 * 1024)
+    @dataclass(frozen=True, slots=True)
+    class LimitsConfig(Section):
+        max_frame_bytes: int = integer(1048576, 1024, 100 * 1024 * 1024)
 
 `read(Cls, mapping, path)` parses a section (unknown keys refused, each error naming the field),
 `to_dict(instance)` writes it back, `walk(Cls)` lists every key with its spec and default (the docs tables
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, field, fields, is_dataclass
+from dataclasses import MISSING, field, fields
 from typing import Any, TypeVar
 
 from mproxy.config import fields as f
@@ -46,33 +48,24 @@ class Spec:
         return {}
 
 
-class Int(Spec):
-    __slots__ = ("hi", "lo")
+class Range(Spec):
+    """An integer (`whole`) or a number, lo-hi inclusive."""
 
-    def __init__(self, lo: int, hi: int, **kw: Any) -> None:
+    __slots__ = ("hi", "lo", "whole")
+
+    def __init__(self, lo: float, hi: float, *, whole: bool, **kw: Any) -> None:
         super().__init__(**kw)
-        self.lo, self.hi = lo, hi
+        self.lo, self.hi, self.whole = lo, hi, whole
 
     def read(self, obj: Mapping[str, Any], key: str, path: str, default: Any) -> Any:
-        return f.integer(obj, key, path, default, self.lo, self.hi)
-
-    def json_schema(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "integer", "minimum": self.lo, "maximum": self.hi}
-        return out | ({"format": "int64"} if self.hi > 2**31 - 1 else {})
-
-
-class Num(Spec):
-    __slots__ = ("hi", "lo")
-
-    def __init__(self, lo: float, hi: float, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.lo, self.hi = lo, hi
-
-    def read(self, obj: Mapping[str, Any], key: str, path: str, default: Any) -> Any:
+        if self.whole:
+            return f.integer(obj, key, path, default, int(self.lo), int(self.hi))
         return f.number(obj, key, path, default, self.lo, self.hi)
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "number", "minimum": self.lo, "maximum": self.hi}
+        out: dict[str, Any] = {"type": "integer" if self.whole else "number", "minimum": self.lo,
+                               "maximum": self.hi}
+        return out | ({"format": "int64"} if self.whole and self.hi > 2**31 - 1 else {})
 
 
 class Choice(Spec):
@@ -124,12 +117,21 @@ class Custom(Spec):
         self.of, self.many = of, many
 
 
+class Section:
+    """Base of a config section class: to_dict from its field declarations."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
 def integer(default: int, lo: int, hi: int, *, key: str | None = None, old: str | None = None) -> int:
-    return field(default=default, metadata={SPEC: Int(lo, hi, key=key, old=old)})
+    return field(default=default, metadata={SPEC: Range(lo, hi, whole=True, key=key, old=old)})
 
 
 def number(default: float, lo: float, hi: float, *, omit_default: bool = False) -> float:
-    return field(default=default, metadata={SPEC: Num(lo, hi, omit_default=omit_default)})
+    return field(default=default, metadata={SPEC: Range(lo, hi, whole=False, omit_default=omit_default)})
 
 
 def choice(default: str, options: tuple[str, ...]) -> str:
@@ -243,8 +245,8 @@ def plain(value: Any) -> Any:
     """A value as YAML writes it: tuples as lists, sections as their mappings."""
     if isinstance(value, tuple):
         return [plain(v) for v in value]
-    if is_dataclass(value) and not isinstance(value, type):
-        return value.to_dict()  # type: ignore[attr-defined]  # every section has one
+    if isinstance(value, Section):
+        return value.to_dict()
     return value
 
 

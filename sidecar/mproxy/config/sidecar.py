@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeDialConfig:
+class EdgeDialConfig(s.Section):
     """The sidecar's `edge` section: which edge relays it dials and how it authenticates (the edge role's
     own config is mproxy.config.edge.EdgeConfig)."""
 
@@ -60,33 +60,24 @@ class EdgeDialConfig:
     ca_file: str | None = s.opt_string()
     token_in: str = s.choice("header", TOKEN_IN)  # how the token is sent, not a token
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class MatchConfig:
+class MatchConfig(s.Section):
     services: tuple[str, ...] = s.custom((), omit_default=True)
     ports: tuple[int, ...] = s.custom((), omit_default=True)
     hostnames: tuple[str, ...] = s.custom((), omit_default=True)
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class BackendConfig:
+class BackendConfig(s.Section):
     host: str = s.required(s.Str())
-    port: int = s.required(s.Int(1, 65535))
+    port: int = s.required(s.Range(1, 65535, whole=True))
     connect_timeout_seconds: float = s.number(5.0, 0.001, 300)
     proxy_protocol: str = s.choice("none", PROXY_PROTOCOLS)
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class RouteConfig:
+class RouteConfig(s.Section):
     name: str = s.required(s.Str())
     backend: BackendConfig = s.custom(of=BackendConfig)
     match: MatchConfig = s.custom(factory=MatchConfig, of=MatchConfig)
@@ -120,7 +111,7 @@ class SendBuffer(s.Spec):
 
 
 @dataclass(frozen=True, slots=True)
-class LimitsConfig:
+class LimitsConfig(s.Section):
     max_streams_per_tunnel: int = s.integer(1000, 1, 1_000_000)
     # Per client address (IPv6: per ipv6PrefixLength network) per tunnel connection.
     max_streams_per_client: int = s.integer(100, 1, 1_000_000)
@@ -139,40 +130,28 @@ class LimitsConfig:
     ipv6_prefix_length: int = c.ipv6_prefix_length()
     udp_idle_timeout_seconds: float = s.number(30.0, 0.01, 86400)  # a UDP client's silent stream is ended
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatConfig:
+class HeartbeatConfig(s.Section):
     interval_seconds: float = c.heartbeat_interval(10.0)
     timeout_seconds: float = c.heartbeat_timeout(30.0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class ReconnectConfig:
+class ReconnectConfig(s.Section):
     initial_seconds: float = s.number(0.1, 0.001, 3600)
     max_seconds: float = s.number(30.0, 0.01, 86400)
     fast_window_seconds: float = s.number(5.0, 0, 60)
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class MetricsConfig:
+class MetricsConfig(s.Section):
     labels: str = s.choice("client", LABEL_TIERS)
     max_clients: int = s.integer(200, 1, 100_000)
 
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class SidecarConfig:
+class SidecarConfig(s.Section):
     edge: EdgeDialConfig = s.custom(of=EdgeDialConfig)
     routes: tuple[RouteConfig, ...] = s.custom((), of=RouteConfig, many=True)
     default_route: str | None = field(default=None, metadata={s.SPEC: s.Custom()})
@@ -183,9 +162,6 @@ class SidecarConfig:
     http: HttpConfig = s.custom(factory=HttpConfig, of=HttpConfig)
     logging: LoggingConfig = s.custom(factory=LoggingConfig, of=LoggingConfig)
     drain_seconds: float = s.number(20.0, 0, 3600)
-
-    def to_dict(self) -> dict[str, Any]:
-        return s.to_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
