@@ -97,3 +97,11 @@ def test_old_edge_limit_names_still_work_with_a_warning(old: str, new: str, attr
         load_edge_config(f"auth: {{secretFile: s}}\nlimits: {{{old}: 0}}")
     with pytest.raises(ConfigError, match=f"^limits.{old}: is the old name of {new}: give only {new}"):
         load_edge_config(f"auth: {{secretFile: s}}\nlimits: {{{old}: 7, {new}: 7}}")
+
+
+def test_the_docs_full_edge_example_loads_without_a_deprecation(caplog: pytest.LogCaptureFixture) -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", (DOCS / "edge.md").read_text(), re.S)
+    (full,) = [b for b in blocks if "auth:" in b]
+    with caplog.at_level(logging.WARNING, "mproxy.config"):
+        cfg = load_edge_config(full)
+    assert cfg.limits.streams_per_tunnel == 1000 and caplog.records == []
