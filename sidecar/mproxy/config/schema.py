@@ -7,9 +7,10 @@ metadata (a `Spec`) says how its camelCase key is read, bounded and written back
 
 `read(Cls, mapping, path)` parses a section (unknown keys refused, each error naming the field),
 `to_dict(instance)` writes it back, `walk(Cls)` lists every key with its spec and default (the docs tables
-are checked against it) and `Spec.json_schema()` gives the bounds the Tunnel CRD must declare (checked by
-tests/unit/config/test_schema_agrees.py). The key is the field name in camelCase unless `key=` says
-otherwise. A renamed key keeps its old name as `old=`: still read, with a deprecation warning.
+are checked against it: tests/unit/config/test_schema_agrees.py) and `Spec.json_schema()` gives the bounds
+the Tunnel CRD must declare (tests/unit/operator/test_crd_agrees.py). The key is the field name in
+camelCase unless `key=` says otherwise. A renamed key keeps its old name as `old=`: still read, with a
+deprecation warning.
 """
 
 from __future__ import annotations
