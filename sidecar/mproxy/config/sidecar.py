@@ -154,7 +154,7 @@ class MetricsConfig(s.Section):
 class SidecarConfig(s.Section):
     edge: EdgeDialConfig = s.custom(of=EdgeDialConfig)
     routes: tuple[RouteConfig, ...] = s.custom((), of=RouteConfig, many=True)
-    default_route: str | None = field(default=None, metadata={s.SPEC: s.Custom()})
+    default_route: str | None = s.custom(None)
     limits: LimitsConfig = s.custom(factory=LimitsConfig, of=LimitsConfig)
     heartbeat: HeartbeatConfig = s.custom(factory=HeartbeatConfig, of=HeartbeatConfig)
     reconnect: ReconnectConfig = s.custom(factory=ReconnectConfig, of=ReconnectConfig)
