@@ -1,7 +1,7 @@
 """The webhook's serving certificate: a self-signed CA and a leaf for the Service's DNS names.
 
 kopf's own self-signed path needs oscrypto, which breaks on OpenSSL >= 3.0.10, so the operator makes
-its certificates with the project's small CA (`mproxy.tls`, on `cryptography`): ECDSA P-256 keys, fast to
+its certificates with the project's small CA (`mproxy.ca`, on `cryptography`): ECDSA P-256 keys, fast to
 make, accepted by every apiserver.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from mproxy.tls import CertificateAuthority
+from mproxy.ca import CertificateAuthority
 
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"

@@ -18,7 +18,6 @@ from mproxy_operator import names
 
 TIMEOUT = 10.0
 MERGE = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
@@ -126,9 +125,6 @@ class Kube:
 
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", path, body, content_type=MERGE)
-
-    def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.request("PATCH", path, ops, content_type=JSON_PATCH)
 
     def delete(self, path: str) -> bool:
         try:

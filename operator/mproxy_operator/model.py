@@ -2,6 +2,9 @@
 
 The apiserver already validates against the CRD schema; this parser still checks what it reads (an
 old CRD, a hand-made object in a unit test) and raises SpecError naming the field, never KeyError.
+Keys that are sidecar config fields (SIDECAR_FIELDS) are read with the sidecar schema's own
+declarations (mproxy.config.schema); spec.limits is the sidecar's `limits`, checked when the config is
+rendered. The CRD declares all of them with the schema's bounds (tests/unit/operator/test_crd_agrees.py).
 """
 
 from __future__ import annotations
@@ -10,15 +13,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mproxy.config import fields as f
+from mproxy.config import schema
+from mproxy.config.common import LoggingConfig
+from mproxy.config.errors import ConfigError
+from mproxy.config.sidecar import BackendConfig, EdgeDialConfig, MetricsConfig, SidecarConfig
+
 MODES = ("Sidecar", "Gateway")
+# Tunnel spec key (below .spec) -> the sidecar config field it becomes.
+SIDECAR_FIELDS: dict[str, tuple[type, str]] = {
+    "edge.connectionsPerUrl": (EdgeDialConfig, "connections_per_url"),
+    "edge.tokenIn": (EdgeDialConfig, "token_in"),
+    "routes[].proxyProtocol": (BackendConfig, "proxy_protocol"),
+    "routes[].connectTimeoutSeconds": (BackendConfig, "connect_timeout_seconds"),
+    "metrics.labels": (MetricsConfig, "labels"),
+    "metrics.maxClients": (MetricsConfig, "max_clients"),
+    "logLevel": (LoggingConfig, "level"),
+    "drainSeconds": (SidecarConfig, "drain_seconds"),
+}
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A Tunnel spec the operator cannot use; the message starts with the field path."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +62,8 @@ class KeyRef:
 class Edge:
     urls: tuple[str, ...]
     token: KeyRef
-    connections_per_url: int = 1
-    token_in: str = "header"  # noqa: S105 (where the token goes, not a token)
+    connections_per_url: int = schema.default(EdgeDialConfig, "connections_per_url")
+    token_in: str = schema.default(EdgeDialConfig, "token_in")
     ca: KeyRef | None = None
 
 
@@ -59,8 +75,8 @@ class Route:
     services: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
     hostnames: tuple[str, ...] = ()
-    proxy_protocol: str = "none"
-    connect_timeout_seconds: float = 5.0
+    proxy_protocol: str = schema.default(BackendConfig, "proxy_protocol")
+    connect_timeout_seconds: float = schema.default(BackendConfig, "connect_timeout_seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,61 +94,25 @@ class TunnelSpec:
     selector: Selector | None = None
     gateway_replicas: int = 2
     default_route: str | None = None
-    limits: Mapping[str, Any] = field(default_factory=dict)
-    metrics_labels: str = "client"
-    metrics_max_clients: int = 200
+    limits: Mapping[str, Any] = field(default_factory=dict)  # checked when rendered (InvalidConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     metrics_port: int = 9090
-    log_level: str = "info"
-    drain_seconds: float = 20.0
+    log_level: str = schema.default(LoggingConfig, "level")
+    drain_seconds: float = schema.default(SidecarConfig, "drain_seconds")
     sidecar: SidecarOverrides = field(default_factory=SidecarOverrides)
 
     def referenced_services(self) -> frozenset[str]:
         return frozenset(r.service for r in self.routes)
 
 
-def _map(value: object, path: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(path, f"must be an object (got {type(value).__name__})")
-    return value
-
-
-def _list(value: object, path: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise SpecError(path, f"must be a list (got {type(value).__name__})")
-    return value
-
-
-def _str(obj: Mapping[str, Any], key: str, path: str, default: str | None = None) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise SpecError(
-            f"{path}.{key}",
-            "is required (a non-empty string)"
-            if value is None
-            else f"must be a non-empty string (got {value!r})",
-        )
-    return value
-
-
-def _int(obj: Mapping[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise SpecError(f"{path}.{key}", f"must be an integer {lo}-{hi} (got {value!r})")
-    return value
-
-
-def _num(obj: Mapping[str, Any], key: str, path: str, default: float, lo: float, hi: float) -> float:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise SpecError(f"{path}.{key}", f"must be a number {lo:g}-{hi:g} (got {value!r})")
-    return float(value)
+def _sidecar(obj: Mapping[str, Any], path: str, name: str) -> Any:
+    """SIDECAR_FIELDS[name] from obj (at path), read with the sidecar's declaration of that field."""
+    cls, attr = SIDECAR_FIELDS[name]
+    return schema.read_field(cls, attr, obj, path, key=name.rsplit(".", 1)[-1])
 
 
 def _choice(obj: Mapping[str, Any], key: str, path: str, default: str, options: tuple[str, ...]) -> str:
+    """A Kubernetes enum: exact case (mproxy.config.fields.choice folds case, as the sidecar's YAML may)."""
     value = obj.get(key, default)
     if value not in options:
         raise SpecError(f"{path}.{key}", f"must be one of {', '.join(options)} (got {value!r})")
@@ -140,64 +120,73 @@ def _choice(obj: Mapping[str, Any], key: str, path: str, default: str, options: 
 
 
 def _key_ref(value: object, path: str, default_kind: str, default_key: str) -> KeyRef:
-    obj = _map(value, path)
+    obj = f.mapping(value, path)
     return KeyRef(
         kind=_choice(obj, "kind", path, default_kind, ("ConfigMap", "Secret")),
-        name=_str(obj, "name", path),
-        key=_str(obj, "key", path, default_key),
+        name=f.string(obj, "name", path),
+        key=f.string(obj, "key", path, default_key),
     )
 
 
 def _selector(value: object, path: str) -> Selector | None:
     if value is None:
         return None
-    obj = _map(value, path)
-    labels = _map(obj.get("matchLabels"), f"{path}.matchLabels")
+    obj = f.mapping(value, path)
+    labels = f.mapping(obj.get("matchLabels"), f"{path}.matchLabels")
     exprs = []
-    for i, item in enumerate(_list(obj.get("matchExpressions"), f"{path}.matchExpressions")):
+    for i, item in enumerate(f.seq(obj, "matchExpressions", path)):
         ipath = f"{path}.matchExpressions[{i}]"
-        expr = _map(item, ipath)
-        _str(expr, "key", ipath)
+        expr = f.mapping(item, ipath)
+        f.string(expr, "key", ipath)
         _choice(expr, "operator", ipath, "", ("In", "NotIn", "Exists", "DoesNotExist"))
         exprs.append(dict(expr))
     return Selector({str(k): str(v) for k, v in labels.items()}, tuple(exprs))
 
 
 def _route(value: object, path: str) -> Route:
-    obj = _map(value, path)
-    match = _map(obj.get("match"), f"{path}.match")
-    backend = _map(obj.get("backend"), f"{path}.backend")
+    obj = f.mapping(value, path)
+    match = f.mapping(obj.get("match"), f"{path}.match")
+    backend = f.mapping(obj.get("backend"), f"{path}.backend")
     port = backend.get("port")
     if isinstance(port, bool) or not isinstance(port, int | str) or port in ("", 0):
         raise SpecError(f"{path}.backend.port", f"must be a Service port number or name (got {port!r})")
-    ports = tuple(_list(match.get("ports"), f"{path}.match.ports"))
+    ports = tuple(f.seq(match, "ports", f"{path}.match"))
     for j, p in enumerate(ports):
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
             raise SpecError(f"{path}.match.ports[{j}]", f"must be 1-65535 (got {p!r})")
-    services = tuple(str(s) for s in _list(match.get("services"), f"{path}.match.services"))
+    services = tuple(str(s) for s in f.seq(match, "services", f"{path}.match"))
     if "udp" in services and obj.get("proxyProtocol", "none") != "none":
         raise SpecError(f"{path}.proxyProtocol", "must be none for a udp route (PROXY headers are for TCP)")
     if "udp" in services and match.get("hostnames"):
         raise SpecError(f"{path}.match.hostnames",
                         "must be empty for a udp route (UDP clients carry no name)")
     return Route(
-        name=_str(obj, "name", path),
-        service=_str(backend, "service", f"{path}.backend"),
+        name=f.string(obj, "name", path),
+        service=f.string(backend, "service", f"{path}.backend"),
         port=port,
         services=services,
         ports=ports,
-        hostnames=tuple(str(h) for h in _list(match.get("hostnames"), f"{path}.match.hostnames")),
-        proxy_protocol=_choice(obj, "proxyProtocol", path, "none", ("none", "v1", "v2")),
-        connect_timeout_seconds=_num(obj, "connectTimeoutSeconds", path, 5.0, 0.001, 300),
+        hostnames=tuple(str(h) for h in f.seq(match, "hostnames", f"{path}.match")),
+        proxy_protocol=_sidecar(obj, path, "routes[].proxyProtocol"),
+        connect_timeout_seconds=_sidecar(obj, path, "routes[].connectTimeoutSeconds"),
     )
 
 
 def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
     """Turn a Tunnel's .spec into a TunnelSpec; raises SpecError."""
-    spec = _map(spec, "spec")
+    try:
+        return _parse(spec)
+    except SpecError:
+        raise
+    except ConfigError as exc:  # from the shared readers: the same path and problem
+        raise SpecError(exc.path, exc.problem) from None
+
+
+def _parse(spec: Mapping[str, Any]) -> TunnelSpec:
+    spec = f.mapping(spec, "spec")
     mode = _choice(spec, "mode", "spec", "Sidecar", MODES)
-    edge_obj = _map(spec.get("edge"), "spec.edge")
-    urls = _list(edge_obj.get("urls"), "spec.edge.urls")
+    edge_obj = f.mapping(spec.get("edge"), "spec.edge")
+    urls = f.seq(edge_obj, "urls", "spec.edge")
     if not urls:
         raise SpecError("spec.edge.urls", "needs at least one ws:// or wss:// URL of the edge relay")
     for i, url in enumerate(urls):
@@ -208,17 +197,15 @@ def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
     edge = Edge(
         urls=tuple(urls),
         token=_key_ref(edge_obj["tokenSecretRef"], "spec.edge.tokenSecretRef", "Secret", "token"),
-        connections_per_url=_int(edge_obj, "connectionsPerUrl", "spec.edge", 1, 1, 64),
-        token_in=_choice(edge_obj, "tokenIn", "spec.edge", "header", ("header", "query", "handshake")),
+        connections_per_url=_sidecar(edge_obj, "spec.edge", "edge.connectionsPerUrl"),
+        token_in=_sidecar(edge_obj, "spec.edge", "edge.tokenIn"),
         ca=(
             _key_ref(edge_obj["caRef"], "spec.edge.caRef", "ConfigMap", "ca.crt")
             if edge_obj.get("caRef") is not None
             else None
         ),
     )
-    routes = tuple(
-        _route(r, f"spec.routes[{i}]") for i, r in enumerate(_list(spec.get("routes"), "spec.routes"))
-    )
+    routes = tuple(_route(r, f"spec.routes[{i}]") for i, r in enumerate(f.seq(spec, "routes", "spec")))
     names = [r.name for r in routes]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -231,27 +218,27 @@ def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
         raise SpecError(
             "spec.selector", "is required in Sidecar mode (it picks the pods that get the sidecar)"
         )
-    metrics = _map(spec.get("metrics"), "spec.metrics")
-    sidecar = _map(spec.get("sidecar"), "spec.sidecar")
+    metrics = f.mapping(spec.get("metrics"), "spec.metrics")
+    sidecar = f.mapping(spec.get("sidecar"), "spec.sidecar")
     resources = sidecar.get("resources")
     return TunnelSpec(
         edge=edge,
         routes=routes,
         mode=mode,
         selector=selector,
-        gateway_replicas=_int(
-            _map(spec.get("gateway"), "spec.gateway"), "replicas", "spec.gateway", 2, 0, 100
+        gateway_replicas=f.integer(
+            f.mapping(spec.get("gateway"), "spec.gateway"), "replicas", "spec.gateway", 2, 0, 100
         ),
         default_route=default_route,
-        limits=dict(_map(spec.get("limits"), "spec.limits")),
-        metrics_labels=_choice(metrics, "labels", "spec.metrics", "client", ("off", "route", "client")),
-        metrics_max_clients=_int(metrics, "maxClients", "spec.metrics", 200, 1, 100_000),
-        metrics_port=_int(metrics, "port", "spec.metrics", 9090, 1, 65535),
-        log_level=_choice(spec, "logLevel", "spec", "info", ("debug", "info", "warning", "error")),
-        drain_seconds=_num(spec, "drainSeconds", "spec", 20.0, 0, 3600),
+        limits=dict(f.mapping(spec.get("limits"), "spec.limits")),
+        metrics=MetricsConfig(labels=_sidecar(metrics, "spec.metrics", "metrics.labels"),
+                              max_clients=_sidecar(metrics, "spec.metrics", "metrics.maxClients")),
+        metrics_port=f.integer(metrics, "port", "spec.metrics", 9090, 1, 65535),
+        log_level=_sidecar(spec, "spec", "logLevel"),
+        drain_seconds=_sidecar(spec, "spec", "drainSeconds"),
         sidecar=SidecarOverrides(
             image=sidecar.get("image") or None,
             image_pull_policy=sidecar.get("imagePullPolicy") or None,
-            resources=dict(_map(resources, "spec.sidecar.resources")) if resources is not None else None,
+            resources=dict(f.mapping(resources, "spec.sidecar.resources")) if resources is not None else None,
         ),
     )

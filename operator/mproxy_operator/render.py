@@ -7,65 +7,64 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
+from mproxy.config import schema
+from mproxy.config.common import HttpConfig, LoggingConfig
+from mproxy.config.sidecar import (
+    BackendConfig,
+    EdgeDialConfig,
+    LimitsConfig,
+    MatchConfig,
+    RouteConfig,
+    SidecarConfig,
+    load_sidecar_config,
+)
 from mproxy_operator import names
 from mproxy_operator.model import TunnelSpec
 from mproxy_operator.resolve import Resolved
 
 
-def sidecar_config_dict(spec: TunnelSpec, resolved: list[Resolved]) -> dict[str, Any]:
-    """The camelCase mapping, before validation. Unresolved routes are left out."""
-    edge: dict[str, Any] = {
-        "urls": list(spec.edge.urls),
-        "connectionsPerUrl": spec.edge.connections_per_url,
-        "tokenFile": f"{names.TOKEN_DIR}/{names.TOKEN_FILE}",
-        "tokenIn": spec.edge.token_in,
-    }
-    if spec.edge.ca is not None:
-        edge["caFile"] = f"{names.CA_DIR}/{names.CA_FILE}"
-    routes = []
-    for r in resolved:
-        match: dict[str, Any] = {}
-        if r.route.services:
-            match["services"] = list(r.route.services)
-        if r.route.ports:
-            match["ports"] = list(r.route.ports)
-        if r.route.hostnames:
-            match["hostnames"] = list(r.route.hostnames)
-        routes.append(
-            {
-                "name": r.route.name,
-                "match": match,
-                "backend": {
-                    "host": r.host,
-                    "port": r.port,
-                    "connectTimeoutSeconds": r.route.connect_timeout_seconds,
-                    "proxyProtocol": r.route.proxy_protocol,
-                },
-            }
+def sidecar_config(spec: TunnelSpec, resolved: list[Resolved]) -> SidecarConfig:
+    """The sidecar config as the schema's own values, before the sidecar's loader checks the rules
+    between fields. Unresolved routes are left out. Raises mproxy.config.ConfigError (a bad limit)."""
+    edge = EdgeDialConfig(
+        urls=spec.edge.urls,
+        connections_per_url=spec.edge.connections_per_url,
+        token_file=f"{names.TOKEN_DIR}/{names.TOKEN_FILE}",
+        ca_file=f"{names.CA_DIR}/{names.CA_FILE}" if spec.edge.ca is not None else None,
+        token_in=spec.edge.token_in,
+    )
+    routes = tuple(
+        RouteConfig(
+            name=r.route.name,
+            match=MatchConfig(r.route.services, r.route.ports, r.route.hostnames),
+            backend=BackendConfig(host=r.host, port=r.port,
+                                  connect_timeout_seconds=r.route.connect_timeout_seconds,
+                                  proxy_protocol=r.route.proxy_protocol),
         )
+        for r in resolved
+    )
     resolved_names = {r.route.name for r in resolved}
-    default_route = spec.default_route if spec.default_route in resolved_names else None
-    return {
-        "edge": edge,
-        "routes": routes,
-        "defaultRoute": default_route,
-        "limits": dict(spec.limits),
-        "metrics": {"labels": spec.metrics_labels, "maxClients": spec.metrics_max_clients},
-        "http": {"listen": f"0.0.0.0:{spec.metrics_port}"},
-        "logging": {"format": "json", "level": spec.log_level},
-        "drainSeconds": spec.drain_seconds,
-    }
+    return SidecarConfig(
+        edge=edge,
+        routes=routes,
+        default_route=spec.default_route if spec.default_route in resolved_names else None,
+        limits=schema.read(LimitsConfig, spec.limits, "limits"),
+        metrics=spec.metrics,
+        http=HttpConfig(f"0.0.0.0:{spec.metrics_port}"),
+        logging=LoggingConfig(format="json", level=spec.log_level),
+        drain_seconds=spec.drain_seconds,
+    )
+
+
+def sidecar_config_dict(spec: TunnelSpec, resolved: list[Resolved]) -> dict[str, Any]:
+    """The camelCase mapping, before validation."""
+    return sidecar_config(spec, resolved).to_dict()
 
 
 def render_config(spec: TunnelSpec, resolved: list[Resolved]) -> SidecarConfig:
     """Validated with the sidecar's own schema, so the operator never ships a config the sidecar refuses.
     Raises mproxy.config.ConfigError."""
     return load_sidecar_config(sidecar_config_dict(spec, resolved))
-
-
-def config_text(config: SidecarConfig) -> str:
-    return config.to_yaml()
 
 
 def digest(data: object) -> str:

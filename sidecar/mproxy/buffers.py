@@ -98,7 +98,7 @@ class TunnelBuffers:
         if self._check(holder, size):
             return True
         if self.total > self.rule.tunnel:
-            self._shed(holder)
+            self._shed()
             return holder not in self._size
         return False
 
@@ -126,7 +126,7 @@ class TunnelBuffers:
         if holder in self._size:
             self.update(holder, holder.buffered_bytes())
 
-    def _shed(self, trigger: Holder) -> None:
+    def _shed(self) -> None:
         """Over the tunnel cap: refresh the sizes (sockets drain between updates), then cut the biggest."""
         for holder in list(self._size):
             self._count(holder, holder.buffered_bytes())

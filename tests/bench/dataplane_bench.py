@@ -262,8 +262,8 @@ class Stack:
                 f"auth: {{secretFile: {secret}}}\n"
                 f"listeners: [{{kind: tcp, listen: '127.0.0.1:{self.entry}'}}]\n"
                 f"tunnel: {{listen: '127.0.0.1:{self.control}', path: /}}\n"
-                "limits: {streamsPerTunnel: 1000000, connectionsPerClient: 1000000, connectionRate: 1000000,"
-                " connectionBurst: 1000000}\n"
+                "limits: {maxStreamsPerTunnel: 1000000, maxStreamsPerClient: 1000000,"
+                " connectionRate: 1000000, connectionBurst: 1000000}\n"
                 f"http: {{listen: '127.0.0.1:{free_port()}'}}\nlogging: {{format: text, level: warning}}\n"
                 "drainSeconds: 1\n")
             self._spawn([sys.executable, "-m", "mproxy", "edge", "--config", str(self.dir / "edge.yaml")],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from mproxy.tls import CertificateAuthority
+from mproxy.ca import CertificateAuthority
 
 BIG_SIZE = 20 * 1024 * 1024
 CHUNK = 256 * 1024

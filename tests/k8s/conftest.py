@@ -76,7 +76,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need
 
-from mproxy.tls import CertificateAuthority
+from mproxy.ca import CertificateAuthority
 
 HERE = Path(__file__).resolve().parent
 BUILD_SH = HERE / "controlplane" / "build.sh"

@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from mproxy.tls import CertificateAuthority
+from mproxy.ca import CertificateAuthority
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]
 

@@ -346,10 +346,12 @@ def events_for(kube: Any, ns: str, name: str) -> list[dict[str, Any]]:
 
 BUFFER_LIMITS = {"bufferSoftBytes": 4194304, "bufferHardBytes": 16777216, "bufferGraceSeconds": 0.5,
                  "tunnelBufferBytes": 33554432, "ipv6PrefixLength": 56}
+# Sidecar limits the CRD once left out (so the apiserver pruned them): every sidecar limit is declared now.
+MORE_LIMITS = {"streamBufferBytes": 131072, "tunnelSendBufferBytes": 0, "udpIdleTimeoutSeconds": 12.5}
 
 
 def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Operator, ns: str) -> None:
-    body = tunnel(limits=dict(BUFFER_LIMITS))
+    body = tunnel(limits=BUFFER_LIMITS | MORE_LIMITS)
     _apply(kube, service("web", [("http", 80), ("https", 443)]), secret(), body, namespace=ns)
     t = wait_tunnel(
         kube, ns, "shop", "RoutesResolved", lambda t: _condition(t, "RoutesResolved").get("status") == "True"
@@ -375,6 +377,8 @@ def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Opera
     limits = config.limits
     assert (limits.buffer_soft_bytes, limits.buffer_hard_bytes, limits.buffer_grace_seconds,
             limits.tunnel_buffer_bytes, limits.ipv6_prefix_length) == tuple(BUFFER_LIMITS.values())
+    assert (limits.stream_buffer_bytes, limits.tunnel_send_buffer_bytes,
+            limits.udp_idle_timeout_seconds) == tuple(MORE_LIMITS.values())
 
     table = kube.kubectl("get", "tunnels", "-n", ns).stdout
     assert table.split("\n")[0].split()[:6] == ["NAME", "MODE", "READY", "REASON", "INJECTED", "READY-PODS"]

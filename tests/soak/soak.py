@@ -94,7 +94,7 @@ class System:
             ],
             "tunnel": {"listen": f"127.0.0.1:{self.tunnel}", "path": "/tunnel"},
             "http": {"listen": f"127.0.0.1:{self.edge_http}"},
-            "limits": {"streamsPerTunnel": 4000, "connectionsPerClient": 400, "connectionRate": 2000,
+            "limits": {"maxStreamsPerTunnel": 4000, "maxStreamsPerClient": 400, "connectionRate": 2000,
                        "connectionBurst": 4000, "sniffTimeoutSeconds": SNIFF_TIMEOUT},
             "heartbeat": {"intervalSeconds": 5, "timeoutSeconds": 15, "authTimeoutSeconds": 2},
             "logging": {"format": "text", "level": "warning"},

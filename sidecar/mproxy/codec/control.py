@@ -46,7 +46,6 @@ class Reply:
     id: int
     error: Any
     result: Any = None
-    has_result: bool = False
 
     @property
     def ok(self) -> bool:
@@ -93,7 +92,7 @@ def parse_control(value: object) -> ControlMessage:
             raise ControlMessageError(f"reply {mid} has {len(value)} elements; expected [-id, err, result?]")
         error = value[1] if len(value) > 1 else None
         if len(value) == 3:
-            return Reply(-mid, error, value[2], True)
+            return Reply(-mid, error, value[2])
         return Reply(-mid, error)
     if len(value) != 2:
         raise ControlMessageError(f"unsolicited error must be [0, err], got {len(value)} elements")

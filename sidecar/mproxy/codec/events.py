@@ -38,12 +38,11 @@ class Event:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Connection(Event):
     """A new client stream. `service` is header field 8 (the stream's service), as the reference reports it;
-    `servicename` is the same field under its own name, `service_field` is field 5 ("connection")."""
+    `servicename` is the same field under its own name (field 5 is "connection")."""
 
     kind: ClassVar[str] = "connection"
 
     servicename: str = ""
-    service_field: str = "connection"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

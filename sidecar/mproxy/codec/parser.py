@@ -77,7 +77,7 @@ def _factory(fields: list[str]) -> Callable[[bytes], Event]:
     if service == "connection":
         return lambda data: Connection(
             family=family, address=address, port=port, service=servicename, serviceport=serviceport,
-            name=name, data=bytes(data), servicename=servicename, service_field=service,
+            name=name, data=bytes(data), servicename=servicename,
         )
     if service == "control":
         return lambda data: Control(

@@ -1,4 +1,5 @@
-"""What both schemas (sidecar, edge) share: the HTTP endpoint, logging, and the buffer-rule limits."""
+"""What both schemas (sidecar, edge) share: the HTTP endpoint, logging, the buffer-rule limits and the
+heartbeat rule."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mproxy.config import fields as f
+from mproxy.config import schema as s
 from mproxy.config.errors import ConfigError
 
 LOG_FORMATS = ("json", "text")
@@ -14,61 +16,70 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
-class HttpConfig:
-    listen: str = "0.0.0.0:9090"
+class HttpConfig(s.Section):
+    listen: str = s.listen("0.0.0.0:9090")
 
     @property
     def host_port(self) -> tuple[str, int]:
         return f.split_listen(self.listen, "http.listen")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"listen": self.listen}
-
 
 @dataclass(frozen=True, slots=True)
-class LoggingConfig:
-    format: str = "json"
-    level: str = "info"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "level": self.level}
+class LoggingConfig(s.Section):
+    format: str = s.choice("json", LOG_FORMATS)
+    level: str = s.choice("info", LOG_LEVELS)
 
 
 def read_http(root: Mapping[str, Any]) -> HttpConfig:
-    obj = f.mapping(root.get("http"), "http")
-    f.only_keys(obj, "http", {"listen"})
-    return HttpConfig(f.listen(obj, "listen", "http", "0.0.0.0:9090"))
+    return s.read(HttpConfig, f.mapping(root.get("http"), "http"), "http")
 
 
 def read_logging(root: Mapping[str, Any]) -> LoggingConfig:
-    obj = f.mapping(root.get("logging"), "logging")
-    f.only_keys(obj, "logging", {"format", "level"})
-    return LoggingConfig(
-        format=f.choice(obj, "format", "logging", "json", LOG_FORMATS),
-        level=f.choice(obj, "level", "logging", "info", LOG_LEVELS),
-    )
+    return s.read(LoggingConfig, f.mapping(root.get("logging"), "logging"), "logging")
 
 
-# The E_BUFFER rule's keys (mproxy.buffers) and the IPv6 prefix, the same names, defaults and ranges in
-# `limits` of both schemas.
-BUFFER_KEYS = frozenset({"bufferSoftBytes", "bufferHardBytes", "bufferGraceSeconds", "tunnelBufferBytes",
-                         "ipv6PrefixLength"})
+# The E_BUFFER rule's keys (mproxy.buffers) and the IPv6 prefix: the same names, defaults and ranges in
+# `limits` of both schemas; each schema's limits class lists them with these declarations.
+GIB = 1024 * 1024 * 1024
 
 
-def read_buffer_limits(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The BUFFER_KEYS of a `limits` mapping, checked, as the limits dataclasses' keyword arguments."""
-    gib = 1024 * 1024 * 1024
-    soft = f.integer(obj, "bufferSoftBytes", "limits", 8 * 1024 * 1024, 65536, 16 * gib)
-    hard = f.integer(obj, "bufferHardBytes", "limits", 64 * 1024 * 1024, 65536, 16 * gib)
+def buffer_soft_bytes() -> int:
+    return s.integer(8 * 1024 * 1024, 65536, 16 * GIB)
+
+
+def buffer_hard_bytes() -> int:
+    return s.integer(64 * 1024 * 1024, 65536, 16 * GIB)
+
+
+def buffer_grace_seconds() -> float:
+    return s.number(2.0, 0.01, 600)
+
+
+def tunnel_buffer_bytes() -> int:
+    return s.integer(256 * 1024 * 1024, 65536, 64 * GIB)
+
+
+def ipv6_prefix_length() -> int:
+    return s.integer(64, 1, 128)
+
+
+def check_buffer_limits(soft: int, hard: int, tunnel: int) -> None:
+    """The rules between the buffer limits (the Tunnel CRD states them again as CEL)."""
     if hard < soft:
         raise ConfigError("limits.bufferHardBytes", f"must be at least bufferSoftBytes ({hard} < {soft})")
-    tunnel = f.integer(obj, "tunnelBufferBytes", "limits", 256 * 1024 * 1024, 65536, 64 * gib)
     if tunnel < soft:
         raise ConfigError("limits.tunnelBufferBytes", f"must be at least bufferSoftBytes ({tunnel} < {soft})")
-    return {
-        "buffer_soft_bytes": soft,
-        "buffer_hard_bytes": hard,
-        "buffer_grace_seconds": f.number(obj, "bufferGraceSeconds", "limits", 2.0, 0.01, 600),
-        "tunnel_buffer_bytes": tunnel,
-        "ipv6_prefix_length": f.integer(obj, "ipv6PrefixLength", "limits", 64, 1, 128),
-    }
+
+
+def heartbeat_interval(default: float) -> float:
+    return s.number(default, 0.01, 3600)
+
+
+def heartbeat_timeout(default: float) -> float:
+    return s.number(default, 0.02, 7200)
+
+
+def check_heartbeat(path: str, interval: float, timeout: float) -> None:
+    if timeout <= interval:
+        raise ConfigError(f.join(path, "timeoutSeconds"),
+                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")

@@ -10,20 +10,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from mproxy.config import common as c
 from mproxy.config import fields as f
-from mproxy.config.common import (
-    BUFFER_KEYS,
-    HttpConfig,
-    LoggingConfig,
-    read_buffer_limits,
-    read_http,
-    read_logging,
-)
+from mproxy.config import schema as s
+from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
 from mproxy.config.errors import ConfigError
 from mproxy.config.fields import split_listen
 
@@ -42,35 +37,33 @@ LISTENER_KINDS = ("tls", "http", "tcp", "udp")
 EDGE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 # The service name each listener kind puts in `connection` frames (what telebit sends).
 SERVICE_OF_KIND = {"tls": "https", "http": "http", "tcp": "tcp", "udp": "udp"}
-UDP_KEYS = {"idleTimeoutSeconds", "maxDatagramBytes", "maxClients", "datagramRate", "datagramBurst",
-            "tunnelDatagramRate"}
 MAX_UDP_PAYLOAD = 65507  # the largest IPv4 UDP payload
 
 
 @dataclass(frozen=True, slots=True)
-class UdpOptions:
+class UdpOptions(s.Section):
     """A `kind: udp` listener's settings (docs/edge.md); each client address:port is one stream."""
 
-    idle_timeout_seconds: float = 30.0  # a client silent both ways this long is ended with `end`
-    max_datagram_bytes: int = MAX_UDP_PAYLOAD  # larger datagrams are dropped and counted, never split
-    max_clients: int = 10000  # client streams at once on this listener; past it new clients are dropped
-    datagram_rate: float = 1000.0  # datagrams per second per client (token bucket), both directions
-    datagram_burst: int = 2000
-    tunnel_datagram_rate: float = 100000.0  # datagrams per second per tunnel on this listener
+    idle_timeout_seconds: float = s.number(30.0, 0.01, 86400)  # silent both ways this long: `end`
+    # Larger datagrams are dropped and counted, never split.
+    max_datagram_bytes: int = s.integer(MAX_UDP_PAYLOAD, 1, MAX_UDP_PAYLOAD)
+    max_clients: int = s.integer(10000, 1, 1_000_000)  # client streams at once; past it new ones dropped
+    datagram_rate: float = s.number(1000.0, 0.01, 10_000_000)  # per client (token bucket), both ways
+    datagram_burst: int = s.integer(2000, 1, 10_000_000)
+    tunnel_datagram_rate: float = s.number(100000.0, 0.01, 100_000_000)  # per tunnel on this listener
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"idleTimeoutSeconds": self.idle_timeout_seconds, "maxDatagramBytes": self.max_datagram_bytes,
-                "maxClients": self.max_clients, "datagramRate": self.datagram_rate,
-                "datagramBurst": self.datagram_burst, "tunnelDatagramRate": self.tunnel_datagram_rate}
+
+UDP_KEYS = s.keys(UdpOptions)
 
 
 @dataclass(frozen=True, slots=True)
-class ListenerConfig:
-    kind: str  # tls | http | tcp | udp
-    listen: str  # HOST:PORT
-    public_port: int | None = None  # the port clients see; serviceport in frames, and what tokens grant
-    proxy_protocol: bool = False  # expect a PROXY v1/v2 header from a trusted proxy
-    udp: UdpOptions | None = None  # kind udp only
+class ListenerConfig(s.Section):
+    kind: str = s.custom()  # tls | http | tcp | udp
+    listen: str = s.custom()  # HOST:PORT
+    # The port clients see; serviceport in frames, and what tokens grant.
+    public_port: int | None = s.custom(None, omit_default=True)
+    proxy_protocol: bool = s.custom(False)  # expect a PROXY v1/v2 header from a trusted proxy
+    udp: UdpOptions | None = s.custom(None, omit_default=True, of=UdpOptions, key="")  # kind udp only
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -81,21 +74,17 @@ class ListenerConfig:
         return SERVICE_OF_KIND[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "listen": self.listen}
-        if self.public_port is not None:
-            out["publicPort"] = self.public_port
-        out["proxyProtocol"] = self.proxy_protocol
-        if self.udp is not None:
-            out.update(self.udp.to_dict())
-        return out
+        out = s.to_dict(self)
+        udp: dict[str, Any] = out.pop("", {})  # a udp listener's options sit beside kind and listen
+        return out | udp
 
 
 @dataclass(frozen=True, slots=True)
-class TunnelEndpoint:
-    listen: str = "0.0.0.0:8443"
-    path: str = "/"
-    cert_file: str | None = None
-    key_file: str | None = None
+class TunnelEndpoint(s.Section):
+    listen: str = s.listen("0.0.0.0:8443")
+    path: str = s.string("/")
+    cert_file: str | None = s.opt_string(key="tls.certFile")
+    key_file: str | None = s.opt_string(key="tls.keyFile")
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -113,76 +102,56 @@ class TunnelEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeLimits:
-    streams_per_tunnel: int = 1000
-    connections_per_client: int = 100  # concurrent connections from one client address
-    connection_rate: float = 50.0  # new connections per second per client address (token bucket)
-    connection_burst: int = 100
-    sniff_timeout_seconds: float = 10.0  # time a client has to send its ClientHello / request line
-    idle_timeout_seconds: float = 900.0
-    stream_buffer_bytes: int = 1048576  # pause a client (or ask the tunnel to) past this much unsent data
-    max_frame_bytes: int = 1048576
-    max_tunnels: int = 10000  # WebSocket tunnels at once (authenticated or still within authTimeout)
+class EdgeLimits(s.Section):
+    max_tunnels: int = s.integer(10000, 1, 1_000_000)  # WebSocket tunnels at once (authenticated or not)
+    # Keyed with the sidecar's names (the old edge names are still read): streams per tunnel, and
+    # concurrent connections (each one stream) per client address.
+    streams_per_tunnel: int = s.integer(1000, 1, 1_000_000, key="maxStreamsPerTunnel", old="streamsPerTunnel")
+    connections_per_client: int = s.integer(100, 1, 1_000_000, key="maxStreamsPerClient",
+                                            old="connectionsPerClient")
+    connection_rate: float = s.number(50.0, 0.01, 1_000_000)  # new connections/s per client (token bucket)
+    connection_burst: int = s.integer(100, 1, 1_000_000)
+    sniff_timeout_seconds: float = s.number(10.0, 0.01, 600)  # to send the ClientHello / request line
+    idle_timeout_seconds: float = s.number(900.0, 0.01, 86400 * 7)
+    # Pause a client (or ask the tunnel to) past this much unsent data.
+    stream_buffer_bytes: int = s.integer(1048576, 1024, 64 * 1024 * 1024)
+    max_frame_bytes: int = s.integer(1048576, 1024, 100 * 1024 * 1024)
     # E_BUFFER (mproxy.buffers): bytes queued for one client past `bufferSoftBytes` once its pause is
     # `bufferGraceSeconds` old, past `bufferHardBytes` at once, or for all clients of one tunnel together.
-    buffer_soft_bytes: int = 8 * 1024 * 1024
-    buffer_hard_bytes: int = 64 * 1024 * 1024
-    buffer_grace_seconds: float = 2.0
-    tunnel_buffer_bytes: int = 256 * 1024 * 1024
-    pre_routing_connections: int = 2000  # accepted, not yet routed, over all listeners; oldest shed first
-    ipv6_prefix_length: int = 64  # per-address limits count IPv6 clients per prefix of this length
+    buffer_soft_bytes: int = c.buffer_soft_bytes()
+    buffer_hard_bytes: int = c.buffer_hard_bytes()
+    buffer_grace_seconds: float = c.buffer_grace_seconds()
+    tunnel_buffer_bytes: int = c.tunnel_buffer_bytes()
+    # Accepted, not yet routed, over all listeners; oldest shed first.
+    pre_routing_connections: int = s.integer(2000, 1, 1_000_000)
+    ipv6_prefix_length: int = c.ipv6_prefix_length()  # per-address limits count IPv6 clients per prefix
     # Connections the kernel queues per listening socket before the edge accepts them (capped by
     # net.core.somaxconn). asyncio's default of 100 overflowed when hundreds of clients connected at once.
-    listen_backlog: int = 4096
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "maxTunnels": self.max_tunnels,
-            "streamsPerTunnel": self.streams_per_tunnel,
-            "connectionsPerClient": self.connections_per_client,
-            "connectionRate": self.connection_rate,
-            "connectionBurst": self.connection_burst,
-            "sniffTimeoutSeconds": self.sniff_timeout_seconds,
-            "idleTimeoutSeconds": self.idle_timeout_seconds,
-            "streamBufferBytes": self.stream_buffer_bytes,
-            "maxFrameBytes": self.max_frame_bytes,
-            "bufferSoftBytes": self.buffer_soft_bytes,
-            "bufferHardBytes": self.buffer_hard_bytes,
-            "bufferGraceSeconds": self.buffer_grace_seconds,
-            "tunnelBufferBytes": self.tunnel_buffer_bytes,
-            "preRoutingConnections": self.pre_routing_connections,
-            "ipv6PrefixLength": self.ipv6_prefix_length,
-            "listenBacklog": self.listen_backlog,
-        }
+    listen_backlog: int = s.integer(4096, 1, 65535)
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeHeartbeat:
-    interval_seconds: float = 15.0
-    timeout_seconds: float = 45.0
-    auth_timeout_seconds: float = 10.0  # a tunnel must present a valid token within this
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "intervalSeconds": self.interval_seconds,
-            "timeoutSeconds": self.timeout_seconds,
-            "authTimeoutSeconds": self.auth_timeout_seconds,
-        }
+class EdgeHeartbeat(s.Section):
+    interval_seconds: float = c.heartbeat_interval(15.0)
+    timeout_seconds: float = c.heartbeat_timeout(45.0)
+    auth_timeout_seconds: float = s.number(10.0, 0.01, 600)  # a tunnel must present a valid token by then
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeConfig:
-    secret_file: str
-    listeners: tuple[ListenerConfig, ...] = ()
-    tunnel: TunnelEndpoint = field(default_factory=TunnelEndpoint)
-    trusted_proxies: tuple[str, ...] = ()
-    limits: EdgeLimits = field(default_factory=EdgeLimits)
-    heartbeat: EdgeHeartbeat = field(default_factory=EdgeHeartbeat)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    drain_seconds: float = 20.0
-    id: str | None = None  # this edge's identity announced to sidecars; None: $POD_NAME or hostname-pid
-    replicas: int = 1  # how many edges serve the same tunnels: sidecars dial until they hold this many
+class EdgeConfig(s.Section):
+    secret_file: str = s.custom(key="auth.secretFile")
+    listeners: tuple[ListenerConfig, ...] = s.custom((), of=ListenerConfig, many=True)
+    tunnel: TunnelEndpoint = s.custom(factory=TunnelEndpoint, of=TunnelEndpoint)
+    trusted_proxies: tuple[str, ...] = s.custom(())
+    limits: EdgeLimits = s.custom(factory=EdgeLimits, of=EdgeLimits)
+    heartbeat: EdgeHeartbeat = s.custom(factory=EdgeHeartbeat, of=EdgeHeartbeat)
+    http: HttpConfig = s.custom(factory=HttpConfig, of=HttpConfig)
+    logging: LoggingConfig = s.custom(factory=LoggingConfig, of=LoggingConfig)
+    drain_seconds: float = s.number(20.0, 0, 3600)
+    # This edge's identity announced to sidecars; None: $POD_NAME or hostname-pid.
+    id: str | None = s.custom(None)
+    # How many edges serve the same tunnels: sidecars dial until they hold this many.
+    replicas: int = s.integer(1, 1, 1000)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
@@ -210,8 +179,7 @@ class EdgeConfig:
 def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     """Validate YAML text (or an already parsed mapping) into an EdgeConfig; raises ConfigError."""
     root = f.root(source)
-    f.only_keys(root, "", {"auth", "listeners", "tunnel", "trustedProxies", "limits", "heartbeat", "http",
-                           "logging", "drainSeconds", "id", "replicas"})
+    f.only_keys(root, "", s.keys(EdgeConfig))
     if "auth" not in root:
         raise ConfigError("auth", "is required (auth.secretFile holds the shared token secret)")
     auth = f.mapping(root["auth"], "auth")
@@ -220,18 +188,21 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     tunnel = _tunnel(root)
     http = read_http(root)
     _no_port_clash(listeners, tunnel, http)
-    return EdgeConfig(
+    limits = s.read(EdgeLimits, f.mapping(root.get("limits"), "limits"), "limits")
+    c.check_buffer_limits(limits.buffer_soft_bytes, limits.buffer_hard_bytes, limits.tunnel_buffer_bytes)
+    heartbeat = s.read(EdgeHeartbeat, f.mapping(root.get("heartbeat"), "heartbeat"), "heartbeat")
+    c.check_heartbeat("heartbeat", heartbeat.interval_seconds, heartbeat.timeout_seconds)
+    return s.read(
+        EdgeConfig, root, "",
         secret_file=f.string(auth, "secretFile", "auth"),
         listeners=listeners,
         tunnel=tunnel,
         trusted_proxies=_trusted(root),
-        limits=_limits(root),
-        heartbeat=_heartbeat(root),
+        limits=limits,
+        heartbeat=heartbeat,
         http=http,
         logging=read_logging(root),
-        drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
         id=_edge_id(root),
-        replicas=f.integer(root, "replicas", "", 1, 1, 1000),
     )
 
 
@@ -248,7 +219,7 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
     for i, item in enumerate(f.seq(root, "listeners", "")):
         path = f"listeners[{i}]"
         obj = f.mapping(item, path)
-        f.only_keys(obj, path, {"kind", "listen", "publicPort", "proxyProtocol", *UDP_KEYS})
+        f.only_keys(obj, path, s.keys(ListenerConfig) | UDP_KEYS)
         if "kind" not in obj:
             raise ConfigError(f"{path}.kind", f"is required (one of {', '.join(LISTENER_KINDS)})")
         kind = f.choice(obj, "kind", path, "tls", LISTENER_KINDS)
@@ -266,7 +237,9 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
         if kind == "udp" and proxy_protocol:
             raise ConfigError(f"{path}.proxyProtocol", "is not supported on a udp listener (PROXY headers "
                               "come on TCP connections only)")
-        udp = _udp_options(obj, path) if kind == "udp" else None
+        udp = None
+        if kind == "udp":
+            udp = s.read(UdpOptions, {k: v for k, v in obj.items() if k in UDP_KEYS}, path)
         stray = sorted(UDP_KEYS & set(obj)) if kind != "udp" else []
         if stray:
             raise ConfigError(f"{path}.{stray[0]}", "applies to kind: udp listeners only")
@@ -280,31 +253,18 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
     return tuple(out)
 
 
-def _udp_options(obj: Mapping[str, Any], path: str) -> UdpOptions:
-    return UdpOptions(
-        idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", path, 30.0, 0.01, 86400),
-        max_datagram_bytes=f.integer(obj, "maxDatagramBytes", path, MAX_UDP_PAYLOAD, 1, MAX_UDP_PAYLOAD),
-        max_clients=f.integer(obj, "maxClients", path, 10000, 1, 1_000_000),
-        datagram_rate=f.number(obj, "datagramRate", path, 1000.0, 0.01, 10_000_000),
-        datagram_burst=f.integer(obj, "datagramBurst", path, 2000, 1, 10_000_000),
-        tunnel_datagram_rate=f.number(obj, "tunnelDatagramRate", path, 100000.0, 0.01, 100_000_000),
-    )
-
-
 def _tunnel(root: Mapping[str, Any]) -> TunnelEndpoint:
     obj = f.mapping(root.get("tunnel"), "tunnel")
-    f.only_keys(obj, "tunnel", {"listen", "path", "tls"})
-    listen = f.listen(obj, "listen", "tunnel", "0.0.0.0:8443")
-    path = f.string(obj, "path", "tunnel", "/")
-    if not path.startswith("/"):
-        raise ConfigError("tunnel.path", f"must start with / (got {path!r})")
     cert = key = None
     if obj.get("tls") is not None:
         tls = f.mapping(obj["tls"], "tunnel.tls")
         f.only_keys(tls, "tunnel.tls", {"certFile", "keyFile"})
         cert = f.string(tls, "certFile", "tunnel.tls")
         key = f.string(tls, "keyFile", "tunnel.tls")
-    return TunnelEndpoint(listen, path, cert, key)
+    tunnel = s.read(TunnelEndpoint, obj, "tunnel", cert_file=cert, key_file=key)
+    if not tunnel.path.startswith("/"):
+        raise ConfigError("tunnel.path", f"must start with / (got {tunnel.path!r})")
+    return tunnel
 
 
 def _trusted(root: Mapping[str, Any]) -> tuple[str, ...]:
@@ -316,36 +276,6 @@ def _trusted(root: Mapping[str, Any]) -> tuple[str, ...]:
             raise ConfigError(f"trustedProxies[{i}]",
                               f"must be an address or CIDR such as 10.0.0.0/8 (got {cidr!r})") from None
     return tuple(out)
-
-
-def _limits(root: Mapping[str, Any]) -> EdgeLimits:
-    obj = f.mapping(root.get("limits"), "limits")
-    f.only_keys(obj, "limits", {"maxTunnels", "streamsPerTunnel", "connectionsPerClient", "connectionRate",
-                                "connectionBurst", "sniffTimeoutSeconds", "idleTimeoutSeconds",
-                                "streamBufferBytes", "maxFrameBytes", "preRoutingConnections",
-                                "listenBacklog", *BUFFER_KEYS})
-    return EdgeLimits(
-        **read_buffer_limits(obj),
-        pre_routing_connections=f.integer(obj, "preRoutingConnections", "limits", 2000, 1, 1_000_000),
-        listen_backlog=f.integer(obj, "listenBacklog", "limits", 4096, 1, 65535),
-        streams_per_tunnel=f.integer(obj, "streamsPerTunnel", "limits", 1000, 1, 1_000_000),
-        connections_per_client=f.integer(obj, "connectionsPerClient", "limits", 100, 1, 1_000_000),
-        connection_rate=f.number(obj, "connectionRate", "limits", 50.0, 0.01, 1_000_000),
-        connection_burst=f.integer(obj, "connectionBurst", "limits", 100, 1, 1_000_000),
-        sniff_timeout_seconds=f.number(obj, "sniffTimeoutSeconds", "limits", 10.0, 0.01, 600),
-        idle_timeout_seconds=f.number(obj, "idleTimeoutSeconds", "limits", 900.0, 0.01, 86400 * 7),
-        stream_buffer_bytes=f.integer(obj, "streamBufferBytes", "limits", 1048576, 1024, 64 * 1024 * 1024),
-        max_frame_bytes=f.integer(obj, "maxFrameBytes", "limits", 1048576, 1024, 100 * 1024 * 1024),
-        max_tunnels=f.integer(obj, "maxTunnels", "limits", 10000, 1, 1_000_000),
-    )
-
-
-def _heartbeat(root: Mapping[str, Any]) -> EdgeHeartbeat:
-    obj = f.mapping(root.get("heartbeat"), "heartbeat")
-    f.only_keys(obj, "heartbeat", {"intervalSeconds", "timeoutSeconds", "authTimeoutSeconds"})
-    interval, timeout = f.heartbeat(obj, "heartbeat", 15.0, 45.0)
-    auth = f.number(obj, "authTimeoutSeconds", "heartbeat", 10.0, 0.01, 600)
-    return EdgeHeartbeat(interval, timeout, auth)
 
 
 def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig) -> None:

@@ -99,16 +99,6 @@ def number(obj: Mapping[str, Any], key: str, path: str, default: float, lo: floa
     return float(value)
 
 
-def heartbeat(obj: Mapping[str, Any], path: str, interval: float, timeout: float) -> tuple[float, float]:
-    """intervalSeconds and timeoutSeconds, the timeout strictly longer than the interval."""
-    interval = number(obj, "intervalSeconds", path, interval, 0.01, 3600)
-    timeout = number(obj, "timeoutSeconds", path, timeout, 0.02, 7200)
-    if timeout <= interval:
-        raise ConfigError(join(path, "timeoutSeconds"),
-                          f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
-    return interval, timeout
-
-
 def choice(obj: Mapping[str, Any], key: str, path: str, default: str, options: tuple[str, ...]) -> str:
     value = obj.get(key, default)
     if value is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from mproxy.ca import CertificateAuthority
 from mproxy.config.edge import load_edge_config
 from mproxy.config.sidecar import load_sidecar_config
 from mproxy.demo.backends import DemoBackends
@@ -30,7 +31,6 @@ from mproxy.edge.auth import mint
 from mproxy.edge.relay import EdgeRelay
 from mproxy.metrics.edge import PROTOCOLS
 from mproxy.sidecar.app import Sidecar
-from mproxy.tls import CertificateAuthority
 
 DOMAIN = "demo.localhost"  # *.localhost resolves to loopback in browsers and recent curl
 HTTPS_NAME = f"secure.{DOMAIN}"

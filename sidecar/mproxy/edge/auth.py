@@ -64,9 +64,6 @@ class Grant:
     def union(self, other: Grant) -> Grant:
         return Grant(self.domains | other.domains, self.ports | other.ports)
 
-    def minus(self, other: Grant) -> Grant:
-        return Grant(self.domains - other.domains, self.ports - other.ports)
-
     @property
     def empty(self) -> bool:
         return not self.domains and not self.ports

@@ -215,7 +215,7 @@ class EdgeRelay:
         tunnel = self.config.tunnel
         if tunnel.cert_file is None or tunnel.key_file is None:
             return None
-        from mproxy.tls import server_context
+        from mproxy.ca import server_context
 
         return server_context(tunnel.cert_file, tunnel.key_file)
 

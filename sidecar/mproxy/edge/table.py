@@ -59,10 +59,6 @@ class RoutingTable(Generic[T]):
             if not tunnels:
                 del self._keys[key]
 
-    def grant_of(self, tunnel: T) -> Grant | None:
-        entry = self._grants.get(id(tunnel))
-        return entry[1] if entry else None
-
     @staticmethod
     def _suffixes(name: str) -> Iterator[str]:
         while name:

@@ -37,7 +37,6 @@ class ClientGuard:
         self.max_clients = max_clients
         self._on_evict = on_evict
         self._slots: OrderedDict[str, ClientSlot] = OrderedDict()
-        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -57,7 +56,6 @@ class ClientGuard:
         while len(slots) >= self.max_clients:
             _, old = slots.popitem(last=False)
             old.alive = False
-            self.evictions += 1
             self._on_evict(old)
         slot = ClientSlot(client)
         slots[client] = slot

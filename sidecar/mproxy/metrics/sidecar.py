@@ -72,7 +72,6 @@ class SidecarMetrics:
         self.tier = tier
         r = self.registry
         base: tuple[str, ...] = {"off": (), "route": ("route",), "client": ("route", "client")}[tier]
-        self._base = base
         hist_labels: tuple[str, ...] = () if tier == "off" else ("route",)
         self.streams_opened = Counter(P + "streams_opened", "Client streams opened (routed to a backend).",
                                       base, registry=r)

@@ -24,7 +24,7 @@ DROP_REASONS = (
     "no_tunnel",  # a new client and no tunnel for its port
     "tunnel_full",  # a new client and every tunnel at its stream limit
     "too_many_clients",  # the listener's maxClients, or the per-address table is full
-    "client_limit",  # connectionsPerClient / connectionRate for a new client address
+    "client_limit",  # maxStreamsPerClient / connectionRate for a new client address
     "client_id_in_use",  # the client's address:port already names a stream in every tunnel
     "draining",  # a new client while the edge shuts down
     "closed",  # the client's stream is ending

@@ -75,11 +75,6 @@ class TunnelClose:
         return f"{self.reason}: {self.detail}"
 
 
-class _Done(Exception):
-    def __init__(self, close: TunnelClose) -> None:
-        self.close = close
-
-
 async def run_tunnel(
     ws: WebSocketLike,
     mux: Multiplexer,

@@ -282,8 +282,8 @@ tunnel:
   listen: "127.0.0.1:{control}"
   path: /{tunnel_tls}
 limits:
-  streamsPerTunnel: 1000000
-  connectionsPerClient: 1000000
+  maxStreamsPerTunnel: 1000000
+  maxStreamsPerClient: 1000000
   connectionRate: 1000000
   connectionBurst: 1000000
 http:
@@ -331,7 +331,7 @@ class Mproxy(TunnelSystem):
         token_file.chmod(0o600)
         tunnel_tls = ca_file = ""
         if self.tls:
-            from mproxy.tls import CertificateAuthority  # the bench runs on the repo's venv
+            from mproxy.ca import CertificateAuthority  # the bench runs on the repo's venv
 
             ca = CertificateAuthority.create("mproxy bench CA")
             ca_path = ca.write_cert(self.logdir / "ca.crt")

@@ -21,11 +21,11 @@ from aiohttp import web
 from tests.conftest import serve_app
 
 from mproxy.aiohttp_compat import transport_of
+from mproxy.ca import CertificateAuthority
 from mproxy.config.edge import load_edge_config
 from mproxy.demo.backends import echo
 from mproxy.edge.auth import mint
 from mproxy.edge.relay import EdgeRelay
-from mproxy.tls import CertificateAuthority
 from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamHandler
 from mproxy.tunnel.ws import Heartbeat, run_tunnel
 

@@ -71,7 +71,7 @@ async def test_connection_rate_per_client_address(parts) -> None:  # type: ignor
 
 
 async def test_concurrent_connections_per_client_and_streams_per_tunnel(parts) -> None:  # type: ignore[no-untyped-def]
-    relay = await parts.edge(limits={"connectionsPerClient": 2, "streamsPerTunnel": 1})
+    relay = await parts.edge(limits={"maxStreamsPerClient": 2, "maxStreamsPerTunnel": 1})
     back = await parts.backends(["app.test"])
     dev = parts.device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
     held = []
@@ -161,7 +161,7 @@ async def test_a_trickling_client_gets_one_deadline_not_one_per_byte(parts) -> N
 
 
 async def test_admission_is_held_while_relayed_and_freed_after(parts) -> None:  # type: ignore[no-untyped-def]
-    relay = await parts.edge(limits={"connectionsPerClient": 1})
+    relay = await parts.edge(limits={"maxStreamsPerClient": 1})
     back = await parts.backends(["app.test"])
     dev = parts.device(tunnel_url(relay), token(["app.test"]), names={"app.test": back.http_port})
     await dev.start()

@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from mproxy.tls import CertificateAuthority
+from mproxy.ca import CertificateAuthority
 
 from .harness import ports, status, tls_request, token
 

@@ -23,7 +23,7 @@ from mproxy.edge.auth import mint
 from .peers import dial
 from .procs import CLOSE_WAIT, SECRET, EdgeProc, start_edge, tcp_states
 
-LIMIT = 2  # connectionsPerClient: the two clients below take every slot of 127.0.0.1
+LIMIT = 2  # maxStreamsPerClient: the two clients below take every slot of 127.0.0.1
 TCP_PORT = 7022
 
 
@@ -73,7 +73,7 @@ async def read_all(reader: asyncio.StreamReader, timeout: float) -> bytes:
 
 
 async def test_an_unpackable_reply_costs_no_socket_and_no_admission_slot(tmp_path: Path, stack: Any) -> None:
-    edge = await start_edge(tmp_path, limits={"connectionsPerClient": LIMIT})
+    edge = await start_edge(tmp_path, limits={"maxStreamsPerClient": LIMIT})
     stack.push_async_callback(edge.stop)
     token = mint(SECRET, domains=["app.test"], ports=[TCP_PORT])
     session, ws = await dial(f"ws://127.0.0.1:{edge.tunnel_port}/?access_token={token}")

@@ -1,6 +1,6 @@
 """Issue 10 item 8, on real `mproxy edge` and `mproxy sidecar` processes: per-address limits count IPv6
 clients per /64 (one host usually holds a whole /64: counting each address let it open
-connectionsPerClient, or a tunnel's maxStreamsPerClient, from each)."""
+maxStreamsPerClient, or a tunnel's maxStreamsPerClient, from each)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ async def _hold(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.S
 
 async def test_ipv6_clients_share_a_limit_per_64(tmp_path, stack) -> None:  # type: ignore[no-untyped-def]
     edge = await start_edge(tmp_path, listeners=LISTENERS, trustedProxies=["127.0.0.0/8"],
-                            limits={"connectionsPerClient": 2})
+                            limits={"maxStreamsPerClient": 2})
     stack.push_async_callback(edge.stop)
     port = edge.listener("http")
     held = [await _hold(port, f"2001:db8:7:1::{i + 1:x}") for i in range(2)]  # silent: admitted, waiting

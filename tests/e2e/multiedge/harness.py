@@ -217,7 +217,7 @@ class Cluster:
             "tunnel": tunnel,
             "http": {"listen": f"{host}:{http_port}"},
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3, "authTimeoutSeconds": 2},
-            "limits": {"connectionRate": 100000, "connectionBurst": 100000, "connectionsPerClient": 10000},
+            "limits": {"connectionRate": 100000, "connectionBurst": 100000, "maxStreamsPerClient": 10000},
             "logging": {"format": "text", "level": "warning"},
             "drainSeconds": 1,
         }

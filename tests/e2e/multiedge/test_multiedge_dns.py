@@ -97,7 +97,7 @@ async def test_sidecars_follow_a_scale_up_and_down(cluster: Cluster) -> None:
 async def test_wss_by_hostname_checks_the_certificate_against_the_hostname(cluster: Cluster) -> None:
     """Each dial goes to one address, but TLS still sends SNI and verifies the certificate for the URL's
     hostname: a certificate for edges.test passes, one for another name is refused."""
-    from mproxy.tls import CertificateAuthority
+    from mproxy.ca import CertificateAuthority
 
     await cluster.echo()
     dns = await cluster.dns(list(EDGE_HOSTS[:2]))

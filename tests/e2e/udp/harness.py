@@ -19,8 +19,8 @@ from mproxy.sidecar.app import Sidecar
 
 SECRET = b"e2e-udp-secret-0123456789"
 PUBLIC_PORT = 5353
-LIMITS = {"connectionsPerClient": 5000, "connectionRate": 100000, "connectionBurst": 100000,
-          "streamsPerTunnel": 5000}
+LIMITS = {"maxStreamsPerClient": 5000, "connectionRate": 100000, "connectionBurst": 100000,
+          "maxStreamsPerTunnel": 5000}
 
 
 class Echo(asyncio.DatagramProtocol):

@@ -25,10 +25,10 @@ import pytest
 from tests.conftest import LOOPS, loop_policy
 from tests.e2e.edge.harness import TCP_PUBLIC_PORT, start_edge, stop_proc, token
 
+from mproxy.ca import CertificateAuthority
 from mproxy.config.sidecar import load_sidecar_config
 from mproxy.edge.relay import EdgeRelay
 from mproxy.sidecar.app import Sidecar
-from mproxy.tls import CertificateAuthority
 
 HERE = Path(__file__).resolve().parent
 NODE = HERE.parents[1] / "interop" / "node"

@@ -32,7 +32,7 @@ def test_shapes() -> None:
     assert parse_control([-1, None]).ok
     assert parse_control([-7, {}]) == Reply(7, {})
     assert not parse_control([-7, {}]).ok
-    assert parse_control([-3, None, {"jwt": "x"}]) == Reply(3, None, {"jwt": "x"}, True)
+    assert parse_control([-3, None, {"jwt": "x"}]) == Reply(3, None, {"jwt": "x"})
     assert parse_control([0, "[Error] out-of-band"]) == Notice("[Error] out-of-band")
     assert parse_control([3.0, "x"]) == Request(3, "x", ())
 

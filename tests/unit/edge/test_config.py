@@ -18,7 +18,7 @@ tunnel:
   path: /tunnel
   tls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key}
 trustedProxies: [10.0.0.0/8, "::1"]
-limits: {streamsPerTunnel: 50, connectionsPerClient: 10, connectionRate: 5, connectionBurst: 10}
+limits: {maxStreamsPerTunnel: 50, maxStreamsPerClient: 10, connectionRate: 5, connectionBurst: 10}
 heartbeat: {intervalSeconds: 5, timeoutSeconds: 15}
 http: {listen: "127.0.0.1:9090"}
 logging: {format: text, level: debug}
@@ -62,7 +62,7 @@ def test_minimal_config_has_defaults() -> None:
         ("auth: {secretFile: s}\nhttp: {listen: 'host:port'}", "http.listen"),
         ("auth: {secretFile: s}\ntunnel: {tls: {certFile: a}}", "tunnel.tls.keyFile"),
         ("auth: {secretFile: s}\ntrustedProxies: [10.0.0.0/33]", "trustedProxies[0]"),
-        ("auth: {secretFile: s}\nlimits: {streamsPerTunnel: 0}", "limits.streamsPerTunnel"),
+        ("auth: {secretFile: s}\nlimits: {maxStreamsPerTunnel: 0}", "limits.maxStreamsPerTunnel"),
         ("auth: {secretFile: s}\nlimits: {bufferSoftBytes: 9000000, bufferHardBytes: 8000000}",
          "limits.bufferHardBytes"),
         ("auth: {secretFile: s}\nlimits: {tunnelBufferBytes: 1000000}", "limits.tunnelBufferBytes"),

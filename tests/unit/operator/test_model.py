@@ -17,7 +17,7 @@ def test_defaults_are_those_of_the_crd() -> None:
     assert spec.edge.token_in == "header"
     assert (spec.edge.token.name, spec.edge.token.key) == ("edge-token", "token")
     assert spec.edge.ca is None
-    assert spec.metrics_port == 9090 and spec.metrics_labels == "client" and spec.metrics_max_clients == 200
+    assert spec.metrics_port == 9090 and spec.metrics.labels == "client" and spec.metrics.max_clients == 200
     assert spec.gateway_replicas == 2
     web, ssh = spec.routes
     assert (web.service, web.port, web.proxy_protocol, web.connect_timeout_seconds) == (
@@ -89,7 +89,7 @@ def test_gateway_mode_needs_no_selector() -> None:
 
 
 def test_not_a_mapping() -> None:
-    with pytest.raises(SpecError, match="spec: must be an object"):
+    with pytest.raises(SpecError, match="spec: must be a mapping"):
         parse_spec(["x"])  # type: ignore[arg-type]
 
 

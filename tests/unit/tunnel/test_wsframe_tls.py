@@ -21,8 +21,8 @@ from aiohttp import web
 from tests.conftest import serve_app
 
 from mproxy.aiohttp_compat import transport_of
+from mproxy.ca import CertificateAuthority
 from mproxy.codec import Address
-from mproxy.tls import CertificateAuthority
 from mproxy.tunnel import Heartbeat, Multiplexer, Stream, StreamHandler, run_tunnel
 
 SIZE = 24 << 20

@@ -1,4 +1,5 @@
-"""Certificates for TLS: a small CA and leaf certificates (demo, tests, webhook).
+"""A small certificate authority and its leaf certificates (demo, tests, the webhook), and loading a
+server certificate into a TLS context.
 
     ca = CertificateAuthority.create("mproxy demo CA")
     leaf = ca.issue(["app.example.test", "127.0.0.1"])

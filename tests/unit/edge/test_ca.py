@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from mproxy.tls import CertificateAuthority, server_context
+from mproxy.ca import CertificateAuthority, server_context
 
 
 async def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, name: str) -> bytes:
