@@ -35,13 +35,23 @@ from mproxy.metrics.udp import UdpMetrics
 from mproxy.tunnel.datagram import SERVICE, DatagramStream
 from mproxy.tunnel.mux import Multiplexer, Stream, StreamHandler
 
-__all__ = ["TokenBucket", "UdpListener"]
+__all__ = ["TokenBucket", "UdpListener", "udp_clients"]
 
 log = logging.getLogger("mproxy.edge")
 
 DRAIN_IDLE = 1.0  # seconds of silence that end a client once the edge drains
 SEND_BUFFER_MAX = 1 << 20  # bytes asyncio may hold for clients when the socket is full; past it, drop
 _LIMITER_REASONS = {"too_many_clients": "too_many_clients"}  # anything else is client_limit
+
+
+def udp_clients(mux: Multiplexer) -> dict[str, int]:
+    """A tunnel's UDP client streams by public port (for /status; streams still ending count too)."""
+    out: dict[str, int] = {}
+    for stream in mux.streams.values():
+        if isinstance(stream, DatagramStream):
+            key = str(stream.serviceport)
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 class TokenBucket:
