@@ -1,4 +1,5 @@
-"""The udp scenario's report (docs/benchmarks/udp.md): its table and when it is written. No benchmark runs."""
+"""The udp scenario's report (docs/benchmarks/udp.md): its table and when it is written; the load generator's
+cache name (it gained the dns subcommand). No benchmark runs."""
 
 from __future__ import annotations
 
@@ -49,3 +50,15 @@ def test_written_only_when_the_udp_scenario_ran() -> None:
 def test_udp_is_a_scenario_of_the_full_suite_and_can_run_alone() -> None:
     assert "udp" in parse_args([], env={"HOME": "/h"}).scenarios
     assert parse_args(["--scenarios", "udp"], env={"HOME": "/h"}).scenarios == ("udp",)
+
+
+def test_the_load_generators_binary_is_named_by_its_sources(tmp_path: Path) -> None:
+    from mbench.build import loadgen_digest
+
+    (tmp_path / "main.go").write_text("package main\n")
+    first = loadgen_digest(tmp_path)
+    (tmp_path / "udp.go").write_text("package main\n")  # a checkout with one more file
+    second = loadgen_digest(tmp_path)
+    (tmp_path / "udp.go").write_text("package main // changed\n")
+    assert len({first, second, loadgen_digest(tmp_path)}) == 3
+    assert loadgen_digest(tmp_path) == loadgen_digest(tmp_path)
