@@ -17,7 +17,6 @@ import secrets
 import shutil
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -270,8 +269,9 @@ def measure_round(ctx: Context, plan: Plan, systems: Sequence[str], errors: dict
             except BenchError as exc:
                 errors.setdefault(f"{name}/udp", str(exc))
                 log(f"  {name}: udp failed: {exc}")
-            except (KeyError, ValueError, subprocess.SubprocessError) as exc:  # a harness bug
+            except Exception as exc:  # a harness bug must not lose the other systems' results
                 errors.setdefault(f"{name}/udp", f"harness error: {type(exc).__name__}: {exc}")
+                log(f"  {name}: udp: harness error: {exc!r}")
             finally:
                 system.stop()
     finally:
