@@ -1,11 +1,13 @@
-"""The sidecar's bound on a UDP client's queue, end to end: a tunnel that stops draining drops, never buffers.
+"""The bound on a UDP client's queue in the tunnel, end to end: a tunnel that stops draining drops, never
+buffers.
 
-In one process the backend's replies and the tunnel writer share a loop, so the queue never fills; here
-`mproxy edge` and `mproxy sidecar` are their own processes and the edge is frozen (SIGSTOP): the tunnel's
-TCP connection stops draining, the sidecar's WebSocket writer stops, and a backend that keeps answering
-fills the client's queue (256 datagrams / 256 KiB). Past it every reply is dropped and counted
-(mproxy_sidecar_udp_dropped_total{reason="queue_full"}), the sidecar's memory stays flat however much more
-arrives, and once the edge runs again (SIGCONT) the same tunnel and client stream carry traffic both ways.
+In one process the datagram source and the tunnel writer share a loop, so the queue never fills; here
+`mproxy edge` and `mproxy sidecar` are their own processes and one of them is frozen (SIGSTOP): the
+tunnel's TCP connection stops draining, the other's WebSocket writer stops, and datagrams that keep coming
+(a backend flooding replies when the edge is frozen, a client flooding queries when the sidecar is) fill
+that client's queue (256 datagrams / 256 KiB). Past it every datagram is dropped and counted
+(mproxy_<role>_udp_dropped_total{reason="queue_full"}), that role's memory stays flat however much more
+arrives, and once the frozen one runs again (SIGCONT) the same tunnel carries traffic both ways.
 """
 
 from __future__ import annotations
@@ -41,36 +43,18 @@ TOTAL_KIB = 24 << 10  # and this much over the whole test (the tunnel's buffers,
 HEARTBEAT = {"intervalSeconds": 10, "timeoutSeconds": 60}
 
 
-class Amplifier:
-    """A UDP backend in a thread: answers b"ping N" with b"pong N"; while `flooding`, sends SIZE-byte
-    datagrams to the last peer as fast as BURST allows (the sidecar's socket is connected to this one,
-    so the flood must come from it)."""
+class Flood:
+    """While `flooding`, a thread sends SIZE-byte datagrams from `sock` to `self.peer` (once known) as fast
+    as BURST allows."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.peer: Any = None
+    def __init__(self, sock: socket.socket, peer: Any = None) -> None:
+        self.sock = sock
+        self.peer = peer
         self.flooding = threading.Event()
         self.closed = threading.Event()
         self.sent = 0
-        self.threads = [threading.Thread(target=self._serve, daemon=True),
-                        threading.Thread(target=self._flood, daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self.closed.is_set():
-            try:
-                data, peer = self.sock.recvfrom(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.peer = peer
-            if data.startswith(b"ping"):
-                self.sock.sendto(b"pong" + data[4:], peer)
+        self.threads = [threading.Thread(target=self._flood, daemon=True)]
+        self.threads[0].start()
 
     def _flood(self) -> None:
         payload = b"F" * SIZE
@@ -89,6 +73,32 @@ class Amplifier:
         for t in self.threads:
             t.join(5)
         self.sock.close()
+
+
+class Amplifier(Flood):
+    """A UDP backend in a thread: answers b"ping N" with b"pong N"; its flood goes to the last peer (the
+    sidecar's socket is connected to this one, so the flood must come from it)."""
+
+    def __init__(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port: int = sock.getsockname()[1]
+        super().__init__(sock)
+        self.threads.append(threading.Thread(target=self._serve, daemon=True))
+        self.threads[-1].start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.closed.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.peer = peer
+            if data.startswith(b"ping"):
+                self.sock.sendto(b"pong" + data[4:], peer)
 
 
 class Client(asyncio.DatagramProtocol):
@@ -119,18 +129,23 @@ def _env_loop(policy: asyncio.AbstractEventLoopPolicy) -> str:
     return "asyncio" if type(policy) is asyncio.DefaultEventLoopPolicy else "uvloop"
 
 
-async def sidecar_drops(http: int, reason: str) -> float:
+async def drops(role: str, http: int, reason: str) -> float:
+    name = f"mproxy_{role}_udp_dropped_total"
     text = await get_text(http, "/metrics")
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "mproxy_sidecar_udp_dropped_total" and s.labels.get("reason") == reason:
+            if s.name == name and s.labels.get("reason") == reason:
                 return float(s.value)
-    raise AssertionError("no mproxy_sidecar_udp_dropped_total series on the sidecar's /metrics")
+    raise AssertionError(f"no {name} series on the {role}'s /metrics")
 
 
-async def test_a_frozen_tunnel_fills_the_sidecars_queue_which_drops_not_buffers(
+# The edge frozen: the backend floods replies and the sidecar's queue fills. The sidecar frozen: a client
+# floods the edge and the edge's queue fills (no per-client rate limit to speak of, so the queue is what
+# must hold).
+@pytest.mark.parametrize("frozen", ["edge", "sidecar"])
+async def test_a_frozen_peer_fills_the_udp_queue_which_drops_not_buffers(
         tmp_path: Path, event_loop_policy: asyncio.AbstractEventLoopPolicy,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, frozen: str) -> None:
     monkeypatch.setenv("MPROXY_EVENT_LOOP", _env_loop(event_loop_policy))
     backend = Amplifier()
     (tmp_path / "secret").write_bytes(SECRET)
@@ -138,7 +153,8 @@ async def test_a_frozen_tunnel_fills_the_sidecars_queue_which_drops_not_buffers(
     udp_port, tunnel_port, edge_http, sidecar_http = free_udp_port(), free_port(), free_port(), free_port()
     (tmp_path / "edge.yaml").write_text(yaml.safe_dump({
         "auth": {"secretFile": str(tmp_path / "secret")},
-        "listeners": [{"kind": "udp", "listen": f"127.0.0.1:{udp_port}", "publicPort": PUBLIC_PORT}],
+        "listeners": [{"kind": "udp", "listen": f"127.0.0.1:{udp_port}", "publicPort": PUBLIC_PORT,
+                       "datagramRate": 1_000_000, "datagramBurst": 1_000_000}],
         "tunnel": {"listen": f"127.0.0.1:{tunnel_port}", "path": "/tunnel"},
         "http": {"listen": f"127.0.0.1:{edge_http}"}, "heartbeat": HEARTBEAT,
         "logging": {"format": "text", "level": "info"}, "drainSeconds": 1}))
@@ -153,6 +169,7 @@ async def test_a_frozen_tunnel_fills_the_sidecars_queue_which_drops_not_buffers(
     sidecar = Proc("sidecar", [sys.executable, "-m", "mproxy", "sidecar", "--config",
                                str(tmp_path / "sidecar.yaml"), "--no-reload"], tmp_path / "sidecar.log", "")
     transport: asyncio.DatagramTransport | None = None
+    flood: Flood = backend
     try:
         await edge.start()
         with sidecar.log.open("ab") as err:
@@ -171,42 +188,49 @@ async def test_a_frozen_tunnel_fills_the_sidecars_queue_which_drops_not_buffers(
         loop = asyncio.get_running_loop()
         transport, c = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", udp_port))
         assert await c.ask(0) == b"pong 0"
-        rss_start = rss_kib(sidecar.pid)
+        stopped, dropping = (edge, sidecar) if frozen == "edge" else (sidecar, edge)
+        role, http = ("sidecar", sidecar_http) if frozen == "edge" else ("edge", edge_http)
+        if frozen == "sidecar":  # a second client, which floods the edge
+            flood = Flood(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("127.0.0.1", udp_port))
+        rss_start = rss_kib(dropping.pid)
 
-        edge.signal(signal.SIGSTOP)
-        backend.flooding.set()
+        stopped.signal(signal.SIGSTOP)
+        flood.flooding.set()
 
         def progress() -> str:
-            return (f"flood {backend.sent} x {SIZE} B, sidecar RSS {rss_kib(sidecar.pid)} KiB; "
-                    f"{sidecar.tail(5)}")
+            return (f"flood {flood.sent} x {SIZE} B, {role} RSS {rss_kib(dropping.pid)} KiB; "
+                    f"{dropping.tail(5)}")
 
-        took = await eventually(lambda: _at_least(sidecar_http, FULL), 20, progress)
-        assert sidecar.alive, sidecar.tail()
-        dropped, rss_full = await sidecar_drops(sidecar_http, "queue_full"), rss_kib(sidecar.pid)
-        await eventually(lambda: _at_least(sidecar_http, dropped + MORE // SIZE), 30, progress)
-        rss_more = rss_kib(sidecar.pid)
-        backend.flooding.clear()
-        assert await sidecar_drops(sidecar_http, "closed") == 0  # the stream stayed open all along
-        print(f"queue full {took:.2f} s into the freeze; flood {backend.sent} x {SIZE} B; sidecar RSS "
+        async def at_least(n: float) -> bool:
+            return await drops(role, http, "queue_full") >= n
+
+        took = await eventually(lambda: at_least(FULL), 20, progress)
+        assert dropping.alive, dropping.tail()
+        dropped, rss_full = await drops(role, http, "queue_full"), rss_kib(dropping.pid)
+        await eventually(lambda: at_least(dropped + MORE // SIZE), 30, progress)
+        rss_more = rss_kib(dropping.pid)
+        flood.flooding.clear()
+        assert await drops(role, http, "closed") == 0  # the stream stayed open all along
+        print(f"{frozen} frozen: queue full {took:.2f} s in; flood {flood.sent} x {SIZE} B; {role} RSS "
               f"{rss_start} KiB -> {rss_full} KiB at the bound -> {rss_more} KiB after {MORE >> 20} MiB "
               "more was dropped")
         assert rss_more - rss_full < FLAT_KIB, "memory grew with datagrams that were to be dropped"
         assert rss_more - rss_start < TOTAL_KIB
 
-        edge.signal(signal.SIGCONT)
-        assert await c.ask(1, timeout=15) == b"pong 1"  # behind the backlog the queue held; the same stream
-        assert c.flood > 0  # the datagrams queued before the bound went out once the tunnel drained
+        stopped.signal(signal.SIGCONT)
+        assert await c.ask(1, timeout=15) == b"pong 1"  # behind the backlog the queue held
+        if frozen == "edge":
+            assert c.flood > 0  # the replies queued before the bound went out once the tunnel drained
         assert [t["id"] for t in (await get_json(edge_http))["tunnels"]] == tunnel_ids  # no reconnect
-        assert await sidecar_drops(sidecar_http, "closed") == 0
+        assert await drops(role, http, "closed") == 0
     finally:
-        with contextlib.suppress(ProcessLookupError, AssertionError):
-            edge.signal(signal.SIGCONT)
+        for proc in (edge, sidecar):
+            with contextlib.suppress(ProcessLookupError, AssertionError):
+                proc.signal(signal.SIGCONT)
         if transport is not None:
             transport.close()
+        if flood is not backend:
+            flood.close()
         backend.close()
         await sidecar.stop()
         await edge.stop()
-
-
-async def _at_least(http: int, n: float) -> bool:
-    return await sidecar_drops(http, "queue_full") >= n
