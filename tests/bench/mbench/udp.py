@@ -5,8 +5,8 @@ is the client, one connected socket, so every tunnel carries it as one UDP clien
 - latency: one query at a time for plan.duration s: round-trip p50/p99;
 - at each of RATES queries/s, for plan.duration s on a fixed schedule: answers/s and loss.
 Each system here is its own UDP-only instance (frp's `type = "udp"` proxy, rathole's `type = "udp"`
-service, mproxy's `kind: udp` listener and `udp` route), started for this scenario and stopped after it,
-so the TCP systems' configurations and figures are untouched.
+service, mproxy's `kind: udp` listener and `udp` route, over ws and wss), started for this scenario and
+stopped after it, so the TCP systems' configurations and figures are untouched.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mbench.scenarios import Metrics, Plan, loadgen
 from mbench.systems import Context, System, _secret_and_token
 
 RATES = (1000, 10000)  # queries per second of the fixed-rate windows
-NAMES = ("direct", "mproxy", "frp", "rathole")  # the systems with a UDP variant, in report order
+NAMES = ("direct", "mproxy", "mproxy-wss", "frp", "rathole")  # with a UDP variant, in report order
 QUERY = (struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\x01h\x05bench\x04test\x00"
          + struct.pack("!HH", 1, 1))  # id 1, RD; A IN h.bench.test
 
@@ -165,7 +165,7 @@ listeners:
     datagramBurst: 1000000
 tunnel:
   listen: "127.0.0.1:{control}"
-  path: /
+  path: /{tunnel_tls}
 http:
   listen: "127.0.0.1:{http}"
 logging:
@@ -176,8 +176,8 @@ drainSeconds: 1
 
 SIDECAR_YAML = """\
 edge:
-  urls: ["ws://127.0.0.1:{control}/"]
-  tokenFile: {token_file}
+  urls: ["{scheme}://{host}:{control}/"]
+  tokenFile: {token_file}{ca_file}
 routes:
   - name: dns
     match:
@@ -198,6 +198,7 @@ drainSeconds: 1
 class UdpMproxy(UdpTunnel):
     name, label = "mproxy", "mproxy"
     describe = "mproxy edge (`kind: udp` listener) + mproxy sidecar (`udp` route), one tunnel over ws"
+    tls = False
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
@@ -205,13 +206,23 @@ class UdpMproxy(UdpTunnel):
         token_file = self.logdir / "token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
+        tunnel_tls = ca_file = ""
+        if self.tls:
+            from mproxy.tls import CertificateAuthority  # the bench runs on the repo's venv
+
+            ca = CertificateAuthority.create("mproxy bench CA")
+            ca_path = ca.write_cert(self.logdir / "ca.crt")
+            cert, key = ca.issue(["localhost"]).write(self.logdir, "tunnel")
+            tunnel_tls = f"\n  tls:\n    certFile: {cert}\n    keyFile: {key}"
+            ca_file = f"\n  caFile: {ca_path}"
         self.edge_conf = self.logdir / "edge.yaml"
         self.edge_conf.write_text(EDGE_YAML.format(secret=secret, entry=self.entry, control=self.control,
-                                                   http=free_port()))
+                                                   http=free_port(), tunnel_tls=tunnel_tls))
         self.sidecar_conf = self.logdir / "sidecar.yaml"
-        self.sidecar_conf.write_text(SIDECAR_YAML.format(control=self.control, token_file=token_file,
-                                                         entry=self.entry, backend=backend_port,
-                                                         http=free_port()))
+        self.sidecar_conf.write_text(SIDECAR_YAML.format(
+            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
+            http=free_port(), scheme="wss" if self.tls else "ws",
+            host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
 
     def start_edge(self) -> Proc:
         argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
@@ -223,8 +234,14 @@ class UdpMproxy(UdpTunnel):
         return Proc("mproxy-sidecar", argv, self.logdir)
 
 
+class UdpMproxyWss(UdpMproxy):
+    name, label = "mproxy-wss", "mproxy (wss)"
+    describe = "the same over wss:// (tunnel.tls with a private CA, edge.caFile): the production setting"
+    tls = True
+
+
 UDP_SYSTEMS: dict[str, type[UdpSystem]] = {
-    cls.name: cls for cls in (UdpDirect, UdpMproxy, UdpFrp, UdpRathole)
+    cls.name: cls for cls in (UdpDirect, UdpMproxy, UdpMproxyWss, UdpFrp, UdpRathole)
 }
 
 
