@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mbench import build, report, scenarios
+from mbench import build, report, scenarios, udp, udp_report
 from mbench.cli import REPO, Options, parse_args
 from mbench.procs import BenchError, Proc, raise_nofile
 from mbench.profile import markdown as profile_markdown
@@ -201,6 +201,8 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
         return metrics
     try:
         for scen in opts.scenarios:
+            if scen == "udp":
+                continue  # its own systems, after these (udp.measure_round)
             if scen == "restart" and system.edge is None:
                 continue
             if scen == "idle" and name == "direct":
@@ -335,8 +337,12 @@ def main(argv: list[str]) -> int:
         order = systems[r % len(systems):] + systems[: r % len(systems)]
         try:
             for name in order:
-                log(f"run {r + 1}/{opts.runs}: {name}")
-                run[name] = measure(name, rctx, port, opts, plan, errors)
+                if set(opts.scenarios) != {"udp"}:
+                    log(f"run {r + 1}/{opts.runs}: {name}")
+                    run[name] = measure(name, rctx, port, opts, plan, errors)
+            if "udp" in opts.scenarios:
+                for name, got in udp.measure_round(rctx, plan, order, errors, log).items():
+                    run.setdefault(name, {}).update(got)
         finally:
             backend.stop()
         runs.append(run)
@@ -409,6 +415,8 @@ def publish(result: dict[str, Any], tools: Path | None, *, results_path: Path, o
     )
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
+    if udp_report.measured(summary):
+        (out_md.parent / "udp.md").write_text(udp_report.render(summary, result))
     print(report.results_table(summary, systems, errors))
     print()
     print(report.goals_table(report.goals(summary)))

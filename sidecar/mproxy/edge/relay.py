@@ -37,7 +37,7 @@ from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
 from mproxy.edge.table import RoutingTable
-from mproxy.edge.udp import UdpListener
+from mproxy.edge.udp import UdpListener, udp_clients
 from mproxy.metrics.edge import EdgeMetrics
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.tunnel.identity import HAVE_HEADER, ID_HEADER, REPLICAS_HEADER, default_edge_id, parse_have
@@ -135,6 +135,7 @@ class TunnelSession:
             "connectedSeconds": round(time.time() - self.connected_at, 1),
             "bytesSent": mux.bytes_sent if mux else 0,
             "bytesReceived": mux.bytes_received if mux else 0,
+            "udpClients": udp_clients(mux) if mux else {},
         }
 
 
@@ -516,7 +517,8 @@ class EdgeRelay:
             "id": self.edge_id,
             "replicas": self.config.replicas,
             "draining": self.draining,
-            "listeners": [{"kind": item.config.kind, "port": item.port, "publicPort": item.public_port}
+            "listeners": [item.status() if isinstance(item, UdpListener) else
+                          {"kind": item.config.kind, "port": item.port, "publicPort": item.public_port}
                           for item in self.listeners],
             "tunnelPort": self.tunnel_port,
             "names": self.table.names(),

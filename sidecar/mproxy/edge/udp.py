@@ -1,6 +1,6 @@
 """`kind: udp` listeners: each client address:port is one M-PROXY stream, each datagram one data frame.
 
-A new source address:port is admitted like a TCP client (ClientLimiter: connectionsPerClient,
+A new source address:port is admitted like a TCP client (ClientLimiter: maxStreamsPerClient,
 connectionRate), gets a tunnel by its listener's public port (the token's `ports` claim), and a stream
 opened with a `connection` frame (service `udp`, serviceport = the public port). From then on every
 datagram it sends is one data frame (mproxy.tunnel.datagram) and every data frame for it is one datagram
@@ -16,7 +16,10 @@ back. Nothing is split or queued without bound; what cannot go is dropped and co
 A client silent both ways for `idleTimeoutSeconds` is ended with `end` and forgotten (once the edge
 drains, after DRAIN_IDLE seconds, so a drain does not wait out a 30 s timer for clients that are done); a
 stream the sidecar ends (`end` or `error`, e.g. ECONNREFUSED from a backend that is down) forgets the
-client too, and its next datagram opens a new stream.
+client too, and its next datagram opens a new stream. M-PROXY names a stream by address:port alone, so
+that new stream cannot open until both sides are done with the old one (our `end` sent and the sidecar's
+received): datagrams that come meanwhile wait for it (at most WAIT_MAX per client, WAIT_BYTES_MAX per
+listener, WAIT_SECONDS), then open the new stream; past those bounds they are dropped (client_id_in_use).
 """
 
 from __future__ import annotations
@@ -35,13 +38,26 @@ from mproxy.metrics.udp import UdpMetrics
 from mproxy.tunnel.datagram import SERVICE, DatagramStream
 from mproxy.tunnel.mux import Multiplexer, Stream, StreamHandler
 
-__all__ = ["TokenBucket", "UdpListener"]
+__all__ = ["TokenBucket", "UdpListener", "udp_clients"]
 
 log = logging.getLogger("mproxy.edge")
 
 DRAIN_IDLE = 1.0  # seconds of silence that end a client once the edge drains
+WAIT_MAX = 16  # datagrams of one client held while its previous stream ends
+WAIT_BYTES_MAX = 256 * 1024  # all such datagrams of a listener together
+WAIT_SECONDS = 5.0  # held longer (the sidecar slow to answer `end`), they are dropped, not sent late
 SEND_BUFFER_MAX = 1 << 20  # bytes asyncio may hold for clients when the socket is full; past it, drop
 _LIMITER_REASONS = {"too_many_clients": "too_many_clients"}  # anything else is client_limit
+
+
+def udp_clients(mux: Multiplexer) -> dict[str, int]:
+    """A tunnel's UDP client streams by public port (for /status; streams still ending count too)."""
+    out: dict[str, int] = {}
+    for stream in mux.streams.values():
+        if isinstance(stream, DatagramStream):
+            key = str(stream.serviceport)
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 class TokenBucket:
@@ -101,6 +117,7 @@ class _Client(StreamHandler):
 
     def stream_closed(self, reason: str | None) -> None:
         self.listener.forget(self)
+        self.listener.stream_gone(self.key)
 
     def check_idle(self) -> None:
         listener = self.listener
@@ -110,9 +127,22 @@ class _Client(StreamHandler):
             return
         self.timer = None
         stream = self.stream
-        listener.forget(self)  # a datagram from now on opens a new stream
+        listener.forget(self)  # a datagram from now on opens a new stream, once this one is gone
         if stream is not None and not stream.closed:
-            stream.close()  # `end`, then the stream is gone
+            # `end`, and keep the stream until the sidecar's `end`: a new stream for this address:port
+            # opened before that would reach the sidecar while it still holds the old one.
+            stream.write_eof()
+
+
+class _Waiting:
+    """Datagrams of a client whose previous stream is still ending."""
+
+    __slots__ = ("datagrams", "peer", "since")
+
+    def __init__(self, peer: Any, since: float) -> None:
+        self.peer = peer
+        self.since = since
+        self.datagrams: list[bytes] = []
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -144,6 +174,8 @@ class UdpListener:
         self.now = clock or time.monotonic
         self.port = 0
         self.clients: dict[tuple[str, int], _Client] = {}
+        self._waiting: dict[tuple[str, int], _Waiting] = {}
+        self._waiting_bytes = 0
         self._tunnel_buckets: weakref.WeakKeyDictionary[Multiplexer, TokenBucket] = (
             weakref.WeakKeyDictionary())
         self._transport: asyncio.DatagramTransport | None = None
@@ -186,6 +218,8 @@ class UdpListener:
 
     async def close(self) -> None:
         self.accepting = False
+        self._waiting.clear()
+        self._waiting_bytes = 0
         for client in list(self.clients.values()):
             stream = client.stream
             self.forget(client)
@@ -200,7 +234,7 @@ class UdpListener:
 
     # -- client -> tunnel ---------------------------------------------------------------------------
 
-    def from_client(self, data: bytes, peer: Any) -> None:
+    def from_client(self, data: bytes, peer: Any, *, may_wait: bool = True) -> None:
         if len(data) > self.opts.max_datagram_bytes:
             self.metrics.drop("oversize")
             return
@@ -208,7 +242,10 @@ class UdpListener:
         client = self.clients.get(key)
         now = self.now()
         if client is None:
-            client = self._new_client(key, peer, now)
+            if key in self._waiting:  # behind the others: in order, and no new-client token spent
+                self._wait(key, peer, data, now)
+                return
+            client = self._new_client(key, peer, now, data if may_wait else None)
             if client is None:
                 return
         stream = client.stream
@@ -230,7 +267,9 @@ class UdpListener:
             return
         self.metrics.relayed(self.label, "in", len(data))
 
-    def _new_client(self, key: tuple[str, int], peer: Any, now: float) -> _Client | None:
+    def _new_client(self, key: tuple[str, int], peer: Any, now: float, data: bytes | None) -> _Client | None:
+        """A stream for a new client, or None: the datagram was dropped and counted, or (`data` given and
+        the client's previous stream still ending on the only tunnel it could use) it waits for it."""
         if not self.accepting:
             self.metrics.drop("draining")
             return None
@@ -248,11 +287,14 @@ class UdpListener:
             return None
         port = self.public_port
         tried: set[int] = set()
-        clashed = False
+        clashed = ending = False
         while True:
             session = self.table.pick_port(port, tried)
             if session is None:
                 self.limiter.release(addr.address)
+                if ending and data is not None:
+                    self._wait(key, peer, data, now)
+                    return None
                 reason = "client_id_in_use" if clashed else (
                     "tunnel_full" if self.table.tunnels_for_port(port) else "no_tunnel")
                 self.metrics.drop(reason)
@@ -261,8 +303,12 @@ class UdpListener:
             tried.add(id(session))
             if mux is None or not mux.can_open(addr.address):
                 continue
-            if addr.client_id in mux.streams:
-                clashed = True  # the same address:port has a TCP stream (or a closing UDP one) there
+            other = mux.streams.get(addr.client_id)
+            if other is not None:
+                clashed = True  # the same address:port has a TCP stream, or this client's ending one, there
+                was = other.handler
+                ending = ending or (isinstance(was, _Client) and was.listener is self
+                                    and self.clients.get(key) is not was)
                 continue
             client = _Client(self, key, peer, now)
             try:
@@ -276,6 +322,35 @@ class UdpListener:
             client.timer = self.call_later(self.idle_timeout, client.check_idle)
             self.metrics.client_count(self.label, 1)
             return client
+
+    def _wait(self, key: tuple[str, int], peer: Any, data: bytes, now: float) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = _Waiting(peer, now)
+        if (len(waiting.datagrams) >= WAIT_MAX or self._waiting_bytes + len(data) > WAIT_BYTES_MAX
+                or now - waiting.since > WAIT_SECONDS):
+            self.metrics.drop("client_id_in_use")
+            return
+        waiting.datagrams.append(data)
+        self._waiting_bytes += len(data)
+
+    def stream_gone(self, key: tuple[str, int]) -> None:
+        """A client's stream is gone: datagrams that waited for it go next (on the loop's next turn, not
+        inside the multiplexer's close)."""
+        if key in self._waiting and self.loop is not None:
+            self.loop.call_soon(self._send_waiting, key)
+
+    def _send_waiting(self, key: tuple[str, int]) -> None:
+        waiting = self._waiting.pop(key, None)
+        if waiting is None:
+            return
+        self._waiting_bytes -= sum(len(d) for d in waiting.datagrams)
+        if self.now() - waiting.since > WAIT_SECONDS:
+            for _ in waiting.datagrams:
+                self.metrics.drop("client_id_in_use")
+            return
+        for data in waiting.datagrams:
+            self.from_client(data, waiting.peer, may_wait=False)
 
     # -- tunnel -> client ---------------------------------------------------------------------------
 

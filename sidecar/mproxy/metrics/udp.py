@@ -25,7 +25,7 @@ DROP_REASONS = (
     "tunnel_full",  # a new client and every tunnel at its stream limit
     "too_many_clients",  # the listener's maxClients, or the per-address table is full
     "client_limit",  # maxStreamsPerClient / connectionRate for a new client address
-    "client_id_in_use",  # the client's address:port already names a stream in every tunnel
+    "client_id_in_use",  # the address:port names a TCP stream in every tunnel, or waited too long to reopen
     "draining",  # a new client while the edge shuts down
     "closed",  # the client's stream is ending
     "empty",  # a zero-length datagram (no M-PROXY peer can tell it from nothing)

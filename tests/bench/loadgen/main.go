@@ -24,7 +24,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: loadgen backend|bulk|latency|connrate|idle|probe [flags]")
+		fail("usage: loadgen backend|bulk|latency|connrate|idle|probe|dns [flags]")
 	}
 	cmd, args := os.Args[1], os.Args[2:]
 	switch cmd {
@@ -40,6 +40,8 @@ func main() {
 		idle(args)
 	case "probe":
 		probe(args)
+	case "dns":
+		dnsCmd(args)
 	default:
 		fail("unknown subcommand " + cmd)
 	}

@@ -5,6 +5,7 @@ plotting and profiling. Builds run under `nice -n 19`, one at a time: the CPU is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -96,19 +97,31 @@ def build_peer(name: str, cache: Path) -> str | None:
     return None
 
 
+def loadgen_digest(src: Path) -> str:
+    """A hash of the load generator's sources: its binary's name in the cache."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in src.iterdir() if p.is_file()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def build_loadgen(repo: Path, cache: Path) -> Path:
+    # Named by the sources' hash, not checked by mtime: checkouts of different revisions (git worktrees)
+    # share the cache, and one's newer binary must not pass for another's (a subcommand it lacks).
     src = repo / "tests" / "bench" / "loadgen"
-    out = cache / "bench" / "bin" / "loadgen"
-    newest = max(p.stat().st_mtime for p in src.iterdir())
-    if out.is_file() and out.stat().st_mtime >= newest:
+    out = cache / "bench" / "bin" / f"loadgen-{loadgen_digest(src)}"
+    if out.is_file():
         return out
     if not shutil.which("go"):
         raise BenchError("go is not on PATH; the load generator is written in Go (tests/bench/loadgen)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["go", "build", "-o", str(out), "."], cwd=src, capture_output=True, text=True,
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    res = subprocess.run(["go", "build", "-o", str(tmp), "."], cwd=src, capture_output=True, text=True,
                          env={**os.environ, "GOFLAGS": "-buildvcs=false"}, timeout=600, check=False)
     if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
         raise BenchError(f"building tests/bench/loadgen failed: {res.stderr.strip()[-500:]}")
+    os.replace(tmp, out)  # whole or not at all, for a run from another checkout at the same time
     return out
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 SYSTEMS = ("direct", "mproxy", "mproxy-wss", "reference", "chisel", "frp", "rathole", "bore")
 # idle first: each system's memory is weighed while the process is fresh, before bulk transfers have
-# grown (and then freed) its buffers; restart last, as it replaces the edge.
-SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "restart")
+# grown (and then freed) its buffers; restart last, as it replaces the edge. udp runs UDP-only instances of
+# the systems that carry UDP (mbench/udp.py), after the others in each round.
+SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "restart", "udp")
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark mproxy side by side with direct loopback, the reference (node proxy-packer) "
-        "relay/device, chisel, frp, rathole and bore. Writes docs/benchmarks/peers.md and PNG figures.",
+        "relay/device, chisel, frp, rathole and bore. Writes docs/benchmarks/peers.md and PNG figures, and "
+        "with the udp scenario docs/benchmarks/udp.md (DNS through mproxy, frp and rathole).",
     )
     p.add_argument("--quick", action="store_true", help="smoke run (~2 min): 1 run, short windows, 1000 idle")
     p.add_argument("--runs", type=_positive(int), help="rounds over every system (default 3, quick 1)")

@@ -106,13 +106,13 @@ class Stack:
 
     async def start(self, routes: list[dict[str, Any]], *, listener: dict[str, Any] | None = None,
                     ports: list[int] | None = None, sidecar_limits: dict[str, Any] | None = None,
-                    drain: float = 1) -> UdpListener:
+                    edge_limits: dict[str, Any] | None = None, drain: float = 1) -> UdpListener:
         secret = self.tmp / "secret"
         secret.write_bytes(SECRET)
         lst = {"kind": "udp", "listen": "127.0.0.1:0", "publicPort": PUBLIC_PORT, **(listener or {})}
         cfg = {"auth": {"secretFile": str(secret)}, "listeners": [lst],
                "tunnel": {"listen": "127.0.0.1:0", "path": "/tunnel"}, "http": {"listen": "127.0.0.1:0"},
-               "limits": LIMITS, "drainSeconds": drain}
+               "limits": {**LIMITS, **(edge_limits or {})}, "drainSeconds": drain}
         self.edge = EdgeRelay(load_edge_config(cfg), SECRET)
         await self.edge.start()
         token = self.tmp / "token"
@@ -128,7 +128,10 @@ class Stack:
         }
         self.sidecar = Sidecar(load_sidecar_config(scfg), serve_http=False)
         await self.sidecar.start()
-        await self.wait_tunnel()
+        if ports is None or PUBLIC_PORT in ports:
+            await self.wait_tunnel()
+        else:
+            await self.wait_tunnels(1)
         listener_ = self.edge.listeners[0]
         assert isinstance(listener_, UdpListener)
         return listener_
@@ -138,6 +141,13 @@ class Stack:
         deadline = time.monotonic() + within
         while not self.edge.table.tunnels_for_port(PUBLIC_PORT):
             assert time.monotonic() < deadline, "the sidecar's tunnel never registered its port"
+            await asyncio.sleep(0.02)
+
+    async def wait_tunnels(self, n: int, within: float = 10.0) -> None:
+        assert self.edge is not None
+        deadline = time.monotonic() + within
+        while len(self.edge.sessions) < n or not all(s.mux for s in self.edge.sessions):
+            assert time.monotonic() < deadline, f"fewer than {n} tunnels connected"
             await asyncio.sleep(0.02)
 
     def sidecar_streams(self) -> int:

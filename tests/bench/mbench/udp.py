@@ -1,0 +1,296 @@
+"""The UDP scenario: DNS over UDP through each system that carries UDP, against dnsmasq direct.
+
+dnsmasq (Debian dnsmasq-base) answers A queries for *.bench.test; the Go load generator (`loadgen dns`)
+is the client, one connected socket, so every tunnel carries it as one UDP client:
+- latency: one query at a time for plan.duration s: round-trip p50/p99;
+- at each of RATES queries/s, for plan.duration s on a fixed schedule: answers/s and loss.
+Each system here is its own UDP-only instance (frp's `type = "udp"` proxy, rathole's `type = "udp"`
+service, mproxy's `kind: udp` listener and `udp` route, over ws and wss), started for this scenario and
+stopped after it, so the TCP systems' configurations and figures are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+
+from mbench.procs import BenchError, Proc, free_port, wait_port
+from mbench.scenarios import Metrics, Plan, loadgen
+from mbench.systems import Context, System, _secret_and_token
+
+RATES = (1000, 10000)  # queries per second of the fixed-rate windows
+NAMES = ("direct", "mproxy", "mproxy-wss", "frp", "rathole")  # with a UDP variant, in report order
+QUERY = (struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\x01h\x05bench\x04test\x00"
+         + struct.pack("!HH", 1, 1))  # id 1, RD; A IN h.bench.test
+
+
+def free_udp_port() -> int:
+    """A port free on 127.0.0.1 for UDP and TCP both (dnsmasq takes both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind(("127.0.0.1", 0))
+            port: int = u.getsockname()[1]
+            with contextlib.suppress(OSError):
+                t.bind(("127.0.0.1", port))
+                return port
+
+
+def dns_once(port: int, timeout: float = 0.5) -> bool:
+    """One DNS query through the entry port: True when an answer came back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(("127.0.0.1", port))
+            s.send(QUERY)
+            return s.recv(4096)[:2] == QUERY[:2]
+        except OSError:
+            return False
+
+
+def start_dnsmasq(ctx: Context) -> tuple[Proc, int]:
+    exe = shutil.which("dnsmasq", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if exe is None:
+        raise BenchError("dnsmasq is not installed (Debian dnsmasq-base: scripts/install-test-tools)")
+    port = free_udp_port()
+    argv = [exe, "--keep-in-foreground", "--conf-file=/dev/null", f"--port={port}",
+            "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+            "--address=/bench.test/10.9.8.7", "--pid-file=", "--user=root", "--group=root",
+            "--log-facility=-", "--cache-size=0"]
+    proc = Proc("dnsmasq", argv, ctx.work)
+    deadline = time.monotonic() + 10
+    while not dns_once(port):
+        if not proc.alive() or time.monotonic() > deadline:
+            proc.stop()
+            raise BenchError(f"dnsmasq did not answer on udp port {port}: {proc.tail()}")
+        time.sleep(0.05)
+    return proc, port
+
+
+class UdpSystem(System):
+    """A system whose entry is a UDP port; flowing = a DNS query is answered through it."""
+
+    def wait_flowing(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in (self.edge, self.device):
+                if proc is not None and not proc.alive():
+                    raise BenchError(f"{proc.name} exited with {proc.popen.returncode}: {proc.tail()}")
+            if dns_once(self.entry):
+                return
+            time.sleep(0.05)
+        tails = "; ".join(f"{p.name}: {p.tail(400)}" for p in (self.edge, self.device) if p is not None)
+        raise BenchError(f"no DNS answer through {self.label} after {timeout:.0f}s ({tails})")
+
+
+class UdpDirect(UdpSystem):
+    name, label = "direct", "direct loopback"
+    describe = "the client queries dnsmasq itself"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.entry = self.backend_port
+        self.wait_flowing(timeout)
+
+
+class UdpTunnel(UdpSystem):
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.logdir = ctx.work / f"{self.name}-udp"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.control = free_port()
+        self.entry = free_udp_port()
+
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
+
+class UdpFrp(UdpTunnel):
+    name, label = "frp", "frp"
+    describe = "frps / frpc, one `type = \"udp\"` proxy (over frp's TLS + yamux control connection)"
+
+    def start_edge(self) -> Proc:
+        conf = self.logdir / "frps.toml"
+        conf.write_text(f'bindAddr = "127.0.0.1"\nbindPort = {self.control}\nproxyBindAddr = "127.0.0.1"\n'
+                        'log.level = "warn"\n')
+        return Proc("frps", [str(self.ctx.peers_bin / "frps"), "-c", str(conf)], self.logdir)
+
+    def start_device(self) -> Proc:
+        conf = self.logdir / "frpc.toml"
+        conf.write_text(
+            f'serverAddr = "127.0.0.1"\nserverPort = {self.control}\nloginFailExit = false\n'
+            'log.level = "warn"\n\n'
+            f'[[proxies]]\nname = "dns"\ntype = "udp"\nlocalIP = "127.0.0.1"\n'
+            f"localPort = {self.backend_port}\nremotePort = {self.entry}\n")
+        return Proc("frpc", [str(self.ctx.peers_bin / "frpc"), "-c", str(conf)], self.logdir)
+
+
+class UdpRathole(UdpTunnel):
+    name, label = "rathole", "rathole"
+    describe = "rathole server / client, one `type = \"udp\"` service, tcp transport"
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        self.token = secrets.token_hex(16)
+
+    def start_edge(self) -> Proc:
+        conf = self.logdir / "server.toml"
+        conf.write_text(
+            f'[server]\nbind_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
+            f'[server.services.dns]\ntype = "udp"\nbind_addr = "127.0.0.1:{self.entry}"\n')
+        return Proc("rathole-server", [str(self.ctx.peers_bin / "rathole"), "--server", str(conf)],
+                    self.logdir, env={"RUST_LOG": "warn"})
+
+    def start_device(self) -> Proc:
+        conf = self.logdir / "client.toml"
+        conf.write_text(
+            f'[client]\nremote_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
+            f'[client.services.dns]\ntype = "udp"\nlocal_addr = "127.0.0.1:{self.backend_port}"\n')
+        return Proc("rathole-client", [str(self.ctx.peers_bin / "rathole"), "--client", str(conf)],
+                    self.logdir, env={"RUST_LOG": "warn"})
+
+
+# The per-client datagram rate (default 1,000/s) raised past the scenario: the data path is measured.
+EDGE_YAML = """\
+auth:
+  secretFile: {secret}
+listeners:
+  - kind: udp
+    listen: "127.0.0.1:{entry}"
+    datagramRate: 1000000
+    datagramBurst: 1000000
+tunnel:
+  listen: "127.0.0.1:{control}"
+  path: /{tunnel_tls}
+http:
+  listen: "127.0.0.1:{http}"
+logging:
+  format: text
+  level: warning
+drainSeconds: 1
+"""
+
+SIDECAR_YAML = """\
+edge:
+  urls: ["{scheme}://{host}:{control}/"]
+  tokenFile: {token_file}{ca_file}
+routes:
+  - name: dns
+    match:
+      services: [udp]
+      ports: [{entry}]
+    backend:
+      host: 127.0.0.1
+      port: {backend}
+http:
+  listen: "127.0.0.1:{http}"
+logging:
+  format: text
+  level: warning
+drainSeconds: 1
+"""
+
+
+class UdpMproxy(UdpTunnel):
+    name, label = "mproxy", "mproxy"
+    describe = "mproxy edge (`kind: udp` listener) + mproxy sidecar (`udp` route), one tunnel over ws"
+    tls = False
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        secret, token = _secret_and_token(ctx, self.logdir, self.entry)
+        token_file = self.logdir / "token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        tunnel_tls = ca_file = ""
+        if self.tls:
+            from mproxy.tls import CertificateAuthority  # the bench runs on the repo's venv
+
+            ca = CertificateAuthority.create("mproxy bench CA")
+            ca_path = ca.write_cert(self.logdir / "ca.crt")
+            cert, key = ca.issue(["localhost"]).write(self.logdir, "tunnel")
+            tunnel_tls = f"\n  tls:\n    certFile: {cert}\n    keyFile: {key}"
+            ca_file = f"\n  caFile: {ca_path}"
+        self.edge_conf = self.logdir / "edge.yaml"
+        self.edge_conf.write_text(EDGE_YAML.format(secret=secret, entry=self.entry, control=self.control,
+                                                   http=free_port(), tunnel_tls=tunnel_tls))
+        self.sidecar_conf = self.logdir / "sidecar.yaml"
+        self.sidecar_conf.write_text(SIDECAR_YAML.format(
+            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
+            http=free_port(), scheme="wss" if self.tls else "ws",
+            host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
+
+    def start_edge(self) -> Proc:
+        argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
+        return Proc("mproxy-edge", argv, self.logdir)
+
+    def start_device(self) -> Proc:
+        argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(self.sidecar_conf),
+                "--no-reload"]
+        return Proc("mproxy-sidecar", argv, self.logdir)
+
+
+class UdpMproxyWss(UdpMproxy):
+    name, label = "mproxy-wss", "mproxy (wss)"
+    describe = "the same over wss:// (tunnel.tls with a private CA, edge.caFile): the production setting"
+    tls = True
+
+
+UDP_SYSTEMS: dict[str, type[UdpSystem]] = {
+    cls.name: cls for cls in (UdpDirect, UdpMproxy, UdpMproxyWss, UdpFrp, UdpRathole)
+}
+
+
+def _dur(seconds: float) -> str:
+    return f"{int(seconds * 1000)}ms"
+
+
+def scenario(system: System, plan: Plan) -> Metrics:
+    """Sequential DNS latency, then each fixed rate: flat metrics, names ending in their unit."""
+    r = loadgen(system, "dns", "-duration", _dur(plan.duration), timeout=plan.duration + 30)
+    if not r["answered"]:
+        raise BenchError(f"no DNS query was answered ({r['timeouts']} timed out): {r.get('errors')}")
+    out: Metrics = {"udp_dns_p50_ms": r["p50_ms"], "udp_dns_p99_ms": r["p99_ms"],
+                    "udp_dns_seq_per_s": r["per_sec"]}
+    for rate in RATES:
+        time.sleep(1.0)  # the previous window's stragglers are gone before this one counts
+        r = loadgen(system, "dns", "-rate", str(rate), "-duration", _dur(plan.duration),
+                    timeout=plan.duration + 30)
+        out[f"udp{rate}_answers_per_s"] = r["per_sec"]
+        out[f"udp{rate}_loss_pct"] = r["loss_pct"]
+        out[f"udp{rate}_p99_ms"] = r["p99_ms"] if r["answered"] else None
+    return out
+
+
+def measure_round(ctx: Context, plan: Plan, systems: Sequence[str], errors: dict[str, str],
+                  log: Callable[[str], None]) -> dict[str, Metrics]:
+    """One round of the UDP scenario over every system of `systems` that has a UDP variant."""
+    out: dict[str, Metrics] = {}
+    try:
+        dns, port = start_dnsmasq(ctx)
+    except BenchError as exc:
+        errors.setdefault("udp", str(exc))
+        log(f"  udp: {exc}")
+        return out
+    try:
+        for name in (n for n in systems if n in UDP_SYSTEMS):
+            log(f"  {name}: udp")
+            system = UDP_SYSTEMS[name](ctx, port)
+            try:
+                system.start()
+                out[name] = scenario(system, plan)
+            except BenchError as exc:
+                errors.setdefault(f"{name}/udp", str(exc))
+                log(f"  {name}: udp failed: {exc}")
+            except Exception as exc:  # a harness bug must not lose the other systems' results
+                errors.setdefault(f"{name}/udp", f"harness error: {type(exc).__name__}: {exc}")
+                log(f"  {name}: udp: harness error: {exc!r}")
+            finally:
+                system.stop()
+    finally:
+        dns.stop()
+    return out
