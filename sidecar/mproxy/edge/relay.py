@@ -23,18 +23,18 @@ import itertools
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
 from mproxy.buffers import BufferRule
 from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
 from mproxy.config.edge import EdgeConfig
-from mproxy.edge.bridge import ClientBridge, take_over
+from mproxy.edge.client import EdgeClient, Tunnel
 from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.limits import ClientLimiter, PendingClients
-from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
+from mproxy.edge.listener import PublicListener
+from mproxy.edge.refusal import Refused
 from mproxy.edge.table import RoutingTable
 from mproxy.edge.udp import UdpListener
 from mproxy.metrics.edge import EdgeMetrics
@@ -52,40 +52,6 @@ BYTES_FLUSH_SECONDS = 2.0  # tunnels tried for one client when sidecars refuse i
 E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
 # Tunnel ends that are the peer's fault or a bug: counted in tunnel_rejects and logged as a warning.
 _COUNTED_CLOSES = ("protocol_error", "overflow", "internal_error")
-
-
-@dataclass(eq=False)
-class _Relayed:
-    """One client across its attempts (a replay moves it to another tunnel)."""
-
-    req: ClientRequest
-    started: float
-    attempts: int = 0
-    tried: set[int] = field(default_factory=set)
-    label: str = ""
-    initial: bytes | None = None  # None until a tunnel took it
-    eof: bool = False
-    bytes_in: int = 0  # client -> tunnel, over finished attempts
-    bytes_out: int = 0  # tunnel -> client, over finished attempts
-    counted_in: int = 0  # already added to the bytes counter
-    counted_out: int = 0
-    folded: bool = True  # the current stream's bytes are already in bytes_in/bytes_out
-
-    def totals(self) -> tuple[int, int]:
-        stream = self.stream
-        if stream is None or self.folded:
-            return self.bytes_in, self.bytes_out
-        return self.bytes_in + stream.bytes_out, self.bytes_out + stream.bytes_in
-
-    def uncounted(self) -> tuple[int, int]:
-        """Bytes not yet in the counter, marked counted."""
-        total_in, total_out = self.totals()
-        delta = (max(0, total_in - self.counted_in), max(0, total_out - self.counted_out))
-        self.counted_in, self.counted_out = max(total_in, self.counted_in), max(total_out, self.counted_out)
-        return delta
-    session: TunnelSession | None = None
-    bridge: ClientBridge | None = None
-    stream: Stream | None = None
 
 
 class TunnelSession:
@@ -154,9 +120,9 @@ class EdgeRelay:
         self.listeners: list[PublicListener | UdpListener] = [
             UdpListener(item, table=self.table, limiter=self.limiter, metrics=self.udp_metrics)
             if item.kind == "udp" else
-            PublicListener(item, route=self.route, limiter=self.limiter, trusted=networks,
-                           sniff_timeout=lim.sniff_timeout_seconds, on_reject=self._on_reject,
-                           pending=self.pending, backlog=lim.listen_backlog)
+            PublicListener(item, router=self, limiter=self.limiter, trusted=networks,
+                           sniff_timeout=lim.sniff_timeout_seconds, pending=self.pending,
+                           backlog=lim.listen_backlog)
             for item in config.listeners
         ]
         self.draining = False
@@ -167,7 +133,7 @@ class EdgeRelay:
         self.http_port = 0
         self._runners: list[web.AppRunner] = []
         self._tunnel_tasks: set[asyncio.Task[Any]] = set()
-        self._relayed: set[_Relayed] = set()
+        self._clients: set[EdgeClient] = set()  # relayed (a stream opened) and not finished
         self._flusher: asyncio.Future[None] | None = None
         self.supervised: set[Supervised] = set()  # the flusher and every tunnel's guard
         self.mux_limits = MuxLimits(
@@ -178,6 +144,7 @@ class EdgeRelay:
             max_frame_bytes=lim.max_frame_bytes,
         )
         self._check_frame = min(self.mux_limits.frame_size, lim.max_frame_bytes)
+        self.stream_buffer = lim.stream_buffer_bytes
         self.buffer_rule = BufferRule(soft=lim.buffer_soft_bytes, hard=lim.buffer_hard_bytes,
                                       grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes,
                                       allowance=lim.stream_buffer_bytes)
@@ -257,10 +224,10 @@ class EdgeRelay:
 
     def flush_bytes(self) -> None:
         """Count the bytes of long-lived clients as they flow, not only when they end."""
-        for rel in list(self._relayed):
-            delta_in, delta_out = rel.uncounted()
+        for client in list(self._clients):
+            delta_in, delta_out = client.uncounted()
             if delta_in or delta_out:
-                self.metrics.add_bytes(rel.req.service, rel.label, delta_in, delta_out)
+                self.metrics.add_bytes(client.service, client.label, delta_in, delta_out)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -272,134 +239,101 @@ class EdgeRelay:
             await asyncio.wait(self._tunnel_tasks, timeout=3.0)
         for listener in self.listeners:
             await listener.close()
-        for rel in list(self._relayed):
-            rel.req.writer.transport.abort()  # their tunnels are gone; this frees the sockets now
+        for client in list(self._clients):
+            client.abort()  # their tunnels are gone; this frees the sockets now
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         self._runners.clear()
 
-    # -- clients ------------------------------------------------------------------------------------
+    # -- clients (mproxy.edge.client.Router) -----------------------------------------------------------
 
-    def _on_reject(self, kind: str, reason: str) -> None:
+    def rejected(self, kind: str, reason: str) -> None:
         service = {"tls": "https", "http": "http"}.get(kind, "tcp")
         self.metrics.client_rejected(service, reason)
 
-    def _pick(self, req: ClientRequest, exclude: set[int]) -> tuple[TunnelSession | None, bool, str]:
-        """(tunnel, whether any tunnel serves this at all, metric name label)."""
-        if req.name:
-            key, candidates = self.table.match_name(req.name)
-            return self.table.pick_name(req.name, exclude), bool(candidates), key or ""
-        candidates = self.table.tunnels_for_port(req.serviceport)
-        return self.table.pick_port(req.serviceport, exclude), bool(candidates), ""
+    def buffer_cut(self, limit: str) -> None:
+        self.metrics.buffer_cut(limit)
 
-    def _check_header(self, req: ClientRequest) -> None:
+    def _pick(self, client: EdgeClient) -> tuple[TunnelSession | None, bool, str]:
+        """(tunnel, whether any tunnel serves this at all, metric name label)."""
+        if client.name:
+            key, candidates = self.table.match_name(client.name)
+            return self.table.pick_name(client.name, client.tried), bool(candidates), key or ""
+        candidates = self.table.tunnels_for_port(client.serviceport)
+        return self.table.pick_port(client.serviceport, client.tried), bool(candidates), ""
+
+    def _check_header(self, client: EdgeClient) -> None:
         try:
             # Refuse here, before anything is sent: a header over 255 bytes would corrupt the tunnel.
-            pack_connection(req.addr, service=req.service, serviceport=req.serviceport, name=req.name)
-            pack_data_header(req.addr, self._check_frame, service=req.service, serviceport=req.serviceport,
-                             name=req.name)
+            pack_connection(client.addr, service=client.service, serviceport=client.serviceport,
+                            name=client.name)
+            pack_data_header(client.addr, self._check_frame, service=client.service,
+                             serviceport=client.serviceport, name=client.name)
         except LocalProtocolError:
-            raise Refused("name_too_long", f"the name {req.name[:40]}... is too long for an M-PROXY "
+            raise Refused("name_too_long", f"the name {client.name[:40]}... is too long for an M-PROXY "
                           "header (255 bytes with the client address)") from None
 
-    async def route(self, req: ClientRequest) -> None:
-        """Called by a listener with an identified client: pick a tunnel, open a stream, hand the
-        socket to a bridge and return at once (no task per relayed client; the bridge's callbacks
-        finish the accounting). Raises Refused, before touching the socket, when nobody can take it.
+    def open(self, client: EdgeClient) -> Stream:
+        """Called by an identified client (and again for a replay): pick a tunnel it has not tried,
+        open its stream and return it. Raises Refused, before anything is sent, when nobody can take it.
 
         A sidecar that refuses the stream before answering anything (E_SHUTTING_DOWN while it drains,
         E_LIMIT) gets the client replayed onto another tunnel, so rolling restarts lose no client."""
-        if self.draining:
-            raise Refused("draining", "the edge is shutting down; retry shortly")
-        self._check_header(req)
-        self._attempt(_Relayed(req, time.monotonic()))
-
-    def _attempt(self, rel: _Relayed) -> None:
-        """Put `rel` on a tunnel; raises Refused when no tunnel (left) can take it."""
-        req = rel.req
-        what = req.name or f"port {req.serviceport}"
+        if not client.attempts:
+            if self.draining:
+                raise Refused("draining", "the edge is shutting down; retry shortly")
+            self._check_header(client)
         clashed = False
-        while rel.attempts < MAX_ATTEMPTS:
-            rel.attempts += 1
-            session, known, rel.label = self._pick(req, rel.tried)
+        while client.attempts < MAX_ATTEMPTS:
+            client.attempts += 1
+            session, known, client.label = self._pick(client)
             if session is None:
-                if clashed:
-                    raise Refused("client_id_in_use", f"your address and port already have a connection "
-                                  f"through every tunnel for {what}; connect from another port")
-                if known:
-                    raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
-                                  "draining; retry later")
-                raise Refused("no_tunnel", f"no tunnel is connected for {what}")
+                return self._unroutable(client, known, clashed)
             mux = session.mux
             assert mux is not None
-            if not mux.can_open(req.addr.address):
-                rel.tried.add(id(session))
+            if not mux.can_open(client.addr.address):
+                client.tried.add(id(session))
                 continue
-            if req.addr.client_id in mux.streams:
+            if client.addr.client_id in mux.streams:
                 # M-PROXY names a stream by family,address,port alone: one client port connected to two
                 # public ports would name two streams alike on this tunnel.
                 clashed = True
-                rel.tried.add(id(session))
+                client.tried.add(id(session))
                 continue
-            if rel.initial is None:  # first tunnel: the bridge takes the socket over from here on
-                rest, rel.eof = take_over(req.reader)
-                rel.initial = req.initial + rest
-                self.metrics.client_active(req.service, 1)
-                self._relayed.add(rel)
-            # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
-            transport = cast(asyncio.Transport, req.writer.transport)
-            bridge = ClientBridge(transport, high_water=self.config.limits.stream_buffer_bytes, kind=req.kind,
-                                  rule=self.buffer_rule, on_cut=self.metrics.buffer_cut)
-            stream = mux.open_stream(req.addr, bridge.handler, service=req.service,
-                                     serviceport=req.serviceport, name=req.name)
-            rel.session, rel.bridge, rel.stream = session, bridge, stream
-            rel.folded = False
-            bridge.done.add_done_callback(lambda _: self._attempt_done(rel))
-            bridge.attach(stream, rel.initial, rel.eof)
-            return
+            stream = mux.open_stream(client.addr, client.handler, service=client.service,
+                                     serviceport=client.serviceport, name=client.name)
+            client.tunnel = session
+            if client not in self._clients:
+                self._clients.add(client)
+                self.metrics.client_active(client.service, 1)
+            return stream
+        what = client.name or f"port {client.serviceport}"
         raise Refused("tunnel_full", f"every tunnel for {what} refused the connection; retry later")
 
-    def _attempt_done(self, rel: _Relayed) -> None:
-        req, bridge, stream, session = rel.req, rel.bridge, rel.stream, rel.session
-        assert bridge is not None and stream is not None and session is not None
-        transport = req.writer.transport
-        result = "error"
-        try:
-            rel.bytes_in += stream.bytes_out
-            rel.bytes_out += stream.bytes_in
-            rel.folded = True
-            if bridge.retry and not transport.is_closing():
-                # The sidecar refused before saying anything: try another tunnel with the same bytes.
-                rel.tried.add(id(session))
-                code = bridge.peer_error[1] if bridge.peer_error else "tunnel closed"
-                if code == E_SHUTTING_DOWN:
-                    session.draining = True  # it is going away: route nobody else to it
-                log.info("tunnel %d refused a client (%s); retrying on another", session.id, code)
-                rel.initial, rel.eof = bytes(bridge.sent or b""), bridge.client_ended
-                try:
-                    self._attempt(rel)
-                    return
-                except Refused as exc:
-                    # Nothing reached the client yet: it can still be told in its own protocol.
-                    transport.write(refusal_bytes(req.kind, exc.reason, str(exc)))
-                    transport.close()
-                    self._on_reject(req.kind, exc.reason)
-                    result = "rejected"
-            elif bridge.close_reason is None:
-                result = "ok"
-            elif bridge.close_reason.startswith("tunnel closed"):
-                result = "tunnel_closed"
-        except Exception:  # a bug must cost this one client only
-            log.exception("internal error while finishing a client")
-            transport.abort()
-        self._relayed.discard(rel)
-        self.metrics.client_active(req.service, -1)
+    def _unroutable(self, client: EdgeClient, known: bool, clashed: bool) -> Stream:
+        """No tunnel here takes `client`: the one place that decides so (and raises its Refused)."""
+        what = client.name or f"port {client.serviceport}"
+        if clashed:
+            raise Refused("client_id_in_use", f"your address and port already have a connection "
+                          f"through every tunnel for {what}; connect from another port")
+        if known:
+            raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
+                          "draining; retry later")
+        raise Refused("no_tunnel", f"no tunnel is connected for {what}")
+
+    def refused(self, client: EdgeClient, tunnel: Tunnel, code: str) -> None:
+        if code == E_SHUTTING_DOWN:
+            tunnel.draining = True  # it is going away: route nobody else to it
+        log.info("tunnel %d refused a client (%s); retrying on another", tunnel.id, code)
+
+    def done(self, client: EdgeClient, result: str) -> None:
+        self._clients.discard(client)
+        self.metrics.client_active(client.service, -1)
         if result != "rejected":
-            delta_in, delta_out = rel.uncounted()
-            self.metrics.client_done(req.service, rel.label, result, delta_in, delta_out,
-                                     time.monotonic() - rel.started)
-        req.release()
+            delta_in, delta_out = client.uncounted()
+            self.metrics.client_done(client.service, client.label, result, delta_in, delta_out,
+                                     time.monotonic() - client.started)
 
     # -- tunnels ------------------------------------------------------------------------------------
 

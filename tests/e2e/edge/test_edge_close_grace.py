@@ -11,7 +11,7 @@ import socket
 import aiohttp
 import pytest
 
-from mproxy.edge import bridge
+from mproxy.edge import client
 from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamHandler
 from mproxy.tunnel.ws import Heartbeat, run_tunnel
 
@@ -40,7 +40,7 @@ class _Answer(StreamHandler):
 
 async def test_a_client_that_leaves_its_answer_unread_is_reset_after_the_grace(
         parts: Parts, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bridge, "CLOSE_GRACE", 0.5)
+    monkeypatch.setattr(client, "CLOSE_GRACE", 0.5)
     relay = await parts.edge()
     handlers: list[_Answer] = []
 
