@@ -266,9 +266,11 @@ class EdgeClient(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._phase in (_PROXY, _SNIFF):
-            reason = "bad_proxy_header" if self._phase == _PROXY else "sniff_timeout"
-            self._refuse(Refused(reason, "timed out waiting for the first bytes"))
+        message = "timed out waiting for the first bytes"
+        if self._phase == _PROXY:
+            self._refuse(Refused("bad_proxy_header", message))
+        elif self._phase == _SNIFF:
+            self._refuse(Refused("sniff_timeout", message))
 
     def _shed(self) -> None:
         log.debug("too many connections not yet routed; shedding the oldest on the %s listener", self.kind)

@@ -1,28 +1,30 @@
-"""The edge relay: tunnels in over WebSocket, public clients out to them.
+"""The edge process: public listeners, the tunnel endpoint, /healthz /readyz /metrics /status, and the
+choice of a tunnel for each client.
 
     relay = EdgeRelay(config, secret)
-    await relay.start()          # listeners, tunnel endpoint, /healthz /readyz /metrics /status
+    await relay.start()          # listeners, tunnel endpoint, HTTP endpoints
     ...
     await relay.drain()          # SIGTERM: stop accepting, let streams finish (drainSeconds), close
 
-Each tunnel is a `TunnelSession`: the tunnel core's Multiplexer run over the aiohttp WebSocket by
-`run_tunnel` (heartbeats, dead-peer timeout), plus the telebit control channel (`EdgeControl`) that turns
-tokens into a grant. The routing table only ever holds what a tunnel's tokens grant; a session leaves it
-the moment its tunnel ends, and the multiplexer then closes every client socket it carried.
+Tunnels come in through `TunnelEndpoint` (mproxy.edge.tunnels), each one granted names and ports by its
+tokens (mproxy.edge.expiry drops them as they expire). Public clients are `EdgeClient`s
+(mproxy.edge.client); the relay is their `Router`: `open` picks a tunnel that grants the client's name or
+port (the table: longest suffix first, least loaded) and opens its stream; `_unroutable` is where a
+client that no tunnel here takes is refused.
 
-The bytes flusher and each tunnel's guard (token deadline and expiry) are supervised: one that fails is
-logged once, counted in mproxy_edge_task_restarts_total{task}, and restarted with backoff; /readyz is 503
-and /status lists it while it waits for the restart.
+The bytes flusher and each tunnel's guard are supervised: one that fails is logged once, counted in
+mproxy_edge_task_restarts_total{task}, and restarted with backoff; /readyz is 503 and /status lists it
+while it waits for the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import ssl
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -31,77 +33,24 @@ from mproxy.buffers import BufferRule
 from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.client import EdgeClient, Tunnel
-from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import PublicListener
 from mproxy.edge.refusal import Refused
 from mproxy.edge.table import RoutingTable
+from mproxy.edge.tunnels import TunnelEndpoint, TunnelSession
 from mproxy.edge.udp import UdpListener
 from mproxy.metrics.edge import EdgeMetrics
 from mproxy.metrics.udp import UdpMetrics
-from mproxy.tunnel.identity import HAVE_HEADER, ID_HEADER, REPLICAS_HEADER, default_edge_id, parse_have
-from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream
+from mproxy.tunnel.identity import default_edge_id
+from mproxy.tunnel.mux import E_SHUTTING_DOWN, MuxLimits, Stream
 from mproxy.tunnel.supervisor import Supervised
-from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
 
 log = logging.getLogger("mproxy.edge")
 
-_ids = itertools.count(1)
-MAX_ATTEMPTS = 3
-BYTES_FLUSH_SECONDS = 2.0  # tunnels tried for one client when sidecars refuse it before answering
-E_SHUTTING_DOWN = "E_SHUTTING_DOWN"
-# Tunnel ends that are the peer's fault or a bug: counted in tunnel_rejects and logged as a warning.
-_COUNTED_CLOSES = ("protocol_error", "overflow", "internal_error")
+MAX_ATTEMPTS = 3  # tunnels tried for one client when sidecars refuse it before answering
+BYTES_FLUSH_SECONDS = 2.0
 
-
-class TunnelSession:
-    """One connected tunnel (a sidecar or device WebSocket)."""
-
-    def __init__(self, relay: EdgeRelay, remote: str) -> None:
-        self.relay = relay
-        self.id = next(_ids)
-        self.remote = remote
-        self.control = EdgeControl(relay.secret)
-        self.mux: Multiplexer | None = None
-        self.draining = False
-        self.connected_at = time.time()
-        self.stop = asyncio.Event()
-
-    @property
-    def active_streams(self) -> int:
-        return len(self.mux.streams) if self.mux is not None else 0
-
-    @property
-    def accepting(self) -> bool:
-        mux = self.mux
-        return (mux is not None and not mux.closed and not self.draining
-                and len(mux.streams) < mux.limits.max_streams)
-
-    def on_control(self, value: object) -> None:
-        result = self.control.handle(value)
-        assert self.mux is not None
-        for message in result.replies:
-            self.mux.send_control(message)
-        for reason in result.rejected:
-            self.relay.metrics.tunnel_rejects.labels(reason).inc()
-            log.warning("tunnel %d (%s): token refused: %s", self.id, self.remote, reason)
-        if result.grant_changed:
-            self.relay.regrant(self)
-
-    def status(self) -> dict[str, Any]:
-        grant = self.control.grant
-        mux = self.mux
-        return {
-            "id": self.id,
-            "remote": self.remote,
-            "domains": sorted(grant.domains),
-            "ports": sorted(grant.ports),
-            "streams": self.active_streams,
-            "draining": self.draining,
-            "connectedSeconds": round(time.time() - self.connected_at, 1),
-            "bytesSent": mux.bytes_sent if mux else 0,
-            "bytesReceived": mux.bytes_received if mux else 0,
-        }
+Task = Callable[[], Coroutine[Any, Any, None]]
 
 
 class EdgeRelay:
@@ -110,7 +59,6 @@ class EdgeRelay:
         self.secret = secret
         self.metrics = metrics or EdgeMetrics()
         self.table: RoutingTable[TunnelSession] = RoutingTable()
-        self.sessions: set[TunnelSession] = set()
         lim = config.limits
         self.limiter = ClientLimiter(max_open=lim.connections_per_client, rate=lim.connection_rate,
                                      burst=lim.connection_burst, ipv6_prefix=lim.ipv6_prefix_length)
@@ -128,11 +76,9 @@ class EdgeRelay:
         self.draining = False
         self.started = False
         self.edge_id = config.id or default_edge_id()
-        self.identity = {ID_HEADER: self.edge_id, REPLICAS_HEADER: str(config.replicas)}
         self.tunnel_port = 0
         self.http_port = 0
         self._runners: list[web.AppRunner] = []
-        self._tunnel_tasks: set[asyncio.Task[Any]] = set()
         self._clients: set[EdgeClient] = set()  # relayed (a stream opened) and not finished
         self._flusher: asyncio.Future[None] | None = None
         self.supervised: set[Supervised] = set()  # the flusher and every tunnel's guard
@@ -148,13 +94,17 @@ class EdgeRelay:
         self.buffer_rule = BufferRule(soft=lim.buffer_soft_bytes, hard=lim.buffer_hard_bytes,
                                       grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes,
                                       allowance=lim.stream_buffer_bytes)
+        self.tunnels = TunnelEndpoint(config, secret, self.metrics, self.table, edge_id=self.edge_id,
+                                      mux_limits=self.mux_limits, supervise=self._supervise,
+                                      unsupervise=self._unsupervise)
+        self.sessions = self.tunnels.sessions  # every connected tunnel
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         for listener in self.listeners:
             await listener.start()
-        self.tunnel_port = await self._serve(self.tunnel_app(), self.config.tunnel.host_port,
+        self.tunnel_port = await self._serve(self.tunnels.app(), self.config.tunnel.host_port,
                                              self._tunnel_ssl(), "tunnel.listen")
         self.http_port = await self._serve(self.http_app(), self.config.http.host_port, None, "http.listen")
         self.started = True
@@ -162,10 +112,14 @@ class EdgeRelay:
         log.info("edge ready: tunnel endpoint on port %d, listeners %s", self.tunnel_port,
                  ", ".join(f"{item.config.kind}:{item.port}" for item in self.listeners))
 
-    def _supervise(self, name: str, kind: str, factory: Any) -> Supervised:
+    def _supervise(self, name: str, kind: str, factory: Task) -> Supervised:
         sup = Supervised(name, kind, factory, on_crash=self._task_crashed, on_restart=self._count_down)
         self.supervised.add(sup)
         return sup
+
+    def _unsupervise(self, sup: Supervised) -> None:
+        self.supervised.discard(sup)
+        self._count_down()
 
     def _task_crashed(self, sup: Supervised) -> None:
         self.metrics.task_restarts.labels(sup.kind).inc()
@@ -205,16 +159,11 @@ class EdgeRelay:
         """Graceful stop: refuse new clients and tunnels, let open streams finish (up to `grace`
         seconds, default drainSeconds), then close everything."""
         timeout = self.config.drain_seconds if grace is None else grace
-        self.draining = True
+        self.draining = self.tunnels.draining = True
         self.metrics.draining.set(1)
         for listener in self.listeners:
             await listener.stop_accepting()
-        deadline = asyncio.get_running_loop().time() + timeout
-        for session in list(self.sessions):
-            session.draining = True
-            if session.mux is not None:
-                left = max(0.0, deadline - asyncio.get_running_loop().time())
-                await session.mux.wait_idle(left)
+        await self.tunnels.drain(asyncio.get_running_loop().time() + timeout)
         await self.close()
 
     async def _flush_loop(self) -> None:
@@ -233,10 +182,7 @@ class EdgeRelay:
         if self._flusher is not None:
             self._flusher.cancel()
         self.draining = True
-        for session in list(self.sessions):
-            session.stop.set()
-        if self._tunnel_tasks:
-            await asyncio.wait(self._tunnel_tasks, timeout=3.0)
+        await self.tunnels.close()
         for listener in self.listeners:
             await listener.close()
         for client in list(self._clients):
@@ -334,112 +280,6 @@ class EdgeRelay:
             delta_in, delta_out = client.uncounted()
             self.metrics.client_done(client.service, client.label, result, delta_in, delta_out,
                                      time.monotonic() - client.started)
-
-    # -- tunnels ------------------------------------------------------------------------------------
-
-    def regrant(self, session: TunnelSession) -> None:
-        if session.mux is None or session.mux.closed:
-            return
-        self.table.set_grant(session, session.control.grant)
-        self.metrics.set_tunnel_names(self.table.names())
-
-    def _forget(self, session: TunnelSession) -> None:
-        self.table.remove(session)
-        self.sessions.discard(session)
-        self.metrics.set_tunnel_names(self.table.names())
-        self.metrics.tunnels_connected.set(len(self.sessions))
-
-    def tunnel_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get(self.config.tunnel.path, self.handle_tunnel)
-        return app
-
-    async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
-        if self.draining:
-            return web.json_response({"error": "the edge is shutting down; reconnect to another"}, status=503)
-        remote = request.remote or "?"
-        if self.edge_id in parse_have(request.headers.get(HAVE_HEADER)):
-            # The sidecar already holds its tunnels to this edge (it dialled through a load balancer).
-            self.metrics.tunnel_rejects.labels("duplicate_edge").inc()
-            message = f"this sidecar already holds its tunnels to edge {self.edge_id}"
-            return web.json_response({"error": message, "code": "E_DUPLICATE"}, status=409,
-                                     headers=self.identity)
-        if len(self.sessions) >= self.config.limits.max_tunnels:
-            self.metrics.tunnel_rejects.labels("too_many_tunnels").inc()
-            return web.json_response({"error": f"this edge already holds {len(self.sessions)} tunnels "
-                                      "(limits.maxTunnels); try another edge", "code": "E_LIMIT"}, status=503)
-        session = TunnelSession(self, remote)
-        tokens = tokens_from_request(request.query_string, request.headers.get("Authorization"))
-        refused = []
-        for token in tokens:
-            reason = session.control.add_token(token)
-            if reason is not None:
-                refused.append(reason)
-                self.metrics.tunnel_rejects.labels(reason).inc()
-        if tokens and session.control.grant.empty:
-            log.warning("tunnel from %s refused: %s", remote, ", ".join(refused))
-            return web.json_response(
-                {"error": f"token refused: {', '.join(refused)}", "code": "E_AUTH"}, status=401
-            )
-        lim = self.config.limits
-        ws = web.WebSocketResponse(autoping=False, compress=False,
-                                   max_msg_size=max(4 << 20, 2 * lim.max_frame_bytes + 65536))
-        ws.headers.update(self.identity)
-        await ws.prepare(request)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tunnel_tasks.add(task)
-        mux = Multiplexer(on_control=session.on_control, limits=self.mux_limits, name=f"tunnel {session.id}")
-        session.mux = mux
-        self.sessions.add(session)
-        self.metrics.tunnel_connects.inc()
-        self.metrics.tunnels_connected.set(len(self.sessions))
-        hb = self.config.heartbeat
-        guard = self._supervise(f"tunnel {session.id} guard", "tunnel_guard",
-                                lambda: self._guard(session, ws))
-        try:
-            mux.send_control(EdgeControl.hello())
-            self.regrant(session)
-            result = await run_tunnel(ws, mux, heartbeat=Heartbeat(hb.interval_seconds, hb.timeout_seconds),
-                                      stop=session.stop)
-        finally:
-            guard.task.cancel()
-            self.supervised.discard(guard)
-            self._count_down()
-            mux.close("the tunnel handler ended")  # no-op after run_tunnel; frees every client if not
-            self._forget(session)
-            self._tunnel_tasks.discard(task)
-        if result.reason in _COUNTED_CLOSES:
-            self.metrics.tunnel_rejects.labels(result.reason).inc()
-        level = logging.WARNING if result.reason in _COUNTED_CLOSES else logging.INFO
-        log.log(level, "tunnel %d from %s closed: %s", session.id, remote, result)
-        return ws
-
-    async def _guard(self, session: TunnelSession, ws: web.WebSocketResponse) -> None:
-        """Close a tunnel that presents no valid token in time, and drop tokens as they expire."""
-        hb = self.config.heartbeat
-        await asyncio.sleep(hb.auth_timeout_seconds)
-        if session.control.grant.empty:
-            self.metrics.tunnel_rejects.labels("no_token").inc()
-            log.warning("tunnel %d from %s sent no valid token within %g s; closing", session.id,
-                        session.remote, hb.auth_timeout_seconds)
-            await self._close_policy(session, ws, "no valid token; send add_token or ?access_token=")
-            return
-        while True:
-            await asyncio.sleep(1.0)
-            if session.control.expire():
-                self.regrant(session)
-                if not session.control.has_grant():
-                    self.metrics.tunnel_rejects.labels("expired").inc()
-                    await self._close_policy(session, ws, "every token of this tunnel has expired")
-                    return
-
-    async def _close_policy(self, session: TunnelSession, ws: web.WebSocketResponse, message: str) -> None:
-        self.table.remove(session)
-        if session.mux is not None:
-            session.mux.close(message)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(code=CLOSE_POLICY, message=message.encode()[:120]), 2.0)
 
     # -- observability ------------------------------------------------------------------------------
 
