@@ -47,7 +47,8 @@ from mproxy.codec.errors import LocalProtocolError
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.refusal import Refused, refusal_bytes
 from mproxy.sockwatch import PausedWatch, reset
-from mproxy.tunnel.mux import E_BUFFER, E_LIMIT, E_SHUTTING_DOWN, Stream, StreamHandler
+from mproxy.tunnel.mux import E_BUFFER, E_LIMIT, E_SHUTTING_DOWN, Stream, StreamEnd, StreamHandler
+from mproxy.tunnel.ws import CLOSE_GOING_AWAY
 
 __all__ = ["CLOSE_GRACE", "REPLAY_MAX", "EdgeClient", "Front", "Router", "Tunnel"]
 
@@ -128,17 +129,14 @@ class _StreamSide(StreamHandler):
     def eof_received(self) -> None:
         self.c.tunnel_eof()
 
-    def error_received(self, message: str, code: str) -> None:
-        self.c.peer_error = (message, code)
-
     def pause_writing(self) -> None:
         self.c.set_reading(False)
 
     def resume_writing(self) -> None:
         self.c.set_reading(True)
 
-    def stream_closed(self, reason: str | None) -> None:
-        self.c.stream_closed(reason)
+    def stream_closed(self, end: StreamEnd) -> None:
+        self.c.stream_closed(end)
 
 
 class EdgeClient(asyncio.Protocol):
@@ -174,8 +172,7 @@ class EdgeClient(asyncio.Protocol):
         # the current attempt
         self.stream: Stream | None = None
         self._buffers: TunnelBuffers | None = None
-        self.close_reason: str | None = None
-        self.peer_error: tuple[str, str] | None = None
+        self.end: StreamEnd | None = None  # how the current attempt's stream ended
         self.received_any = False
         self.tunnel_ended = False  # the sidecar sent `end`: the client's answer is complete
         self.retry = False
@@ -345,8 +342,7 @@ class EdgeClient(asyncio.Protocol):
         self._phase = _RELAYING
         self.stream = stream
         self._buffers = buffers_of(stream.mux, self.router.buffer_rule)
-        self.close_reason = None
-        self.peer_error = None
+        self.end = None
         self.tunnel_ended = self.retry = self._attempt_over = False
         self._folded = False
         replay = self._replay
@@ -501,17 +497,17 @@ class EdgeClient(asyncio.Protocol):
 
     # -- end of an attempt --------------------------------------------------------------------------
 
-    def _can_retry(self, reason: str | None) -> bool:
+    def _can_retry(self, end: StreamEnd) -> bool:
         if self._replay is None or self.received_any or self.stream is None:
             return False
-        if self.peer_error is not None:
-            return self.peer_error[1] in RETRY_CODES
-        if reason is not None and reason.startswith("tunnel closed") and "(1001" in reason:
+        if end.origin == "peer":
+            return end.code in RETRY_CODES
+        if end.origin == "tunnel" and end.code == "peer_closed" and end.close_code == CLOSE_GOING_AWAY:
             return self.stream.mux.now() - self.stream.opened_at < FRESH_SECONDS
         return False
 
-    def stream_closed(self, reason: str | None) -> None:
-        self.close_reason = reason
+    def stream_closed(self, end: StreamEnd) -> None:
+        self.end = end
         self._phase = _ROUTING  # until the attempt is finished: kept for a replay, or ended
         if self._watch is not None:
             self._watch.stop()
@@ -519,21 +515,21 @@ class EdgeClient(asyncio.Protocol):
             self._buffers.forget(self)
         t = self.transport
         assert t is not None
-        if not t.is_closing() and self._can_retry(reason):
+        if not t.is_closing() and self._can_retry(end):
             self.retry = True  # leave the client open: it is replayed onto another tunnel
             self._finish_attempt()
             return
-        if self.peer_error is not None and not self.received_any and not t.is_closing():
+        if end.origin == "peer" and not self.received_any and not t.is_closing():
             # Nothing reached the client yet, so it can still get a proper answer in its protocol.
             # Only the error code goes out: the sidecar's message may name internal hosts.
-            code = self.peer_error[1][:40]
+            code = end.code[:40]
             t.write(refusal_bytes(self.kind, "backend_failed",
                                   f"the service behind this name is unavailable ({code})"))
-        if reason is not None and self.received_any and not self.tunnel_ended:
+        if not end.clean and self.received_any and not self.tunnel_ended:
             # The client has part of an answer and the rest will never come (the backend failed, E_BUFFER,
             # the tunnel closed): a reset tells it the answer is incomplete.
             reset(t)
-        elif reason is not None and reason.startswith("tunnel closed") and not self.tunnel_ended:
+        elif end.origin == "tunnel" and not self.tunnel_ended:
             t.abort()  # the tunnel is gone before any answer: free the client now
         else:
             t.close()  # flushes what is queued for the client, then closes
@@ -563,7 +559,9 @@ class EdgeClient(asyncio.Protocol):
             if self.retry and not t.is_closing() and tunnel is not None:
                 # The sidecar refused before saying anything: try another tunnel with the same bytes.
                 self.tried.add(id(tunnel))
-                self.router.refused(self, tunnel, self.peer_error[1] if self.peer_error else "tunnel closed")
+                end = self.end
+                code = end.code if end is not None and end.origin == "peer" else "tunnel closed"
+                self.router.refused(self, tunnel, code)
                 try:
                     self._attach(self.router.open(self))
                     return
@@ -573,9 +571,9 @@ class EdgeClient(asyncio.Protocol):
                     t.close()
                     self.router.rejected(self.kind, exc.reason)
                     result = "rejected"
-            elif self.close_reason is None:
+            elif self.end is not None and self.end.clean:
                 result = "ok"
-            elif self.close_reason.startswith("tunnel closed"):
+            elif self.end is not None and self.end.origin == "tunnel":
                 result = "tunnel_closed"
         except Exception:  # a bug must cost this one client only
             log.exception("internal error while finishing a client")

@@ -30,7 +30,7 @@ from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.proxyproto import encode as encode_proxy
 from mproxy.routing import Route, RouteTable
 from mproxy.sockwatch import PausedWatch
-from mproxy.tunnel import Stream, StreamHandler
+from mproxy.tunnel import E_IDLE, Stream, StreamEnd, StreamHandler
 
 __all__ = ["BackendOptions", "BackendStream"]
 
@@ -330,7 +330,7 @@ class BackendStream(StreamHandler):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         self.state = "closed"
         self._buffers.forget(self)
         if self._watch is not None:
@@ -339,16 +339,16 @@ class BackendStream(StreamHandler):
             self._connect_task.cancel()
         t = self.transport
         if t is not None and not t.is_closing():
-            if reason is None:
+            if end.clean:
                 t.close()
             else:
                 t.abort()
         self._early = []
         self.flush_metrics()
         if self.meter:
-            if reason is not None and "E_IDLE" in reason:
+            if end.code == E_IDLE:
                 self.meter.error("idle")
-            elif reason is not None and reason.startswith("tunnel closed"):
+            elif end.origin == "tunnel":
                 self.meter.error("tunnel_closed")
             self.meter.close()
 

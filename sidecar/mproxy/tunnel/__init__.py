@@ -7,6 +7,7 @@ aiohttp WebSocket with keepalive) and `mproxy.tunnel.control.ControlChannel` (te
 
 from mproxy.tunnel.backoff import Backoff
 from mproxy.tunnel.control import CommandError, ControlChannel
+from mproxy.tunnel.end import StreamEnd
 from mproxy.tunnel.mux import (
     E_IDLE,
     E_LIMIT,
@@ -32,6 +33,7 @@ __all__ = [
     "Multiplexer",
     "MuxLimits",
     "Stream",
+    "StreamEnd",
     "StreamHandler",
     "TunnelClose",
     "TunnelProtocolError",
