@@ -36,7 +36,7 @@ from mproxy.edge.client import EdgeClient, Tunnel
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import PublicListener
 from mproxy.edge.refusal import Refused
-from mproxy.edge.table import RoutingTable
+from mproxy.edge.table import TunnelDirectory
 from mproxy.edge.tunnels import TunnelEndpoint, TunnelSession
 from mproxy.edge.udp import UdpListener
 from mproxy.metrics.edge import EdgeMetrics
@@ -58,7 +58,7 @@ class EdgeRelay:
         self.config = config
         self.secret = secret
         self.metrics = metrics or EdgeMetrics()
-        self.table: RoutingTable[TunnelSession] = RoutingTable()
+        self.table: TunnelDirectory[TunnelSession] = TunnelDirectory()
         lim = config.limits
         self.limiter = ClientLimiter(max_open=lim.connections_per_client, rate=lim.connection_rate,
                                      burst=lim.connection_burst, ipv6_prefix=lim.ipv6_prefix_length)

@@ -24,7 +24,7 @@ from aiohttp import web
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.control import EdgeControl, tokens_from_request
 from mproxy.edge.expiry import TokenGuard
-from mproxy.edge.table import RoutingTable
+from mproxy.edge.table import TunnelDirectory
 from mproxy.metrics.edge import EdgeMetrics
 from mproxy.tunnel.identity import HAVE_HEADER, ID_HEADER, REPLICAS_HEADER, parse_have
 from mproxy.tunnel.mux import Multiplexer, MuxLimits
@@ -95,7 +95,7 @@ class TunnelSession:
 
 class TunnelEndpoint:
     def __init__(self, config: EdgeConfig, secret: bytes, metrics: EdgeMetrics,
-                 table: RoutingTable[TunnelSession], *, edge_id: str, mux_limits: MuxLimits,
+                 table: TunnelDirectory[TunnelSession], *, edge_id: str, mux_limits: MuxLimits,
                  supervise: Supervise, unsupervise: Callable[[Supervised], None]) -> None:
         self.config = config
         self.secret = secret

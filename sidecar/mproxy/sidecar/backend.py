@@ -1,6 +1,6 @@
 """One client stream on the sidecar: route it, connect its backend, pipe both ways with flow control.
 
-`BackendStream` is the stream's handler (see mproxy.tunnel.mux). Life of a stream:
+`BackendHandler` is the stream's handler (see mproxy.tunnel.mux). Life of a stream:
 1. routing: by the relay's service/serviceport/name; without a name, when a hostname route could apply,
    sniff TLS SNI or HTTP Host from the first bytes (bounded by MAX_SNIFF_BYTES). No route -> `error`
    E_NO_ROUTE, and no connection is attempted.
@@ -32,7 +32,7 @@ from mproxy.routing import Route, RouteTable
 from mproxy.sockwatch import PausedWatch
 from mproxy.tunnel import E_IDLE, Stream, StreamEnd, StreamHandler
 
-__all__ = ["BackendOptions", "BackendStream"]
+__all__ = ["BackendHandler", "BackendOptions"]
 
 log = logging.getLogger("mproxy.sidecar")
 
@@ -79,11 +79,11 @@ def _errno_code(exc: BaseException) -> str:
 
 
 class _BackendProtocol(asyncio.Protocol):
-    """The backend socket's protocol; forwards everything to its BackendStream."""
+    """The backend socket's protocol; forwards everything to its BackendHandler."""
 
     __slots__ = ("_owner", "_write")
 
-    def __init__(self, owner: BackendStream) -> None:
+    def __init__(self, owner: BackendHandler) -> None:
         self._owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,7 +110,7 @@ class _BackendProtocol(asyncio.Protocol):
         self._owner._backend_full(False)
 
 
-class BackendStream(StreamHandler):
+class BackendHandler(StreamHandler):
     __slots__ = (
         "_buffers",
         "_connect_task",

@@ -178,12 +178,12 @@ class Stream:
         "bytes_out",
         "client_id",
         "closed",
-        "eof_received",
         "last_active",
         "limit_key",
         "mux",
         "name",
         "opened_at",
+        "peer_ended",
         "service",
         "serviceport",
         "tags",
@@ -203,7 +203,7 @@ class Stream:
         self._want_eof = False
         self._eof_sent = False
         self._forget_after_eof = False
-        self.eof_received = False
+        self.peer_ended = False  # the peer sent `end`
         self.closed = False
         self._local_full = False
         self._remote_paused = False
@@ -360,7 +360,7 @@ class Stream:
         self._eof_sent = True
         end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
         out.append(end)
-        if self.eof_received or self._forget_after_eof:
+        if self.peer_ended or self._forget_after_eof:
             self._close(CLEAN)
         return len(end)
 
@@ -651,9 +651,9 @@ class Multiplexer:
                 self._reply_error(event.addr, "no matching connection", E_NO_CONN)
             return
         if cls is End:
-            if stream.eof_received:
+            if stream.peer_ended:
                 return
-            stream.eof_received = True
+            stream.peer_ended = True
             stream.last_active = self.now()
             try:
                 stream._handler.eof_received()
