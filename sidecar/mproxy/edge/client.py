@@ -63,7 +63,7 @@ E_CLIENT = "E_CLIENT"
 # have reached a backend (a drain waits for streams it accepted), so it is replayed elsewhere too.
 FRESH_SECONDS = 1.0
 PROXY_HEADER_MAX = 4096  # bytes read for a PROXY header before it is refused as too long
-REFUSAL_FLUSH_SECONDS = 2.0  # a refused client that does not read its answer is dropped after this
+REFUSAL_LINGER_SECONDS = 2.0  # a refused client that does not take its answer and close is dropped then
 
 # The client's phases; `data_received` checks the hot one first.
 _RELAYING, _PROXY, _SNIFF, _ROUTING, _DONE = range(5)
@@ -118,8 +118,6 @@ class Front:
 class _StreamSide(StreamHandler):
     """The stream's handler: what the multiplexer calls, handed to the client."""
 
-    __slots__ = ("c",)
-
     def __init__(self, client: EdgeClient) -> None:
         self.c = client
 
@@ -142,6 +140,14 @@ class _StreamSide(StreamHandler):
 class EdgeClient(asyncio.Protocol):
     """One public client socket; see the module docstring."""
 
+    __slots__ = (  # one per client, thousands idle: no __dict__
+        "_admitted", "_attempt_over", "_buffers", "_counted_in", "_counted_out", "_folded", "_lost",
+        "_peer_fin", "_phase", "_replay", "_timer", "_watch", "addr", "attempts", "bytes_in", "bytes_out",
+        "client_ended", "end", "front", "handler", "kind", "label", "name", "received_any", "retry",
+        "router", "service", "serviceport", "started", "stream", "transport", "tried", "tunnel",
+        "tunnel_ended",
+    )
+
     def __init__(self, front: Front) -> None:
         self.front = front
         self.router = front.router
@@ -160,7 +166,6 @@ class EdgeClient(asyncio.Protocol):
         # so a refused stream can be replayed elsewhere; None once answered (or past REPLAY_MAX).
         self._replay: bytearray | None = bytearray()
         self.client_ended = False  # the client sent FIN
-        self._want_read = True
         self._peer_fin = False  # the client sent FIN while paused: read on until its EOF
         self._watch: PausedWatch | None = None
         # routing, over every attempt (a replay moves the client to another tunnel)
@@ -193,7 +198,6 @@ class EdgeClient(asyncio.Protocol):
         # An asyncio transport or uvloop's (not an asyncio.Transport subclass, same interface).
         t = self.transport = cast(asyncio.Transport, transport)
         front = self.front
-        self.serviceport = front.public_port
         front.unrouted.add(self)
         front.pending.add(id(self), self._shed)
         try:
@@ -270,6 +274,9 @@ class EdgeClient(asyncio.Protocol):
             self._refuse(Refused("sniff_timeout", message))
 
     def _shed(self) -> None:
+        if self._phase == _DONE:  # refused already, lingering: no second reject
+            self._drop()
+            return
         log.debug("too many connections not yet routed; shedding the oldest on the %s listener", self.kind)
         self.router.rejected(self.kind, "overloaded")
         self._end_unrouted(abort=True)
@@ -283,13 +290,33 @@ class EdgeClient(asyncio.Protocol):
         log.info("refused a %s client: %s (%s)", self.kind, exc.reason, exc)
         payload = refusal_bytes(self.kind, exc.reason, str(exc))
         t = self.transport
-        if payload and t is not None and not t.is_closing():
+        if t is None or self._lost or t.is_closing():
+            self._end_unrouted()
+            return
+        if payload:
             t.write(payload)
-        self._end_unrouted()
+        self._linger(t)
+
+    def _linger(self, t: asyncio.Transport) -> None:
+        """After a refusal: send FIN behind the answer and read on (discarding) until the client closes,
+        for at most REFUSAL_LINGER_SECONDS. Closing with the client's request unread (it is often still
+        arriving) would make the kernel reset the connection, and a reset can destroy the answer before
+        the client reads it. The socket stays counted in PendingClients, so lingering ones are shed
+        first under a flood."""
+        self._phase = _DONE
+        self._release()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.front.unrouted.discard(self)
+        try:
+            t.write_eof()
+        except (OSError, RuntimeError):
+            self._end_unrouted(abort=True)
+            return
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, self._drop)
 
     def _end_unrouted(self, *, abort: bool = False) -> None:
-        """End a client that was never relayed: free its admission and pending slot, close the socket
-        (its queued answer is flushed first, for at most REFUSAL_FLUSH_SECONDS)."""
+        """End a client that was never relayed: free its admission and pending slot, close the socket."""
         self._phase = _DONE
         self._leave_preamble()
         self._release()
@@ -298,10 +325,8 @@ class EdgeClient(asyncio.Protocol):
             return
         if abort:
             t.abort()
-            return
-        t.close()
-        if t.get_write_buffer_size():
-            asyncio.get_running_loop().call_later(REFUSAL_FLUSH_SECONDS, self._drop)
+        else:
+            t.close()
 
     def _drop(self) -> None:
         if not self._lost and self.transport is not None:
@@ -328,14 +353,19 @@ class EdgeClient(asyncio.Protocol):
 
     def _route(self) -> None:
         self._phase = _ROUTING
-        self._leave_preamble()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.front.unrouted.discard(self)
         self.started = time.monotonic()
+        stream = self.router.open(self)  # Refused: answered as in the preamble
+        self.front.pending.discard(id(self))  # (a refused one stays counted while it lingers)
         t = self.transport
         assert t is not None
         high = self.router.stream_buffer
         t.set_write_buffer_limits(high=high, low=max(high // 4, 1))
         self._watch = PausedWatch(t, on_reset=self._client_reset, on_fin=self._client_fin)
-        self._attach(self.router.open(self))  # Refused: the preamble's refusal
+        self._attach(stream)
 
     def _attach(self, stream: Stream) -> None:
         """Start relaying on `stream`: the bytes read so far (and a client FIN already seen) go first."""
@@ -382,6 +412,8 @@ class EdgeClient(asyncio.Protocol):
         if self._phase in (_PROXY, _SNIFF):
             self._gone_early(ConnectionResetError("client closed before sending enough to route it"))
             return False
+        if self._phase == _DONE:
+            return False  # a refused client took its answer and closed: close too
         self.client_ended = True
         stream = self.stream
         if self._phase == _RELAYING and stream is not None and not stream.closed:
@@ -392,7 +424,7 @@ class EdgeClient(asyncio.Protocol):
         self._lost = True
         if self._watch is not None:
             self._watch.stop()
-        if self._phase in (_PROXY, _SNIFF):
+        if self.stream is None:  # never relayed (refused, lingering, or still in its preamble)
             self._phase = _DONE
             self._leave_preamble()
             self._release()
@@ -407,7 +439,6 @@ class EdgeClient(asyncio.Protocol):
         self._finish_attempt()
 
     def set_reading(self, on: bool) -> None:
-        self._want_read = on
         t = self.transport
         if t is None or t.is_closing():
             return

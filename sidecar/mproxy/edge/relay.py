@@ -258,7 +258,9 @@ class EdgeRelay:
         raise Refused("tunnel_full", f"every tunnel for {what} refused the connection; retry later")
 
     def _unroutable(self, client: EdgeClient, known: bool, clashed: bool) -> Stream:
-        """No tunnel here takes `client`: the one place that decides so (and raises its Refused)."""
+        """No tunnel here takes `client` (`known`: some tunnel grants it but none has room; `clashed`: its
+        client id is in use on every one). The one place that decides so: it raises the Refused the client
+        is told; a stream returned instead (from another way to serve it) is relayed like any other."""
         what = client.name or f"port {client.serviceport}"
         if clashed:
             raise Refused("client_id_in_use", f"your address and port already have a connection "

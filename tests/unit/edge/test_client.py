@@ -138,3 +138,20 @@ async def test_a_silent_client_times_out_and_is_released(limiter: ClientLimiter)
         assert router.rejects == ["sniff_timeout"] and not router.opened
         assert limiter.open_count("10.1.2.3") == 0
         writer.close()
+
+
+async def test_a_refusal_reaches_a_client_whose_request_is_still_arriving() -> None:
+    """Admission is decided on the PROXY header, so the refusal goes out while the rest of the request
+    (here a 1 MiB body) is still arriving. Closing then, with those bytes unread, makes the kernel reset
+    the connection instead of a FIN, and the client's read fails with the answer in hand (before:
+    ConnectionResetError). The edge sends FIN behind the answer and reads on until the client closes."""
+    router = _Router()
+    limiter = ClientLimiter(max_open=0, rate=100.0, burst=100)
+    async for listener in _listener(router, limiter):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        head = b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1048576\r\n\r\n"
+        writer.write(proxyproto.encode("v1", ("10.1.2.3", 40000), ("10.0.0.1", 80)) + head + bytes(1 << 20))
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 429 "), answer
+        assert router.rejects == ["too_many_connections"]
+        writer.close()
