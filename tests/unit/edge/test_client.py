@@ -155,3 +155,62 @@ async def test_a_refusal_reaches_a_client_whose_request_is_still_arriving() -> N
         assert answer.startswith(b"HTTP/1.1 429 "), answer
         assert router.rejects == ["too_many_connections"]
         writer.close()
+
+
+class _Tunnel:
+    def __init__(self, name: str) -> None:
+        self.mux = Multiplexer(name=name)
+        self.id, self.draining = id(self), False
+
+
+class _TwoTunnels(_Router):
+    """Opens on the first tunnel the client has not tried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tunnels = [_Tunnel("a"), _Tunnel("b")]
+        self.refusals: list[str] = []
+
+    def open(self, client: EdgeClient) -> Stream:
+        for tunnel in self.tunnels:
+            if id(tunnel) not in client.tried:
+                self.opened.append(client)
+                client.tunnel = tunnel
+                return tunnel.mux.open_stream(client.addr, client.handler, service=client.service,
+                                              serviceport=client.serviceport, name=client.name)
+        raise Refused("tunnel_full", "every tunnel refused")
+
+    def refused(self, client: EdgeClient, tunnel: Tunnel, code: str) -> None:
+        self.refusals.append(code)
+
+
+def _data_sent(mux: Multiplexer) -> bytes:
+    frames: list[bytes | memoryview] = []
+    while mux.has_pending_output():
+        frames += mux.next_batch()
+    return b"".join(bytes(e.data) for e in parse_all(b"".join(frames)) if isinstance(e, Message))
+
+
+@pytest.mark.parametrize(("code", "replayed"), [("peer_closed", True), ("shutdown", False)])
+async def test_a_fresh_stream_moves_only_when_the_peer_went_away(limiter: ClientLimiter, code: str,
+                                                                 replayed: bool) -> None:
+    """A sidecar closing its tunnel with 1001 may never have read our `connection`: a stream that fresh
+    is replayed on another tunnel. Our own shutdown also closes with 1001, but nothing is left to move
+    to: the client is let go. The decision reads StreamEnd's fields (code and close code)."""
+    router = _TwoTunnels()
+    async for listener in _listener(router, limiter):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(proxyproto.encode("v1", ("10.1.2.3", 40000), ("10.0.0.1", 80)) + REQUEST)
+        await _until(lambda: bool(router.opened), "the first stream")
+        assert _data_sent(router.tunnels[0].mux) == REQUEST  # queued as the stream opened
+        router.tunnels[0].mux.close(f"{code}: going away", code=code, close_code=1001)
+        if replayed:
+            await _until(lambda: len(router.opened) == 2, "the replay")
+            assert router.refusals == ["tunnel closed"]
+            assert _data_sent(router.tunnels[1].mux) == REQUEST  # the same bytes, on tunnel b
+            writer.close()
+        else:
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # let go, nothing replayed
+            await _until(lambda: bool(router.results), "the client to finish")
+            assert router.results == ["tunnel_closed"] and len(router.opened) == 1
+            writer.close()
