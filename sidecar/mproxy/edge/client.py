@@ -388,25 +388,28 @@ class EdgeClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
-        replay = self._replay
         if phase == _RELAYING:
-            if replay is not None:
-                if len(replay) + len(data) > REPLAY_MAX:
-                    self._replay = None
-                else:
-                    replay += data
+            if self._replay is not None:
+                self._keep(data)
             stream = self.stream
             if stream is not None and not stream.closed:
                 stream.write(data)
         elif phase in (_PROXY, _SNIFF):
+            replay = self._replay
             assert replay is not None
             replay += data
             self._step(self._proxy_header if phase == _PROXY else self._sniff)
-        elif phase == _ROUTING and replay is not None:  # between attempts: kept for the replay
-            if len(replay) + len(data) > REPLAY_MAX:
-                self._replay = None
-            else:
-                replay += data
+        elif phase == _ROUTING and self._replay is not None:  # between attempts: kept for the replay
+            self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        """Keep sent bytes for a replay, up to REPLAY_MAX (past it the client cannot move any more)."""
+        replay = self._replay
+        assert replay is not None
+        if len(replay) + len(data) > REPLAY_MAX:
+            self._replay = None
+        else:
+            replay += data
 
     def eof_received(self) -> bool:
         if self._phase in (_PROXY, _SNIFF):
