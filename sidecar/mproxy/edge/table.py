@@ -1,4 +1,6 @@
-"""The edge routing table: which tunnels serve a name or a port, and which one gets the next client.
+"""The edge's tunnel directory: which tunnels' tokens grant a name or a port, and which one gets the next
+client. (The sidecar's `RouteTable`, mproxy.routing, maps a stream to a backend; this maps a client to a
+tunnel.)
 
 A tunnel is registered under every domain and port its tokens grant. A name is looked up longest
 suffix first (`a.b.example.com` tries `a.b.example.com`, `b.example.com`, `example.com`), so a more
@@ -25,7 +27,7 @@ class Routable(Protocol):
 T = TypeVar("T", bound=Routable)
 
 
-class RoutingTable(Generic[T]):
+class TunnelDirectory(Generic[T]):
     def __init__(self) -> None:
         # Names (str) and ports (int) share one table; the key types never collide.
         self._keys: dict[str | int, list[T]] = {}

@@ -36,7 +36,7 @@ from mproxy.config.edge import ListenerConfig, UdpOptions
 from mproxy.edge.limits import ClientLimiter
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.tunnel.datagram import SERVICE, DatagramStream
-from mproxy.tunnel.mux import Multiplexer, Stream, StreamHandler
+from mproxy.tunnel.mux import Multiplexer, Stream, StreamEnd, StreamHandler
 
 __all__ = ["TokenBucket", "UdpListener", "udp_clients"]
 
@@ -115,7 +115,7 @@ class _Client(StreamHandler):
         if stream is not None:
             stream.close()
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         self.listener.forget(self)
         self.listener.stream_gone(self.key)
 

@@ -28,7 +28,7 @@ from mproxy.metrics.sidecar import SidecarMetrics
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.observe.http import ObserveServer
 from mproxy.routing import Backend, Route, RouteTable
-from mproxy.sidecar.backend import BackendOptions, BackendStream
+from mproxy.sidecar.backend import BackendHandler, BackendOptions
 from mproxy.sidecar.edges import EdgePool
 from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
 from mproxy.sidecar.udp_backend import UdpBackend
@@ -108,7 +108,7 @@ class Sidecar:
         if stream.service == "udp":
             return UdpBackend(stream, self.table, self.metrics, self.udp_metrics,
                               self.config.limits.udp_idle_timeout_seconds, tunnel.label)
-        return BackendStream(stream, self.table, self.metrics, self._backend_opts(), tunnel.label)
+        return BackendHandler(stream, self.table, self.metrics, self._backend_opts(), tunnel.label)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -268,7 +268,7 @@ class Sidecar:
                 continue
             for stream in mux.streams.values():
                 handler = stream.handler
-                if isinstance(handler, BackendStream):
+                if isinstance(handler, BackendHandler):
                     handler.flush_metrics()
             self.metrics.tunnel_streams.labels(t.edge, str(t.index)).set(len(mux.streams))
 

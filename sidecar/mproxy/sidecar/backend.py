@@ -1,6 +1,6 @@
 """One client stream on the sidecar: route it, connect its backend, pipe both ways with flow control.
 
-`BackendStream` is the stream's handler (see mproxy.tunnel.mux). Life of a stream:
+`BackendHandler` is the stream's handler (see mproxy.tunnel.mux). Life of a stream:
 1. routing: by the relay's service/serviceport/name; without a name, when a hostname route could apply,
    sniff TLS SNI or HTTP Host from the first bytes (bounded by MAX_SNIFF_BYTES). No route -> `error`
    E_NO_ROUTE, and no connection is attempted.
@@ -31,9 +31,9 @@ from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.proxyproto import encode as encode_proxy
 from mproxy.routing import Route, RouteTable
 from mproxy.sockwatch import PausedWatch
-from mproxy.tunnel import Stream, StreamHandler
+from mproxy.tunnel import Stream, StreamEnd, StreamHandler
 
-__all__ = ["BackendOptions", "BackendStream"]
+__all__ = ["BackendHandler", "BackendOptions"]
 
 log = logging.getLogger("mproxy.sidecar")
 
@@ -77,11 +77,11 @@ def _errno_code(exc: BaseException) -> str:
 
 
 class _BackendProtocol(asyncio.Protocol):
-    """The backend socket's protocol; forwards everything to its BackendStream."""
+    """The backend socket's protocol; forwards everything to its BackendHandler."""
 
     __slots__ = ("_owner", "_write")
 
-    def __init__(self, owner: BackendStream) -> None:
+    def __init__(self, owner: BackendHandler) -> None:
         self._owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,7 +108,7 @@ class _BackendProtocol(asyncio.Protocol):
         self._owner._backend_full(False)
 
 
-class BackendStream(StreamHandler):
+class BackendHandler(StreamHandler):
     __slots__ = (
         "_buffers",
         "_connect_task",
@@ -329,7 +329,7 @@ class BackendStream(StreamHandler):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         self.state = "closed"
         self._buffers.forget(self)
         if self._watch is not None:
@@ -338,16 +338,16 @@ class BackendStream(StreamHandler):
             self._connect_task.cancel()
         t = self.transport
         if t is not None and not t.is_closing():
-            if reason is None:
+            if end.clean:
                 t.close()
             else:
                 t.abort()
         self._early = []
         self.flush_metrics()
         if self.meter:
-            if reason is not None and ErrorCode.IDLE in reason:
+            if end.code == ErrorCode.IDLE:
                 self.meter.error("idle")
-            elif reason is not None and reason.startswith("tunnel closed"):
+            elif end.origin == "tunnel":
                 self.meter.error("tunnel_closed")
             self.meter.close()
 

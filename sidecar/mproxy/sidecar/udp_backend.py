@@ -28,7 +28,7 @@ from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.routing import Route, RouteTable
 from mproxy.tunnel.datagram import SERVICE, DatagramStream
-from mproxy.tunnel.mux import Stream, StreamHandler
+from mproxy.tunnel.mux import Stream, StreamEnd, StreamHandler
 
 __all__ = ["UdpBackend"]
 
@@ -190,7 +190,7 @@ class UdpBackend(StreamHandler):
             self.timer.cancel()
         self._check_idle()
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         if self.closed:
             return
         self.closed = True

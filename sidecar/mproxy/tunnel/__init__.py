@@ -7,6 +7,7 @@ aiohttp WebSocket with keepalive) and `mproxy.tunnel.control.ControlChannel` (te
 
 from mproxy.tunnel.backoff import Backoff
 from mproxy.tunnel.control import CommandError, ControlChannel
+from mproxy.tunnel.end import StreamEnd
 from mproxy.tunnel.mux import (
     Multiplexer,
     MuxLimits,
@@ -26,6 +27,7 @@ __all__ = [
     "Multiplexer",
     "MuxLimits",
     "Stream",
+    "StreamEnd",
     "StreamHandler",
     "TunnelClose",
     "TunnelProtocolError",

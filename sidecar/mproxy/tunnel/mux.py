@@ -7,8 +7,8 @@ WebSocket's send_bytes). `mproxy.tunnel.ws.run_tunnel` wires both to an aiohttp 
 
 Each client stream is a `Stream`, which behaves like an asyncio transport for its `StreamHandler` (which
 behaves like an asyncio protocol): the handler gets `data_received`, `eof_received`, `error_received`,
-`pause_writing`/`resume_writing` and `stream_closed`; it calls `stream.write()`, `write_eof()`,
-`abort(message, code)`, `pause_reading()`/`resume_reading()`.
+`pause_writing`/`resume_writing` and `stream_closed(end)` (`end`, a `StreamEnd`, says how it ended); it
+calls `stream.write()`, `write_eof()`, `abort(message, code)`, `pause_reading()`/`resume_reading()`.
 
 How a role uses it:
 - Edge (opens streams): `stream = mux.open_stream(addr, handler, service="https", serviceport=443,
@@ -40,7 +40,8 @@ How a role uses it:
   the tunnel with 1008 wherever it happened. A reply the codec cannot pack (a peer's client id so long
   that our header would pass 255 bytes) is dropped and counted in `replies_dropped`; a stream whose frames
   could not be packed is never opened.
-- Closing the tunnel: `mux.close(reason)` closes every stream (handlers see `stream_closed(reason)`);
+- Closing the tunnel: `mux.close(reason)` closes every stream (handlers see a `StreamEnd` of origin
+  "tunnel");
   malformed input makes `feed()` raise `TunnelProtocolError` (the runner then closes the tunnel, 1002).
 
 Not thread-safe: use from the event loop thread.
@@ -77,12 +78,14 @@ from mproxy.codec import (
     pack_resume,
 )
 from mproxy.codec.errors import ErrorCode
+from mproxy.tunnel.end import CLEAN, StreamEnd
 from mproxy.tunnel.urgent import UrgentQueue
 
 __all__ = [
     "Multiplexer",
     "MuxLimits",
     "Stream",
+    "StreamEnd",
     "StreamHandler",
     "TunnelOverflow",
     "TunnelProtocolError",
@@ -116,8 +119,8 @@ class StreamHandler:
     def resume_writing(self) -> None:
         """Producing may continue."""
 
-    def stream_closed(self, reason: str | None) -> None:
-        """Called exactly once when the stream is gone; `reason` None means a clean end both ways."""
+    def stream_closed(self, end: StreamEnd) -> None:
+        """Called exactly once when the stream is gone; `end` says how (`end.clean`: both sent `end`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +168,12 @@ class Stream:
         "bytes_out",
         "client_id",
         "closed",
-        "eof_received",
         "last_active",
         "limit_key",
         "mux",
         "name",
         "opened_at",
+        "peer_ended",
         "service",
         "serviceport",
         "tags",
@@ -190,7 +193,7 @@ class Stream:
         self._want_eof = False
         self._eof_sent = False
         self._forget_after_eof = False
-        self.eof_received = False
+        self.peer_ended = False  # the peer sent `end`
         self.closed = False
         self._local_full = False
         self._remote_paused = False
@@ -261,7 +264,7 @@ class Stream:
         if self.closed:
             return
         self.mux._urgent(pack_error(self.addr, message, code, serviceport=self.serviceport, name=self.name))
-        self._close(f"{code}: {message}")
+        self._close(StreamEnd(origin="local", code=code, message=message))
 
     def close(self) -> None:
         """Close quietly: `end` after the queued data, then forget the stream (later peer data is
@@ -270,7 +273,7 @@ class Stream:
             return
         self._forget_after_eof = True
         if self._eof_sent:
-            self._close(None)
+            self._close(CLEAN)
         else:
             self.write_eof()
 
@@ -347,11 +350,11 @@ class Stream:
         self._eof_sent = True
         end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
         out.append(end)
-        if self.eof_received or self._forget_after_eof:
-            self._close(None)
+        if self.peer_ended or self._forget_after_eof:
+            self._close(CLEAN)
         return len(end)
 
-    def _close(self, reason: str | None) -> None:
+    def _close(self, end: StreamEnd) -> None:
         if self.closed:
             return
         self.closed = True
@@ -359,7 +362,7 @@ class Stream:
         self._out_size = 0
         self.mux._forget(self)
         try:
-            self._handler.stream_closed(reason)
+            self._handler.stream_closed(end)
         except Exception:
             log.exception("stream handler failed in stream_closed", extra=self._tags())
 
@@ -638,23 +641,23 @@ class Multiplexer:
                 self._reply_error(event.addr, "no matching connection", ErrorCode.NO_CONN)
             return
         if cls is End:
-            if stream.eof_received:
+            if stream.peer_ended:
                 return
-            stream.eof_received = True
+            stream.peer_ended = True
             stream.last_active = self.now()
             try:
                 stream._handler.eof_received()
             except Exception:
                 log.exception("stream handler failed in eof_received", extra=stream._tags())
             if stream._eof_sent and not stream.closed:
-                stream._close(None)
+                stream._close(CLEAN)
         elif cls is Error:
             assert isinstance(event, Error)
             try:
                 stream._handler.error_received(event.message, event.code)
             except Exception:
                 log.exception("stream handler failed in error_received", extra=stream._tags())
-            stream._close(f"peer error {event.code}: {event.message}")
+            stream._close(StreamEnd(origin="peer", code=event.code, message=event.message))
         elif cls is Pause:
             self.pauses_received += 1
             stream._remote_paused = True
@@ -733,14 +736,16 @@ class Multiplexer:
             return False
         return True
 
-    def close(self, reason: str) -> None:
-        """The tunnel is gone: close every stream (handlers see `stream_closed(reason)`)."""
+    def close(self, reason: str, *, code: str = "", close_code: int | None = None) -> None:
+        """The tunnel is gone: close every stream. Handlers see a StreamEnd of origin "tunnel" with
+        `reason` as its message, `code` (run_tunnel's close reason) and the WebSocket `close_code`."""
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
+        end = StreamEnd(origin="tunnel", code=code, close_code=close_code, message=reason)
         for stream in list(self.streams.values()):
-            stream._close(f"tunnel closed: {reason}")
+            stream._close(end)
         self._urgent_q.clear()
         self._ready.clear()
         self._wakeup.set()

@@ -172,7 +172,7 @@ async def run_tunnel(
         for t in every:
             with contextlib.suppress(BaseException):
                 await t
-        mux.close(str(result))
+        mux.close(str(result), code=result.reason, close_code=result.code)
         await _close_ws(ws, result)
     return result
 

@@ -208,7 +208,7 @@ class UdpMproxy(UdpTunnel):
         token_file.chmod(0o600)
         tunnel_tls = ca_file = ""
         if self.tls:
-            from mproxy.tls import CertificateAuthority  # the bench runs on the repo's venv
+            from mproxy.ca import CertificateAuthority  # the bench runs on the repo's venv
 
             ca = CertificateAuthority.create("mproxy bench CA")
             ca_path = ca.write_cert(self.logdir / "ca.crt")

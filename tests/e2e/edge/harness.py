@@ -26,7 +26,7 @@ from mproxy.config.edge import load_edge_config
 from mproxy.demo.backends import echo
 from mproxy.edge.auth import mint
 from mproxy.edge.relay import EdgeRelay
-from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamHandler
+from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamEnd, StreamHandler
 from mproxy.tunnel.ws import Heartbeat, run_tunnel
 
 SECRET = b"e2e-edge-secret-0123456789"
@@ -247,7 +247,7 @@ class Forward(StreamHandler):
     def resume_writing(self) -> None:
         self.may_read.set()
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         self.may_read.set()
         if self.writer is not None:
             self.writer.close()

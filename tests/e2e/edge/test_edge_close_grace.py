@@ -11,8 +11,8 @@ import socket
 import aiohttp
 import pytest
 
-from mproxy.edge import bridge
-from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamHandler
+from mproxy.edge import client
+from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamEnd, StreamHandler
 from mproxy.tunnel.ws import Heartbeat, run_tunnel
 
 from .harness import TCP_PUBLIC_PORT, Parts, ports, token, tunnel_url
@@ -33,14 +33,14 @@ class _Answer(StreamHandler):
     def eof_received(self) -> None:
         self.stream.write_eof()  # the answer is complete
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         if not self.closed.done():
-            self.closed.set_result(reason)
+            self.closed.set_result(end)
 
 
 async def test_a_client_that_leaves_its_answer_unread_is_reset_after_the_grace(
         parts: Parts, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bridge, "CLOSE_GRACE", 0.5)
+    monkeypatch.setattr(client, "CLOSE_GRACE", 0.5)
     relay = await parts.edge()
     handlers: list[_Answer] = []
 
@@ -76,7 +76,7 @@ async def test_a_client_that_leaves_its_answer_unread_is_reset_after_the_grace(
     async with asyncio.timeout(5):
         while not handlers:
             await asyncio.sleep(0.01)
-    assert await asyncio.wait_for(asyncio.shield(handlers[0].closed), 5) is None
+    assert (await asyncio.wait_for(asyncio.shield(handlers[0].closed), 5)).clean
     await asyncio.sleep(1.0)  # past the grace, most of the answer still unread
     got = 0
     with pytest.raises(ConnectionResetError):  # before: a FIN after part of the answer

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from mproxy.codec import Address
 from mproxy.edge.auth import mint
-from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamHandler
+from mproxy.tunnel.mux import Multiplexer, MuxLimits, Stream, StreamEnd, StreamHandler
 from mproxy.tunnel.ws import Heartbeat, run_tunnel
 
 SECRET = b"hostile-edge-secret-0123456789"
@@ -208,7 +208,7 @@ class Firehose(StreamHandler):
     def error_received(self, message: str, code: str) -> None:
         self.error = (code, message)
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         self.task.cancel()
         if not self.closed.done():
             self.closed.set_result(asyncio.get_running_loop().time())

@@ -10,7 +10,7 @@ import pytest
 
 from mproxy import proxyproto
 from mproxy.codec import Address
-from mproxy.tunnel.mux import Stream, StreamHandler
+from mproxy.tunnel.mux import Stream, StreamEnd, StreamHandler
 
 from .harness import TCP_PORT, HostileEdge, start_edge, start_sidecar
 
@@ -55,7 +55,7 @@ class _Rec(StreamHandler):
     def error_received(self, message: str, code: str) -> None:
         self.error = (code, message)
 
-    def stream_closed(self, reason: str | None) -> None:
+    def stream_closed(self, end: StreamEnd) -> None:
         self.closed.set()
 
 

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from mproxy.tunnel.mux import Stream, StreamHandler
+from mproxy.tunnel.mux import Stream, StreamEnd, StreamHandler
 
 from .harness import HostileEdge, HostileTunnel, Proc, start_edge, start_sidecar
 
@@ -39,8 +39,8 @@ class _Pauser(StreamHandler):
         if not self.eof.done():
             self.eof.set_result(None)
 
-    def stream_closed(self, reason: str | None) -> None:
-        self.reason = reason
+    def stream_closed(self, end: StreamEnd) -> None:
+        self.reason = None if end.clean else str(end)
         if not self.closed.done():
             self.closed.set_result(None)
 

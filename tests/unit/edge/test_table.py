@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mproxy.edge.auth import Grant
-from mproxy.edge.table import RoutingTable
+from mproxy.edge.table import TunnelDirectory
 
 
 @dataclass(eq=False)
@@ -20,7 +20,7 @@ def grant(*domains: str, ports: tuple[int, ...] = ()) -> Grant:
 
 
 def test_longest_suffix_wins_and_nothing_else_matches() -> None:
-    table: RoutingTable[FakeTunnel] = RoutingTable()
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
     broad, narrow = FakeTunnel("broad"), FakeTunnel("narrow")
     table.set_grant(broad, grant("example.com"))
     table.set_grant(narrow, grant("b.example.com"))
@@ -33,7 +33,7 @@ def test_longest_suffix_wins_and_nothing_else_matches() -> None:
 
 
 def test_ports_are_separate_from_names() -> None:
-    table: RoutingTable[FakeTunnel] = RoutingTable()
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
     t = FakeTunnel("t")
     table.set_grant(t, grant(ports=(5050,)))
     assert table.pick_port(5050) is t
@@ -42,7 +42,7 @@ def test_ports_are_separate_from_names() -> None:
 
 
 def test_fewest_streams_then_round_robin() -> None:
-    table: RoutingTable[FakeTunnel] = RoutingTable()
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
     a, b, c = FakeTunnel("a"), FakeTunnel("b"), FakeTunnel("c")
     for t in (a, b, c):
         table.set_grant(t, grant("app.test"))
@@ -55,7 +55,7 @@ def test_fewest_streams_then_round_robin() -> None:
 
 
 def test_removal_is_immediate_and_complete() -> None:
-    table: RoutingTable[FakeTunnel] = RoutingTable()
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
     a, b = FakeTunnel("a"), FakeTunnel("b")
     table.set_grant(a, grant("app.test", ports=(7000,)))
     table.set_grant(b, grant("app.test"))
@@ -68,7 +68,7 @@ def test_removal_is_immediate_and_complete() -> None:
 
 
 def test_regrant_replaces() -> None:
-    table: RoutingTable[FakeTunnel] = RoutingTable()
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
     a = FakeTunnel("a")
     table.set_grant(a, grant("one.test"))
     table.set_grant(a, grant("two.test"))

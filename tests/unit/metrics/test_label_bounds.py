@@ -76,13 +76,13 @@ def test_every_reason_the_edge_code_gives_has_its_own_value() -> None:
     src = Path(edge_metrics.__file__).resolve().parents[1] / "edge"
     code = {p.name: p.read_text() for p in src.glob("*.py")}
     rejects = set(re.findall(r'Refused\(\s*"(\w+)"', "".join(code.values())))
-    rejects |= set(re.findall(r'_read_more\([^)]*?"(\w+)"', code["listener.py"]))
     rejects |= set(re.findall(r'return "(\w+)"', code["limits.py"]))
-    rejects |= set(re.findall(r'_on_reject\([^)]*?"(\w+)"\)', "".join(code.values())))
+    rejects |= set(re.findall(r'rejected\([^)]*?"(\w+)"\)', "".join(code.values())))
     assert {"no_tunnel", "rate_limited", "sniff_timeout", "overloaded"} <= rejects  # the scan finds them
     assert rejects <= set(edge_metrics.REJECT_REASONS), rejects - set(edge_metrics.REJECT_REASONS)
     tokens = set(re.findall(r'TokenError\([^\n]*?,\s*"(\w+)"\)', "".join(code.values())))
-    tokens |= set(re.findall(r'tunnel_rejects\.labels\("(\w+)"\)', code["relay.py"]))
+    tokens |= set(re.findall(r'tunnel_rejects\.labels\("(\w+)"\)', "".join(code.values())))
+    tokens |= set(re.findall(r'self\.count\("(\w+)"\)', code["expiry.py"]))
     tokens |= set(re.findall(r'return "(\w+)"', code["control.py"]))
     assert {"bad_signature", "expired", "no_token"} <= tokens
     assert tokens <= set(edge_metrics.TUNNEL_REJECT_REASONS), tokens - set(edge_metrics.TUNNEL_REJECT_REASONS)

@@ -13,7 +13,16 @@ from aiohttp import web
 from tests.conftest import LOOPS, loop_policy, serve_app
 
 from mproxy.codec import Address
-from mproxy.tunnel import Heartbeat, Multiplexer, MuxLimits, Stream, StreamHandler, TunnelClose, run_tunnel
+from mproxy.tunnel import (
+    Heartbeat,
+    Multiplexer,
+    MuxLimits,
+    Stream,
+    StreamEnd,
+    StreamHandler,
+    TunnelClose,
+    run_tunnel,
+)
 
 
 class Recorder(StreamHandler):
@@ -46,8 +55,8 @@ class Recorder(StreamHandler):
     def resume_writing(self) -> None:
         self.resumes += 1
 
-    def stream_closed(self, reason: str | None) -> None:
-        self.close_reason = reason
+    def stream_closed(self, end: StreamEnd) -> None:
+        self.close_reason = None if end.clean else str(end)
         self.closed.set()
 
     async def wait_bytes(self, n: int, timeout: float = 5.0) -> bytes:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mproxy.codec import Address, Connection, End, Error, Event, Message, Pause, Resume, pack_event, parse_all
-from mproxy.tunnel import Multiplexer, MuxLimits, Stream, StreamHandler
+from mproxy.tunnel import Multiplexer, MuxLimits, Stream, StreamEnd, StreamHandler
 
 A = Address("IPv4", "203.0.113.7", "50001")
 B = Address("IPv4", "203.0.113.7", "50002")  # same client address as A, another port
@@ -84,8 +84,8 @@ class _Recorder(StreamHandler):
     def resume_writing(self) -> None:
         self.log.append(Call("resume_writing", self.client))
 
-    def stream_closed(self, reason: str | None) -> None:
-        self.log.append(Call("stream_closed", self.client, (reason,)))
+    def stream_closed(self, end: StreamEnd) -> None:
+        self.log.append(Call("stream_closed", self.client, (end,)))
 
 
 def _wire(event: Event) -> Event:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mproxy.edge import relay
+from mproxy.edge import tunnels
 from mproxy.metrics.edge import TUNNEL_REJECT_REASONS
 from mproxy.metrics.sidecar import TUNNEL_DOWN_REASONS
 from mproxy.tunnel import ws
@@ -26,5 +26,5 @@ def test_every_tunnel_end_is_a_sidecar_reconnect_reason() -> None:
 
 
 def test_the_edge_counts_its_faulty_closes_under_known_reasons() -> None:
-    counted = set(relay._COUNTED_CLOSES)
+    counted = set(tunnels._COUNTED_CLOSES)
     assert counted <= set(TUNNEL_REJECT_REASONS) and counted <= run_tunnel_reasons()

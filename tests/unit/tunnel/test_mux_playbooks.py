@@ -27,7 +27,8 @@ from tests.unit.tunnel.playbook import (
     write,
 )
 
-from mproxy.tunnel import MuxLimits
+from mproxy.tunnel import MuxLimits, StreamEnd
+from mproxy.tunnel.end import CLEAN
 
 NO_CONN = "no matching connection"
 
@@ -52,7 +53,7 @@ def test_accepted_stream_data_pause_resume_and_end_both_ways() -> None:
         >> end(A)
         << got("eof_received", A)
         >> on(A, "write_eof")
-        << got("stream_closed", A, None)  # both ends sent: closed as the end frame is packed
+        << got("stream_closed", A, CLEAN)  # both ends sent: closed as the end frame is packed
         << end(A, "443", "example.com")
         >> data(A, b"late", "https")  # after the close: dropped, not answered
     )
@@ -80,7 +81,7 @@ def test_opened_stream_flow_control_both_ways_and_local_end_first() -> None:
         << got("data_received", A, b" OK")
         >> end(A)
         << got("eof_received", A)
-        << got("stream_closed", A, None)
+        << got("stream_closed", A, CLEAN)
     )
 
 
@@ -91,11 +92,11 @@ def test_errors_either_way_close_the_stream() -> None:
         << accepted(A, "tcp")
         >> error(A, "connection reset", "ECONNRESET")
         << got("error_received", A, "connection reset", "ECONNRESET")
-        << got("stream_closed", A, "peer error ECONNRESET: connection reset")
+        << got("stream_closed", A, StreamEnd(origin="peer", code="ECONNRESET", message="connection reset"))
         >> connection(B, "tcp")
         << accepted(B, "tcp")
         >> together(write(B, b"dropped by the abort"), on(B, "abort", "backend refused", "ECONNREFUSED"))
-        << got("stream_closed", B, "ECONNREFUSED: backend refused")
+        << got("stream_closed", B, StreamEnd(origin="local", code="ECONNREFUSED", message="backend refused"))
         << error(B, "backend refused", "ECONNREFUSED")
     )
 
@@ -174,7 +175,8 @@ def test_the_idle_sweep_closes_only_streams_idle_past_the_timeout() -> None:
         >> sweep()  # A idle exactly 60 s: not past the timeout
         >> tick(0.5)
         >> sweep()
-        << got("stream_closed", A, "E_IDLE: idle for more than 60 s")
+        << got("stream_closed", A, StreamEnd(origin="local", code="E_IDLE",
+                                             message="idle for more than 60 s"))
         << error(A, "idle for more than 60 s", "E_IDLE")
         >> data(B, b"active", "tcp")  # activity at 1060.5: B is not idle at 1119.5
         << got("data_received", B, b"active")

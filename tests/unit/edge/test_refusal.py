@@ -1,13 +1,10 @@
-"""Pure pieces of the listener and bridge: refusals in the client's protocol, StreamReader take-over."""
+"""A refused client is told in its own protocol."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from mproxy.edge.bridge import take_over
-from mproxy.edge.listener import refusal_bytes
+from mproxy.edge.refusal import refusal_bytes
 
 
 @pytest.mark.parametrize(
@@ -41,12 +38,3 @@ def test_http_refusals_are_complete_responses(reason: str, status: bytes) -> Non
 def test_raw_tcp_refusals_are_a_close() -> None:
     assert refusal_bytes("tcp", "no_tunnel", "x") == b""
 
-
-async def test_take_over_returns_unread_bytes_and_eof() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"hello ")
-    reader.feed_data(b"world")
-    assert await reader.read(3) == b"hel"
-    reader.feed_eof()
-    assert take_over(reader) == (b"lo world", True)
-    assert take_over(reader) == (b"", True)
