@@ -13,7 +13,7 @@ Inbound needs nothing special: the parser hands every data frame over whole, as 
 
 from __future__ import annotations
 
-from mproxy.codec import pack_header
+from mproxy.codec import pack_checked_header
 from mproxy.tunnel.mux import Stream
 
 __all__ = ["MAX_QUEUED", "SERVICE", "DatagramStream"]
@@ -57,7 +57,7 @@ class DatagramStream(Stream):
         if self._out:
             datagram = self._out.popleft()
             n = len(datagram)
-            header = pack_header(self.addr, SERVICE, n, serviceport=self.serviceport, name=self.name)
+            header = pack_checked_header(self.addr, SERVICE, n, self.serviceport, self.name)
             out.append(header)
             out.append(datagram)
             self._out_size -= n

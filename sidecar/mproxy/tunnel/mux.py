@@ -68,11 +68,11 @@ from mproxy.codec import (
     RemoteProtocolError,
     Resume,
     address_key,
+    header_room,
+    pack_checked_header,
     pack_connection,
     pack_control,
-    pack_end,
     pack_error,
-    pack_header,
     pack_pause,
     pack_resume,
 )
@@ -324,8 +324,8 @@ class Stream:
         used = 0
         if self._out_size:
             n = min(budget, self._out_size)
-            header = pack_header(self.addr, self.service or "tcp", n, serviceport=self.serviceport,
-                                 name=self.name)
+            # Fields checked once when the stream opened (open_stream, _packable): no checks per frame.
+            header = pack_checked_header(self.addr, self.service or "tcp", n, self.serviceport, self.name)
             out.append(header)
             used += len(header) + n
             left = n
@@ -355,7 +355,7 @@ class Stream:
         if not self._want_eof or self._eof_sent:
             return 0
         self._eof_sent = True
-        end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
+        end = pack_checked_header(self.addr, "end", 0, self.serviceport, self.name)
         out.append(end)
         if self.eof_received or self._forget_after_eof:
             self._close(None)
@@ -681,13 +681,9 @@ class Multiplexer:
     def _packable(self, addr: Address, service: str, serviceport: str, name: str) -> bool:
         """Whether every frame a stream may send fits a v1 header: its longest data frame, an error with
         a long message, a pause/resume with a count (serviceport and name filled, as the reference does)."""
-        try:
-            pack_header(addr, service or "tcp", self.limits.frame_size, serviceport=serviceport, name=name)
-            pack_header(addr, "error", 9999, serviceport=serviceport, name=name)
-            pack_header(addr, "resume", 99, serviceport=serviceport, name=name)
-        except LocalProtocolError:
-            return False
-        return True
+        # The parser checked the fields (ASCII, no commas, canonical ports): only the length is left.
+        data = len(service or "tcp") + len(str(self.limits.frame_size))
+        return max(data, len("error9999"), len("resume99")) <= header_room(addr, serviceport, name)
 
     def _accept(self, event: Event, service: str, serviceport: str, name: str) -> Stream | None:
         if not self._packable(event.addr, service, serviceport, name):
