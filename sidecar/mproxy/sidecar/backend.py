@@ -190,7 +190,7 @@ class BackendStream(StreamHandler):
             s.abort(f"no route for service {s.service!r} port {s.serviceport!r} name {name!r}", E_NO_ROUTE)
             return
         self.route = route
-        s.tags["route"] = route.name
+        s.route = route.name
         self.state = "connecting"
         self.meter = self.metrics.stream_opened(route.name, s.addr.address)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect(route))

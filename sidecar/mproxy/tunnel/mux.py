@@ -181,9 +181,9 @@ class Stream:
         "mux",
         "name",
         "opened_at",
+        "route",
         "service",
         "serviceport",
-        "tags",
     )
 
     def __init__(self, mux: Multiplexer, addr: Address, service: str, serviceport: str, name: str) -> None:
@@ -211,7 +211,7 @@ class Stream:
         now = mux.now()
         self.opened_at = now
         self.last_active = now
-        self.tags: dict[str, str] = {}  # free for the role (e.g. route name) and its logs/metrics
+        self.route = ""  # the role's route name, once it has one (a str, not a dict: ~120 B per stream)
         self.limit_key = ""  # what the per-client limit counts it under (set when registered)
 
     def __repr__(self) -> str:
