@@ -11,7 +11,7 @@ from pathlib import Path
 SYSTEMS = ("direct", "mproxy", "mproxy-wss", "reference", "chisel", "frp", "rathole", "bore")
 # idle first: each system's memory is weighed while the process is fresh, before bulk transfers have
 # grown (and then freed) its buffers; restart last, as it replaces the edge.
-SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "restart")
+SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "https", "mixed", "restart")
 REPO = Path(__file__).resolve().parents[3]
 
 
