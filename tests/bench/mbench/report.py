@@ -244,7 +244,8 @@ def render(
         "end-to-end echo every 10 ms; seconds from the new edge's spawn to the first echo that succeeds, "
         "and from the first connection the new edge accepted (so its start-up time is left out; chisel, frp "
         "and rathole open the public port only once their client is back, so that second figure is ~0 for "
-        "them by construction). Each peer reconnects with its own default policy.",
+        "them by construction). Each peer reconnects with its own default policy; mproxy runs from compiled "
+        "bytecode, as in its image.",
         "",
         "## Systems",
         "",

@@ -363,16 +363,24 @@ class Mproxy(TunnelSystem):
             http=free_port(), scheme="wss" if self.tls else "ws", tls_name=TLS_NAME, tls_entry=self.tls_entry,
             host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
 
+    def _env(self) -> dict[str, str]:
+        """Run with compiled bytecode, as the image does (pip compiles it there): with this environment's
+        PYTHONDONTWRITEBYTECODE=1 and an editable install, every spawn would compile mproxy's sources
+        first (~90 ms of CPU in the edge restart). The cache is the bench's, never the source tree."""
+        # Empty is unset for Python; Proc adds these to the inherited environment.
+        pycache = self.ctx.cache / "bench" / "pycache"
+        return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache)}
+
     def start_edge(self) -> Proc:
         argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
-        return Proc("mproxy-edge", argv, self.logdir)
+        return Proc("mproxy-edge", argv, self.logdir, env=self._env())
 
     def edge_ready(self) -> None:
         wait_port(self.control, proc=self.edge)
 
     def start_device(self) -> Proc:
         argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(self.sidecar_conf)]
-        return Proc("mproxy-sidecar", argv, self.logdir)
+        return Proc("mproxy-sidecar", argv, self.logdir, env=self._env())
 
 
 class MproxyWss(Mproxy):
