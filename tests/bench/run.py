@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mbench import build, report, scenarios, udp, udp_report
+from mbench import build, extra, report, scenarios, udp, udp_report
 from mbench.cli import REPO, Options, parse_args
 from mbench.procs import BenchError, Proc, raise_nofile
 from mbench.profile import markdown as profile_markdown
@@ -219,6 +219,10 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
                     metrics.update(scenarios.loaded(system, plan, metrics.get("lat_p99_ms")))
                 elif scen == "connrate":
                     metrics.update(scenarios.connrate(system, plan))
+                elif scen == "https":
+                    metrics.update(extra.https_connrate(system, plan))
+                elif scen == "mixed":
+                    metrics.update(extra.mixed(system, plan))
                 elif scen == "idle":
                     metrics.update(scenarios.idle(system, plan))
                 elif scen == "restart":

@@ -151,6 +151,21 @@ def data_header_packer(
     return header
 
 
+def pack_checked_header(addr: Address, service: str, datalen: int, serviceport: str, name: str) -> bytes:
+    """`pack_header(addr, service, datalen, serviceport=serviceport, name=name)` without its checks, ~6x
+    cheaper: for the frames of a stream whose fields were checked once when it opened (the multiplexer's
+    hot path). A header over 255 bytes still raises (OverflowError), and a non-ASCII one (UnicodeError)."""
+    a = addr
+    text = f"{a.family},{a.address},{a.port},{datalen},{service},{serviceport},{name}".encode("ascii")
+    return b"\xfe%c%s" % (len(text), text)
+
+
+def header_room(addr: Address, serviceport: str, name: str) -> int:
+    """Bytes left for the service and datalen fields of a 7-field header with these fields (<0: none)."""
+    fixed = len(addr.family) + len(addr.address) + len(addr.port) + len(serviceport) + len(name)
+    return MAX_HEADER - 6 - fixed
+
+
 def pack_end(addr: Address, *, serviceport: str | int = "", name: str = "") -> bytes:
     """The stream is closed (header only, as packHeader(addr, null, 'end'))."""
     return pack_header(addr, "end", 0, serviceport=serviceport, name=name)

@@ -89,7 +89,7 @@ class UdpBackend(StreamHandler):
             self.route: Route | None = None
             return
         self.route = route
-        stream.tags["route"] = route.name
+        stream.route = route.name
         udp.client_count(route.name, 1)
         self.meter = metrics.stream_opened(route.name, stream.addr.address)
         self.task = self.loop.create_task(self._open(route))

@@ -13,7 +13,9 @@ Inbound needs nothing special: the parser hands every data frame over whole, as 
 
 from __future__ import annotations
 
-from mproxy.codec import pack_header
+from collections import deque
+
+from mproxy.codec import pack_checked_header
 from mproxy.tunnel.mux import Stream
 
 __all__ = ["MAX_QUEUED", "SERVICE", "DatagramStream"]
@@ -31,13 +33,17 @@ class DatagramStream(Stream):
             return "closed"
         if self._remote_paused:
             return "paused"
-        if len(self._out) >= MAX_QUEUED or self._out_size + len(data) > self.mux.limits.high_water:
+        q = self._out
+        full = q is not None and len(q) >= MAX_QUEUED
+        if full or self._out_size + len(data) > self.mux.limits.high_water:
             return "queue_full"
         if not data:
             return "empty"  # a zero-length frame would be read as nothing by every peer
         if len(data) > self.mux.limits.frame_size:
             return "oversize"  # never split: our peer's frame limit is configured like ours
-        self._out.append(data)
+        if q is None:
+            q = self._out = deque()  # only while datagrams wait (see Stream._out)
+        q.append(data)
         n = len(data)
         self._out_size += n
         self.bytes_out += n
@@ -54,14 +60,16 @@ class DatagramStream(Stream):
 
     def _take(self, budget: int, out: list[bytes | memoryview]) -> int:
         used = 0
-        if self._out:
-            datagram = self._out.popleft()
+        q = self._out
+        if q:
+            datagram = q.popleft()
             n = len(datagram)
-            header = pack_header(self.addr, SERVICE, n, serviceport=self.serviceport, name=self.name)
+            header = pack_checked_header(self.addr, SERVICE, n, self.serviceport, self.name)
             out.append(header)
             out.append(datagram)
             self._out_size -= n
             used = len(header) + n
-        if not self._out:
+        if not q:
+            self._out = None
             used += self._take_end(out)
         return used

@@ -69,11 +69,11 @@ from mproxy.codec import (
     RemoteProtocolError,
     Resume,
     address_key,
+    header_room,
+    pack_checked_header,
     pack_connection,
     pack_control,
-    pack_end,
     pack_error,
-    pack_header,
     pack_pause,
     pack_resume,
 )
@@ -174,9 +174,9 @@ class Stream:
         "name",
         "opened_at",
         "peer_ended",
+        "route",
         "service",
         "serviceport",
-        "tags",
     )
 
     def __init__(self, mux: Multiplexer, addr: Address, service: str, serviceport: str, name: str) -> None:
@@ -187,7 +187,8 @@ class Stream:
         self.serviceport = serviceport
         self.name = name
         self._handler: StreamHandler = StreamHandler()
-        self._out: deque[bytes | memoryview] = deque()
+        # Only while data waits: an empty deque is 624 B, as much as the rest of an idle stream.
+        self._out: deque[bytes | memoryview] | None = None
         self._out_size = 0
         self._queued = False  # in the writer's round-robin queue
         self._want_eof = False
@@ -204,7 +205,7 @@ class Stream:
         now = mux.now()
         self.opened_at = now
         self.last_active = now
-        self.tags: dict[str, str] = {}  # free for the role (e.g. route name) and its logs/metrics
+        self.route = ""  # the role's route name, once it has one (a str, not a dict: ~120 B per stream)
         self.limit_key = ""  # what the per-client limit counts it under (set when registered)
 
     def __repr__(self) -> str:
@@ -237,7 +238,10 @@ class Stream:
         if not isinstance(data, bytes | memoryview):
             data = bytes(data)  # the caller may reuse its bytearray
         n = len(data)
-        self._out.append(data)
+        q = self._out
+        if q is None:
+            q = self._out = deque()
+        q.append(data)
         self._out_size += n
         self.bytes_out += n
         self.last_active = self.mux.now()
@@ -317,12 +321,13 @@ class Stream:
         used = 0
         if self._out_size:
             n = min(budget, self._out_size)
-            header = pack_header(self.addr, self.service or "tcp", n, serviceport=self.serviceport,
-                                 name=self.name)
+            # Fields checked once when the stream opened (open_stream, _packable): no checks per frame.
+            header = pack_checked_header(self.addr, self.service or "tcp", n, self.serviceport, self.name)
             out.append(header)
             used += len(header) + n
             left = n
             q = self._out
+            assert q is not None  # _out_size > 0
             while left:
                 chunk = q[0]
                 size = len(chunk)
@@ -336,6 +341,8 @@ class Stream:
                     q[0] = view[left:]
                     left = 0
             self._out_size -= n
+            if not q:
+                self._out = None
             if self._local_full and self._out_size <= self.mux.limits.low_water:
                 self._local_full = False
                 self._update_producer()
@@ -348,7 +355,7 @@ class Stream:
         if not self._want_eof or self._eof_sent:
             return 0
         self._eof_sent = True
-        end = pack_end(self.addr, serviceport=self.serviceport, name=self.name)
+        end = pack_checked_header(self.addr, "end", 0, self.serviceport, self.name)
         out.append(end)
         if self.peer_ended or self._forget_after_eof:
             self._close(CLEAN)
@@ -358,7 +365,7 @@ class Stream:
         if self.closed:
             return
         self.closed = True
-        self._out.clear()
+        self._out = None
         self._out_size = 0
         self.mux._forget(self)
         try:
@@ -674,13 +681,9 @@ class Multiplexer:
     def _packable(self, addr: Address, service: str, serviceport: str, name: str) -> bool:
         """Whether every frame a stream may send fits a v1 header: its longest data frame, an error with
         a long message, a pause/resume with a count (serviceport and name filled, as the reference does)."""
-        try:
-            pack_header(addr, service or "tcp", self.limits.frame_size, serviceport=serviceport, name=name)
-            pack_header(addr, "error", 9999, serviceport=serviceport, name=name)
-            pack_header(addr, "resume", 99, serviceport=serviceport, name=name)
-        except LocalProtocolError:
-            return False
-        return True
+        # The parser checked the fields (ASCII, no commas, canonical ports): only the length is left.
+        data = len(service or "tcp") + len(str(self.limits.frame_size))
+        return max(data, len("error9999"), len("resume99")) <= header_room(addr, serviceport, name)
 
     def _accept(self, event: Event, service: str, serviceport: str, name: str) -> Stream | None:
         if not self._packable(event.addr, service, serviceport, name):

@@ -49,6 +49,19 @@ def _no_buffering(transport: Any) -> dict[str, int]:
     return {"high": 0}
 
 
+def _write_both(transport: Any) -> Callable[[bytes, bytearray], None]:
+    if type(transport).__module__.startswith("uvloop"):
+        writelines = transport.writelines
+        return lambda head, data: writelines((head, data))
+    write = transport.write
+
+    def twice(head: bytes, data: bytearray) -> None:
+        write(head)
+        write(data)
+
+    return twice
+
+
 def frame_sender(ws: Any) -> Sender:
     """A coroutine function sending one binary message (a bytearray we may mutate) on `ws`."""
     raw = raw_writer(ws)
@@ -63,6 +76,9 @@ def frame_sender(ws: Any) -> Sender:
     # transport's buffer are past the multiplexer's fair scheduler, so an interactive frame would queue
     # behind them (with the default 64 KiB high water, up to a batch more per hop under bulk).
     transport.set_write_buffer_limits(**_no_buffering(transport))
+    # uvloop's writelines sends header and payload in one writev (one TLS flush over wss); with high=0 two
+    # write() calls are two syscalls. asyncio's writelines (3.11) joins them, a copy: write twice there.
+    write_both = _write_both(transport)
 
     async def send(data: bytearray) -> None:
         if raw.closing():
@@ -71,10 +87,8 @@ def frame_sender(ws: Any) -> Sender:
         if use_mask:
             key = os.urandom(4)
             mask_fn(key, data)
-            transport.write(head + key)
-        else:
-            transport.write(head)
-        transport.write(data)
+            head += key
+        write_both(head, data)
         if raw.paused():
             await raw.drain()
 

@@ -3,7 +3,7 @@
 // each subcommand prints on stdout.
 //
 // The backend reads one command byte per connection: 'E' echoes everything back, 'D' sends bytes as
-// fast as the connection takes them. Every client subcommand speaks that to one address, so the same
+// fast as the connection takes them (inside a TLS session when the client opens with one: tlsmix.go). Every client subcommand speaks that to one address, so the same
 // binary measures direct loopback and every tunnel alike.
 package main
 
@@ -24,7 +24,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: loadgen backend|bulk|latency|connrate|idle|probe|dns [flags]")
+		fail("usage: loadgen backend|bulk|latency|connrate|mixed|idle|probe|dns [flags]")
 	}
 	cmd, args := os.Args[1], os.Args[2:]
 	switch cmd {
@@ -36,6 +36,8 @@ func main() {
 		latencyCmd(args)
 	case "connrate":
 		connrate(args)
+	case "mixed":
+		mixed(args)
 	case "idle":
 		idle(args)
 	case "probe":
@@ -89,7 +91,12 @@ func backend(args []string) {
 	}
 }
 
-func serve(c net.Conn, chunk []byte) {
+func serve(raw net.Conn, chunk []byte) {
+	defer raw.Close()
+	c, err := maybeTLS(raw)
+	if err != nil {
+		return
+	}
 	defer c.Close()
 	var op [1]byte
 	if _, err := io.ReadFull(c, op[:]); err != nil {
@@ -340,7 +347,12 @@ func connrate(args []string) {
 	addr := fs.String("addr", "", "host:port")
 	duration := fs.Duration("duration", 2*time.Second, "measured window")
 	workers := fs.Int("concurrency", 8, "parallel workers")
+	useTLS := fs.Bool("tls", false, "a full TLS handshake with the backend's certificate (SNI "+TLSName+") per stream")
 	fs.Parse(args)
+	dial := func() (net.Conn, error) { return net.DialTimeout("tcp", *addr, 2*time.Second) }
+	if *useTLS {
+		dial = func() (net.Conn, error) { return dialTLS(*addr) }
+	}
 	var ok, bad atomic.Int64
 	var mu sync.Mutex
 	var lat []float64
@@ -358,7 +370,7 @@ func connrate(args []string) {
 			for time.Now().Before(deadline) {
 				t := time.Now()
 				err := func() error {
-					c, err := net.DialTimeout("tcp", *addr, 2*time.Second)
+					c, err := dial()
 					if err != nil {
 						return err
 					}

@@ -12,7 +12,7 @@ SYSTEMS = ("direct", "mproxy", "mproxy-wss", "reference", "chisel", "frp", "rath
 # idle first: each system's memory is weighed while the process is fresh, before bulk transfers have
 # grown (and then freed) its buffers; restart last, as it replaces the edge. udp runs UDP-only instances of
 # the systems that carry UDP (mbench/udp.py), after the others in each round.
-SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "restart", "udp")
+SCENARIOS = ("idle", "bulk1", "bulk8", "latency", "loaded", "connrate", "https", "mixed", "restart", "udp")
 REPO = Path(__file__).resolve().parents[3]
 
 

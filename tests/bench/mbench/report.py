@@ -62,6 +62,8 @@ COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
     ("p99 ms under bulk", "loaded_p99_ms", 2, False),
     ("under bulk ÷ idle p99", "loaded_p99_x_idle", 1, False),
     ("new streams/s", "connrate_per_s", 0, True),
+    ("HTTPS new conns/s", "https_connrate_per_s", 0, True),
+    ("1,000 streams: small p99 ms", "mixed_p99_ms", 2, True),
     ("idle KiB/stream, edge", "idle_edge_kib_per_stream", 1, False),
     ("idle KiB/stream, device", "idle_device_kib_per_stream", 1, False),
     ("edge restart → flowing, s", "restart_s", 2, False),
@@ -231,13 +233,19 @@ def render(
         "÷ idle is this p99 over the req/resp p99 of the same run.",
         f"- **new streams/s**: {plan.get('connrate_workers')} workers each open a stream, echo one byte, "
         "close, repeat.",
+        "- **HTTPS new conns/s**: the same with a full TLS handshake per connection, end to end with the "
+        "backend's own certificate (verified, SNI bench.test, no resumption); mproxy takes it on its "
+        "SNI-passthrough (`tls`) listener and routes by name, the others forward the port.",
+        "- **1,000 streams**: 996 small echo streams and 4 bulk downloads open at once; the small streams "
+        "send 2,000 64-byte requests/s in total on a fixed schedule; p99 of the small requests.",
         f"- **idle**: {plan.get('idle_streams')} streams, each proven end to end by one echo, then held; RSS "
         "growth of the edge and of the device process divided by the streams.",
         "- **edge restart**: the edge process is stopped (SIGTERM) and started again while a probe tries an "
         "end-to-end echo every 10 ms; seconds from the new edge's spawn to the first echo that succeeds, "
         "and from the first connection the new edge accepted (so its start-up time is left out; chisel, frp "
         "and rathole open the public port only once their client is back, so that second figure is ~0 for "
-        "them by construction). Each peer reconnects with its own default policy.",
+        "them by construction). Each peer reconnects with its own default policy; mproxy runs from compiled "
+        "bytecode, as in its image.",
         "",
         "## Systems",
         "",

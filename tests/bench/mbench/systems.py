@@ -18,6 +18,8 @@ from pathlib import Path
 
 from mbench.procs import BenchError, Proc, free_port, wait_port
 
+TLS_NAME = "bench.test"  # the backend's own certificate name (tests/bench/loadgen/tlsmix.go)
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -55,6 +57,7 @@ class System:
         self.ctx = ctx
         self.backend_port = backend_port
         self.entry = 0
+        self.tls_entry = 0  # where HTTPS clients connect, when not `entry` (an SNI listener)
         self.edge: Proc | None = None
         self.device: Proc | None = None
         self.logdir = ctx.work / self.name
@@ -222,13 +225,14 @@ class Bore(System):
         return Proc("bore-local", argv, self.logdir, env={"RUST_LOG": "warn"})
 
 
-def _secret_and_token(ctx: Context, logdir: Path, port: int) -> tuple[Path, str]:
-    """A fresh shared secret and a token granting `port`, minted by `mproxy token`."""
+def _secret_and_token(ctx: Context, logdir: Path, port: int, *domains: str) -> tuple[Path, str]:
+    """A fresh shared secret and a token granting `port` (and `domains`), minted by `mproxy token`."""
     secret = logdir / "secret"
     secret.write_text(secrets.token_hex(32) + "\n")
     secret.chmod(0o600)
     out = subprocess.run(
-        [str(ctx.python), "-m", "mproxy", "token", "--secret-file", str(secret), "--port", str(port)],
+        [str(ctx.python), "-m", "mproxy", "token", "--secret-file", str(secret), "--port", str(port),
+         *(arg for d in domains for arg in ("--domain", d))],
         capture_output=True, text=True, timeout=30, check=False,
     )
     if out.returncode != 0:
@@ -278,6 +282,8 @@ auth:
 listeners:
   - kind: tcp
     listen: "127.0.0.1:{entry}"
+  - kind: tls
+    listen: "127.0.0.1:{tls_entry}"
 tunnel:
   listen: "127.0.0.1:{control}"
   path: /{tunnel_tls}
@@ -305,6 +311,13 @@ routes:
     backend:
       host: 127.0.0.1
       port: {backend}
+  - name: bench-tls
+    match:
+      hostnames: [{tls_name}]
+      ports: [{tls_entry}]  # else the sidecar would sniff plain streams for a name too
+    backend:
+      host: 127.0.0.1
+      port: {backend}
 limits:
   maxStreamsPerTunnel: 1000000
   maxStreamsPerClient: 1000000
@@ -325,7 +338,9 @@ class Mproxy(TunnelSystem):
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.secret, token = _secret_and_token(ctx, self.logdir, self.entry)
+        # HTTPS clients come in on an SNI-passthrough listener and are routed by name (extra.py).
+        self.tls_entry = free_port()
+        self.secret, token = _secret_and_token(ctx, self.logdir, self.entry, TLS_NAME)
         token_file = self.logdir / "token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
@@ -340,23 +355,32 @@ class Mproxy(TunnelSystem):
             ca_file = f"\n  caFile: {ca_path}"
         self.edge_conf = self.logdir / "edge.yaml"
         self.edge_conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entry, control=self.control,
-                                                   http=free_port(), tunnel_tls=tunnel_tls))
+                                                   http=free_port(), tunnel_tls=tunnel_tls,
+                                                   tls_entry=self.tls_entry))
         self.sidecar_conf = self.logdir / "sidecar.yaml"
         self.sidecar_conf.write_text(SIDECAR_YAML.format(
             control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
-            http=free_port(), scheme="wss" if self.tls else "ws",
+            http=free_port(), scheme="wss" if self.tls else "ws", tls_name=TLS_NAME, tls_entry=self.tls_entry,
             host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
+
+    def _env(self) -> dict[str, str]:
+        """Run with compiled bytecode, as the image does (pip compiles it there): with this environment's
+        PYTHONDONTWRITEBYTECODE=1 and an editable install, every spawn would compile mproxy's sources
+        first (~90 ms of CPU in the edge restart). The cache is the bench's, never the source tree."""
+        # Empty is unset for Python; Proc adds these to the inherited environment.
+        pycache = self.ctx.cache / "bench" / "pycache"
+        return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache)}
 
     def start_edge(self) -> Proc:
         argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
-        return Proc("mproxy-edge", argv, self.logdir)
+        return Proc("mproxy-edge", argv, self.logdir, env=self._env())
 
     def edge_ready(self) -> None:
         wait_port(self.control, proc=self.edge)
 
     def start_device(self) -> Proc:
         argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(self.sidecar_conf)]
-        return Proc("mproxy-sidecar", argv, self.logdir)
+        return Proc("mproxy-sidecar", argv, self.logdir, env=self._env())
 
 
 class MproxyWss(Mproxy):

@@ -65,7 +65,7 @@ async def test_slow_backend_pauses_its_client_only(node_relay, backends, run_sid
             # Memory stays bounded: the sidecar holds at most its buffer limits for the slow stream.
             mux = sidecar.tunnels[0].mux
             assert mux is not None
-            stream = next(s for s in mux.streams.values() if s.tags.get("route") == "slow")
+            stream = next(s for s in mux.streams.values() if s.route == "slow")
             handler = stream.handler
             assert handler.transport is not None  # type: ignore[attr-defined]
             assert handler.transport.get_write_buffer_size() <= 8 << 20  # type: ignore[attr-defined]

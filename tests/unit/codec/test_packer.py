@@ -12,7 +12,9 @@ from mproxy.codec import (
     Address,
     LocalProtocolError,
     data_header_packer,
+    header_room,
     pack,
+    pack_checked_header,
     pack_connection,
     pack_control,
     pack_data,
@@ -157,3 +159,27 @@ def test_data_header_packer_equals_pack_data_header(
         assert "over the 255-byte limit" in got
     else:
         assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(family=FIELD, address=FIELD, port=FIELD, service=FIELD, serviceport=FIELD, name=FIELD,
+       datalen=st.integers(0, 10**30))
+def test_checked_header_equals_pack_header_and_room_says_when_it_fits(
+    family: str, address: str, port: str, service: str, serviceport: str, name: str, datalen: int
+) -> None:
+    """What the multiplexer relies on: for fields pack_header accepts, pack_checked_header gives the same
+    bytes; and header_room says exactly whether a service and datalen still fit."""
+    a = Address(family, address, port)
+    try:
+        expected = pack_header(a, service, datalen, serviceport=serviceport, name=name)
+    except LocalProtocolError as err:
+        if "over the 255-byte limit" in str(err):
+            assert len(service) + len(str(datalen)) > header_room(a, serviceport, name)
+        return
+    assert pack_checked_header(a, service, datalen, serviceport, name) == expected
+    assert len(service) + len(str(datalen)) <= header_room(a, serviceport, name)
+
+
+def test_checked_header_refuses_a_header_over_255_bytes_instead_of_wrapping() -> None:
+    with pytest.raises(OverflowError):
+        pack_checked_header(A, "https", 0, "443", "x" * 300)
