@@ -26,6 +26,7 @@ from mproxy.config.common import (
 )
 from mproxy.config.errors import ConfigError
 from mproxy.config.fields import split_listen
+from mproxy.config.replicas import EndpointSlicesSource, read_replicas_from
 
 __all__ = [
     "ConfigError",
@@ -183,6 +184,7 @@ class EdgeConfig:
     drain_seconds: float = 20.0
     id: str | None = None  # this edge's identity announced to sidecars; None: $POD_NAME or hostname-pid
     replicas: int = 1  # how many edges serve the same tunnels: sidecars dial until they hold this many
+    replicas_from: EndpointSlicesSource | None = None  # a live count instead (announced once read)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
@@ -197,7 +199,7 @@ class EdgeConfig:
             "http": self.http.to_dict(),
             "logging": self.logging.to_dict(),
             "drainSeconds": self.drain_seconds,
-        }
+        } | ({"replicasFrom": self.replicas_from.to_dict()} if self.replicas_from is not None else {})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -211,7 +213,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     """Validate YAML text (or an already parsed mapping) into an EdgeConfig; raises ConfigError."""
     root = f.root(source)
     f.only_keys(root, "", {"auth", "listeners", "tunnel", "trustedProxies", "limits", "heartbeat", "http",
-                           "logging", "drainSeconds", "id", "replicas"})
+                           "logging", "drainSeconds", "id", "replicas", "replicasFrom"})
     if "auth" not in root:
         raise ConfigError("auth", "is required (auth.secretFile holds the shared token secret)")
     auth = f.mapping(root["auth"], "auth")
@@ -232,6 +234,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
         drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
         id=_edge_id(root),
         replicas=f.integer(root, "replicas", "", 1, 1, 1000),
+        replicas_from=read_replicas_from(root),
     )
 
 
