@@ -65,6 +65,7 @@ def test_default_render(kube: Any) -> None:
     assert container["args"][0] == "operator"
     assert "--webhook-config=mproxy" in container["args"]
     assert "--webhook-host=mproxy-webhook.mproxy-system.svc" in container["args"]
+    assert "--sidecar-status" in container["args"]  # the Tunnels' EdgesConnected condition
     sc = container["securityContext"]
     assert (
         sc["readOnlyRootFilesystem"]
