@@ -11,8 +11,11 @@ them) and watches the count every tunnel upgrade announces follow 2 -> 3 -> 1, t
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +27,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from mproxy.edge.auth import mint
+
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "mproxy"
@@ -31,8 +36,6 @@ SERVICE = "edges-tunnel"
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -63,12 +66,13 @@ READY = {"ready": True}
 
 
 @contextlib.contextmanager
-def _edge(kube: Any, tmp: Path, namespace: str, token: str) -> Iterator[tuple[str, str]]:
+def _edge(kube: Any, tmp: Path, namespace: str, token: str, edge_id: str = "edges-0",
+          tunnel: int = 0) -> Iterator[tuple[str, str]]:
     (tmp / "secret").write_text("endpointslice-test-secret-0123456789\n")
     (tmp / "token").write_text(token)
-    tunnel, http = _free_port(), _free_port()
+    tunnel, http = tunnel or _free_port(), _free_port()
     cfg = {
-        "id": "edges-0", "replicas": 5,
+        "id": edge_id, "replicas": 5,
         "replicasFrom": {"endpointSlices": {"service": SERVICE, "namespace": namespace,
                                             "tokenFile": str(tmp / "token"), "caFile": str(kube.ca_file)}},
         "auth": {"secretFile": str(tmp / "secret")},
@@ -77,22 +81,22 @@ def _edge(kube: Any, tmp: Path, namespace: str, token: str) -> Iterator[tuple[st
         "logging": {"format": "text", "level": "info"},
         "drainSeconds": 0,
     }
-    (tmp / "edge.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp / f"{edge_id}.yaml").write_text(yaml.safe_dump(cfg))
     api = urlsplit(kube.server)
     env = {**kube.env(), "KUBERNETES_SERVICE_HOST": str(api.hostname),
            "KUBERNETES_SERVICE_PORT": str(api.port)}
     env.pop("POD_NAME", None)
-    log = tmp / "edge.log"
+    log = tmp / f"{edge_id}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mproxy", "edge", "--config", str(tmp / "edge.yaml")],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "mproxy", "edge", "--config",
+                                 str(tmp / f"{edge_id}.yaml")], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         kube.wait_for(lambda: _get(f"http://127.0.0.1:{http}/readyz")[0] == 200, 20, "the edge to be ready")
         yield f"http://127.0.0.1:{tunnel}/t", f"http://127.0.0.1:{http}"
     finally:
         proc.terminate()
         proc.wait(10)
-        print(log.read_text(errors="replace")[-3000:])
+        print(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
@@ -112,6 +116,7 @@ def _announced(tunnel: str, http: str) -> tuple[str, str]:
         "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Mproxy-Have-Edges": "edges-0"})
     assert status == 409
+    assert headers["X-Mproxy-Edge-Replicas-Live"] == "true"  # sidecars behind a balancer probe for it
     gauge = [line.split()[-1] for line in _get(f"{http}/metrics")[2].splitlines()
              if line.startswith("mproxy_edge_replicas_announced ")]
     return headers["X-Mproxy-Edge-Replicas"], gauge[0]
@@ -173,6 +178,114 @@ def test_without_the_role_the_static_count_stays_and_the_log_says_why(kube: Any,
                       "a refused list")
         assert _announced(tunnel, http) == ("5", "5.0")
         assert "mproxy_edge_replicas_source_up 0.0" in _get(f"{http}/metrics")[2]
-        log = (tmp_path / "edge.log").read_text()
+        log = (tmp_path / "edges-0.log").read_text()
         assert "HTTP 403: the edge's service account may not list endpointslices" in log, log
         assert kube.user_token not in log
+
+
+class Balancer:
+    """One address in front of the edges (as a cloud LoadBalancer is), round robin over `backends`, which
+    the test changes to scale; threads and blocking sockets, as the rest of this module."""
+
+    def __init__(self) -> None:
+        self.backends: list[int] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.turn = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            backends = list(self.backends)
+            self.turn += 1
+            try:
+                upstream = socket.create_connection(("127.0.0.1", backends[self.turn % len(backends)]), 2)
+            except (OSError, ZeroDivisionError):
+                client.close()
+                continue
+            upstream.settimeout(None)  # tunnels idle between heartbeats: no read timeout
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_sidecar_behind_a_balancer_follows_an_autoscaled_edge(kube: Any, kube_namespace: str,
+                                                                 tmp_path: Path) -> None:
+    """The HPA story behind one load-balanced address: the edges announce the live count, and the
+    sidecar, which holds all it expects and so would never dial again, probes (one more dial every
+    probeSeconds, answered 409 with the count by an edge it holds): 2 -> 3 edges and back to 2."""
+    ns = kube_namespace
+    sa = _edge_rbac(kube, ns)
+    token = kube.kubectl("create", "token", sa, "-n", ns, "--duration=1h").stdout.strip()
+    two = [("edges-0", "10.244.0.10", READY), ("edges-1", "10.244.0.11", READY)]
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=_slice("edges-v4", two))
+    lb = Balancer()
+    ports = [_free_port() for _ in range(3)]
+    (tmp_path / "tunnel-token").write_text(mint(b"endpointslice-test-secret-0123456789", domains=[],
+                                                ports=[7022]))
+    sidecar_http = _free_port()
+    sidecar_cfg = {
+        "edge": {"urls": [f"ws://127.0.0.1:{lb.port}/t"], "tokenFile": str(tmp_path / "tunnel-token"),
+                 "probeSeconds": 0.3},
+        "routes": [{"name": "echo", "match": {"services": ["tcp"]},
+                    "backend": {"host": "127.0.0.1", "port": 9}}],
+        "reconnect": {"initialSeconds": 0.05, "maxSeconds": 0.3, "fastWindowSeconds": 2},
+        "http": {"listen": f"127.0.0.1:{sidecar_http}"},
+        "logging": {"format": "text", "level": "info"}, "drainSeconds": 0,
+    }
+    (tmp_path / "sidecar.yaml").write_text(yaml.safe_dump(sidecar_cfg))
+
+    def holds(count: int) -> bool:
+        status, _, body = _get(f"http://127.0.0.1:{sidecar_http}/status")
+        if status != 200:
+            return False
+        state = json.loads(body)
+        pool = state["edges"][0]
+        live = [t for t in state["tunnels"] if t["state"] != "stopped"]
+        return bool((pool["expectedEdges"], pool["connectedEdges"], len(live)) == (count, count, count))
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(lb.close)
+        for i in range(2):
+            stack.enter_context(_edge(kube, tmp_path, ns, token, f"edges-{i}", ports[i]))
+        lb.backends = ports[:2]
+        log = open(tmp_path / "sidecar.log", "wb")  # noqa: SIM115 (closed by the stack)
+        stack.callback(log.close)
+        sidecar = subprocess.Popen([sys.executable, "-m", "mproxy", "sidecar", "--config",
+                                    str(tmp_path / "sidecar.yaml"), "--no-reload"], stdout=log,
+                                   stderr=subprocess.STDOUT)
+        stack.callback(lambda: print((tmp_path / "sidecar.log").read_text(errors="replace")[-3000:]))
+        stack.callback(sidecar.wait, 10)
+        stack.callback(sidecar.terminate)
+        kube.wait_for(lambda: holds(2), 20, "the sidecar on 2 of 2 edges")
+
+        # Scale up: a third edge pod becomes ready and the balancer sends to it.
+        third = contextlib.ExitStack()
+        stack.enter_context(third)
+        third.enter_context(_edge(kube, tmp_path, ns, token, "edges-2", ports[2]))
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=_slice(
+            "edges-v4", [*two, ("edges-2", "10.244.0.12", READY)]))
+        lb.backends = ports
+        kube.wait_for(lambda: holds(3), 20, "the sidecar to find the third edge")
+
+        # Scale down: it terminates, leaves the slice and the balancer; the survivors announce 2.
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=_slice(
+            "edges-v4", [*two, ("edges-2", "10.244.0.12", {"ready": False, "terminating": True})]))
+        lb.backends = ports[:2]
+        third.close()
+        kube.wait_for(lambda: holds(2), 20, "the sidecar back on 2 of 2 edges")

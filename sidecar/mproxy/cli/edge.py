@@ -94,7 +94,7 @@ def _count_replicas(config: Any, relay: Any) -> Any:
 
     from mproxy.edge.endpointslices import SliceCounter
     from mproxy.metrics.replicas import ReplicaMetrics
-    from mproxy.tunnel.identity import REPLICAS_HEADER
+    from mproxy.tunnel.identity import LIVE_HEADER, REPLICAS_HEADER
 
     metrics = ReplicaMetrics(relay.metrics.registry, live=config.replicas_from is not None)
     metrics.announced.set(config.replicas)
@@ -103,6 +103,8 @@ def _count_replicas(config: Any, relay: Any) -> Any:
 
     def announce(count: int) -> None:
         relay.identity[REPLICAS_HEADER] = str(count)
+
+    relay.identity[LIVE_HEADER] = "true"  # sidecars behind a balancer probe for changes (edge.probeSeconds)
 
     self_name = os.environ.get("POD_NAME") or relay.edge_id  # its endpoint's targetRef in the slices
     counter = SliceCounter(config.replicas_from, self_name, announce, metrics, config.replicas)

@@ -59,6 +59,7 @@ class EdgeConfig:
     # Where edge hostnames are resolved to every edge address: HOST:PORT DNS servers, () = the system's.
     nameservers: tuple[str, ...] = ()
     resolve_seconds: float = 30.0  # re-resolve each URL's hostname this often (and on every dial)
+    probe_seconds: float = 30.0  # behind one address, dial once more this often for a new edge (0: never)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"urls": list(self.urls), "connectionsPerUrl": self.connections_per_url}
@@ -66,6 +67,8 @@ class EdgeConfig:
             out["nameservers"] = list(self.nameservers)
         if self.resolve_seconds != 30.0:
             out["resolveSeconds"] = self.resolve_seconds
+        if self.probe_seconds != 30.0:
+            out["probeSeconds"] = self.probe_seconds
         if self.token_file is not None:
             out["tokenFile"] = self.token_file
         if self.ca_file is not None:
@@ -251,7 +254,7 @@ def _edge(root: Mapping[str, Any]) -> EdgeConfig:
         raise ConfigError("edge", "is required (edge.urls lists the edge relay WebSocket URLs)")
     obj = f.mapping(root["edge"], "edge")
     f.only_keys(obj, "edge", {"urls", "connectionsPerUrl", "tokenFile", "caFile", "tokenIn", "nameservers",
-                              "resolveSeconds"})
+                              "resolveSeconds", "probeSeconds"})
     urls = f.seq(obj, "urls", "edge")
     if not urls:
         raise ConfigError("edge.urls", "needs at least one ws:// or wss:// URL")
@@ -266,7 +269,15 @@ def _edge(root: Mapping[str, Any]) -> EdgeConfig:
         token_in=f.choice(obj, "tokenIn", "edge", "header", TOKEN_IN),
         nameservers=_nameservers(obj),
         resolve_seconds=f.number(obj, "resolveSeconds", "edge", 30.0, 0.1, 3600),
+        probe_seconds=_probe_seconds(obj),
     )
+
+
+def _probe_seconds(obj: Mapping[str, Any]) -> float:
+    value = f.number(obj, "probeSeconds", "edge", 30.0, 0, 3600)
+    if 0 < value < 0.1:
+        raise ConfigError("edge.probeSeconds", f"must be 0 (never) or 0.1-3600 (got {value:g})")
+    return value
 
 
 def _nameservers(obj: Mapping[str, Any]) -> tuple[str, ...]:
