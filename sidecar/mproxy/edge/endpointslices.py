@@ -42,7 +42,7 @@ log = logging.getLogger("mproxy.edge.replicas")
 
 MAX_SLICES = 1000  # slices of one Service (the controller puts up to 100 endpoints in each)
 MAX_OBJECT_BYTES = 8 << 20  # one list body or one watch event line
-BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # by consecutive failures
 REQUEST_TIMEOUT = 15.0  # connect, and a list's whole answer
 SERVICE_LABEL = "kubernetes.io/service-name"
 
@@ -144,19 +144,21 @@ class SliceCounter:
                                                 sock_read=self.source.watch_seconds + REQUEST_TIMEOUT)
                 async with aiohttp.ClientSession(timeout=timeout) as session:
                     version = await self._list(session, url, ctx)
-                    failures = 0
                     self._recovered()
                     while version is not None:
                         version = await self._watch(session, url, ctx, version)
+                        failures = 0  # a watch ran to its end: the API works (a list alone may not)
             except asyncio.CancelledError:
                 raise
             except (SliceError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self._failed(str(exc) or type(exc).__name__)
+                failures += 1
             except Exception as exc:  # a bug here must not stop the edge: keep the last count, retry
                 log.exception("reading EndpointSlices failed")
                 self._failed(repr(exc))
+                failures += 1
+            # After 410 Gone (failures 0) list again after the shortest pause; errors back off to 30 s.
             await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
-            failures += 1
 
     def _headers(self) -> dict[str, str]:
         try:
