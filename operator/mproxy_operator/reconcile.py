@@ -126,6 +126,9 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
     edges: EdgeViews | None = None
     if spec.mode == "Gateway":
         gateway = _apply_gateway(ctx, tunnel, spec)
+        if ctx.sidecar_status:
+            ready_gateways = _ready_gateway_pods(ctx.kube, ns, name)
+            edges = EdgeViews(tuple(probe(ready_gateways, spec.metrics_port)), len(ready_gateways))
     else:
         if "gatewayReplicas" in previous:  # it was in Gateway mode until now
             _delete_gateway(ctx.kube, ns, name)
@@ -251,6 +254,16 @@ def _delete_gateway(k: Kube, ns: str, name: str) -> None:
         and (current.get("metadata") or {}).get("labels", {}).get(names.GATEWAY_LABEL) == name
     ):
         k.delete(path)
+
+
+def _ready_gateway_pods(k: Kube, ns: str, name: str) -> list[tuple[str, str]]:
+    """(name, pod IP) of each ready pod of the Tunnel's gateway Deployment (their sidecar's admin port)."""
+    out = []
+    for pod in k.items(kube.core(ns, "pods"), f"{names.GATEWAY_LABEL}={name}", cached=True):
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and pod_is_ready(pod) and not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            out.append((str(pod["metadata"].get("name", "")), str(ip)))
+    return out
 
 
 def _count_pods(k: Kube, ns: str, name: str, spec: TunnelSpec) -> tuple[PodCounts, list[tuple[str, str]]]:

@@ -1,6 +1,7 @@
 """What each ready pod's sidecar sees of its edges: the operator GETs `/status` on the sidecar's admin port
-(`spec.metrics.port`, the one Prometheus scrapes) at the pod IP, on every reconcile of a Tunnel in Sidecar
-mode (so every `--status-interval`), when `--sidecar-status` is on (the chart's default).
+(`spec.metrics.port`, the one Prometheus scrapes) at the pod IP of each ready selected pod (Sidecar mode)
+or gateway pod (Gateway mode), on every reconcile of a Tunnel (so every `--status-interval`), when
+`--sidecar-status` is on (the chart's default).
 
 Why this path: the sidecar already knows, per edge URL, how many edges are announced and how many it
 holds (`edges[]` in /status), and the operator already lists the selected pods with their IPs. Reading it

@@ -130,7 +130,7 @@ def build_status(
     sidecar_hash: str,
     previous: Iterable[Mapping[str, Any]],
     now: str,
-    edges: EdgeViews | None = None,  # None: the sidecars are not asked (--sidecar-status off, Gateway)
+    edges: EdgeViews | None = None,  # None: the sidecars are not asked (--sidecar-status off)
 ) -> dict[str, Any]:
     prev = list(previous)
     conditions = []

@@ -58,12 +58,13 @@ def test_the_condition(views: tuple[SidecarView, ...], ready: int, want: tuple[A
     assert edges_condition(EdgeViews(views, ready)) == want
 
 
-def _status(edges: EdgeViews | None, previous: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    spec = parse_spec(tunnel()["spec"])
+def _status(edges: EdgeViews | None, previous: list[dict[str, Any]] | None = None,
+            **overrides: Any) -> dict[str, Any]:
+    spec = parse_spec(tunnel(**overrides)["spec"])
     resolved, unresolved = resolve_routes(spec.routes, SERVICES, "prod")
     return build_status(generation=3, spec=spec, resolved=resolved, unresolved=unresolved,
-                        pods=PodCounts(2, 2, 2), gateway=GatewayCounts(), config_map="m", config_hash="c",
-                        sidecar_hash="s", previous=previous or [], now=NOW, edges=edges)
+                        pods=PodCounts(2, 2, 2), gateway=GatewayCounts(True, 2, 2, True), config_map="m",
+                        config_hash="c", sidecar_hash="s", previous=previous or [], now=NOW, edges=edges)
 
 
 def test_the_status_carries_the_condition_and_the_counts_but_ready_ignores_them() -> None:
@@ -80,6 +81,11 @@ def test_the_status_carries_the_condition_and_the_counts_but_ready_ignores_them(
                                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}])
     cond = next(c for c in unknown["conditions"] if c["type"] == "EdgesConnected")
     assert (cond["status"], cond["lastTransitionTime"]) == ("Unknown", "2026-01-01T00:00:00Z")
+    # Gateway mode: the gateway pods are asked the same way.
+    gw = _status(EdgeViews((SidecarView("mproxy-gw-shop-0", 2, 2),), 1), mode="Gateway", selector=None)
+    conds = {c["type"]: c["status"] for c in gw["conditions"]}
+    assert conds["EdgesConnected"] == "True" and conds["GatewayAvailable"] == "True"
+    assert gw["sidecarsReporting"] == 1 and gw["gatewayReadyReplicas"] == 2
     # Asking is off: no condition, and the counts are removed (None in the merge patch).
     off = _status(None)
     assert "EdgesConnected" not in {c["type"] for c in off["conditions"]}
