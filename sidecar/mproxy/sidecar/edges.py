@@ -9,9 +9,8 @@ grows its slots to `connectionsPerUrl x announced replicas` and hands each dial 
   already holds in full and such an edge answers 409, so the slot backs off and dials again until it
   lands on an edge it lacks.
 - behind one address, once every tunnel is up and when the edges' count is live (`replicasFrom`), one
-  more dial every `edge.probeSeconds` (a probe slot):
-  it is refused with 409 by any edge already held, which carries that edge's current count (with
-  `replicasFrom` a live one), or it lands on an edge added since (a scale-up) and stays. Otherwise a
+  more dial every `edge.probeSeconds` (a probe slot): an edge already held refuses it with 409, which
+  carries the current count, or it lands on an edge added since (a scale-up) and stays. Otherwise a
   sidecar holding all it expects would never dial again and never learn of a new edge.
 
 Dials of one pool are serialised (a few milliseconds each) so two slots never both count as the one
