@@ -12,7 +12,9 @@ pod's admin port (a NetworkPolicy guarding the application pods must admit it, a
 
 Bounded: at most MAX_PODS pods per Tunnel and reconcile (the first by name; the condition says how many
 were checked), CONCURRENCY requests at once across all Tunnels (one shared pool), TIMEOUT seconds each,
-MAX_BODY bytes read. No proxy from the environment is used: pod IPs are never behind one.
+MAX_BODY bytes read, and BUDGET seconds for one Tunnel's pods together: a reconcile never waits longer
+(pods not asked by then are reported "not checked"), however many sidecars are blackholed. No proxy from
+the environment is used: pod IPs are never behind one.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CONCURRENCY", "MAX_BODY", "MAX_PODS", "TIMEOUT", "SidecarView", "probe", "summarize"]
+__all__ = ["BUDGET", "CONCURRENCY", "MAX_BODY", "MAX_PODS", "TIMEOUT", "SidecarView", "probe", "summarize"]
 
 MAX_PODS = 64
 CONCURRENCY = 8
 TIMEOUT = 2.0
+BUDGET = 5.0
 MAX_BODY = 1 << 20
 
 _pool = concurrent.futures.ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="sidecar-status")
@@ -83,13 +86,19 @@ def _read(pod: str, ip: str, port: int) -> SidecarView:
 
 
 def probe(targets: Sequence[tuple[str, str]], port: int) -> list[SidecarView]:
-    """Read (pod name, pod IP) targets, the first MAX_PODS by name; never raises."""
+    """Read (pod name, pod IP) targets, the first MAX_PODS by name, within BUDGET seconds; never raises."""
     chosen = sorted(targets)[:MAX_PODS]
     futures = [_pool.submit(_read, pod, ip, port) for pod, ip in chosen]
+    concurrent.futures.wait(futures, timeout=BUDGET)
     views = []
     for (pod, _ip), future in zip(chosen, futures, strict=True):
+        if not future.done():
+            future.cancel()  # not started yet: it leaves the shared pool's queue
+            views.append(SidecarView(pod, error=f"not checked within {BUDGET:g} s (too many sidecars not "
+                                     "answering at once)"))
+            continue
         try:
-            views.append(future.result(timeout=TIMEOUT * (len(chosen) // CONCURRENCY + 2)))
-        except Exception as exc:  # a stuck pool or a bug: that pod is unknown, the reconcile goes on
+            views.append(future.result())
+        except Exception as exc:  # a bug in _read: that pod is unknown, the reconcile goes on
             views.append(SidecarView(pod, error=f"not checked ({type(exc).__name__})"))
     return views

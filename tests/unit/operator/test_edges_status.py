@@ -114,7 +114,8 @@ def servers() -> Iterator[dict[str, int]]:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.kind = kind  # type: ignore[attr-defined]
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server.handle_error = lambda *_: None  # type: ignore[method-assign]  # a client that gave up
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
         running.append(server)
         ports[kind] = server.server_address[1]
     yield ports
@@ -146,3 +147,16 @@ def test_probe_is_bounded_in_pods(servers: dict[str, int]) -> None:
     assert len(views) == sidecar_view.MAX_PODS
     assert [v.pod for v in views] == [f"pod-{i:03d}" for i in range(sidecar_view.MAX_PODS)]
     assert all(v == SidecarView(v.pod, 2, 1) for v in views)
+
+
+def test_probe_gives_up_after_its_budget(servers: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blackholed sidecars cannot hold a reconcile: past BUDGET the rest is "not checked"."""
+    monkeypatch.setattr(sidecar_view, "TIMEOUT", 0.4)  # the slow server answers after TIMEOUT + 1
+    monkeypatch.setattr(sidecar_view, "BUDGET", 1.0)
+    started = time.monotonic()
+    views = probe([(f"pod-{i:02d}", "127.0.0.1") for i in range(40)], servers["slow"])
+    took = time.monotonic() - started
+    assert took < 1.0 + 0.4 + 0.5, took
+    assert len(views) == 40 and all(v.error for v in views)
+    unchecked = [v for v in views if str(v.error).startswith("not checked within 1 s")]
+    assert 0 < len(unchecked) < 40 - sidecar_view.CONCURRENCY + 1
