@@ -161,8 +161,9 @@ def test_edges_connected_follows_the_sidecars_own_view(kube: Any, operator: Oper
             "reconnect": {"initialSeconds": 0.05, "maxSeconds": 0.3, "fastWindowSeconds": 2},
             "http": {"listen": f"{running}:{admin_port}"},
             "logging": {"format": "text", "level": "warning"}, "drainSeconds": 0})
-        t = wait_tunnel(kube, ns, "shop", "EdgesConnected False", lambda t: _condition(
-            t, "EdgesConnected").get("status") == "False", timeout=30)
+        # (It may first say "0 of 2", while the tunnel to the first edge is still being dialled.)
+        t = wait_tunnel(kube, ns, "shop", "EdgesConnected False, 1 of 2", lambda t: _condition(
+            t, "EdgesConnected").get("message") == "1 of 2 edges on pod shop-0", timeout=30)
         cond = _condition(t, "EdgesConnected")
         assert (cond["reason"], cond["message"]) == ("EdgesMissing", "1 of 2 edges on pod shop-0"), cond
         status = t["status"]
