@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typed, so a rename in the relay fails mypy here; imported lazily at run time
+    from mproxy.config.edge import EdgeConfig
+    from mproxy.edge.endpointslices import SliceCounter
+    from mproxy.edge.relay import EdgeRelay
 
 
 def register(subparsers: Any) -> None:
@@ -87,7 +92,7 @@ async def serve(config: Any, secret: bytes) -> int:
     return 0
 
 
-def _count_replicas(config: Any, relay: Any) -> Any:
+def _count_replicas(config: EdgeConfig, relay: EdgeRelay) -> SliceCounter | None:
     """The announced count: static, or from EndpointSlices (replicasFrom), written into the headers every
     tunnel upgrade answers with."""
     import os
