@@ -87,6 +87,7 @@ async def _serve(opts: Options) -> int:
         kube=k,
         native=native,
         cluster_domain=opts.cluster_domain,
+        sidecar_status=opts.sidecar_status,
         defaults=SidecarDefaults(image=opts.sidecar_image, image_pull_policy=opts.sidecar_pull_policy),
     )
     rt = Runtime(ctx=ctx, status_interval=opts.status_interval, webhook_server=server)

@@ -23,6 +23,7 @@ class Options:
     native_sidecars: str
     cluster_domain: str
     status_interval: float
+    sidecar_status: bool
     standalone: bool
     peering: str
     priority: int | None
@@ -128,6 +129,13 @@ def build_parser(prog: str = "mproxy operator") -> argparse.ArgumentParser:
         help="how often pod counts in Tunnel status are refreshed (default 30)",
     )
     p.add_argument(
+        "--sidecar-status",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="on each status refresh, GET /status from every ready pod's sidecar (pod IP, spec.metrics.port) "
+        "and report its edges in the Tunnel's EdgesConnected condition (the chart turns it on)",
+    )
+    p.add_argument(
         "--standalone",
         action="store_true",
         help="no peering: use when only one replica runs (tests, development)",
@@ -163,6 +171,7 @@ def parse(argv: Sequence[str] | None, prog: str = "mproxy operator") -> Options:
         native_sidecars=a.native_sidecars,
         cluster_domain=a.cluster_domain,
         status_interval=a.status_interval,
+        sidecar_status=a.sidecar_status,
         standalone=a.standalone,
         peering=a.peering,
         priority=a.priority,

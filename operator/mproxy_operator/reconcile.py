@@ -26,7 +26,9 @@ from mproxy_operator.render import config_map, digest, render_config
 from mproxy_operator.resolve import resolve_routes
 from mproxy_operator.rollout import WORKLOAD_KINDS, roll_patch, workloads_to_roll
 from mproxy_operator.selectors import to_string
+from mproxy_operator.sidecar_view import probe
 from mproxy_operator.status import (
+    EdgeViews,
     GatewayCounts,
     PodCounts,
     build_status,
@@ -54,6 +56,7 @@ class Context:
     defaults: SidecarDefaults
     native: bool
     cluster_domain: str = "cluster.local"
+    sidecar_status: bool = False  # ask each ready pod's sidecar for its edges (EdgesConnected)
 
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -120,12 +123,18 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
 
     pods = PodCounts()
     gateway = GatewayCounts()
+    edges: EdgeViews | None = None
     if spec.mode == "Gateway":
         gateway = _apply_gateway(ctx, tunnel, spec)
+        if ctx.sidecar_status:
+            ready_gateways = _ready_gateway_pods(ctx.kube, ns, name)
+            edges = EdgeViews(tuple(probe(ready_gateways, spec.metrics_port)), len(ready_gateways))
     else:
         if "gatewayReplicas" in previous:  # it was in Gateway mode until now
             _delete_gateway(ctx.kube, ns, name)
-        pods = _count_pods(ctx.kube, ns, name, spec)
+        pods, ready_pods = _count_pods(ctx.kube, ns, name, spec)
+        if ctx.sidecar_status:
+            edges = EdgeViews(tuple(probe(ready_pods, spec.metrics_port)), len(ready_pods))
 
     new_hash = sidecar_hash(name, spec, ctx.defaults, native=ctx.native)
     old_hash = previous.get("sidecarHash")
@@ -152,6 +161,7 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
         sidecar_hash=new_hash,
         previous=prev_conditions,
         now=now,
+        edges=edges,
     )
     if unchanged(status, previous):
         return status  # a timer tick that found nothing new writes nothing (no watch event storm)
@@ -246,12 +256,24 @@ def _delete_gateway(k: Kube, ns: str, name: str) -> None:
         k.delete(path)
 
 
-def _count_pods(k: Kube, ns: str, name: str, spec: TunnelSpec) -> PodCounts:
+def _ready_gateway_pods(k: Kube, ns: str, name: str) -> list[tuple[str, str]]:
+    """(name, pod IP) of each ready pod of the Tunnel's gateway Deployment (their sidecar's admin port)."""
+    out = []
+    for pod in k.items(kube.core(ns, "pods"), f"{names.GATEWAY_LABEL}={name}", cached=True):
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and pod_is_ready(pod) and not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            out.append((str(pod["metadata"].get("name", "")), str(ip)))
+    return out
+
+
+def _count_pods(k: Kube, ns: str, name: str, spec: TunnelSpec) -> tuple[PodCounts, list[tuple[str, str]]]:
+    """The counts, and (name, pod IP) of each ready pod carrying this Tunnel's sidecar."""
     assert spec.selector is not None
     selector = ",".join(
         filter(None, [to_string(spec.selector), f"{names.INJECT_LABEL}={names.INJECT_ENABLED}"])
     )
     selected = injected = ready = 0
+    ready_pods: list[tuple[str, str]] = []
     # Counts refreshed every few seconds need no consistent read (which waits for the watch cache).
     for pod in k.items(kube.core(ns, "pods"), selector, cached=True):
         pmeta = pod.get("metadata") or {}
@@ -263,8 +285,12 @@ def _count_pods(k: Kube, ns: str, name: str, spec: TunnelSpec) -> PodCounts:
         selected += 1
         if (pmeta.get("annotations") or {}).get(names.INJECTED_ANNOTATION) == name:
             injected += 1
-            ready += pod_is_ready(pod)
-    return PodCounts(selected, injected, ready)
+            if pod_is_ready(pod):
+                ready += 1
+                ip = (pod.get("status") or {}).get("podIP")
+                if ip:
+                    ready_pods.append((str(pmeta.get("name", "")), str(ip)))
+    return PodCounts(selected, injected, ready), ready_pods
 
 
 def roll_workloads(k: Kube, ns: str, spec: TunnelSpec, reason: str, now: str) -> list[str]:

@@ -8,6 +8,9 @@ from typing import Any
 
 from mproxy_operator.model import TunnelSpec
 from mproxy_operator.resolve import Resolved, Unresolved
+from mproxy_operator.sidecar_view import SidecarView
+
+MAX_LISTED = 5  # pods named in the EdgesConnected message
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +37,14 @@ def pod_is_ready(pod: Mapping[str, Any]) -> bool:
 
 def condition(
     type_: str,
-    ok: bool,
+    ok: bool | None,  # None: Unknown
     reason: str,
     message: str,
     generation: int,
     previous: Sequence[Mapping[str, Any]],
     now: str,
 ) -> dict[str, Any]:
-    status = "True" if ok else "False"
+    status = "Unknown" if ok is None else "True" if ok else "False"
     old = next((c for c in previous if c.get("type") == type_), None)
     since = old.get("lastTransitionTime") if old and old.get("status") == status else None
     return {
@@ -64,6 +67,56 @@ def _routes_condition(
     return True, "AllRoutesResolved", f"{len(resolved)} route(s) resolved to Services"
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeViews:
+    """The sidecars' own view of their edges (sidecar_view.probe) and how many ready pods there were."""
+
+    views: tuple[SidecarView, ...] = ()
+    ready_pods: int = 0
+
+
+def _list(parts: Sequence[str]) -> str:
+    shown = "; ".join(parts[:MAX_LISTED])
+    return shown + (f"; {len(parts) - MAX_LISTED} more" if len(parts) > MAX_LISTED else "")
+
+
+def edges_condition(edges: EdgeViews) -> tuple[bool | None, str, str]:
+    """EdgesConnected: False when a sidecar holds fewer edges than announced, Unknown when one could not
+    be asked (or no pod is ready yet), True when every checked sidecar holds all of them."""
+    views = edges.views
+    checked = (f" (checked {len(views)} of {edges.ready_pods} ready pods)"
+               if edges.ready_pods > len(views) else "")
+    if not views:
+        return None, "NoReadyPods", "no ready pod carries the sidecar yet"
+    missing = [f"{v.connected} of {v.expected} edges on pod {v.pod}" for v in views if v.missing]
+    errors = [f"pod {v.pod}: {v.error}" for v in views if v.error is not None]
+    if missing:
+        tail = f"; sidecars not answering: {_list(errors)}" if errors else ""
+        return False, "EdgesMissing", _list(missing) + tail + checked
+    if errors:
+        return None, "SidecarsUnreachable", (
+            f"{len(errors)} of {len(views)} sidecars did not answer on their admin port (a NetworkPolicy "
+            f"must let the operator reach spec.metrics.port): {_list(errors)}{checked}")
+    expected = sorted({v.expected for v in views})
+    each = f"{expected[0]}" if len(expected) == 1 else f"{expected[0]}-{expected[-1]}"
+    return True, "AllEdgesConnected", (
+        f"{len(views)} sidecar(s) hold tunnels to all their edges ({each} each){checked}")
+
+
+def _edge_counts(edges: EdgeViews | None) -> dict[str, int | None]:
+    reporting = [v for v in edges.views if v.error is None] if edges is not None else []
+    if edges is None:
+        return dict.fromkeys(("sidecarsReporting", "sidecarsMissingEdges", "edgesExpected",
+                              "edgesConnected"))
+    return {
+        "sidecarsReporting": len(reporting),
+        "sidecarsMissingEdges": sum(v.missing for v in reporting),
+        # The most edges any sidecar expects, and the fewest any holds: the worst pod, at a glance.
+        "edgesExpected": max((v.expected for v in reporting), default=0),
+        "edgesConnected": min((v.connected for v in reporting), default=0),
+    }
+
+
 def build_status(
     *,
     generation: int,
@@ -77,6 +130,7 @@ def build_status(
     sidecar_hash: str,
     previous: Iterable[Mapping[str, Any]],
     now: str,
+    edges: EdgeViews | None = None,  # None: the sidecars are not asked (--sidecar-status off)
 ) -> dict[str, Any]:
     prev = list(previous)
     conditions = []
@@ -126,6 +180,11 @@ def build_status(
     else:
         r_reason, r_msg = str(workload["reason"]), str(workload["message"])
     conditions.insert(0, condition("Ready", ready, r_reason, r_msg, generation, prev, now))
+    # Not part of Ready: a pod with any tunnel carries traffic (as the sidecar's /readyz says); a missing
+    # edge is its own signal, like the MproxyTunnelEdgeMissing alert.
+    if edges is not None:
+        e_ok, e_reason, e_msg = edges_condition(edges)
+        conditions.append(condition("EdgesConnected", e_ok, e_reason, e_msg, generation, prev, now))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "configMap": config_map,
@@ -157,6 +216,7 @@ def build_status(
         # None deletes the keys in the merge patch (a Tunnel switched from Gateway to Sidecar mode).
         status.update(selectedPods=pods.selected, injectedPods=pods.injected, readyPods=pods.ready,
                       gatewayReplicas=None, gatewayReadyReplicas=None)
+    status.update(_edge_counts(edges))
     return status
 
 

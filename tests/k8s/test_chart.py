@@ -65,6 +65,7 @@ def test_default_render(kube: Any) -> None:
     assert container["args"][0] == "operator"
     assert "--webhook-config=mproxy" in container["args"]
     assert "--webhook-host=mproxy-webhook.mproxy-system.svc" in container["args"]
+    assert "--sidecar-status" in container["args"]  # the Tunnels' EdgesConnected condition
     sc = container["securityContext"]
     assert (
         sc["readOnlyRootFilesystem"]
@@ -126,7 +127,12 @@ def test_full_render_with_every_option(kube: Any) -> None:
         "mproxy-webhook.mproxy-system.svc.cluster.local",
     ]
     assert hook["webhooks"][0]["failurePolicy"] == "Ignore"
-    assert not [k for k in by if k[0] == "Role"], "no Secret rights when cert-manager makes the certificate"
+    # No Secret rights when cert-manager makes the certificate: the one Role is the edge's, read-only on
+    # endpointslices (edge.replicasFromEndpointSlices).
+    assert [k for k in by if k[0] == "Role"] == [("Role", "mproxy-edge")]
+    assert by[("Role", "mproxy-edge")]["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+         "verbs": ["get", "list", "watch"]}]
 
     # The edge: its rendered config is one the edge's own schema accepts.
     from mproxy.config.edge import load_edge_config
@@ -147,6 +153,11 @@ def test_full_render_with_every_option(kube: Any) -> None:
     # headless Service gives in-cluster sidecars one address per ready edge pod.
     pod = edge["spec"]["template"]["spec"]
     assert config.replicas == edge["spec"]["replicas"]
+    assert config.replicas_from is not None and config.replicas_from.service == "mproxy-edge-tunnel"
+    assert pod["serviceAccountName"] == "mproxy-edge" and pod["automountServiceAccountToken"] is True
+    binding = by[("RoleBinding", "mproxy-edge")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mproxy-edge", "namespace": "mproxy-system"}]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
         pod["containers"][0]["env"])
     headless = by[("Service", "mproxy-edge-tunnel")]["spec"]

@@ -57,8 +57,9 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/component: edge
 {{- end }}
 
-{{/* The edge config file: edge.config, with auth.secretFile at the Secret edge-deployment.yaml mounts and
-replicas (the count each edge announces to sidecars) from edge.replicas.
+{{/* The edge config file: edge.config, with auth.secretFile at the Secret edge-deployment.yaml mounts,
+replicas (the count each edge announces to sidecars) from edge.replicas and, with
+edge.replicasFromEndpointSlices, replicasFrom naming the headless tunnel Service.
 One definition for the ConfigMap and for the Deployment's config-hash annotation. */}}
 {{/* The edge ConfigMap: "-config", apart from the dashboard ConfigMaps (<fullname>-dashboard-edge). */}}
 {{- define "mproxy.edge.configMapName" -}}
@@ -66,6 +67,12 @@ One definition for the ConfigMap and for the Deployment's config-hash annotation
 {{- end }}
 {{- define "mproxy.edge.config" -}}
 {{- $chart := dict "auth" (dict "secretFile" "/var/run/mproxy/edge/secret") "replicas" (int .Values.edge.replicas | max 1) }}
+{{- if .Values.edge.replicasFromEndpointSlices }}
+{{- if not .Values.edge.tunnelService.enabled }}
+{{- fail "edge.replicasFromEndpointSlices counts the headless tunnel Service's endpoints: set edge.tunnelService.enabled=true" }}
+{{- end }}
+{{- $_ := set $chart "replicasFrom" (dict "endpointSlices" (dict "service" (printf "%s-tunnel" (include "mproxy.edge.fullname" .)))) }}
+{{- end }}
 {{- toYaml (merge $chart (deepCopy .Values.edge.config)) }}
 {{- end }}
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typed, so a rename in the relay fails mypy here; imported lazily at run time
+    from mproxy.config.edge import EdgeConfig
+    from mproxy.edge.endpointslices import SliceCounter
+    from mproxy.edge.relay import EdgeRelay
 
 
 def register(subparsers: Any) -> None:
@@ -71,6 +76,7 @@ async def serve(config: Any, secret: bytes) -> int:
 
     relay = EdgeRelay(config, secret)
     await relay.start()
+    counter = _count_replicas(config, relay)
     ports = ", ".join(f"{item.config.kind}={item.port}" for item in relay.listeners)
     # One line on stdout that scripts (and the tests) can wait for.
     print(f"mproxy edge ready: tunnel={relay.tunnel_port} http={relay.http_port} {ports}", flush=True)
@@ -80,5 +86,33 @@ async def serve(config: Any, secret: bytes) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logging.getLogger("mproxy.edge").info("draining for up to %g s", config.drain_seconds)
+    if counter is not None:
+        await counter.close()
     await relay.drain()
     return 0
+
+
+def _count_replicas(config: EdgeConfig, relay: EdgeRelay) -> SliceCounter | None:
+    """The announced count: static, or from EndpointSlices (replicasFrom), written into the headers every
+    tunnel upgrade answers with."""
+    import os
+
+    from mproxy.edge.endpointslices import SliceCounter
+    from mproxy.metrics.replicas import ReplicaMetrics
+    from mproxy.tunnel.identity import LIVE_HEADER, REPLICAS_HEADER
+
+    metrics = ReplicaMetrics(relay.metrics.registry, live=config.replicas_from is not None)
+    metrics.announced.set(config.replicas)
+    if config.replicas_from is None:
+        return None
+
+    def announce(count: int) -> None:
+        relay.tunnels.identity[REPLICAS_HEADER] = str(count)
+
+    # sidecars behind a balancer probe for changes (edge.probeSeconds)
+    relay.tunnels.identity[LIVE_HEADER] = "true"
+
+    self_name = os.environ.get("POD_NAME") or relay.edge_id  # its endpoint's targetRef in the slices
+    counter = SliceCounter(config.replicas_from, self_name, announce, metrics, config.replicas)
+    counter.start()
+    return counter

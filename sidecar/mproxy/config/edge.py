@@ -21,6 +21,7 @@ from mproxy.config import schema as s
 from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
 from mproxy.config.errors import ConfigError
 from mproxy.config.fields import split_listen
+from mproxy.config.replicas import EndpointSlicesSource, read_replicas_from
 
 __all__ = [
     "ConfigError",
@@ -152,6 +153,8 @@ class EdgeConfig(s.Section):
     id: str | None = s.custom(None)
     # How many edges serve the same tunnels: sidecars dial until they hold this many.
     replicas: int = s.integer(1, 1, 1000)
+    # A live count instead, from this edge's own headless Service (announced once read).
+    replicas_from: EndpointSlicesSource | None = s.custom(None, omit_default=True)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
@@ -166,7 +169,7 @@ class EdgeConfig(s.Section):
             "http": self.http.to_dict(),
             "logging": self.logging.to_dict(),
             "drainSeconds": self.drain_seconds,
-        }
+        } | ({"replicasFrom": self.replicas_from.to_dict()} if self.replicas_from is not None else {})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -203,6 +206,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
         http=http,
         logging=read_logging(root),
         id=_edge_id(root),
+        replicas_from=read_replicas_from(root),
     )
 
 

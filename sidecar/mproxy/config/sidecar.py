@@ -56,6 +56,8 @@ class EdgeDialConfig(s.Section):
     nameservers: tuple[str, ...] = s.custom((), omit_default=True)
     # Re-resolve each URL's hostname this often (and on every dial).
     resolve_seconds: float = s.number(30.0, 0.1, 3600, omit_default=True)
+    # Behind one address, dial once more this often to find a new edge (0: never).
+    probe_seconds: float = s.custom(30.0, omit_default=True)
     token_file: str | None = s.opt_string()
     ca_file: str | None = s.opt_string()
     token_in: str = s.choice("header", TOKEN_IN)  # how the token is sent, not a token
@@ -216,7 +218,15 @@ def _edge(root: Mapping[str, Any]) -> EdgeDialConfig:
     for i, url in enumerate(urls):
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or len(url) < 6:
             raise ConfigError(f"edge.urls[{i}]", f"must be a ws:// or wss:// URL (got {url!r})")
-    return s.read(EdgeDialConfig, obj, "edge", urls=tuple(urls), nameservers=_nameservers(obj))
+    return s.read(EdgeDialConfig, obj, "edge", urls=tuple(urls), nameservers=_nameservers(obj),
+                  probe_seconds=_probe_seconds(obj))
+
+
+def _probe_seconds(obj: Mapping[str, Any]) -> float:
+    value = f.number(obj, "probeSeconds", "edge", 30.0, 0, 3600)
+    if 0 < value < 0.1:
+        raise ConfigError("edge.probeSeconds", f"must be 0 (never) or 0.1-3600 (got {value:g})")
+    return value
 
 
 def _nameservers(obj: Mapping[str, Any]) -> tuple[str, ...]:

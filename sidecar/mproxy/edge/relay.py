@@ -42,7 +42,7 @@ from mproxy.edge.tunnels import TunnelEndpoint, TunnelSession
 from mproxy.edge.udp import UdpListener
 from mproxy.metrics.edge import EdgeMetrics
 from mproxy.metrics.udp import UdpMetrics
-from mproxy.tunnel.identity import default_edge_id
+from mproxy.tunnel.identity import REPLICAS_HEADER, default_edge_id
 from mproxy.tunnel.mux import MuxLimits, Stream
 from mproxy.tunnel.supervisor import Supervised
 
@@ -290,7 +290,7 @@ class EdgeRelay:
         return {
             "role": "edge",
             "id": self.edge_id,
-            "replicas": self.config.replicas,
+            "replicas": int(self.tunnels.identity[REPLICAS_HEADER]),
             "draining": self.draining,
             "listeners": [item.status() if isinstance(item, UdpListener) else
                           {"kind": item.config.kind, "port": item.port, "publicPort": item.public_port}

@@ -115,7 +115,8 @@ class Sidecar:
     def _new_pool(self, url: str) -> EdgePool:
         edge = self.config.edge
         pool = EdgePool(url, edge.connections_per_url, edge.nameservers, edge.resolve_seconds,
-                        spawn=self._new_tunnel, retire=self._retire_later, on_change=self._edges_changed)
+                        spawn=self._new_tunnel, retire=self._retire_later, on_change=self._edges_changed,
+                        probe_seconds=edge.probe_seconds)
         self.pools[url] = pool
         pool.start()
         return pool
@@ -236,7 +237,7 @@ class Sidecar:
         for url in new.edge.urls:
             pool = self.pools.get(url) or self._new_pool(url)
             pool.connections, pool.nameservers = new.edge.connections_per_url, new.edge.nameservers
-            pool.resolve_seconds = new.edge.resolve_seconds
+            pool.resolve_seconds, pool.probe_seconds = new.edge.resolve_seconds, new.edge.probe_seconds
             pool.reconcile()
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config applied: %d routes, %d tunnel connections", len(new.routes),

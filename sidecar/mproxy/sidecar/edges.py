@@ -8,6 +8,10 @@ grows its slots to `connectionsPerUrl x announced replicas` and hands each dial 
 - behind one load-balanced address, the same address again: the dial names the edge ids this sidecar
   already holds in full and such an edge answers 409, so the slot backs off and dials again until it
   lands on an edge it lacks.
+- behind one address, once every tunnel is up and when the edges' count is live (`replicasFrom`), one
+  more dial every `edge.probeSeconds` (a probe slot): an edge already held refuses it with 409, which
+  carries the current count, or it lands on an edge added since (a scale-up) and stays. Otherwise a
+  sidecar holding all it expects would never dial again and never learn of a new edge.
 
 Dials of one pool are serialised (a few milliseconds each) so two slots never both count as the one
 missing connection to the same edge. Nothing announced (a telebit relay) keeps today's behaviour:
@@ -43,7 +47,7 @@ class EdgePool:
     def __init__(self, url: str, connections: int, nameservers: tuple[str, ...], resolve_seconds: float,
                  spawn: Callable[[EdgePool, int], TunnelClient],
                  retire: Callable[[TunnelClient], None],
-                 on_change: Callable[[EdgePool], None]) -> None:
+                 on_change: Callable[[EdgePool], None], probe_seconds: float = 0.0) -> None:
         self.url = url
         self.edge = redact_url(url)  # the URL as logs, metrics and /status show it
         self.stopped = False
@@ -53,6 +57,9 @@ class EdgePool:
         self.connections = connections
         self.nameservers = nameservers
         self.resolve_seconds = resolve_seconds
+        self.probe_seconds = probe_seconds
+        self.probing = False  # one slot more than needed, dialling to look for a new edge
+        self._probed_at = time.monotonic()
         self.slots: list[TunnelClient] = []
         self.addresses: list[str] = []
         self.resolve_error: str | None = None
@@ -66,6 +73,7 @@ class EdgePool:
         self._address_id: dict[str, str] = {}  # address -> the edge id it last answered with
         self._resolved_at = 0.0
         self._replicas = 0  # the latest announced count (0: none announced yet)
+        self._live = False  # ... and whether it is read live (replicasFrom): only then is a probe useful
         self._task: asyncio.Task[None] | None = None
         self._missing_logged: tuple[int, int] | None = None
 
@@ -96,7 +104,7 @@ class EdgePool:
         if self._replicas == 0:
             return self.connections
         behind = {self._address_id.get(a, a) for a in self.addresses}
-        return min(MAX_SLOTS, self.connections * max(self._replicas, len(behind)))
+        return min(MAX_SLOTS, self.connections * max(self._replicas, len(behind)) + self.probing)
 
     def saturated(self, slot: TunnelClient) -> set[str]:
         """Edge ids `slot` must not land on: those already holding `connections` other tunnels."""
@@ -127,6 +135,25 @@ class EdgePool:
         addr = self._using.pop(slot, None)
         if addr is not None:
             self._failed[addr] = time.monotonic()
+        if self.probing:
+            self.probing = False
+            self.reconcile()
+
+    def probe_due(self) -> bool:
+        """Dial once more? Only behind one address (more addresses show new pods themselves), with every
+        slot holding a tunnel, edges whose count is live (a static one changes only with a rollout, which
+        redials anyway) and `probe_seconds` since the last probe."""
+        if (self.stopped or self.probing or not self.probe_seconds or not self._live
+                or len(set(self.addresses)) > 1
+                or time.monotonic() - self._probed_at < self.probe_seconds):
+            return False
+        live = [t for t in self.slots if not t.stopping]
+        return bool(live) and all(t in self._edges for t in live)
+
+    def probe(self) -> None:
+        self._probed_at = time.monotonic()
+        self.probing = True
+        self.reconcile()
 
     def accept(self, slot: TunnelClient, announced: Announced | None) -> bool:
         """A tunnel is up: False when its edge already has all its connections (close it)."""
@@ -136,6 +163,9 @@ class EdgePool:
                 self.duplicate(slot, announced)
                 return False
         self._edges[slot] = announced
+        if self.probing:  # a new edge: its count (now learned) keeps the slot
+            self.probing = False
+            log.info("found edge %s behind %s", announced.id if announced else "?", self.edge)
         self._changed()
         return True
 
@@ -143,10 +173,11 @@ class EdgePool:
         if announced is not None:
             self._learn(slot, announced)
         self._using.pop(slot, None)
+        self.probing = False  # the probe (if this was it) learned the count; the spare slot goes
         self._changed()
 
     def _learn(self, slot: TunnelClient, announced: Announced) -> None:
-        self._replicas = announced.replicas
+        self._replicas, self._live = announced.replicas, announced.live
         addr = self._using.get(slot)
         if addr is not None:
             self._address_id[addr] = announced.id
@@ -234,10 +265,16 @@ class EdgePool:
             self._changed()
 
     async def _refresh_loop(self) -> None:
+        resolved = time.monotonic()
         while True:
-            await asyncio.sleep(self.resolve_seconds)
+            tick = min(self.resolve_seconds, self.probe_seconds or self.resolve_seconds)
+            await asyncio.sleep(tick)
             try:
-                await self._resolve(force=True)
+                if time.monotonic() - resolved >= self.resolve_seconds - 1e-3:
+                    resolved = time.monotonic()
+                    await self._resolve(force=True)
+                if self.probe_due():
+                    self.probe()
             except Exception:  # the refresh is a nicety: a bug here must not stop the tunnels
                 log.exception("re-resolving %s failed", self.host)
 

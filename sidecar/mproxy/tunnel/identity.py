@@ -6,7 +6,8 @@ tunnels). A sidecar names, in `X-Mproxy-Have-Edges`, the edge ids it already hol
 an edge whose id is listed refuses the upgrade with 409 before granting anything, so a sidecar dialling
 through a load balancer learns "duplicate" with no stream at risk. telebit peers ignore unknown headers
 both ways: a telebit relay announces nothing (the sidecar then behaves as with one edge), a telebit device
-sends no list.
+sends no list. `X-Mproxy-Edge-Replicas-Live: true` says the count is read live (the edge's `replicasFrom`)
+and may change without the edge restarting: only then does a sidecar behind a balancer probe for it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["HAVE_HEADER", "ID_HEADER", "REPLICAS_HEADER", "Announced", "default_edge_id", "have_value",
-           "parse_announced", "parse_have"]
+__all__ = ["HAVE_HEADER", "ID_HEADER", "LIVE_HEADER", "REPLICAS_HEADER", "Announced", "default_edge_id",
+           "have_value", "parse_announced", "parse_have"]
 
 ID_HEADER = "X-Mproxy-Edge-Id"
 REPLICAS_HEADER = "X-Mproxy-Edge-Replicas"
+LIVE_HEADER = "X-Mproxy-Edge-Replicas-Live"
 HAVE_HEADER = "X-Mproxy-Have-Edges"
 MAX_HAVE = 64  # ids named in one request (a sidecar never expects more edges than this per URL)
 MAX_REPLICAS = 1000
@@ -32,6 +34,7 @@ _ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 class Announced:
     id: str
     replicas: int
+    live: bool = False  # the count follows the edges' EndpointSlices (it can change at any time)
 
 
 def default_edge_id() -> str:
@@ -50,7 +53,8 @@ def parse_announced(headers: Mapping[str, str]) -> Announced | None:
         replicas = int(headers.get(REPLICAS_HEADER, "1"))
     except ValueError:
         replicas = 1
-    return Announced(edge_id, min(max(replicas, 1), MAX_REPLICAS))
+    live = headers.get(LIVE_HEADER, "").strip().lower() == "true"
+    return Announced(edge_id, min(max(replicas, 1), MAX_REPLICAS), live)
 
 
 def have_value(ids: Iterable[str]) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-SYSTEMS = ("direct", "mproxy", "mproxy-wss", "reference", "chisel", "frp", "rathole", "bore")
+SYSTEMS = ("direct", "mproxy", "mproxy-wss", "mproxy-3edges", "reference", "chisel", "frp", "rathole", "bore")
 # idle first: each system's memory is weighed while the process is fresh, before bulk transfers have
 # grown (and then freed) its buffers; restart last, as it replaces the edge. udp runs UDP-only instances of
 # the systems that carry UDP (mbench/udp.py), after the others in each round.

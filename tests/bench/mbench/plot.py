@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 COLORS = {"direct": "#7f7f7f", "mproxy": "#d62728", "reference": "#9467bd", "chisel": "#1f77b4",
-          "frp": "#2ca02c", "rathole": "#ff7f0e", "bore": "#8c564b"}
+          "frp": "#2ca02c", "rathole": "#ff7f0e", "bore": "#8c564b", "mproxy-3edges": "#e377c2"}
 
 
 def med(summary: dict[str, Any], system: str, metric: str) -> float | None:

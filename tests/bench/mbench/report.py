@@ -16,6 +16,7 @@ LABELS = {
     "direct": "direct loopback",
     "mproxy": "**mproxy**",
     "mproxy-wss": "**mproxy (wss)**",
+    "mproxy-3edges": "**mproxy, 3 edges**",
     "reference": "reference (node proxy-packer)",
     "chisel": "chisel",
     "frp": "frp",

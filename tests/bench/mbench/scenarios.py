@@ -36,8 +36,8 @@ class Plan:
                    restart_timeout=8.0 if opts.quick else 15.0, idle_deadline=15.0 if opts.quick else 45.0)
 
 
-def loadgen(system: System, sub: str, *args: str, timeout: float) -> dict[str, Any]:
-    argv = [str(system.ctx.loadgen), sub, "-addr", f"127.0.0.1:{system.entry}", *args]
+def loadgen(system: System, sub: str, *args: str, timeout: float, port: int | None = None) -> dict[str, Any]:
+    argv = [str(system.ctx.loadgen), sub, "-addr", f"127.0.0.1:{port or system.entry}", *args]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -48,16 +48,48 @@ def loadgen(system: System, sub: str, *args: str, timeout: float) -> dict[str, A
     return result
 
 
+def split(total: int, parts: int) -> list[int]:
+    """`total` workers or streams over `parts` entries, as evenly as they go (8 over 3: 3, 3, 2)."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def spread(system: System, sub: str, total: int, flag: str, *args: str,
+           timeout: float) -> list[dict[str, Any]]:
+    """One loadgen per entry port of a system with several edges (MproxyEdges.entries), at once, with
+    `total` (its `flag`: -concurrency, -streams) split over them, so the offered load equals one edge's."""
+    entries: list[int] = list(getattr(system, "entries", None) or [system.entry])
+    shares = [(port, n) for port, n in zip(entries, split(total, len(entries)), strict=True) if n]
+    results: list[dict[str, Any]] = [{} for _ in shares]
+    failures: list[BaseException] = []
+
+    def one(i: int, port: int, n: int) -> None:
+        try:
+            results[i] = loadgen(system, sub, flag, str(n), *args, timeout=timeout, port=port)
+        except BaseException as exc:  # re-raised below in the caller's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i, port, n)) for i, (port, n) in enumerate(shares)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return results
+
+
 def _dur(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
 def bulk(system: System, plan: Plan, streams: int) -> Metrics:
-    r = loadgen(system, "bulk", "-streams", str(streams), "-duration", _dur(plan.duration),
-                timeout=plan.duration + 30)
-    if r["ok"] < streams:
-        raise BenchError(f"{streams - r['ok']} of {streams} bulk streams carried nothing: {r.get('errors')}")
-    return {f"bulk{streams}_mbps": r["mbps"]}
+    parts = spread(system, "bulk", streams, "-streams", "-duration", _dur(plan.duration),
+                   timeout=plan.duration + 30)
+    ok = sum(r["ok"] for r in parts)
+    if ok < streams:
+        errors = [e for r in parts for e in r.get("errors") or []]
+        raise BenchError(f"{streams - ok} of {streams} bulk streams carried nothing: {errors}")
+    return {f"bulk{streams}_mbps": sum(r["mbps"] for r in parts)}
 
 
 def latency(system: System, plan: Plan) -> Metrics:
@@ -82,13 +114,16 @@ def loaded(system: System, plan: Plan, idle_p99: float | None) -> Metrics:
 
 
 def connrate(system: System, plan: Plan) -> Metrics:
-    r = loadgen(system, "connrate", "-duration", _dur(plan.duration), "-concurrency",
-                str(plan.connrate_workers), timeout=plan.duration + 30)
-    if r["ok"] == 0:
-        raise BenchError(f"no stream completed: {r.get('first_error')}")
-    out: Metrics = {"connrate_per_s": r["per_sec"], "connrate_p99_ms": r["p99_ms"]}
-    if r["errors"]:
-        out["connrate_errors"] = float(r["errors"])
+    parts = spread(system, "connrate", plan.connrate_workers, "-concurrency", "-duration",
+                   _dur(plan.duration), timeout=plan.duration + 30)
+    if sum(r["ok"] for r in parts) == 0:
+        raise BenchError(f"no stream completed: {parts[0].get('first_error')}")
+    # Spread over several edges: the sum of the rates, and the worst entry's p99.
+    out: Metrics = {"connrate_per_s": sum(r["per_sec"] for r in parts),
+                    "connrate_p99_ms": max(r["p99_ms"] for r in parts)}
+    errors = sum(r["errors"] for r in parts)
+    if errors:
+        out["connrate_errors"] = float(errors)
     return out
 
 

@@ -389,8 +389,67 @@ class MproxyWss(Mproxy):
     tls = True
 
 
+class MproxyEdges(Mproxy):
+    """Three edges, one sidecar holding a tunnel to each (one edge URL per edge: on one machine the edges
+    differ by port; in a cluster the headless Service's addresses or a balancer give the same tunnels).
+    Clients are spread over the three entry ports (scenarios.spread): connrate and bulk8 split their
+    workers and streams over them; the other scenarios use the first edge, as one client would."""
+
+    name, label = "mproxy-3edges", "mproxy, 3 edges"
+    describe = ("3 mproxy edges + 1 sidecar with a tunnel to each; clients spread over the 3 edges' entry "
+                "ports (new streams, 8 streams), the rest through the first")
+    EDGES = 3
+
+    def __init__(self, ctx: Context, backend_port: int) -> None:
+        super().__init__(ctx, backend_port)
+        token_file = self.logdir / "token"
+        self.entries = [self.entry, *(free_port() for _ in range(self.EDGES - 1))]
+        self.controls = [self.control, *(free_port() for _ in range(self.EDGES - 1))]
+        self.confs = [self.edge_conf]
+        for i in range(1, self.EDGES):
+            conf = self.logdir / f"edge{i}.yaml"
+            conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entries[i],
+                                             control=self.controls[i], http=free_port(), tunnel_tls=""))
+            self.confs.append(conf)
+        # Every edge must grant the sidecar's token: it names the first entry port, the others are
+        # listeners with that public port.
+        for i, conf in enumerate(self.confs):
+            listen = f'listen: "127.0.0.1:{self.entries[i]}"\n'
+            conf.write_text(conf.read_text().replace(listen, f"{listen}    publicPort: {self.entry}\n"))
+        urls = ", ".join(f'"ws://127.0.0.1:{c}/"' for c in self.controls)
+        self.sidecar_conf.write_text(SIDECAR_YAML.format(
+            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
+            http=free_port(), scheme="ws", host="127.0.0.1", ca_file="").replace(
+            f'urls: ["ws://127.0.0.1:{self.control}/"]', f"urls: [{urls}]"))
+        self.others: list[Proc] = []
+
+    def start_edge(self) -> Proc:
+        if not self.others:  # the first start; restart_edge() replaces only the first edge
+            for i, conf in enumerate(self.confs[1:], start=1):
+                argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(conf)]
+                self.others.append(Proc(f"mproxy-edge{i}", argv, self.logdir))
+            for i, proc in enumerate(self.others, start=1):
+                wait_port(self.controls[i], proc=proc)
+        return super().start_edge()
+
+    def wait_flowing(self, timeout: float) -> None:
+        super().wait_flowing(timeout)
+        deadline = time.monotonic() + timeout
+        for port in self.entries[1:]:
+            while not echo_once(port):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no traffic through {self.label} entry {port} after {timeout:.0f}s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        super().stop()
+        for proc in self.others:
+            proc.stop()
+        self.others = []
+
+
 SYSTEMS: dict[str, type[System]] = {
-    cls.name: cls for cls in (Direct, Mproxy, MproxyWss, Reference, Chisel, Frp, Rathole, Bore)
+    cls.name: cls for cls in (Direct, Mproxy, MproxyWss, MproxyEdges, Reference, Chisel, Frp, Rathole, Bore)
 }
 
 

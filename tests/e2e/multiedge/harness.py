@@ -27,6 +27,7 @@ SECRET = b"multi-edge-secret-0123456789"
 PUBLIC_PORT = 7022
 HOSTNAME = "edges.test"
 EDGE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+SCALE_HOSTS = (*EDGE_HOSTS, "127.0.0.5", "127.0.0.6")  # room to scale out to 5 edges
 
 
 def free_port(hosts: tuple[str, ...]) -> int:
@@ -179,7 +180,7 @@ class Cluster:
     def __init__(self, tmp: Path, stack: contextlib.AsyncExitStack) -> None:
         self.tmp = tmp
         self.stack = stack
-        self.tunnel_port = free_port((*EDGE_HOSTS, "127.0.0.5"))
+        self.tunnel_port = free_port(SCALE_HOSTS)
         self.edges: list[Edge] = []
         self.echo_port = 0
         (tmp / "secret").write_bytes(SECRET + b"\n")

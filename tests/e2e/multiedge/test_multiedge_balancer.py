@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -40,7 +41,9 @@ async def test_sidecars_dial_through_a_balancer_until_they_hold_every_edge(clust
     refused = sum([duplicates(await e.metrics()) for e in edges])
     print(f"duplicate dials refused: {refused}")
     assert refused <= 20, f"{refused} duplicate dials"
-    assert await spread_clients(edges, 300) == {}
+    started = time.monotonic()
+    assert await spread_clients(edges, 1000) == {}
+    print(f"1000 clients over 3 edges behind the balancer: {time.monotonic() - started:.2f} s")
 
     edges[1].kill()
     await edges[1].proc.wait()
@@ -62,13 +65,20 @@ async def test_an_edge_refuses_a_sidecar_that_already_holds_it(cluster: Cluster)
 
 
 @pytest.mark.interop
-async def test_a_telebit_device_through_the_balancer_still_works(cluster: Cluster, node_bin: str) -> None:
+async def test_a_telebit_device_next_to_sidecars_on_three_edges(cluster: Cluster, node_bin: str) -> None:
+    """device.js dials through the balancer into 3 edges that announce replicas, while 2 of our sidecars
+    hold every edge: it ignores the identity headers, sends no have-list so no edge refuses it as a
+    duplicate, and clients on its edge are served by it and the sidecars alike."""
     echo_port = await cluster.echo()
     edges = [await cluster.edge(host, f"edge-{i}") for i, host in enumerate(EDGE_HOSTS)]
     lb = await cluster.balancer([(e.host, cluster.tunnel_port) for e in edges])
+    url = f"ws://127.0.0.1:{lb.port}/tunnel"
+    for label in "AB":
+        await cluster.sidecar(label, url)
+    await cluster.wait_tunnels(edges, per_edge=2)
     tok = (cluster.tmp / "token").read_text()
     proc = await asyncio.create_subprocess_exec(
-        node_bin, str(DEVICE), "--url", f"ws://127.0.0.1:{lb.port}/tunnel", "--token", tok,
+        node_bin, str(DEVICE), "--url", url, "--token", tok,
         "--token-in", "handshake", "--port", f"{PUBLIC_PORT}={echo_port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env={**os.environ})
     cluster.stack.push_async_callback(stop_proc, proc)
@@ -80,8 +90,13 @@ async def test_a_telebit_device_through_the_balancer_still_works(cluster: Cluste
             break
 
     async def held() -> bool:
-        return any([(await e.status())["ports"].get(str(PUBLIC_PORT)) == 1 for e in edges])
+        return sum([(await e.status())["ports"].get(str(PUBLIC_PORT), 0) for e in edges]) == 7
 
-    await until(held, 10, "the device's tunnel")
-    holder = [e for e in edges if (await e.status())["ports"].get(str(PUBLIC_PORT)) == 1]
-    assert await spread_clients(holder, 30) == {}
+    await until(held, 10, "the device's tunnel next to the 6 sidecar tunnels")
+    holder = [e for e in edges if (await e.status())["ports"].get(str(PUBLIC_PORT)) == 3]
+    assert len(holder) == 1
+    assert sum([duplicates(await e.metrics()) for e in edges]) <= 20
+    assert await spread_clients(holder, 60) == {}
+    assert proc.returncode is None, "device.js exited"
+    # Least-streams balancing spreads them over all 3 tunnels there, so the device carried some.
+    assert all(t["bytesSent"] > 0 for t in (await holder[0].status())["tunnels"])

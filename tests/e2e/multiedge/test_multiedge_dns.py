@@ -8,9 +8,10 @@ import asyncio
 import hashlib
 import time
 
+import aiohttp
 import pytest
 
-from .harness import EDGE_HOSTS, HOSTNAME, Cluster, roundtrip, spread_clients, until
+from .harness import EDGE_HOSTS, HOSTNAME, SCALE_HOSTS, Cluster, roundtrip, spread_clients, until
 
 pytestmark = pytest.mark.e2e
 
@@ -63,35 +64,58 @@ async def test_sidecars_reach_every_edge_behind_one_hostname(cluster: Cluster) -
     assert await spread_clients(live, 150) == {}
 
 
-async def test_sidecars_follow_a_scale_up_and_down(cluster: Cluster) -> None:
+async def test_two_sidecars_follow_edges_scaled_3_to_5_to_2(cluster: Cluster) -> None:
+    """Scale out by adding pods that announce the new count (and appear in DNS); scale in the way the
+    chart does with a static `edge.replicas`: the removed edges go, the survivors roll to the new count
+    (same address and id, a new process). Both sidecars' /status and gauges follow every step."""
     await cluster.echo()
-    dns = await cluster.dns(list(EDGE_HOSTS[:2]))
-    edges = [await cluster.edge(host, f"edge-{i}", replicas=2) for i, host in enumerate(EDGE_HOSTS[:2])]
+    dns = await cluster.dns(list(SCALE_HOSTS[:3]))
+    edges = {h: await cluster.edge(h, f"edge-{i}", replicas=3) for i, h in enumerate(SCALE_HOSTS[:3])}
     url = f"ws://{HOSTNAME}:{cluster.tunnel_port}/tunnel"
-    sidecar = await cluster.sidecar("A", url, [f"127.0.0.1:{dns.port}"])
-    await cluster.wait_tunnels(edges, per_edge=1)
+    sidecars = [await cluster.sidecar(label, url, [f"127.0.0.1:{dns.port}"]) for label in "AB"]
 
-    # Scale 2 -> 3: the new edge announces 3 replicas and appears in DNS.
-    third = await cluster.edge(EDGE_HOSTS[2], "edge-2", replicas=3)
-    dns.addresses = list(EDGE_HOSTS)
-    await cluster.wait_tunnels([*edges, third], per_edge=1)
-    assert await spread_clients([*edges, third], 90) == {}
+    async def following(hosts: tuple[str, ...]) -> bool:
+        ids = {edges[h].id: 1 for h in hosts}
+        for sidecar in sidecars:
+            try:
+                state, metrics = await sidecar.status(), await sidecar.metrics()
+            except aiohttp.ClientError:  # not listening yet
+                return False
+            pool = state["edges"][0]
+            live = [t for t in state["tunnels"] if t["state"] != "stopped"]
+            if (pool["addresses"], pool["expectedEdges"], pool["connectedEdges"], pool["edges"],
+                    len(live)) != (list(hosts), len(hosts), len(hosts), ids, len(hosts)):
+                return False
+            for gauge in ("connected", "expected"):
+                if f'mproxy_sidecar_edges_{gauge}{{edge="{url}"}} {len(hosts)}.0' not in metrics:
+                    return False
+        return True
 
-    # Scale 3 -> 2: the third edge drains away and leaves DNS; the survivors announce 2, so the sidecar
-    # drops the address and its third slot.
-    third.proc.terminate()
-    await third.proc.wait()
-    dns.addresses = list(EDGE_HOSTS[:2])
+    await until(lambda: following(SCALE_HOSTS[:3]), 15, "both sidecars on 3 of 3 edges")
+    await cluster.wait_tunnels(list(edges.values()), per_edge=2)
 
-    async def scaled_down() -> bool:
-        state = await sidecar.status()
-        edges_state = state["edges"][0]
-        live = [t for t in state["tunnels"] if t["state"] != "stopped"]
-        return bool(edges_state["addresses"] == list(EDGE_HOSTS[:2]) and edges_state["expectedEdges"] == 2
-                    and edges_state["connectedEdges"] == 2 and len(live) == 2)
+    # 3 -> 5: two new pods announce 5 and appear in DNS.
+    for i, host in enumerate(SCALE_HOSTS[3:], start=3):
+        edges[host] = await cluster.edge(host, f"edge-{i}", replicas=5)
+    dns.addresses = list(SCALE_HOSTS)
+    await until(lambda: following(SCALE_HOSTS), 15, "both sidecars on 5 of 5 edges")
+    await cluster.wait_tunnels(list(edges.values()), per_edge=2)
+    assert await spread_clients(list(edges.values()), 200) == {}
 
-    await until(scaled_down, 10, "the sidecar to follow the scale-down")
-    assert await spread_clients(edges, 60) == {}
+    # 5 -> 2: three edges drain away and leave DNS, the two survivors roll to announce 2.
+    kept = SCALE_HOSTS[:2]
+    dns.addresses = list(kept)
+    for host in SCALE_HOSTS[2:]:
+        edges[host].proc.terminate()
+    for host in SCALE_HOSTS[2:]:
+        await edges.pop(host).proc.wait()
+    for i, host in enumerate(kept):
+        edges[host].proc.terminate()
+        await edges[host].proc.wait()
+        edges[host] = await cluster.edge(host, f"edge-{i}", replicas=2)
+    await until(lambda: following(kept), 15, "both sidecars on 2 of 2 edges")
+    await cluster.wait_tunnels(list(edges.values()), per_edge=2)
+    assert await spread_clients(list(edges.values()), 100) == {}
 
 
 async def test_wss_by_hostname_checks_the_certificate_against_the_hostname(cluster: Cluster) -> None:

@@ -273,3 +273,31 @@ def test_results_table_says_when_a_system_missed_runs() -> None:
     text = report.results_table(stats.summarize_all(runs), ["direct", "mproxy"], {}, runs=2)
     assert "**mproxy** (1 of 2 runs)" in text
     assert "direct loopback |" in text and "direct loopback (" not in text
+
+
+# ---- several edges ----
+
+def test_split_spreads_workers_and_streams_over_the_edges() -> None:
+    from mbench.scenarios import split
+
+    assert split(8, 3) == [3, 3, 2]
+    assert split(1, 3) == [1, 0, 0]
+    assert split(8, 1) == [8]
+    assert sum(split(17, 5)) == 17
+
+
+def test_three_edges_share_the_first_entry_as_public_port(tmp_path: Path) -> None:
+    import yaml
+    from mbench.systems import Context, MproxyEdges
+
+    from mproxy.config.edge import load_edge_config
+    from mproxy.config.sidecar import load_sidecar_config
+
+    repo = Path(__file__).resolve().parents[3]
+    ctx = Context(repo=repo, cache=tmp_path, work=tmp_path, loadgen=tmp_path / "loadgen")
+    system = MproxyEdges(ctx, backend_port=9)
+    edges = [load_edge_config(yaml.safe_load(c.read_text())) for c in system.confs]
+    assert [e.listeners[0].public_port for e in edges] == [system.entry] * 3
+    assert sorted({e.tunnel.listen for e in edges}) == sorted(f"127.0.0.1:{c}" for c in system.controls)
+    sidecar = load_sidecar_config(yaml.safe_load(system.sidecar_conf.read_text()))
+    assert sidecar.edge.urls == tuple(f"ws://127.0.0.1:{c}/" for c in system.controls)

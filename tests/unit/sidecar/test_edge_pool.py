@@ -128,6 +128,11 @@ def test_config_fields() -> None:
     assert load_sidecar_config(side.to_dict()) == side
     with pytest.raises(ConfigError, match=r"^edge.nameservers\[0\]: "):
         load_sidecar_config({"edge": {"urls": ["ws://e/"], "nameservers": ["dns.example"]}})
+    probing = load_sidecar_config({"edge": {"urls": ["ws://e/"], "probeSeconds": 0}})
+    assert probing.edge.probe_seconds == 0 and load_sidecar_config(probing.to_dict()) == probing
+    assert load_sidecar_config({"edge": {"urls": ["ws://e/"]}}).edge.probe_seconds == 30
+    with pytest.raises(ConfigError, match=r"^edge.probeSeconds: must be 0 \(never\) or 0.1-3600"):
+        load_sidecar_config({"edge": {"urls": ["ws://e/"], "probeSeconds": 0.01}})
 
 
 async def test_an_address_that_never_answers_gets_a_slot_but_is_not_expected() -> None:
@@ -142,3 +147,52 @@ async def test_an_address_that_never_answers_gets_a_slot_but_is_not_expected() -
     assert await p.choose_address(slot) == "fd00::1"
     p.dial_failed(slot)
     assert p.expected == 2 == p.connected_edges  # no MproxyTunnelEdgeMissing for it
+
+
+async def test_behind_one_address_a_probe_slot_learns_the_count_and_goes() -> None:
+    p, retired = pool(addresses=("10.0.0.9",))
+    p.probe_seconds = 30.0
+    a = p.slots[0]
+    await p.choose_address(a)
+    p.accept(a, Announced("edge-a", 2, live=True))
+    b = p.slots[1]
+    await p.choose_address(b)
+    p.accept(b, Announced("edge-b", 2, live=True))
+    assert not p.probe_due()  # not yet probe_seconds since the pool started
+    p._probed_at -= 31
+    assert p.probe_due()
+    p.probe()
+    assert len(p.slots) == 3 and p.probing and not p.probe_due()
+    probe = p.slots[2]
+    assert p.saturated(probe) == {"edge-a", "edge-b"}  # any edge it holds answers 409
+    p.duplicate(probe, Announced("edge-a", 2, live=True))  # same count: the spare slot is retired
+    assert retired == [probe] and not p.probing and len([s for s in p.slots if not s.stopping]) == 2
+    # The next probe finds the count grew (an HPA scaled the edges out): the slots follow.
+    p._probed_at -= 31
+    p.probe()
+    p.duplicate(p.slots[-1], Announced("edge-b", 3, live=True))
+    assert len([s for s in p.slots if not s.stopping]) == 3 and p.expected == 3
+
+
+async def test_no_probe_with_several_addresses_a_slot_down_a_static_count_or_probing_off() -> None:
+    p, _ = pool(addresses=("10.0.0.1", "10.0.0.2"))
+    p.probe_seconds, p._probed_at = 30.0, -1e9
+    for slot in list(p.slots):
+        await p.choose_address(slot)
+        p.accept(slot, Announced(f"edge-{slot.index}", 1, live=True))
+    assert not p.probe_due()  # new pods show up as new addresses
+    q, _ = pool(addresses=("10.0.0.9",))
+    q.probe_seconds, q._probed_at = 30.0, -1e9
+    first = q.slots[0]
+    await q.choose_address(first)
+    q.accept(first, Announced("edge-a", 2, live=True))
+    assert not q.probe_due()  # a slot still dials for the second edge: that dial is the probe
+    second = q.slots[1]
+    await q.choose_address(second)
+    q.accept(second, Announced("edge-b", 2, live=True))
+    assert q.probe_due()
+    q.probe_seconds = 0.0
+    assert not q.probe_due()
+    q.probe_seconds = 30.0
+    q.duplicate(second, Announced("edge-a", 2))  # a static count: nothing to probe for
+    assert not q.probe_due()
