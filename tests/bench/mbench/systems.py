@@ -408,7 +408,7 @@ class MproxyEdges(Mproxy):
         self.confs = [self.edge_conf]
         for i in range(1, self.EDGES):
             conf = self.logdir / f"edge{i}.yaml"
-            conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entries[i],
+            conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entries[i], tls_entry=free_port(),
                                              control=self.controls[i], http=free_port(), tunnel_tls=""))
             self.confs.append(conf)
         # Every edge must grant the sidecar's token: it names the first entry port, the others are
@@ -419,7 +419,8 @@ class MproxyEdges(Mproxy):
         urls = ", ".join(f'"ws://127.0.0.1:{c}/"' for c in self.controls)
         self.sidecar_conf.write_text(SIDECAR_YAML.format(
             control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
-            http=free_port(), scheme="ws", host="127.0.0.1", ca_file="").replace(
+            http=free_port(), scheme="ws", host="127.0.0.1", ca_file="", tls_name=TLS_NAME,
+            tls_entry=self.tls_entry).replace(
             f'urls: ["ws://127.0.0.1:{self.control}/"]', f"urls: [{urls}]"))
         self.others: list[Proc] = []
 
