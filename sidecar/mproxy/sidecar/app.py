@@ -97,11 +97,17 @@ class Sidecar:
         self.supervised: list[Supervised] = []  # the flush loop and the config watcher
         self._stopped = asyncio.Event()
         self._refused_seen: dict[str, tuple[int, dict[str, int]]] = {}
+        self._opts_cache: tuple[SidecarConfig, BackendOptions] | None = None
 
     # -- streams ----------------------------------------------------------------------------------
 
     def _backend_opts(self) -> BackendOptions:
-        return backend_options(self.config)
+        # Built once per config (a reload swaps self.config): not a new object and rule per stream.
+        config = self.config
+        cached = self._opts_cache
+        if cached is None or cached[0] is not config:
+            cached = self._opts_cache = (config, backend_options(config))
+        return cached[1]
 
     def accept(self, stream: Stream, tunnel: TunnelClient) -> StreamHandler:
         # The table is captured per stream: a reload never re-routes a stream in flight.

@@ -21,7 +21,7 @@ import asyncio
 import errno
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
@@ -50,11 +50,12 @@ class BackendOptions:
     hard_buffer: int = 64 * 1024 * 1024
     grace: float = 2.0
     tunnel_buffer: int = 256 * 1024 * 1024  # all streams of one tunnel together
+    rule: BufferRule = field(init=False, compare=False)  # built once: every stream of a config shares it
 
-    @property
-    def rule(self) -> BufferRule:
-        return BufferRule(soft=self.soft_limit, hard=self.hard_limit, grace=self.grace,
-                          tunnel=max(self.tunnel_buffer, self.soft_limit), allowance=self.stream_buffer)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rule", BufferRule(
+            soft=self.soft_limit, hard=self.hard_limit, grace=self.grace,
+            tunnel=max(self.tunnel_buffer, self.soft_limit), allowance=self.stream_buffer))
 
     @property
     def soft_limit(self) -> int:
