@@ -28,7 +28,14 @@ from mproxy.edge.expiry import TokenGuard
 from mproxy.edge.table import TunnelDirectory
 from mproxy.edge.udp import udp_clients
 from mproxy.metrics.edge import EdgeMetrics
-from mproxy.tunnel.identity import HAVE_HEADER, ID_HEADER, REPLICAS_HEADER, parse_have
+from mproxy.tunnel.identity import (
+    HAVE_HEADER,
+    ID_HEADER,
+    PEER_HEADER,
+    PEER_SIDECAR,
+    REPLICAS_HEADER,
+    parse_have,
+)
 from mproxy.tunnel.mux import Multiplexer, MuxLimits
 from mproxy.tunnel.supervisor import Supervised
 from mproxy.tunnel.ws import CLOSE_POLICY, Heartbeat, run_tunnel
@@ -184,6 +191,7 @@ class TunnelEndpoint:
         assert task is not None
         self._tasks.add(task)
         mux = Multiplexer(on_control=session.on_control, limits=self.mux_limits, name=f"tunnel {session.id}")
+        mux.connection_ends_message = request.headers.get(PEER_HEADER) != PEER_SIDECAR  # telebit devices
         session.mux = mux
         self.sessions.add(session)
         self.metrics.tunnel_connects.inc()

@@ -40,7 +40,7 @@ from mproxy.tunnel import (
     StreamHandler,
     run_tunnel,
 )
-from mproxy.tunnel.identity import HAVE_HEADER, have_value, parse_announced
+from mproxy.tunnel.identity import HAVE_HEADER, PEER_HEADER, PEER_SIDECAR, have_value, parse_announced
 from mproxy.tunnel.sockbuf import auto_send_buffer, set_send_buffer, tcp_rtt_seconds
 from mproxy.tunnel.supervisor import Supervised
 
@@ -263,7 +263,7 @@ class TunnelClient:
         cfg = self._get_config()
         token = read_token(cfg)
         mode = cfg.edge.token_in
-        url, headers = self.url, {}
+        url, headers = self.url, {PEER_HEADER: PEER_SIDECAR}
         if token and mode == "query":
             url = _with_query_token(url, token)
         elif token and mode == "header":

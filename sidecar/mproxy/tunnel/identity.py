@@ -8,6 +8,9 @@ through a load balancer learns "duplicate" with no stream at risk. telebit peers
 both ways: a telebit relay announces nothing (the sidecar then behaves as with one edge), a telebit device
 sends no list. `X-Mproxy-Edge-Replicas-Live: true` says the count is read live (the edge's `replicasFrom`)
 and may change without the edge restarting: only then does a sidecar behind a balancer probe for it.
+An mproxy sidecar sends `X-Mproxy-Peer: sidecar/1` on every upgrade: the edge may then pack frames the way
+mproxy reads them (a `connection` frame shares its WebSocket message with data), which a telebit device
+does not.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["HAVE_HEADER", "ID_HEADER", "LIVE_HEADER", "REPLICAS_HEADER", "Announced", "default_edge_id",
-           "have_value", "parse_announced", "parse_have"]
+__all__ = ["HAVE_HEADER", "ID_HEADER", "LIVE_HEADER", "PEER_HEADER", "PEER_SIDECAR", "REPLICAS_HEADER",
+           "Announced", "default_edge_id", "have_value", "parse_announced", "parse_have"]
 
 ID_HEADER = "X-Mproxy-Edge-Id"
 REPLICAS_HEADER = "X-Mproxy-Edge-Replicas"
 LIVE_HEADER = "X-Mproxy-Edge-Replicas-Live"
 HAVE_HEADER = "X-Mproxy-Have-Edges"
+PEER_HEADER = "X-Mproxy-Peer"
+PEER_SIDECAR = "sidecar/1"
 MAX_HAVE = 64  # ids named in one request (a sidecar never expects more edges than this per URL)
 MAX_REPLICAS = 1000
 _ID = re.compile(r"[A-Za-z0-9._-]{1,63}")

@@ -403,6 +403,10 @@ class Multiplexer:
         self._on_stream = on_stream
         self._on_control = on_control
         self.implicit_open = implicit_open
+        # A telebit device reads a `connection` frame only at the end of a WebSocket message; an mproxy
+        # sidecar (it says so on the upgrade, mproxy.tunnel.identity.PEER_HEADER) takes it with the
+        # client's first data in one message: one message, one send, one TLS record less per new client.
+        self.connection_ends_message = True
         self.now = clock or asyncio.get_running_loop().time
         self._parser = Parser(max_body=self.limits.max_frame_bytes)
         self.streams: dict[str, Stream] = {}
@@ -556,7 +560,7 @@ class Multiplexer:
             frame = urgent.popleft()
             out.append(frame)
             size += len(frame)
-            if _is_connection(frame):
+            if self.connection_ends_message and _is_connection(frame):
                 return out
         ready = self._ready
         frame_size = self.limits.frame_size

@@ -133,6 +133,7 @@ async def test_reference_device_honours_pause_and_resume(parts, node_bin) -> Non
     await asyncio.sleep(1.5)  # read nothing: the edge pauses this client at device.js
     session = next(iter(relay.sessions))
     assert session.mux is not None and session.mux.pauses_sent >= 1
+    assert session.mux.connection_ends_message  # device.js sent no X-Mproxy-Peer: telebit framing
     # meanwhile the same device serves another client
     code, _, _ = await http_get(p["http"], "app.test")
     assert code == 200

@@ -176,6 +176,7 @@ async def test_a_backend_that_stops_reading_pauses_only_its_client(parts) -> Non
         assert sent < 48 << 20
         session = next(iter(relay.sessions))
         assert session.mux is not None and session.mux.pauses_received >= 1
+        assert not session.mux.connection_ends_message  # our sidecar said X-Mproxy-Peer: sidecar/1
         stream = next(iter(session.mux.streams.values()))
         assert stream.buffered <= 2 << 20
         # the same tunnel still serves other clients at once

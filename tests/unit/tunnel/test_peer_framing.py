@@ -27,6 +27,20 @@ async def test_a_connection_frame_ends_its_message_and_its_data_follows_in_the_n
     assert batches == [["Control", "Connection"], ["Connection"], ["Message", "Message"]]
 
 
+async def test_toward_an_mproxy_sidecar_connection_frames_share_their_message_with_data() -> None:
+    mux = _mux()
+    mux.connection_ends_message = False  # the edge sets this when the upgrade carries X-Mproxy-Peer
+    mux.send_control([1, "hello"])
+    s = mux.open_stream(A, StreamHandler(), service="https", serviceport=443, name="app.test")
+    s.write(b"\x16\x03\x01 client hello")
+    other = mux.open_stream(Address("IPv4", "127.0.0.2", "1"), StreamHandler(), service="tcp")
+    other.write(b"x")
+    batches = []
+    while mux.has_pending_output():
+        batches.append([type(e).__name__ for e in parse_all(b"".join(mux.next_batch()))])
+    assert batches == [["Control", "Connection", "Connection", "Message", "Message"]]
+
+
 async def test_pause_resume_end_error_carry_serviceport_name_and_a_count() -> None:
     mux = _mux()
     s = mux.open_stream(A, StreamHandler(), service="https", serviceport=443, name="app.test")
