@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from mproxy.buffers import BufferRule
-from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
+from mproxy.codec import LocalProtocolError, pack_connection
 from mproxy.codec.errors import ErrorCode
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.client import EdgeClient, Tunnel
@@ -90,7 +90,6 @@ class EdgeRelay:
             idle_timeout=lim.idle_timeout_seconds,
             max_frame_bytes=lim.max_frame_bytes,
         )
-        self._check_frame = min(self.mux_limits.frame_size, lim.max_frame_bytes)
         self.stream_buffer = lim.stream_buffer_bytes
         self.buffer_rule = BufferRule(soft=lim.buffer_soft_bytes, hard=lim.buffer_hard_bytes,
                                       grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes,
@@ -212,11 +211,11 @@ class EdgeRelay:
 
     def _check_header(self, client: EdgeClient) -> None:
         try:
-            # Refuse here, before anything is sent: a header over 255 bytes would corrupt the tunnel.
+            # Refuse here, before anything is sent: a header over 255 bytes would corrupt the tunnel. The
+            # connection header is the longest this stream's frames get (a data header has the same
+            # fields without servicename), so it is the only one checked.
             pack_connection(client.addr, service=client.service, serviceport=client.serviceport,
                             name=client.name)
-            pack_data_header(client.addr, self._check_frame, service=client.service,
-                             serviceport=client.serviceport, name=client.name)
         except LocalProtocolError:
             raise Refused("name_too_long", f"the name {client.name[:40]}... is too long for an M-PROXY "
                           "header (255 bytes with the client address)") from None
