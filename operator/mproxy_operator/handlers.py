@@ -195,11 +195,11 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         "v1",
         "deployments",
         registry=reg,
-        id="gateway-changed",
-        labels={names.GATEWAY_LABEL: kopf.PRESENT},
+        id="connector-changed",
+        labels={names.CONNECTOR_LABEL: kopf.PRESENT},
     )
-    def on_gateway(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-        _reconcile_by_name(rt, namespace or "", labels[names.GATEWAY_LABEL], "gateway")
+    def on_connector(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+        _reconcile_by_name(rt, namespace or "", labels[names.CONNECTOR_LABEL], "connector")
 
     @kopf.on.mutate(
         "",

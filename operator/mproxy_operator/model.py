@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("Sidecar", "Gateway")
+MODES = ("Sidecar", "Connector")
+# The old name of Connector mode, still accepted (read as Connector) so existing Tunnels keep working.
+LEGACY_MODES = {"Gateway": "Connector"}
 
 
 class SpecError(ValueError):
@@ -76,7 +78,7 @@ class TunnelSpec:
     routes: tuple[Route, ...]
     mode: str = "Sidecar"
     selector: Selector | None = None
-    gateway_replicas: int = 2
+    connector_replicas: int = 2
     default_route: str | None = None
     limits: Mapping[str, Any] = field(default_factory=dict)
     metrics_labels: str = "client"
@@ -192,10 +194,17 @@ def _route(value: object, path: str) -> Route:
     )
 
 
+def _connector_replicas(spec: Mapping[str, Any]) -> int:
+    """spec.connector.replicas, else the old spec.gateway.replicas (connector mode's former name)."""
+    key = "connector" if spec.get("connector") is not None or spec.get("gateway") is None else "gateway"
+    return _int(_map(spec.get(key), f"spec.{key}"), "replicas", f"spec.{key}", 2, 0, 100)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
     """Turn a Tunnel's .spec into a TunnelSpec; raises SpecError."""
     spec = _map(spec, "spec")
-    mode = _choice(spec, "mode", "spec", "Sidecar", MODES)
+    mode = _choice(spec, "mode", "spec", "Sidecar", (*MODES, *LEGACY_MODES))
+    mode = LEGACY_MODES.get(mode, mode)
     edge_obj = _map(spec.get("edge"), "spec.edge")
     urls = _list(edge_obj.get("urls"), "spec.edge.urls")
     if not urls:
@@ -239,9 +248,7 @@ def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
         routes=routes,
         mode=mode,
         selector=selector,
-        gateway_replicas=_int(
-            _map(spec.get("gateway"), "spec.gateway"), "replicas", "spec.gateway", 2, 0, 100
-        ),
+        connector_replicas=_connector_replicas(spec),
         default_route=default_route,
         limits=dict(_map(spec.get("limits"), "spec.limits")),
         metrics_labels=_choice(metrics, "labels", "spec.metrics", "client", ("off", "route", "client")),
