@@ -28,16 +28,39 @@ def connector_deployment(
 ) -> dict[str, Any]:
     meta = tunnel["metadata"]
     name = meta["name"]
-    selector = connector_labels(name)
+    return build_connector(
+        name=names.connector_name(name),
+        namespace=meta["namespace"],
+        owner=owner_reference(tunnel),
+        selector=connector_labels(name),
+        pod_labels={names.TUNNEL_LABEL: name},
+        config_map=names.config_map_name(name),
+        spec=spec,
+        defaults=defaults,
+    )
+
+
+def build_connector(
+    *,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    selector: Mapping[str, str],
+    pod_labels: Mapping[str, str],
+    config_map: str,
+    spec: TunnelSpec,
+    defaults: SidecarDefaults,
+) -> dict[str, Any]:
+    """The Deployment for any owner: a Tunnel in connector mode, or a Gateway (gateway_api)."""
     container = sidecar_container(spec, defaults, native=False, connector=True)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": names.connector_name(name),
-            "namespace": meta["namespace"],
+            "name": name,
+            "namespace": namespace,
             "labels": {**selector, "app.kubernetes.io/managed-by": names.MANAGED_BY},
-            "ownerReferences": [owner_reference(tunnel)],
+            "ownerReferences": [dict(owner)],
         },
         "spec": {
             "replicas": spec.connector_replicas,
@@ -45,7 +68,7 @@ def connector_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 # No config hash here: the sidecar reloads routes from the ConfigMap without a restart.
-                "metadata": {"labels": {**selector, names.TUNNEL_LABEL: name}},
+                "metadata": {"labels": {**selector, **pod_labels}},
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
@@ -58,7 +81,7 @@ def connector_deployment(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": sidecar_volumes(name, spec),
+                    "volumes": sidecar_volumes(spec, config_map),
                 },
             },
         },

@@ -85,9 +85,9 @@ def sidecar_container(
     return container
 
 
-def sidecar_volumes(tunnel_name: str, spec: TunnelSpec) -> list[dict[str, Any]]:
+def sidecar_volumes(spec: TunnelSpec, config_map: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": names.CONFIG_VOLUME, "configMap": {"name": names.config_map_name(tunnel_name)}},
+        {"name": names.CONFIG_VOLUME, "configMap": {"name": config_map}},
         {
             "name": names.TOKEN_VOLUME,
             "secret": {

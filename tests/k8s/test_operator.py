@@ -114,16 +114,19 @@ def _sa_kubeconfig(kube: Any, namespace: str, path: Path) -> None:
     path.chmod(0o600)
 
 
-def _helm_template(kube: Any, namespace: str, *show: str) -> list[dict[str, Any]]:
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace]
+def _helm_template(
+    kube: Any, namespace: str, *show: str, values: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace, *(f"--set={v}" for v in values)]
     for s in show:
         args += ["--show-only", s]
     return [d for d in yaml.safe_load_all(kube.run_helm(*args).stdout) if d]
 
 
-def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
+def start_operator(kube: Any, work: Path, *extra: str, values: tuple[str, ...] = ()) -> Operator:
     """Install the chart's RBAC and a URL webhook configuration, start `mproxy operator` as the chart's
-    ServiceAccount and wait for /readyz. `extra` goes to the command line (e.g. --status-interval)."""
+    ServiceAccount and wait for /readyz. `extra` goes to the command line (e.g. --status-interval);
+    `values` (KEY=VALUE) to the chart that renders the RBAC."""
     kube.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
     wait_established(kube, "tunnels.mproxy.dev", "clusterkopfpeerings.kopf.dev")
     op_ns = f"mproxy-op-{uuid.uuid4().hex[:6]}"
@@ -132,7 +135,7 @@ def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
     # The chart's ServiceAccount, RBAC and peering object: the operator gets exactly the chart's rights.
     docs = _helm_template(
         kube, op_ns, "templates/operator-serviceaccount.yaml", "templates/operator-rbac.yaml",
-        "templates/operator-peering.yaml",
+        "templates/operator-peering.yaml", values=values,
     )
     _apply(kube, *docs, namespace=op_ns)
     webhook_port, http_port = _free_port(), _free_port()
