@@ -189,6 +189,9 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
         assert parent("stray", "Accepted", "NoMatchingParent")
         assert parent("stray", "ResolvedRefs", "BackendNotFound")
         st = _status(kube, "gateway", "g", ns)
+        # Accepted with some invalid listeners (the spec allows True here); the valid one is served.
+        assert _cond(st["conditions"], "Accepted")["reason"] == "ListenersNotValid"
+        assert _cond(st["conditions"], "Accepted")["status"] == "True"
         assert _cond(_listener(st, "http")["conditions"], "Accepted")["reason"] == "UnsupportedProtocol"
         assert _cond(_listener(st, "term")["conditions"], "Accepted")["reason"] == "UnsupportedValue"
         assert _cond(_listener(st, "tcp")["conditions"], "Accepted")["status"] == "True"

@@ -182,8 +182,10 @@ class GatewayAPI:
         if (gw.get("spec") or {}).get("addresses"):
             accepted = (False, "UnsupportedAddress",
                         "spec.addresses cannot be chosen: the Gateway's addresses are the edge's")
-        elif listeners and not any(lst.valid for lst in listeners):
-            accepted = (False, "ListenersNotValid", "no listener is valid (see status.listeners)")
+        elif any(not lst.valid for lst in listeners):
+            # True: the spec lets a Gateway with invalid listeners be Accepted with this reason, and the
+            # valid ones (if any) are served; each invalid one says why in status.listeners.
+            accepted = (True, "ListenersNotValid", "some listeners are not valid (see status.listeners)")
         else:
             accepted = (True, "Accepted", "the Gateway is served by an mproxy connector")
         st = gateway_status(
