@@ -73,6 +73,8 @@ def parse_listeners(gateway: Mapping[str, Any]) -> list[Listener]:
                 ))
         kinds, kind_problems = _kinds(spec, protocol)
         problems += kind_problems
+        if any(c == "Accepted" for c, _r, _m in problems):
+            kinds = ()  # a listener mproxy cannot serve takes no route kind at all
         allowed = (spec.get("allowedRoutes") or {}).get("namespaces") or {}
         out.append(Listener(
             name=str(spec.get("name")),

@@ -21,7 +21,15 @@ from mproxy_operator.gateway_api import names
 from mproxy_operator.gateway_api.listeners import parse_listeners
 from mproxy_operator.gateway_api.params import ClassParams, ParamsError, parse_params
 from mproxy_operator.gateway_api.render import connector_spec, gateway_config
-from mproxy_operator.gateway_api.routes import MAX_RULES, Binding, Inputs, attach, parent_status, refs_gateway
+from mproxy_operator.gateway_api.routes import (
+    MAX_RULES,
+    Binding,
+    Inputs,
+    age,
+    attach,
+    parent_status,
+    refs_gateway,
+)
 from mproxy_operator.gateway_api.status import class_status, gateway_status
 from mproxy_operator.kube import Kube, KubeError
 from mproxy_operator.podspec import SidecarDefaults
@@ -92,7 +100,11 @@ class GatewayAPI:
                 if (g.get("spec") or {}).get("gatewayClassName") in classes
                 and not (g.get("metadata") or {}).get("deletionTimestamp")
             ]
-            routes = {k: self._items(names.path(p)) for k, p in names.ROUTE_PLURALS.items()}
+            # Oldest first, then by namespace/name: the spec's order when routes conflict (on one TCP
+            # listener only the oldest is served; the connector's first matching route wins).
+            routes = {
+                k: sorted(self._items(names.path(p)), key=age) for k, p in names.ROUTE_PLURALS.items()
+            }
             backends: set[tuple[str, str]] = set()
             for gw in gateways:
                 backends |= self._gateway(gw, params[gw["spec"]["gatewayClassName"]], routes, now)

@@ -59,6 +59,12 @@ class Inputs:
     cluster_domain: str = "cluster.local"
 
 
+def age(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The spec's order of precedence between conflicting routes: oldest first, then namespace/name."""
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
+
+
 def refs_gateway(ref: Mapping[str, Any], route_ns: str, gateway: Mapping[str, Any]) -> bool:
     meta = gateway["metadata"]
     return bool(

@@ -58,6 +58,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_next_echo_port = 20000
+
+
+def echo_port() -> int:
+    """A port for an echo-basic process, below the kernel's ephemeral range: echo-basic listens on all
+    addresses, and an ephemeral port may at any moment be the local end of some client connection
+    (the control plane makes hundreds), which makes that bind fail."""
+    global _next_echo_port
+    while _next_echo_port < 32000:
+        port, _next_echo_port = _next_echo_port, _next_echo_port + 1
+        with socket.socket(socket.AF_INET6) as s:
+            try:
+                s.bind(("::", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port left for echo-basic in 20000-32000")
+
+
 def suite_dir() -> Path:
     out = subprocess.run(
         ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api/conformance"],
@@ -182,8 +201,12 @@ class Harness:
                 continue
             key = (meta["namespace"], meta["name"])
             seen.add(key)
+            if key in self.echoes and self.echoes[key][0].poll() is not None:
+                self.echoes.pop(key)  # it exited: start it again
             if key not in self.echoes:
-                self.echoes[key] = self._start_echo(pod, env)
+                started = self._start_echo(pod, env)
+                if started is not None:
+                    self.echoes[key] = started
         for key in set(self.echoes) - seen:
             proc, _ports = self.echoes.pop(key)
             with contextlib.suppress(ProcessLookupError):
@@ -192,11 +215,13 @@ class Harness:
 
     def _start_echo(
         self, pod: dict[str, Any], env: dict[str, Any]
-    ) -> tuple[subprocess.Popen[bytes], dict[int, int]]:
+    ) -> tuple[subprocess.Popen[bytes], dict[int, int]] | None:
+        """None while the pod's Secret volume cannot be filled yet (kwok marks pods Ready before the
+        suite has created their Secrets; echo-basic without its certificate would hang)."""
         meta = pod["metadata"]
         d = self.work / "echo" / f"{meta['namespace']}-{meta['name']}"
         d.mkdir(parents=True, exist_ok=True)
-        tcp_port, tls_port = free_port(), free_port()
+        tcp_port, tls_port = echo_port(), echo_port()
         run_env = {"POD_NAME": meta["name"], "NAMESPACE": meta["namespace"], "TCP_ECHO_SERVER": "1",
                    "TCP_PORT": str(tcp_port), "TLS_PORT": str(tls_port), "PATH": os.environ["PATH"]}
         for vol in pod["spec"].get("volumes") or []:
@@ -205,10 +230,11 @@ class Harness:
                 continue
             data = self._json("get", "secret", secret, "-n", meta["namespace"]).get("data") or {}
             for item in vol["secret"].get("items") or []:
-                if item["key"] in data:
-                    (d / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+                if item["key"] not in data:
+                    return None
+                (d / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
             run_env["TLS_SERVER_CERT"], run_env["TLS_SERVER_PRIV_KEY"] = str(d / "crt"), str(d / "key")
-        log = (self.cluster.log_dir / f"echo-{meta['namespace']}-{meta['name']}.log").open("wb")
+        log = (self.cluster.log_dir / f"echo-{meta['namespace']}-{meta['name']}.log").open("ab")
         proc = subprocess.Popen([str(self.echo_bin)], env=run_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         # The pod's ports (the echo-basic defaults unless its env says otherwise) -> this process's.

@@ -10,7 +10,7 @@ import pytest
 from mproxy_operator.gateway_api.listeners import intersect, parse_listeners
 from mproxy_operator.gateway_api.params import Address, ParamsError, parse_params
 from mproxy_operator.gateway_api.render import gateway_config
-from mproxy_operator.gateway_api.routes import Inputs, attach
+from mproxy_operator.gateway_api.routes import Inputs, age, attach
 
 G = "gateway.networking.k8s.io"
 
@@ -56,6 +56,7 @@ def test_listener_refusals_carry_the_spec_reasons() -> None:
     reasons = {n: {c: r for c, r, _m in x.problems} for n, x in ls.items()}
     assert reasons["http"] == {"Accepted": "UnsupportedProtocol"}
     assert reasons["term"] == {"Accepted": "UnsupportedValue"}
+    assert ls["term"].kinds == ls["http"].kinds == ()  # what cannot be served lists no supportedKinds
     assert reasons["a"] == reasons["b"] == {"Conflicted": "ProtocolConflict"}
     assert reasons["kinds"] == {"ResolvedRefs": "InvalidRouteKinds"} and ls["kinds"].kinds == ("TCPRoute",)
     assert ls["ok"].valid and ls["ok"].kinds == ("TLSRoute",)
@@ -139,3 +140,20 @@ def test_cross_namespace_backends_need_a_reference_grant() -> None:
     assert res.resolved[1] == "RefNotPermitted"
     (res,), (b,) = attach(route, "TCPRoute", _inputs({"db": [grant]}))
     assert res.resolved[0] and (b.backend.host, b.backend.port) == ("pg.db.svc.cluster.local", 5432)
+
+
+def test_the_oldest_of_two_tcp_routes_on_one_listener_is_served() -> None:
+    """Both attach (attachedRoutes counts both), but the connector's first match is the oldest route."""
+    def route(name: str, created: str, service: str) -> dict[str, Any]:
+        r = _route(name, "app", [{"name": "g", "sectionName": "tcp"}], [{"name": service, "port": 443}])
+        r["metadata"]["creationTimestamp"] = created
+        return r
+
+    inp = _inputs()
+    newer = route("a-newer", "2026-01-02T00:00:00Z", "web")
+    older = route("z-older", "2026-01-01T00:00:00Z", "web")
+    bindings = []
+    for r in sorted([newer, older], key=age):  # as the reconciler lists them
+        bindings += attach(r, "TCPRoute", inp)[1]
+    config = gateway_config(parse_params(_cm()), bindings)
+    assert [r.name.split(".")[2] for r in config.routes] == ["z-older", "a-newer"]
