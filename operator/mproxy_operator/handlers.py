@@ -21,6 +21,8 @@ from typing import Any, cast
 import kopf
 
 from mproxy_operator import kube, metrics, names
+from mproxy_operator.gateway_api.handlers import register as register_gateway_api
+from mproxy_operator.gateway_api.reconcile import GatewayAPI
 from mproxy_operator.inject import InjectionRefused, apply_injection, choose_tunnel, is_injected
 from mproxy_operator.kube import KubeError
 from mproxy_operator.model import SpecError, parse_spec
@@ -35,6 +37,7 @@ class Runtime:
     ctx: Context
     status_interval: float
     webhook_server: Any  # a kopf WebhookServer
+    gateway_api: GatewayAPI | None = None  # --gateway-api
     # Admission has its own threads: a storm of reconciles in kopf's pool must not delay pod creation
     # past the webhook's timeout (with failurePolicy Fail that would refuse the pods).
     webhook_executor: concurrent.futures.ThreadPoolExecutor = field(
@@ -189,17 +192,19 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         by_service: kopf.Index[tuple[str, str], str] = kwargs["by_service"]  # the index above, by its id
         for tunnel in sorted(set(by_service.get((namespace or "", name), []))):
             _reconcile_by_name(rt, namespace or "", tunnel, "service")
+        if rt.gateway_api is not None and (namespace or "", name) in rt.gateway_api.backends:
+            rt.gateway_api.reconcile_all()
 
     @kopf.on.event(
         "apps",
         "v1",
         "deployments",
         registry=reg,
-        id="gateway-changed",
-        labels={names.GATEWAY_LABEL: kopf.PRESENT},
+        id="connector-changed",
+        labels={names.CONNECTOR_LABEL: kopf.PRESENT},
     )
-    def on_gateway(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-        _reconcile_by_name(rt, namespace or "", labels[names.GATEWAY_LABEL], "gateway")
+    def on_connector(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+        _reconcile_by_name(rt, namespace or "", labels[names.CONNECTOR_LABEL], "connector")
 
     @kopf.on.mutate(
         "",
@@ -259,4 +264,6 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         patch.fns.append(inject_fn)
         metrics.INJECTIONS.labels("injected", dry).inc()
 
+    if rt.gateway_api is not None:
+        register_gateway_api(reg, rt.gateway_api)
     return reg

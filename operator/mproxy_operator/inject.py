@@ -63,7 +63,8 @@ def choose_tunnel(pod: Mapping[str, Any], tunnels: Iterable[Mapping[str, Any]]) 
 
 def sidecar_hash(tunnel_name: str, spec: TunnelSpec, defaults: SidecarDefaults, *, native: bool) -> str:
     """Changes exactly when running sidecars would need a restart to pick the change up."""
-    return digest([sidecar_container(spec, defaults, native=native), sidecar_volumes(tunnel_name, spec)])
+    volumes = sidecar_volumes(spec, names.config_map_name(tunnel_name))
+    return digest([sidecar_container(spec, defaults, native=native), volumes])
 
 
 def apply_injection(
@@ -93,7 +94,8 @@ def apply_injection(
                 )
     key = "initContainers" if native else "containers"
     pod_spec[key] = [*(pod_spec.get(key) or []), container]
-    pod_spec["volumes"] = [*(pod_spec.get("volumes") or []), *sidecar_volumes(tunnel_name, spec)]
+    volumes = sidecar_volumes(spec, names.config_map_name(tunnel_name))
+    pod_spec["volumes"] = [*(pod_spec.get("volumes") or []), *volumes]
     meta = pod.setdefault("metadata", {})
     meta["labels"] = {**(meta.get("labels") or {}), names.TUNNEL_LABEL: tunnel_name}
     meta["annotations"] = {

@@ -90,7 +90,14 @@ async def _serve(opts: Options) -> int:
         sidecar_status=opts.sidecar_status,
         defaults=SidecarDefaults(image=opts.sidecar_image, image_pull_policy=opts.sidecar_pull_policy),
     )
-    rt = Runtime(ctx=ctx, status_interval=opts.status_interval, webhook_server=server)
+    gateway_api = None
+    if opts.gateway_api:
+        from mproxy_operator.gateway_api.reconcile import GatewayAPI
+
+        gateway_api = GatewayAPI(kube=k, defaults=ctx.defaults, cluster_domain=opts.cluster_domain)
+    rt = Runtime(
+        ctx=ctx, status_interval=opts.status_interval, webhook_server=server, gateway_api=gateway_api
+    )
     registry = build_registry(rt)
 
     ready = threading.Event()

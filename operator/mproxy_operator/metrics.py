@@ -62,9 +62,9 @@ ROLLOUTS = Counter(
 )
 
 for _result in ("ok", "error"):
-    for _trigger in ("change", "timer", "service", "gateway"):
+    for _trigger in ("change", "timer", "service", "connector", "gateway-api"):
         RECONCILES.labels(_trigger, _result)
-for _trigger in ("change", "timer", "service", "gateway"):
+for _trigger in ("change", "timer", "service", "connector", "gateway-api"):
     RECONCILE_ERRORS.labels(_trigger)
 for _outcome in ("injected", "skipped", "refused"):
     for _dry in ("false", "true"):

@@ -19,7 +19,9 @@ from mproxy.config.common import LoggingConfig
 from mproxy.config.errors import ConfigError
 from mproxy.config.sidecar import BackendConfig, EdgeDialConfig, MetricsConfig, SidecarConfig
 
-MODES = ("Sidecar", "Gateway")
+MODES = ("Sidecar", "Connector")
+# The old name of Connector mode, still accepted (read as Connector) so existing Tunnels keep working.
+LEGACY_MODES = {"Gateway": "Connector"}
 # Tunnel spec key (below .spec) -> the sidecar config field it becomes.
 SIDECAR_FIELDS: dict[str, tuple[type, str]] = {
     "edge.connectionsPerUrl": (EdgeDialConfig, "connections_per_url"),
@@ -92,7 +94,7 @@ class TunnelSpec:
     routes: tuple[Route, ...]
     mode: str = "Sidecar"
     selector: Selector | None = None
-    gateway_replicas: int = 2
+    connector_replicas: int = 2
     default_route: str | None = None
     limits: Mapping[str, Any] = field(default_factory=dict)  # checked when rendered (InvalidConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -172,6 +174,12 @@ def _route(value: object, path: str) -> Route:
     )
 
 
+def _connector_replicas(spec: Mapping[str, Any]) -> int:
+    """spec.connector.replicas, else the old spec.gateway.replicas (connector mode's former name)."""
+    key = "connector" if spec.get("connector") is not None or spec.get("gateway") is None else "gateway"
+    return f.integer(f.mapping(spec.get(key), f"spec.{key}"), "replicas", f"spec.{key}", 2, 0, 100)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
     """Turn a Tunnel's .spec into a TunnelSpec; raises SpecError."""
     try:
@@ -184,7 +192,8 @@ def parse_spec(spec: Mapping[str, Any]) -> TunnelSpec:
 
 def _parse(spec: Mapping[str, Any]) -> TunnelSpec:
     spec = f.mapping(spec, "spec")
-    mode = _choice(spec, "mode", "spec", "Sidecar", MODES)
+    mode = _choice(spec, "mode", "spec", "Sidecar", (*MODES, *LEGACY_MODES))
+    mode = LEGACY_MODES.get(mode, mode)
     edge_obj = f.mapping(spec.get("edge"), "spec.edge")
     urls = f.seq(edge_obj, "urls", "spec.edge")
     if not urls:
@@ -226,9 +235,7 @@ def _parse(spec: Mapping[str, Any]) -> TunnelSpec:
         routes=routes,
         mode=mode,
         selector=selector,
-        gateway_replicas=f.integer(
-            f.mapping(spec.get("gateway"), "spec.gateway"), "replicas", "spec.gateway", 2, 0, 100
-        ),
+        connector_replicas=_connector_replicas(spec),
         default_route=default_route,
         limits=dict(f.mapping(spec.get("limits"), "spec.limits")),
         metrics=MetricsConfig(labels=_sidecar(metrics, "spec.metrics", "metrics.labels"),

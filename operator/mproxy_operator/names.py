@@ -12,8 +12,10 @@ INJECT_LABEL = "mproxy.dev/inject"
 INJECT_ENABLED = "enabled"
 # Set by the webhook on injected pods: the name of the Tunnel whose sidecar they carry.
 TUNNEL_LABEL = "mproxy.dev/tunnel"
-# Set on the gateway Deployment and its pods.
-GATEWAY_LABEL = "mproxy.dev/gateway"
+# Set on the connector Deployment and its pods.
+CONNECTOR_LABEL = "mproxy.dev/connector"
+# What the same Deployment carried when connector mode was called "Gateway mode" (found and removed).
+LEGACY_GATEWAY_LABEL = "mproxy.dev/gateway"
 MANAGED_BY = "mproxy-operator"
 
 INJECTED_ANNOTATION = "mproxy.dev/injected"  # "<tunnel>" once the sidecar is in the pod
@@ -44,5 +46,10 @@ def config_map_name(tunnel: str) -> str:
     return f"mproxy-{tunnel}"
 
 
-def gateway_name(tunnel: str) -> str:
+def connector_name(tunnel: str) -> str:
+    return f"mproxy-connector-{tunnel}"
+
+
+def legacy_gateway_name(tunnel: str) -> str:
+    """The connector Deployment's name before the rename (see LEGACY_GATEWAY_LABEL)."""
     return f"mproxy-gw-{tunnel}"

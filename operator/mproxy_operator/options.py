@@ -29,6 +29,7 @@ class Options:
     priority: int | None
     log_format: str
     log_level: str
+    gateway_api: bool = False
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -147,6 +148,13 @@ def build_parser(prog: str = "mproxy operator") -> argparse.ArgumentParser:
         default=None,
         help="peering priority; the highest active replica handles Tunnels (default: random)",
     )
+    p.add_argument(
+        "--gateway-api",
+        action="store_true",
+        help="also serve Gateway API GatewayClasses with controllerName mproxy.dev/gateway-controller, "
+        "their Gateways, TLSRoutes and TCPRoutes (the Gateway API CRDs must be installed; "
+        "docs/gateway-api.md)",
+    )
     p.add_argument("--log-format", default="json", choices=("json", "text"))
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -177,4 +185,5 @@ def parse(argv: Sequence[str] | None, prog: str = "mproxy operator") -> Options:
         priority=a.priority,
         log_format=a.log_format,
         log_level=a.log_level,
+        gateway_api=a.gateway_api,
     )

@@ -1,4 +1,4 @@
-"""The sidecar container and its volumes, built from a Tunnel (pure; shared by injection and gateway)."""
+"""The sidecar container and its volumes, built from a Tunnel (pure; shared by injection and connector)."""
 
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 def sidecar_container(
-    spec: TunnelSpec, defaults: SidecarDefaults, *, native: bool, gateway: bool = False
+    spec: TunnelSpec, defaults: SidecarDefaults, *, native: bool, connector: bool = False
 ) -> dict[str, Any]:
     """The container; `native` makes it a native sidecar (an init container that keeps running).
 
-    Readiness: a gateway replica is ready when its tunnel is up (/readyz). An injected sidecar is
+    Readiness: a connector replica is ready when its tunnel is up (/readyz). An injected sidecar is
     probed on /healthz only: its readiness counts toward the pod's, and an edge outage must not take
     the application's pods out of their in-cluster Services."""
     container: dict[str, Any] = {
@@ -64,7 +64,7 @@ def sidecar_container(
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": spec.metrics_port, "protocol": "TCP"}],
         "startupProbe": _probe("/healthz", 1, 30),
         "livenessProbe": _probe("/healthz", 10, 3),
-        "readinessProbe": _probe("/readyz" if gateway else "/healthz", 5, 2),
+        "readinessProbe": _probe("/readyz" if connector else "/healthz", 5, 2),
         "resources": _copy(
             spec.sidecar.resources if spec.sidecar.resources is not None else defaults.resources
         ),
@@ -85,9 +85,9 @@ def sidecar_container(
     return container
 
 
-def sidecar_volumes(tunnel_name: str, spec: TunnelSpec) -> list[dict[str, Any]]:
+def sidecar_volumes(spec: TunnelSpec, config_map: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": names.CONFIG_VOLUME, "configMap": {"name": names.config_map_name(tunnel_name)}},
+        {"name": names.CONFIG_VOLUME, "configMap": {"name": config_map}},
         {
             "name": names.TOKEN_VOLUME,
             "secret": {

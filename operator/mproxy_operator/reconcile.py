@@ -1,7 +1,7 @@
-"""Reconcile one Tunnel: resolve routes, render the ConfigMap, run the gateway, count pods, write status.
+"""Reconcile one Tunnel: resolve routes, render the ConfigMap, run the connector, count pods, write status.
 
 Level-triggered and idempotent: kopf calls it on create/update/resume, on a timer, and when a Service or
-gateway Deployment it depends on changes. Problems with the Tunnel become conditions and Events, never
+connector Deployment it depends on changes. Problems with the Tunnel become conditions and Events, never
 exceptions; only API failures propagate (kopf retries those).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from mproxy.config.errors import ConfigError
 from mproxy_operator import kube, names
-from mproxy_operator.gateway import gateway_deployment
+from mproxy_operator.connector import connector_deployment
 from mproxy_operator.inject import sidecar_hash
 from mproxy_operator.kube import Kube, KubeError
 from mproxy_operator.metrics import ROLLOUTS
@@ -28,8 +28,8 @@ from mproxy_operator.rollout import WORKLOAD_KINDS, roll_patch, workloads_to_rol
 from mproxy_operator.selectors import to_string
 from mproxy_operator.sidecar_view import probe
 from mproxy_operator.status import (
+    ConnectorCounts,
     EdgeViews,
-    GatewayCounts,
     PodCounts,
     build_status,
     failed_status,
@@ -122,16 +122,18 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
         )
 
     pods = PodCounts()
-    gateway = GatewayCounts()
+    connector = ConnectorCounts()
     edges: EdgeViews | None = None
-    if spec.mode == "Gateway":
-        gateway = _apply_gateway(ctx, tunnel, spec)
+    if "gatewayReplicas" in previous:  # written before connector mode had its name: a legacy Deployment
+        _delete_connector(ctx.kube, ns, names.legacy_gateway_name(name), names.LEGACY_GATEWAY_LABEL, name)
+    if spec.mode == "Connector":
+        connector = _apply_connector(ctx, tunnel, spec)
         if ctx.sidecar_status:
-            ready_gateways = _ready_gateway_pods(ctx.kube, ns, name)
-            edges = EdgeViews(tuple(probe(ready_gateways, spec.metrics_port)), len(ready_gateways))
+            ready_connectors = _ready_connector_pods(ctx.kube, ns, name)
+            edges = EdgeViews(tuple(probe(ready_connectors, spec.metrics_port)), len(ready_connectors))
     else:
-        if "gatewayReplicas" in previous:  # it was in Gateway mode until now
-            _delete_gateway(ctx.kube, ns, name)
+        if "connectorReplicas" in previous:  # it was in Connector mode until now
+            _delete_connector(ctx.kube, ns, names.connector_name(name), names.CONNECTOR_LABEL, name)
         pods, ready_pods = _count_pods(ctx.kube, ns, name, spec)
         if ctx.sidecar_status:
             edges = EdgeViews(tuple(probe(ready_pods, spec.metrics_port)), len(ready_pods))
@@ -155,7 +157,7 @@ def _reconcile(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> dict[str,
         resolved=resolved,
         unresolved=unresolved,
         pods=pods,
-        gateway=gateway,
+        connector=connector,
         config_map=names.config_map_name(name),
         config_hash=config_hash,
         sidecar_hash=new_hash,
@@ -220,8 +222,8 @@ def _apply_config_map(k: Kube, body: dict[str, Any]) -> bool:
     return bool(current.get("data") != body["data"])
 
 
-def _apply_gateway(ctx: Context, tunnel: Mapping[str, Any], spec: TunnelSpec) -> GatewayCounts:
-    desired = gateway_deployment(tunnel, spec, ctx.defaults)
+def _apply_connector(ctx: Context, tunnel: Mapping[str, Any], spec: TunnelSpec) -> ConnectorCounts:
+    desired = connector_deployment(tunnel, spec, ctx.defaults)
     meta = desired["metadata"]
     # Compare a hash of what the operator wants, not the live object (the server adds defaults).
     wanted = digest(desired)
@@ -237,29 +239,27 @@ def _apply_gateway(ctx: Context, tunnel: Mapping[str, Any], spec: TunnelSpec) ->
         c.get("type") == "Available" and c.get("status") == "True" for c in st.get("conditions") or []
     )
     ready = int(st.get("readyReplicas") or 0)
-    return GatewayCounts(
+    return ConnectorCounts(
         exists=True,
         replicas=int(st.get("replicas") or 0),
         ready=ready,
-        available=available and ready >= min(1, spec.gateway_replicas),
+        available=available and ready >= min(1, spec.connector_replicas),
     )
 
 
-def _delete_gateway(k: Kube, ns: str, name: str) -> None:
-    """A Tunnel switched from Gateway to Sidecar mode leaves no gateway behind."""
-    path = kube.apps(ns, "deployments", names.gateway_name(name))
+def _delete_connector(k: Kube, ns: str, deployment: str, label: str, tunnel: str) -> None:
+    """A Tunnel switched to Sidecar mode leaves no connector behind (nor one under its pre-rename name);
+    only a Deployment labelled as this Tunnel's is deleted."""
+    path = kube.apps(ns, "deployments", deployment)
     current = k.get(path)
-    if (
-        current is not None
-        and (current.get("metadata") or {}).get("labels", {}).get(names.GATEWAY_LABEL) == name
-    ):
+    if current is not None and ((current.get("metadata") or {}).get("labels") or {}).get(label) == tunnel:
         k.delete(path)
 
 
-def _ready_gateway_pods(k: Kube, ns: str, name: str) -> list[tuple[str, str]]:
-    """(name, pod IP) of each ready pod of the Tunnel's gateway Deployment (their sidecar's admin port)."""
+def _ready_connector_pods(k: Kube, ns: str, name: str) -> list[tuple[str, str]]:
+    """(name, pod IP) of each ready pod of the Tunnel's connector Deployment (their sidecar's admin port)."""
     out = []
-    for pod in k.items(kube.core(ns, "pods"), f"{names.GATEWAY_LABEL}={name}", cached=True):
+    for pod in k.items(kube.core(ns, "pods"), f"{names.CONNECTOR_LABEL}={name}", cached=True):
         ip = (pod.get("status") or {}).get("podIP")
         if ip and pod_is_ready(pod) and not (pod.get("metadata") or {}).get("deletionTimestamp"):
             out.append((str(pod["metadata"].get("name", "")), str(ip)))
@@ -314,7 +314,7 @@ def roll_workloads(k: Kube, ns: str, spec: TunnelSpec, reason: str, now: str) ->
 def finalize(ctx: Context, tunnel: Mapping[str, Any], emit: Emit) -> None:
     """On deletion: roll the selected workloads so their pods lose the sidecar. Never raises and never
     blocks: a namespace being deleted, an invalid spec or an API error all just let the Tunnel go.
-    The ConfigMap and the gateway go with the Tunnel through their ownerReferences."""
+    The ConfigMap and the connector go with the Tunnel through their ownerReferences."""
     meta = tunnel["metadata"]
     ns, name = meta["namespace"], meta["name"]
     try:

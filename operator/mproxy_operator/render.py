@@ -73,33 +73,42 @@ def digest(data: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def config_map(tunnel: Mapping[str, Any], text: str) -> dict[str, Any]:
-    """The ConfigMap owned by the Tunnel (garbage-collected with it)."""
+def config_map(
+    tunnel: Mapping[str, Any],
+    text: str,
+    *,
+    name: str | None = None,
+    owner: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ConfigMap owned by the Tunnel (garbage-collected with it), or by another owner (a Gateway)."""
     meta = tunnel["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": names.config_map_name(meta["name"]),
+            "name": name or names.config_map_name(meta["name"]),
             "namespace": meta["namespace"],
             "labels": {
                 "app.kubernetes.io/name": "mproxy",
                 "app.kubernetes.io/component": "sidecar-config",
                 "app.kubernetes.io/managed-by": names.MANAGED_BY,
-                names.TUNNEL_LABEL: meta["name"],
+                **(labels if labels is not None else {names.TUNNEL_LABEL: meta["name"]}),
             },
             "annotations": {"mproxy.dev/config-hash": digest(text)},
-            "ownerReferences": [owner_reference(tunnel)],
+            "ownerReferences": [dict(owner) if owner is not None else owner_reference(tunnel)],
         },
         "data": {names.CONFIG_KEY: text},
     }
 
 
-def owner_reference(tunnel: Mapping[str, Any]) -> dict[str, Any]:
+def owner_reference(
+    tunnel: Mapping[str, Any], api_version: str = f"{names.GROUP}/{names.VERSION}", kind: str = names.KIND
+) -> dict[str, Any]:
     meta = tunnel["metadata"]
     return {
-        "apiVersion": f"{names.GROUP}/{names.VERSION}",
-        "kind": names.KIND,
+        "apiVersion": api_version,
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,

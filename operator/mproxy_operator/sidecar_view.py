@@ -1,6 +1,6 @@
 """What each ready pod's sidecar sees of its edges: the operator GETs `/status` on the sidecar's admin port
 (`spec.metrics.port`, the one Prometheus scrapes) at the pod IP of each ready selected pod (Sidecar mode)
-or gateway pod (Gateway mode), on every reconcile of a Tunnel (so every `--status-interval`), when
+or connector pod (Connector mode), on every reconcile of a Tunnel (so every `--status-interval`), when
 `--sidecar-status` is on (the chart's default).
 
 Why this path: the sidecar already knows, per edge URL, how many edges are announced and how many it

@@ -21,7 +21,7 @@ class PodCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayCounts:
+class ConnectorCounts:
     exists: bool = False
     replicas: int = 0
     ready: int = 0
@@ -124,7 +124,7 @@ def build_status(
     resolved: Sequence[Resolved],
     unresolved: Sequence[Unresolved],
     pods: PodCounts,
-    gateway: GatewayCounts,
+    connector: ConnectorCounts,
     config_map: str,
     config_hash: str,
     sidecar_hash: str,
@@ -136,24 +136,25 @@ def build_status(
     conditions = []
     routes_ok, reason, message = _routes_condition(resolved, unresolved)
     conditions.append(condition("RoutesResolved", routes_ok, reason, message, generation, prev, now))
-    if spec.mode == "Gateway":
-        if not gateway.exists:
-            wl_ok, wl_reason, wl_msg = False, "DeploymentMissing", "the gateway Deployment is not created yet"
-        elif spec.gateway_replicas == 0:
-            wl_ok, wl_reason, wl_msg = False, "ScaledToZero", "spec.gateway.replicas is 0"
-        elif gateway.available:
+    if spec.mode == "Connector":
+        if not connector.exists:
+            wl_ok, wl_reason = False, "DeploymentMissing"
+            wl_msg = "the connector Deployment is not created yet"
+        elif spec.connector_replicas == 0:
+            wl_ok, wl_reason, wl_msg = False, "ScaledToZero", "spec.connector.replicas is 0"
+        elif connector.available:
             wl_ok, wl_reason, wl_msg = (
                 True,
                 "MinimumReplicasAvailable",
-                f"{gateway.ready} of {spec.gateway_replicas} gateway replicas ready",
+                f"{connector.ready} of {spec.connector_replicas} connector replicas ready",
             )
         else:
             wl_ok, wl_reason, wl_msg = (
                 False,
                 "ReplicasNotReady",
-                f"{gateway.ready} of {spec.gateway_replicas} gateway replicas ready",
+                f"{connector.ready} of {spec.connector_replicas} connector replicas ready",
             )
-        conditions.append(condition("GatewayAvailable", wl_ok, wl_reason, wl_msg, generation, prev, now))
+        conditions.append(condition("ConnectorAvailable", wl_ok, wl_reason, wl_msg, generation, prev, now))
     else:
         if pods.selected == 0:
             wl_ok, wl_reason, wl_msg = (
@@ -204,18 +205,20 @@ def build_status(
         ],
         "conditions": conditions,
     }
-    if spec.mode == "Gateway":
+    # None deletes a key in the merge patch: the other mode's counts, and the names connector mode's
+    # counts had when it was called Gateway mode.
+    status.update(gatewayReplicas=None, gatewayReadyReplicas=None)
+    if spec.mode == "Connector":
         status.update(
-            gatewayReplicas=gateway.replicas,
-            gatewayReadyReplicas=gateway.ready,
+            connectorReplicas=connector.replicas,
+            connectorReadyReplicas=connector.ready,
             selectedPods=0,
             injectedPods=0,
             readyPods=0,
         )
     else:
-        # None deletes the keys in the merge patch (a Tunnel switched from Gateway to Sidecar mode).
         status.update(selectedPods=pods.selected, injectedPods=pods.injected, readyPods=pods.ready,
-                      gatewayReplicas=None, gatewayReadyReplicas=None)
+                      connectorReplicas=None, connectorReadyReplicas=None)
     status.update(_edge_counts(edges))
     return status
 

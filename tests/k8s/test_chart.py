@@ -93,6 +93,8 @@ def test_default_render(kube: Any) -> None:
     assert hook_rule["resourceNames"] == ["mproxy"]
     assert docs[("PodDisruptionBudget", "mproxy-operator")]["spec"]["minAvailable"] == 1
     assert ("ClusterKopfPeering", "mproxy") in docs
+    assert not [r for r in role["rules"] if "gateway.networking.k8s.io" in r["apiGroups"]]
+    assert "--gateway-api" not in container["args"]
     for optional in ("NetworkPolicy", "ServiceMonitor", "PodMonitor", "Certificate", "PrometheusRule"):
         assert not [k for k in docs if k[0] == optional], optional
 
@@ -118,6 +120,11 @@ def test_full_render_with_every_option(kube: Any) -> None:
     dep = by[("Deployment", "mproxy-operator")]
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--webhook-cert-dir=/var/run/mproxy/webhook-tls" in args
+    assert "--gateway-api" in args  # gatewayAPI.enabled, with its RBAC
+    gw_rules = [r for r in by[("ClusterRole", "mproxy-operator")]["rules"]
+                if "gateway.networking.k8s.io" in r["apiGroups"]]
+    assert {"gateways", "tlsroutes", "tcproutes", "referencegrants", "gateways/status"} <= {
+        res for r in gw_rules for res in r["resources"]}
     assert not [a for a in args if a.startswith("--webhook-config")], "cert-manager injects the CA"
     hook = by[("MutatingWebhookConfiguration", "mproxy")]
     assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mproxy-system/mproxy-webhook"

@@ -114,16 +114,19 @@ def _sa_kubeconfig(kube: Any, namespace: str, path: Path) -> None:
     path.chmod(0o600)
 
 
-def _helm_template(kube: Any, namespace: str, *show: str) -> list[dict[str, Any]]:
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace]
+def _helm_template(
+    kube: Any, namespace: str, *show: str, values: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace, *(f"--set={v}" for v in values)]
     for s in show:
         args += ["--show-only", s]
     return [d for d in yaml.safe_load_all(kube.run_helm(*args).stdout) if d]
 
 
-def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
+def start_operator(kube: Any, work: Path, *extra: str, values: tuple[str, ...] = ()) -> Operator:
     """Install the chart's RBAC and a URL webhook configuration, start `mproxy operator` as the chart's
-    ServiceAccount and wait for /readyz. `extra` goes to the command line (e.g. --status-interval)."""
+    ServiceAccount and wait for /readyz. `extra` goes to the command line (e.g. --status-interval);
+    `values` (KEY=VALUE) to the chart that renders the RBAC."""
     kube.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
     wait_established(kube, "tunnels.mproxy.dev", "clusterkopfpeerings.kopf.dev")
     op_ns = f"mproxy-op-{uuid.uuid4().hex[:6]}"
@@ -132,7 +135,7 @@ def start_operator(kube: Any, work: Path, *extra: str) -> Operator:
     # The chart's ServiceAccount, RBAC and peering object: the operator gets exactly the chart's rights.
     docs = _helm_template(
         kube, op_ns, "templates/operator-serviceaccount.yaml", "templates/operator-rbac.yaml",
-        "templates/operator-peering.yaml",
+        "templates/operator-peering.yaml", values=values,
     )
     _apply(kube, *docs, namespace=op_ns)
     webhook_port, http_port = _free_port(), _free_port()
@@ -670,41 +673,85 @@ def test_a_namespace_with_tunnels_is_deleted_promptly(kube: Any, operator: Opera
 
 
 # ---------------------------------------------------------------------------------------------
-# gateway mode
+# connector mode (formerly "Gateway mode")
 
 
-def test_gateway_mode_runs_an_owned_deployment(kube: Any, operator: Operator, ns: str) -> None:
-    body = tunnel("gw", mode="Gateway", gateway={"replicas": 2})
+def test_connector_mode_runs_an_owned_deployment(kube: Any, operator: Operator, ns: str) -> None:
+    body = tunnel("cn", mode="Connector", connector={"replicas": 2})
     del body["spec"]["selector"]
     _apply(kube, service("web", [("https", 443)]), secret(), body, namespace=ns)
     t = wait_tunnel(
         kube,
         ns,
-        "gw",
-        "GatewayAvailable",
-        lambda t: _condition(t, "GatewayAvailable").get("status") == "True",
+        "cn",
+        "ConnectorAvailable",
+        lambda t: _condition(t, "ConnectorAvailable").get("status") == "True",
         timeout=60,
     )
     assert _condition(t, "Ready")["status"] == "True"
-    assert t["status"]["gatewayReadyReplicas"] == 2
-    dep = _get(kube, "deployment", "mproxy-gw-gw", ns)
+    assert t["status"]["connectorReadyReplicas"] == 2
+    dep = _get(kube, "deployment", "mproxy-connector-cn", ns)
     assert dep is not None and dep["spec"]["replicas"] == 2
     assert dep["metadata"]["ownerReferences"][0]["uid"] == t["metadata"]["uid"]
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "mproxy-sidecar" and container["args"][0] == "sidecar"
 
-    body["spec"]["gateway"]["replicas"] = 3
+    body["spec"]["connector"]["replicas"] = 3
     _apply(kube, body, namespace=ns)
     kube.wait_for(
-        lambda: (_get(kube, "deployment", "mproxy-gw-gw", ns) or {}).get("spec", {}).get("replicas") == 3,
+        lambda: (_get(kube, "deployment", "mproxy-connector-cn", ns) or {}).get("spec", {}).get("replicas")
+        == 3,
         timeout=45,
-        what="the gateway scaled to 3",
+        what="the connector scaled to 3",
     )
-    kube.kubectl("delete", "tunnel", "gw", "-n", ns, "--timeout=60s")
+    kube.kubectl("delete", "tunnel", "cn", "-n", ns, "--timeout=60s")
     kube.wait_for(
-        lambda: _get(kube, "deployment", "mproxy-gw-gw", ns) is None,
+        lambda: _get(kube, "deployment", "mproxy-connector-cn", ns) is None,
         timeout=60,
-        what="the garbage collector to delete the gateway",
+        what="the garbage collector to delete the connector",
+    )
+
+
+def test_a_gateway_mode_tunnel_from_before_the_rename_becomes_a_connector(
+    kube: Any, operator: Operator, ns: str
+) -> None:
+    """`mode: Gateway` and `gateway.replicas` still work; the Deployment an older operator ran
+    (mproxy-gw-<name>, label mproxy.dev/gateway) and its status counts are replaced, not left running."""
+    body = tunnel("old", mode="Gateway", gateway={"replicas": 1})
+    del body["spec"]["selector"]
+    _apply(kube, service("web", [("https", 443)]), secret(), namespace=ns)
+    _apply(kube, body, namespace=ns)
+    wait_tunnel(kube, ns, "old", "a status", lambda t: "configHash" in (t.get("status") or {}))
+    legacy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mproxy-gw-old", "labels": {"mproxy.dev/gateway": "old"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"legacy": "old"}},
+            "template": {
+                "metadata": {"labels": {"legacy": "old"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+        },
+    }
+    _apply(kube, legacy, namespace=ns)
+    kube.kubectl(
+        "patch", "tunnel", "old", "-n", ns, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"gatewayReplicas": 1, "gatewayReadyReplicas": 1}}',
+    )
+    body["spec"]["logLevel"] = "debug"  # any change: the next reconcile sees the old status
+    _apply(kube, body, namespace=ns)
+    wait_tunnel(
+        kube, ns, "old", "the legacy counts gone",
+        lambda t: "gatewayReplicas" not in t["status"] and "connectorReplicas" in t["status"],
+        timeout=45,
+    )
+    assert _get(kube, "deployment", "mproxy-connector-old", ns)["spec"]["replicas"] == 1
+    kube.wait_for(
+        lambda: _get(kube, "deployment", "mproxy-gw-old", ns) is None,
+        timeout=30,
+        what="the pre-rename Deployment deleted",
     )
 
 

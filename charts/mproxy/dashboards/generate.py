@@ -544,7 +544,7 @@ def operator() -> dm.Dashboard:
         ]),
         Row("Reconciliation", [
             Panel("Reconciles", "Rate of Tunnel reconciliations, by trigger (change, timer, service, "
-                  "gateway) and result.", OPS, [
+                  "connector) and result.", OPS, [
                       (f"sum by (trigger, result) (rate({o}reconciles_total{{{OP}}}[{RI}]))",
                        "{{trigger}} {{result}}"),
                   ], stack=True),

@@ -38,7 +38,7 @@ CHOICES = [
     ("match", [_tunnel("a")], pod(), "a", ()),
     ("no match", [_tunnel("a", selector={"matchLabels": {"app": "other"}})], pod(), None, ()),
     ("first by name wins", [_tunnel("b"), _tunnel("a")], pod(), "a", ("b",)),
-    ("gateway tunnels never inject", [_tunnel("a", mode="Gateway")], pod(), None, ()),
+    ("connector tunnels never inject", [_tunnel("a", mode="Connector")], pod(), None, ()),
     (
         "expressions",
         [

@@ -18,7 +18,7 @@ def test_defaults_are_those_of_the_crd() -> None:
     assert (spec.edge.token.name, spec.edge.token.key) == ("edge-token", "token")
     assert spec.edge.ca is None
     assert spec.metrics_port == 9090 and spec.metrics.labels == "client" and spec.metrics.max_clients == 200
-    assert spec.gateway_replicas == 2
+    assert spec.connector_replicas == 2
     web, ssh = spec.routes
     assert (web.service, web.port, web.proxy_protocol, web.connect_timeout_seconds) == (
         "web",
@@ -67,6 +67,7 @@ BAD = [
     (["routes"], "web", "spec.routes"),
     (["defaultRoute"], "nope", "spec.defaultRoute"),
     (["metrics"], {"labels": "pod"}, "spec.metrics.labels"),
+    (["connector"], {"replicas": -1}, "spec.connector.replicas"),
     (["gateway"], {"replicas": -1}, "spec.gateway.replicas"),
     (
         ["selector"],
@@ -83,9 +84,18 @@ def test_bad_fields_are_named(path: list[Any], value: Any, field: str) -> None:
     assert str(err.value).startswith(field + ".") or str(err.value).startswith(field + ":"), str(err.value)
 
 
-def test_gateway_mode_needs_no_selector() -> None:
+def test_connector_mode_needs_no_selector() -> None:
+    spec = parse_spec(tunnel(mode="Connector", selector=None, connector={"replicas": 3})["spec"])
+    assert spec.mode == "Connector" and spec.selector is None and spec.connector_replicas == 3
+
+
+def test_gateway_mode_is_read_as_connector_mode() -> None:
+    """Connector mode's former name and field keep working for Tunnels written before the rename."""
     spec = parse_spec(tunnel(mode="Gateway", selector=None, gateway={"replicas": 3})["spec"])
-    assert spec.mode == "Gateway" and spec.selector is None and spec.gateway_replicas == 3
+    assert spec.mode == "Connector" and spec.connector_replicas == 3
+    both = parse_spec(tunnel(mode="Gateway", selector=None, gateway={"replicas": 3},
+                             connector={"replicas": 5})["spec"])
+    assert both.connector_replicas == 5  # the new field wins
 
 
 def test_not_a_mapping() -> None:

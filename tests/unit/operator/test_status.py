@@ -1,4 +1,4 @@
-"""Status conditions: Ready follows RoutesResolved and SidecarsInjected / GatewayAvailable."""
+"""Status conditions: Ready follows RoutesResolved and SidecarsInjected / ConnectorAvailable."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.unit.operator.fixtures import SERVICES, tunnel
 from mproxy_operator.model import parse_spec
 from mproxy_operator.resolve import resolve_routes
 from mproxy_operator.status import (
-    GatewayCounts,
+    ConnectorCounts,
     PodCounts,
     build_status,
     condition,
@@ -23,13 +23,13 @@ NOW = "2026-11-25T09:00:00Z"
 
 
 TWO_PODS = PodCounts(2, 2, 1)
-NO_GATEWAY = GatewayCounts()
+NO_CONNECTOR = ConnectorCounts()
 
 
 def _status(
     services: dict[str, Any] = SERVICES,
     pods: PodCounts = TWO_PODS,
-    gateway: GatewayCounts = NO_GATEWAY,
+    connector: ConnectorCounts = NO_CONNECTOR,
     previous: list[dict[str, Any]] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def _status(
         resolved=resolved,
         unresolved=unresolved,
         pods=pods,
-        gateway=gateway,
+        connector=connector,
         config_map="mproxy-shop",
         config_hash="c",
         sidecar_hash="s",
@@ -92,30 +92,30 @@ CASES = [
         },
     ),
     (
-        "gateway available",
-        {"mode": "Gateway", "gateway": GatewayCounts(True, 2, 2, True)},
+        "connector available",
+        {"mode": "Connector", "connector": ConnectorCounts(True, 2, 2, True)},
         {
             "Ready": ("True", "Ready"),
             "RoutesResolved": ("True", "AllRoutesResolved"),
-            "GatewayAvailable": ("True", "MinimumReplicasAvailable"),
+            "ConnectorAvailable": ("True", "MinimumReplicasAvailable"),
         },
     ),
     (
-        "gateway not ready",
-        {"mode": "Gateway", "gateway": GatewayCounts(True, 2, 0, False)},
+        "connector not ready",
+        {"mode": "Connector", "connector": ConnectorCounts(True, 2, 0, False)},
         {
             "Ready": ("False", "ReplicasNotReady"),
             "RoutesResolved": ("True", "AllRoutesResolved"),
-            "GatewayAvailable": ("False", "ReplicasNotReady"),
+            "ConnectorAvailable": ("False", "ReplicasNotReady"),
         },
     ),
     (
-        "gateway missing",
-        {"mode": "Gateway"},
+        "connector missing",
+        {"mode": "Connector"},
         {
             "Ready": ("False", "DeploymentMissing"),
             "RoutesResolved": ("True", "AllRoutesResolved"),
-            "GatewayAvailable": ("False", "DeploymentMissing"),
+            "ConnectorAvailable": ("False", "DeploymentMissing"),
         },
     ),
 ]
@@ -183,4 +183,5 @@ def test_unchanged_status_is_not_written_again() -> None:
     stored = {k: v for k, v in first.items() if v is not None}
     assert unchanged(_status(previous=first["conditions"]), stored)  # same facts, same timestamps
     assert not unchanged(_status(pods=PodCounts(3, 3, 3)), stored)
-    assert not unchanged(first, {**stored, "gatewayReplicas": 2})  # a stale gateway count must go
+    assert not unchanged(first, {**stored, "connectorReplicas": 2})  # a stale connector count must go
+    assert not unchanged(first, {**stored, "gatewayReplicas": 2})  # so must one from before the rename

@@ -1,4 +1,4 @@
-"""Gateway Deployment and workload rollout builders."""
+"""Connector Deployment and workload rollout builders."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from typing import Any
 
 from tests.unit.operator.fixtures import tunnel
 
-from mproxy_operator.gateway import gateway_deployment
+from mproxy_operator.connector import connector_deployment
 from mproxy_operator.model import Selector, parse_spec
 from mproxy_operator.podspec import SidecarDefaults
 from mproxy_operator.rollout import roll_patch, workloads_to_roll
 from mproxy_operator.selectors import matches, to_string
 
 
-def test_gateway_deployment() -> None:
-    body = tunnel(mode="Gateway", selector=None, gateway={"replicas": 3})
-    dep = gateway_deployment(body, parse_spec(body["spec"]), SidecarDefaults(image="img:1"))
-    assert dep["metadata"]["name"] == "mproxy-gw-shop" and dep["metadata"]["namespace"] == "prod"
+def test_connector_deployment() -> None:
+    body = tunnel(mode="Connector", selector=None, connector={"replicas": 3})
+    dep = connector_deployment(body, parse_spec(body["spec"]), SidecarDefaults(image="img:1"))
+    assert dep["metadata"]["name"] == "mproxy-connector-shop" and dep["metadata"]["namespace"] == "prod"
     assert dep["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     spec = dep["spec"]
     assert spec["replicas"] == 3

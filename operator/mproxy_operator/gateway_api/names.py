@@ -1,0 +1,41 @@
+"""Gateway API names: group, versions, kinds, the controller name, and the objects the operator makes."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+GROUP = "gateway.networking.k8s.io"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CONTROLLER_NAME = "mproxy.dev/gateway-controller"
+
+# (kind, plural, the listener protocol whose routes it is)
+TLS_ROUTE = "TLSRoute"
+TCP_ROUTE = "TCPRoute"
+ROUTE_PLURALS = {TLS_ROUTE: "tlsroutes", TCP_ROUTE: "tcproutes"}
+ROUTE_KIND_FOR_PROTOCOL = {"TLS": TLS_ROUTE, "TCP": TCP_ROUTE}
+
+# On the connector Deployment and ConfigMap of a Gateway: the Gateway's name.
+GATEWAY_LABEL = "mproxy.dev/gateway-api-gateway"
+
+# Every feature the conformance suite may test that mproxy implements (the spec's names).
+SUPPORTED_FEATURES = ("Gateway", "ReferenceGrant", "TLSRoute", "TCPRoute")
+
+
+def connector_name(gateway: str) -> str:
+    return f"mproxy-gateway-{gateway}"
+
+
+def path(plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}"
+    if namespace is not None:
+        base += f"/namespaces/{quote(namespace, safe='')}"
+    base += f"/{plural}"
+    if name is not None:
+        base += f"/{quote(name, safe='')}"
+    return f"{base}/{sub}" if sub else base
+
+
+def reference_grants(namespace: str) -> str:
+    # ReferenceGrant is served as v1 and v1beta1 by v1.6; v1beta1 is what older CRD bundles have too.
+    return f"/apis/{GROUP}/v1beta1/namespaces/{quote(namespace, safe='')}/referencegrants"

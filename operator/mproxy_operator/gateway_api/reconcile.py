@@ -1,0 +1,303 @@
+"""Reconcile the Gateway API objects of mproxy's GatewayClasses: read, compute (the pure modules), write.
+
+Level-triggered: any change to a GatewayClass, Gateway, route, ReferenceGrant, a backend Service or a
+connector Deployment reconciles every mproxy Gateway again (one lock: route statuses are shared by the
+Gateways a route names). Problems become status conditions, never exceptions; API failures propagate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mproxy.config.errors import ConfigError
+from mproxy_operator import kube
+from mproxy_operator.connector import build_connector
+from mproxy_operator.gateway_api import names
+from mproxy_operator.gateway_api.listeners import parse_listeners
+from mproxy_operator.gateway_api.params import ClassParams, ParamsError, parse_params
+from mproxy_operator.gateway_api.render import connector_spec, gateway_config
+from mproxy_operator.gateway_api.routes import (
+    MAX_RULES,
+    Binding,
+    Inputs,
+    age,
+    attach,
+    parent_status,
+    refs_gateway,
+)
+from mproxy_operator.gateway_api.status import class_status, gateway_status
+from mproxy_operator.kube import Kube, KubeError
+from mproxy_operator.podspec import SidecarDefaults
+from mproxy_operator.reconcile import SPEC_HASH, _apply_config_map
+from mproxy_operator.render import config_map, digest, owner_reference
+
+log = logging.getLogger("mproxy_operator.gateway_api")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class GatewayAPI:
+    kube: Kube
+    defaults: SidecarDefaults
+    cluster_domain: str = "cluster.local"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Services some mproxy route names: a change to one of them reconciles again.
+    backends: set[tuple[str, str]] = field(default_factory=set)
+
+    # -- reads -------------------------------------------------------------------------------
+    def _items(self, path: str) -> list[dict[str, Any]]:
+        try:
+            return self.kube.items(path)
+        except KubeError as exc:
+            if exc.not_found:  # that CRD is not installed: no such objects
+                return []
+            raise
+
+    def _params(self, gwclass: Mapping[str, Any]) -> ClassParams:
+        ref = (gwclass.get("spec") or {}).get("parametersRef")
+        if not ref:
+            raise ParamsError(
+                "spec.parametersRef is required: a ConfigMap naming the edge (docs/gateway-api.md)"
+            )
+        if ref.get("group", "") != "" or ref.get("kind") != "ConfigMap" or not ref.get("namespace"):
+            raise ParamsError(
+                'spec.parametersRef must be a ConfigMap with a namespace (group "", kind ConfigMap)'
+            )
+        cm = self.kube.get(kube.core(ref["namespace"], "configmaps", ref["name"]))
+        if cm is None:
+            where = f"{ref['namespace']}/{ref['name']}"
+            raise ParamsError(f"spec.parametersRef: ConfigMap {where} does not exist")
+        return parse_params(cm)
+
+    def _ours(self) -> list[dict[str, Any]]:
+        return [
+            c for c in self._items(names.path("gatewayclasses"))
+            if (c.get("spec") or {}).get("controllerName") == names.CONTROLLER_NAME
+        ]
+
+    # -- the whole picture -------------------------------------------------------------------
+    def reconcile_all(self) -> None:
+        with self._lock:
+            now = now_iso()
+            classes = {c["metadata"]["name"]: c for c in self._ours()}
+            params: dict[str, ClassParams | ParamsError] = {}
+            for name, c in classes.items():
+                try:
+                    params[name] = self._params(c)
+                except ParamsError as exc:
+                    params[name] = exc
+                self._write_class(c, params[name], now)
+            gateways = [
+                g for g in self._items(names.path("gateways"))
+                if (g.get("spec") or {}).get("gatewayClassName") in classes
+                and not (g.get("metadata") or {}).get("deletionTimestamp")
+            ]
+            # Oldest first, then by namespace/name: the spec's order when routes conflict (on one TCP
+            # listener only the oldest is served; the connector's first matching route wins).
+            routes = {
+                k: sorted(self._items(names.path(p)), key=age) for k, p in names.ROUTE_PLURALS.items()
+            }
+            backends: set[tuple[str, str]] = set()
+            for gw in gateways:
+                backends |= self._gateway(gw, params[gw["spec"]["gatewayClassName"]], routes, now)
+            self._detach_stale(gateways, routes)
+            self.backends = backends
+
+    def _write_class(self, c: Mapping[str, Any], p: ClassParams | ParamsError, now: str) -> None:
+        gen = int(c["metadata"].get("generation") or 0)
+        prev = (c.get("status") or {}).get("conditions") or []
+        if isinstance(p, ParamsError):
+            st = class_status(gen, False, "InvalidParameters", str(p), prev, now)
+        else:
+            st = class_status(gen, True, "Accepted", f"connectors dial {', '.join(p.edge_urls)}", prev, now)
+        self._patch_status(names.path("gatewayclasses", name=c["metadata"]["name"], sub="status"), c, st)
+
+    def _patch_status(self, path: str, obj: Mapping[str, Any], st: Mapping[str, Any]) -> None:
+        old = obj.get("status") or {}
+        if all(old.get(k) == v for k, v in st.items()):
+            return  # nothing new: no write, no watch event, no reconcile loop
+        try:
+            self.kube.merge_patch(path, {"status": st})
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+
+    # -- one Gateway ---------------------------------------------------------------------------
+    def _gateway(
+        self, gw: dict[str, Any], p: ClassParams | ParamsError,
+        routes: Mapping[str, list[dict[str, Any]]], now: str,
+    ) -> set[tuple[str, str]]:
+        meta = gw["metadata"]
+        ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation") or 0)
+        listeners = parse_listeners(gw)
+        previous = gw.get("status") or {}
+        path = names.path("gateways", ns, name, "status")
+        if isinstance(p, ParamsError):
+            st = gateway_status(
+                generation=gen, listeners=listeners, attached={}, addresses=(),
+                accepted=(False, "InvalidParameters", f"the GatewayClass's parameters: {p}"),
+                programmed=(False, "Invalid", "the GatewayClass's parameters are invalid"),
+                previous=previous, now=now,
+            )
+            self._patch_status(path, gw, st)
+            return set()
+
+        wanted = self._backend_refs(gw, routes)
+        found = {k: self.kube.get(kube.core(k[0], "services", k[1])) for k in sorted(wanted)}
+        inp = Inputs(
+            gateway=gw,
+            listeners=listeners,
+            services={k: s for k, s in found.items() if s is not None},
+            grants={n: self._items(names.reference_grants(n)) for n in {k[0] for k in wanted} if n},
+            namespace_labels=self._namespace_labels(listeners, routes),
+            cluster_domain=self.cluster_domain,
+        )
+        bindings: list[Binding] = []
+        attached: dict[str, int] = {}
+        for kind, items in routes.items():
+            for route in items:
+                results, got = attach(route, kind, inp)
+                if not results:
+                    continue
+                room = MAX_RULES - len(bindings)
+                if len(got) > room:
+                    for r in results:
+                        r.accepted = (False, "NotAllowedByListeners",
+                                      f"the Gateway already serves {MAX_RULES} route rules (the limit)")
+                        r.listeners.clear()
+                    got = []
+                bindings += got
+                for r in results:
+                    for lst in r.listeners:
+                        attached[lst] = attached.get(lst, 0) + 1
+                self._write_route_parents(route, kind, gw, results, now)
+
+        try:
+            text = gateway_config(p, bindings).to_yaml()
+        except ConfigError as exc:  # a bug of ours, or names the sidecar refuses: say so, keep the old one
+            programmed = (False, "Invalid", f"the connector would refuse this config: {exc}")
+        else:
+            ready = self._apply_connector(gw, p, text)
+            programmed = (
+                (True, "Programmed", f"{ready} connector replica(s) ready")
+                if ready
+                else (False, "Pending", f"waiting for the connector Deployment {names.connector_name(name)}")
+            )
+        if (gw.get("spec") or {}).get("addresses"):
+            accepted = (False, "UnsupportedAddress",
+                        "spec.addresses cannot be chosen: the Gateway's addresses are the edge's")
+        elif any(not lst.valid for lst in listeners):
+            # True: the spec lets a Gateway with invalid listeners be Accepted with this reason, and the
+            # valid ones (if any) are served; each invalid one says why in status.listeners.
+            accepted = (True, "ListenersNotValid", "some listeners are not valid (see status.listeners)")
+        else:
+            accepted = (True, "Accepted", "the Gateway is served by an mproxy connector")
+        st = gateway_status(
+            generation=gen, listeners=listeners, attached=attached, addresses=p.addresses,
+            accepted=accepted, programmed=programmed, previous=previous, now=now,
+        )
+        self._patch_status(path, gw, st)
+        return wanted
+
+    def _backend_refs(
+        self, gw: Mapping[str, Any], routes: Mapping[str, list[dict[str, Any]]]
+    ) -> set[tuple[str, str]]:
+        out = set()
+        for items in routes.values():
+            for route in items:
+                rns = route["metadata"]["namespace"]
+                spec = route.get("spec") or {}
+                if not any(refs_gateway(r, rns, gw) for r in spec.get("parentRefs") or []):
+                    continue
+                for rule in spec.get("rules") or []:
+                    for ref in rule.get("backendRefs") or []:
+                        if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service":
+                            out.add((str(ref.get("namespace") or rns), str(ref.get("name"))))
+        return out
+
+    def _namespace_labels(
+        self, listeners: list[Any], routes: Mapping[str, list[dict[str, Any]]]
+    ) -> dict[str, dict[str, str]]:
+        if not any(lst.allowed_from == "Selector" for lst in listeners):
+            return {}
+        out = {}
+        for ns in {r["metadata"]["namespace"] for items in routes.values() for r in items}:
+            obj = self.kube.get(kube.namespace(ns)) or {}
+            out[ns] = dict((obj.get("metadata") or {}).get("labels") or {})
+        return out
+
+    def _write_route_parents(
+        self, route: Mapping[str, Any], kind: str, gw: Mapping[str, Any], results: list[Any], now: str
+    ) -> None:
+        meta = route["metadata"]
+        gen = int(meta.get("generation") or 0)
+        old = (route.get("status") or {}).get("parents") or []
+        keep = [e for e in old if not self._our_entry(e, meta["namespace"], gw)]
+        mine = []
+        for res in results:
+            prev = next((e.get("conditions") or [] for e in old
+                         if self._our_entry(e, meta["namespace"], gw) and e.get("parentRef") == res.ref), [])
+            mine.append(parent_status(res, gen, prev, now, names.CONTROLLER_NAME))
+        self._patch_status(
+            names.path(names.ROUTE_PLURALS[kind], meta["namespace"], meta["name"], "status"),
+            route, {"parents": [*keep, *mine]},
+        )
+
+    @staticmethod
+    def _our_entry(entry: Mapping[str, Any], route_ns: str, gw: Mapping[str, Any]) -> bool:
+        return entry.get("controllerName") == names.CONTROLLER_NAME and refs_gateway(
+            entry.get("parentRef") or {}, route_ns, gw)
+
+    def _detach_stale(
+        self, gateways: list[dict[str, Any]], routes: Mapping[str, list[dict[str, Any]]]
+    ) -> None:
+        """A route that no longer names a Gateway (or whose Gateway is gone) loses our entry for it."""
+        for kind, items in routes.items():
+            for route in items:
+                rns = route["metadata"]["namespace"]
+                refs = (route.get("spec") or {}).get("parentRefs") or []
+                old = (route.get("status") or {}).get("parents") or []
+                keep = [
+                    e for e in old
+                    if e.get("controllerName") != names.CONTROLLER_NAME
+                    or (e.get("parentRef") in refs
+                        and any(refs_gateway(e.get("parentRef") or {}, rns, g) for g in gateways))
+                ]
+                if len(keep) != len(old):
+                    self._patch_status(
+                        names.path(names.ROUTE_PLURALS[kind], rns, route["metadata"]["name"], "status"),
+                        route, {"parents": keep},
+                    )
+
+    def _apply_connector(self, gw: Mapping[str, Any], p: ClassParams, text: str) -> int:
+        """The ConfigMap and Deployment, owned by the Gateway; returns the ready replicas."""
+        meta = gw["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        owner = owner_reference(gw, names.API_VERSION, "Gateway")
+        labels = {names.GATEWAY_LABEL: name}
+        obj_name = names.connector_name(name)
+        _apply_config_map(self.kube, config_map(gw, text, name=obj_name, owner=owner, labels=labels))
+        desired = build_connector(
+            name=obj_name, namespace=ns, owner=owner,
+            selector={"app.kubernetes.io/name": "mproxy", "app.kubernetes.io/component": "gateway-connector",
+                      "app.kubernetes.io/instance": name, **labels},
+            pod_labels={}, config_map=obj_name, spec=connector_spec(p), defaults=self.defaults,
+        )
+        wanted = digest(desired)
+        desired["metadata"]["annotations"] = {SPEC_HASH: wanted}
+        path = kube.apps(ns, "deployments", obj_name)
+        current = self.kube.get(path)
+        if current is None:
+            current = self.kube.create(kube.apps(ns, "deployments"), desired)
+        elif ((current.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH) != wanted:
+            current = self.kube.merge_patch(path, {"metadata": desired["metadata"], "spec": desired["spec"]})
+        return int((current.get("status") or {}).get("readyReplicas") or 0)
+

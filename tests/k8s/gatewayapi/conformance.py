@@ -1,0 +1,380 @@
+"""Run the upstream Gateway API conformance suite against mproxy: `scripts/conformance` (on demand).
+
+What runs, all on this machine, no containers:
+- the test control plane (tests/k8s/conftest.py: kube-apiserver, controllers, scheduler, kwok) with the
+  Gateway API v1.6.3 standard CRDs;
+- `mproxy operator --gateway-api` and the GatewayClass `mproxy` (parameters: the edge below);
+- a real `mproxy edge` on 127.0.77.1, with a `tls` listener on each TLS port and a `tcp` listener on
+  each TCP port the suite's Gateways use; its address is every Gateway's status address;
+- a real connector (`mproxy sidecar`) serving the routes the operator rendered into the Gateways'
+  ConfigMaps (the connector Deployments' pods are kwok's, so they run nothing);
+- a real echo-basic process (built from the suite's source) for each Ready TCP echo pod of the suite.
+
+Two stand-ins for what a cluster's network would do, both here and nowhere in the operator: the
+connector's backend `<svc>.<ns>.svc.cluster.local:<port>` is rewritten to the loopback address of the
+echo-basic process serving one Ready pod of that Service (no cluster DNS, no kube-proxy here), and the
+connector config is the union of every Gateway's (one edge token grants all their names and ports, so
+one connector must serve them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO))
+
+from tests.k8s.conftest import BUILD_SH, KubeCluster  # noqa: E402
+
+CACHE = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
+GW_CACHE = CACHE / "gateway-api"
+HERE = Path(__file__).resolve().parent
+EDGE_IP = "127.0.77.1"
+CLASS = "mproxy"
+GROUP = "gateway.networking.k8s.io"
+LABEL = "mproxy.dev/gateway-api-gateway"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_next_echo_port = 20000
+
+
+def echo_port() -> int:
+    """A port for an echo-basic process, below the kernel's ephemeral range: echo-basic listens on all
+    addresses, and an ephemeral port may at any moment be the local end of some client connection
+    (the control plane makes hundreds), which makes that bind fail."""
+    global _next_echo_port
+    while _next_echo_port < 32000:
+        port, _next_echo_port = _next_echo_port, _next_echo_port + 1
+        with socket.socket(socket.AF_INET6) as s:
+            try:
+                s.bind(("::", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port left for echo-basic in 20000-32000")
+
+
+def suite_dir() -> Path:
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api/conformance"],
+        cwd=HERE, capture_output=True, text=True, check=True,
+        env={**os.environ, "GOMODCACHE": str(CACHE / "k8s" / "gomod"), "GOFLAGS": "-mod=readonly",
+             "GOTOOLCHAIN": "local"},
+    )
+    return Path(out.stdout.strip())
+
+
+def listener_ports(suite: Path) -> tuple[set[int], set[int], set[str]]:
+    """TLS ports, TCP ports and the DNS suffixes of every Gateway and TLSRoute in the suite's tests."""
+    tls, tcp, names = set(), set(), set()
+    for f in sorted((suite / "tests").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text().replace("{GATEWAY_CLASS_NAME}", CLASS)):
+            if not isinstance(doc, dict):
+                continue
+            spec = doc.get("spec") or {}
+            if doc.get("kind") == "Gateway":
+                for lst in spec.get("listeners") or []:
+                    if lst.get("protocol") == "TLS":
+                        tls.add(int(lst["port"]))
+                    elif lst.get("protocol") == "TCP":
+                        tcp.add(int(lst["port"]))
+                    if lst.get("hostname"):
+                        names.add(str(lst["hostname"]))
+            if doc.get("kind") == "TLSRoute":
+                names.update(str(h) for h in spec.get("hostnames") or [])
+    suffixes = {".".join(n.lstrip("*.").split(".")[-2:]) for n in names}
+    return tls, tcp, suffixes
+
+
+class Harness:
+    def __init__(self, work: Path, cluster: KubeCluster) -> None:
+        self.work = work
+        self.cluster = cluster
+        self.mproxy = shutil.which("mproxy") or str(Path(sys.executable).parent / "mproxy")
+        self.echo_bin = GW_CACHE / "bin" / "echo-basic"
+        self.echoes: dict[tuple[str, str], tuple[subprocess.Popen[bytes], dict[int, int]]] = {}
+        self.stop = threading.Event()
+        self.config_path = work / "connector.yaml"
+        self.sidecar_started = False
+        self.tunnel_port = free_port()
+        self.sidecar_http = free_port()
+        self.errors: list[str] = []
+
+    # -- the fixed parts -------------------------------------------------------------------------
+    def start_edge(self, tls: set[int], tcp: set[int], domains: set[str]) -> None:
+        secret = self.work / "edge-secret"
+        secret.write_text(os.urandom(24).hex())
+        listeners = [{"kind": "tls", "listen": f"{EDGE_IP}:{p}"} for p in sorted(tls)]
+        listeners += [{"kind": "tcp", "listen": f"{EDGE_IP}:{p}"} for p in sorted(tcp)]
+        config = {
+            "id": "edge-0",
+            "auth": {"secretFile": str(secret)},
+            "listeners": listeners,
+            "tunnel": {"listen": f"127.0.0.1:{self.tunnel_port}", "path": "/"},
+            "http": {"listen": f"127.0.0.1:{free_port()}"},
+            "logging": {"format": "text", "level": "info"},
+            "drainSeconds": 1,
+        }
+        (self.work / "edge.yaml").write_text(yaml.safe_dump(config))
+        args = ["token", "--secret-file", str(secret), "--ttl", "1d"]
+        args += [a for d in sorted(domains) for a in ("--domain", d)]
+        args += [a for p in sorted(tcp) for a in ("--port", str(p))]
+        minted = subprocess.run([self.mproxy, *args], capture_output=True, text=True, check=True)
+        token = minted.stdout.strip()
+        (self.work / "token").write_text(token)
+        self.cluster._spawn("edge", "edge", "--config", str(self.work / "edge.yaml"), exe=Path(self.mproxy))
+
+    def start_operator(self) -> None:
+        self.cluster._spawn(
+            "operator", "operator", "--kubeconfig", str(self.cluster.kubeconfig), "--standalone",
+            "--gateway-api", "--namespace", "default", "--webhook-listen", f"127.0.0.1:{free_port()}",
+            "--http-listen", f"127.0.0.1:{free_port()}", "--status-interval", "2", "--log-format", "text",
+            exe=Path(self.mproxy),
+        )
+        params = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "mproxy-edge", "namespace": "default"},
+            "data": {"edgeURLs": f"ws://127.0.0.1:{self.tunnel_port}/", "tokenSecret": "edge-token",
+                     "addresses": EDGE_IP, "replicas": "1"},
+        }
+        gc = {
+            "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": CLASS},
+            "spec": {"controllerName": "mproxy.dev/gateway-controller",
+                     "parametersRef": {"group": "", "kind": "ConfigMap", "name": "mproxy-edge",
+                                       "namespace": "default"}},
+        }
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([params, gc]))
+        # The suite reads the features it tests from the class's status: wait until it is there.
+        self.cluster.wait_for(
+            lambda: (self._json("get", "gatewayclass", CLASS).get("status") or {}).get("supportedFeatures"),
+            timeout=60, what="GatewayClass mproxy Accepted with its supportedFeatures",
+        )
+
+    # -- the stand-ins, refreshed every second ---------------------------------------------------
+    def loop(self) -> None:
+        while not self.stop.wait(1.0):
+            try:
+                self.sync_echoes()
+                self.sync_connector()
+            except Exception as exc:  # keep going: the suite's own checks will show what broke
+                self.errors.append(repr(exc))
+
+    def _json(self, *args: str) -> Any:
+        res = self.cluster.kubectl(*args, "-o", "json", check=False)
+        return json.loads(res.stdout) if res.returncode == 0 else {"items": []}
+
+    def sync_echoes(self) -> None:
+        seen = set()
+        for pod in self._json("get", "pods", "-A")["items"]:
+            meta, spec = pod["metadata"], pod["spec"]
+            ready = any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in (pod.get("status") or {}).get("conditions") or [])
+            ours = meta["namespace"].startswith("gateway-conformance")
+            if not ready or meta.get("deletionTimestamp") or not ours:
+                continue
+            (c,) = spec["containers"][:1] or [{}]
+            env = {e["name"]: e.get("value") for e in c.get("env") or []}
+            if "echo-basic" not in str(c.get("image")) or env.get("TCP_ECHO_SERVER") != "1":
+                continue
+            key = (meta["namespace"], meta["name"])
+            seen.add(key)
+            if key in self.echoes and self.echoes[key][0].poll() is not None:
+                self.echoes.pop(key)  # it exited: start it again
+            if key not in self.echoes:
+                started = self._start_echo(pod, env)
+                if started is not None:
+                    self.echoes[key] = started
+        for key in set(self.echoes) - seen:
+            proc, _ports = self.echoes.pop(key)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+    def _start_echo(
+        self, pod: dict[str, Any], env: dict[str, Any]
+    ) -> tuple[subprocess.Popen[bytes], dict[int, int]] | None:
+        """None while the pod's Secret volume cannot be filled yet (kwok marks pods Ready before the
+        suite has created their Secrets; echo-basic without its certificate would hang)."""
+        meta = pod["metadata"]
+        d = self.work / "echo" / f"{meta['namespace']}-{meta['name']}"
+        d.mkdir(parents=True, exist_ok=True)
+        tcp_port, tls_port = echo_port(), echo_port()
+        run_env = {"POD_NAME": meta["name"], "NAMESPACE": meta["namespace"], "TCP_ECHO_SERVER": "1",
+                   "TCP_PORT": str(tcp_port), "TLS_PORT": str(tls_port), "PATH": os.environ["PATH"]}
+        for vol in pod["spec"].get("volumes") or []:
+            secret = (vol.get("secret") or {}).get("secretName")
+            if not secret:
+                continue
+            data = self._json("get", "secret", secret, "-n", meta["namespace"]).get("data") or {}
+            for item in vol["secret"].get("items") or []:
+                if item["key"] not in data:
+                    return None
+                (d / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+            run_env["TLS_SERVER_CERT"], run_env["TLS_SERVER_PRIV_KEY"] = str(d / "crt"), str(d / "key")
+        log = (self.cluster.log_dir / f"echo-{meta['namespace']}-{meta['name']}.log").open("ab")
+        proc = subprocess.Popen([str(self.echo_bin)], env=run_env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        # The pod's ports (the echo-basic defaults unless its env says otherwise) -> this process's.
+        ports = {int(env.get("TCP_PORT") or 3000): tcp_port, int(env.get("TLS_PORT") or 8443): tls_port}
+        return proc, ports
+
+    def _backend(self, host: str, port: int) -> tuple[str, int]:
+        m = re.match(r"^([^.]+)\.([^.]+)\.svc\.cluster\.local$", host)
+        if not m:
+            return host, port
+        svc = self._json("get", "service", m.group(1), "-n", m.group(2))
+        target: Any = None
+        for p in (svc.get("spec") or {}).get("ports") or []:
+            if p.get("port") == port:
+                target = p.get("targetPort", port)
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        if target is None or not selector:
+            return "127.0.0.1", 1  # nothing serves it: the connection is refused
+        pods = self._json("get", "pods", "-n", m.group(2), "-l",
+                          ",".join(f"{k}={v}" for k, v in selector.items()))["items"]
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            served = self.echoes.get((m.group(2), pod["metadata"]["name"]))
+            if served and isinstance(target, int) and target in served[1]:
+                return "127.0.0.1", served[1][target]
+        return "127.0.0.1", 1
+
+    def sync_connector(self) -> None:
+        routes = []
+        for cm in self._json("get", "configmaps", "-A", "-l", LABEL)["items"]:
+            config = yaml.safe_load(cm["data"]["config.yaml"])
+            gw = cm["metadata"]["labels"][LABEL]
+            for r in config.get("routes") or []:
+                r["name"] = f"{cm['metadata']['namespace']}.{gw}.{r['name']}"
+                backend = r["backend"]
+                backend["host"], backend["port"] = self._backend(backend["host"], backend["port"])
+                routes.append(r)
+        # Most specific first across Gateways, as within one (exact names, wildcards, catch-alls).
+        routes.sort(key=lambda r: (not r["match"].get("hostnames"),
+                                   any(h.startswith("*.") for h in r["match"].get("hostnames") or [])))
+        config = {
+            "edge": {"urls": [f"ws://127.0.0.1:{self.tunnel_port}/"], "tokenFile": str(self.work / "token")},
+            "routes": routes,
+            "http": {"listen": f"127.0.0.1:{self.sidecar_http}"},
+            "logging": {"format": "text", "level": "info"},
+            "drainSeconds": 1,
+        }
+        text = yaml.safe_dump(config)
+        if not self.config_path.exists() or self.config_path.read_text() != text:
+            tmp = self.config_path.with_suffix(".new")
+            tmp.write_text(text)
+            tmp.replace(self.config_path)
+        if not self.sidecar_started:
+            self.sidecar_started = True
+            self.cluster._spawn(
+                "connector", "sidecar", "--config", str(self.config_path), exe=Path(self.mproxy)
+            )
+
+    def close(self) -> None:
+        self.stop.set()
+        for proc, _ports in self.echoes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def summarize(log: Path) -> dict[str, int]:
+    text = log.read_text(errors="replace")
+    out = {}
+    for outcome in ("PASS", "FAIL", "SKIP"):
+        # Top-level conformance tests are TestConformance/<ShortName>; their subtests have another "/".
+        out[outcome] = len(re.findall(rf"^\s*--- {outcome}: TestConformance/[^/\s]+ ", text, re.M))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP")
+    ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
+    ap.add_argument("--report", default=str(REPO / "docs" / "conformance" / "mproxy-report.yaml"))
+    ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    args = ap.parse_args()
+
+    for cmd in ([str(BUILD_SH), "--check"], [str(HERE / "build.sh"), "--conformance"]):
+        if subprocess.run(cmd, check=False).returncode != 0:
+            print(f"conformance: `{' '.join(cmd)}` failed; build the control plane first", file=sys.stderr)
+            return 1
+    suite = suite_dir()
+    tls, tcp, domains = listener_ports(suite)
+    work = Path(tempfile.mkdtemp(prefix="mproxy-conformance-"))
+    cluster = KubeCluster(work_dir=work / "k8s", log_dir=work / "logs")
+    harness: Harness | None = None
+    started = time.monotonic()
+    try:
+        cluster.start()
+        crds = GW_CACHE / "crds" / "standard"
+        cluster.kubectl("apply", "--server-side", "-f", str(crds))
+        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "referencegrants"):
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
+        harness = Harness(work, cluster)
+        harness.start_edge(tls, tcp, domains)
+        harness.start_operator()
+        threading.Thread(target=harness.loop, daemon=True).start()
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        log = cluster.log_dir / "conformance.log"
+        cmd = [
+            str(GW_CACHE / "bin" / "conformance.test"), "-test.v", "-test.timeout=60m",
+            "-test.run=TestConformance", f"-gateway-class={CLASS}", f"-conformance-profiles={args.profiles}",
+            "-organization=mproxy", "-project=mproxy", "-url=https://github.com/mproxy/mproxy",
+            "-version=main", "-contact=@mproxy/maintainers", f"-report-output={report}",
+            "-disable-parallel-tests", "-cleanup-base-resources=true",
+        ]
+        if args.run_test:
+            cmd.append(f"-run-test={args.run_test}")
+        print(f"conformance: {' '.join(cmd[:1])} ... (log: {log})", flush=True)
+        t0 = time.monotonic()
+        with log.open("wb") as out:
+            rc = subprocess.run(cmd, cwd=suite, env=cluster.env(), stdout=out, stderr=subprocess.STDOUT,
+                                check=False).returncode
+        took = time.monotonic() - t0
+        counts = summarize(log)
+        print(f"conformance: exit {rc} in {took:.0f} s (all: {time.monotonic() - started:.0f} s); "
+              f"tests {sum(counts.values())}: {counts['PASS']} passed, {counts['FAIL']} failed, "
+              f"{counts['SKIP']} skipped; report: {report}")
+        for line in log.read_text(errors="replace").splitlines():
+            if re.match(r"^\s*--- FAIL: TestConformance/[^/\s]+ ", line):
+                print("  " + line.strip())
+        if harness.errors:
+            print(f"conformance: harness errors (first 3): {harness.errors[:3]}")
+        return 0 if rc == 0 else 1
+    finally:
+        if harness is not None:
+            harness.close()
+        cluster.stop()
+        if args.keep:
+            print(f"conformance: work directory kept: {work}")
+        else:
+            shutil.rmtree(work / "k8s", ignore_errors=True)
+            print(f"conformance: logs kept in {work / 'logs'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

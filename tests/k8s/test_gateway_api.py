@@ -1,0 +1,221 @@
+"""Gateway API against the real control plane: the v1.6.3 CRDs, the operator with --gateway-api and the
+chart's RBAC for it (gatewayAPI.enabled), and the examples of docs/gateway-api.md applied as written.
+
+The CRDs come from the Go module (tests/k8s/gatewayapi/build.sh, into the cache; never committed).
+kwok makes the connector pods Ready, so Programmed is reached without a real edge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.conftest import need
+from tests.k8s.test_operator import Operator, _apply, _get, start_operator, stop_operator
+
+from mproxy.config.sidecar import load_sidecar_config
+
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "tests" / "k8s" / "gatewayapi" / "build.sh"
+DOC = REPO / "docs" / "gateway-api.md"
+CONTROLLER = "mproxy.dev/gateway-controller"
+GROUP = "gateway.networking.k8s.io"
+
+
+def _crd_dir() -> Path:
+    res = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=300, check=False)
+    need(res.returncode == 0, f"the Gateway API CRDs ({BUILD}): {res.stderr.strip()[-300:]}")
+    cache = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
+    crds = cache / "gateway-api" / "crds" / "standard"
+    need(any(crds.glob("*.yaml")), f"no CRDs in {crds}; run {BUILD}")
+    return crds
+
+
+@pytest.fixture(scope="module")
+def gwop(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    kube.kubectl("apply", "--server-side", "-f", str(_crd_dir()))
+    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "referencegrants"):
+        kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}.gateway.networking.k8s.io",
+                     "--timeout=30s")
+    op = start_operator(kube, tmp_path_factory.mktemp("gwop"), "--gateway-api",
+                        values=("gatewayAPI.enabled=true",))
+    try:
+        yield op
+        op.alive()
+    finally:
+        stop_operator(op)
+
+
+def _examples() -> dict[str, list[dict[str, Any]]]:
+    text = DOC.read_text()
+    out = {}
+    for m in re.finditer(r"<!-- example: (\w+) -->\n```yaml\n(.*?)```", text, re.S):
+        out[m.group(1)] = [d for d in yaml.safe_load_all(m.group(2)) if d]
+    return out
+
+
+def _status(kube: Any, kind: str, name: str, ns: str | None = None) -> dict[str, Any]:
+    args = ["get", kind, name, "-o", "json"] + (["-n", ns] if ns else [])
+    res = kube.kubectl(*args, check=False)
+    return (json.loads(res.stdout).get("status") or {}) if res.returncode == 0 else {}
+
+
+def _cond(conds: list[dict[str, Any]], type_: str) -> dict[str, Any]:
+    return next((c for c in conds if c["type"] == type_), {})
+
+
+def _listener(st: dict[str, Any], name: str) -> dict[str, Any]:
+    return next((x for x in st.get("listeners") or [] if x["name"] == name), {})
+
+
+def _parent(st: dict[str, Any]) -> dict[str, Any]:
+    return next((p for p in st.get("parents") or [] if p["controllerName"] == CONTROLLER), {})
+
+
+def _class(kube: Any, op: Operator, name: str, **params: str) -> None:
+    docs = _examples()["gatewayclass"]
+    cm, gc = json.loads(json.dumps(docs[0])), json.loads(json.dumps(docs[1]))
+    cm["metadata"] = {"name": f"{name}-params", "namespace": op.namespace}
+    cm["data"].update(params)
+    gc["metadata"] = {"name": name}
+    gc["spec"]["parametersRef"].update(name=f"{name}-params", namespace=op.namespace)
+    _apply(kube, cm, gc)
+
+
+def _config(kube: Any, ns: str, gateway: str) -> Any:
+    cm = _get(kube, "configmap", f"mproxy-gateway-{gateway}", ns)
+    assert cm is not None
+    return load_sidecar_config(yaml.safe_load(cm["data"]["config.yaml"]))
+
+
+def test_doc_examples_tls_and_tcp_gateways(kube: Any, gwop: Operator, kube_namespace: str) -> None:
+    ns, cls = kube_namespace, f"mproxy-{uuid.uuid4().hex[:6]}"
+    _class(kube, gwop, cls)
+    st = kube.wait_for(
+        lambda: (s := _status(kube, "gatewayclass", cls)) and _cond(s["conditions"], "Accepted")
+        .get("status") == "True" and s,
+        timeout=30, what="the GatewayClass Accepted",
+    )
+    assert {f["name"] for f in st["supportedFeatures"]} >= {"Gateway", "TLSRoute", "TCPRoute"}
+
+    ex = _examples()
+    web = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+           "spec": {"selector": {"app": "web"}, "ports": [{"name": "https", "port": 443}]}}
+    pg = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "postgres"},
+          "spec": {"selector": {"app": "pg"}, "ports": [{"port": 5432}]}}
+    docs = [web, pg, *ex["tlsroute"], *ex["tcproute"]]
+    for d in docs:
+        if d["kind"] == "Gateway":
+            d["spec"]["gatewayClassName"] = cls
+    _apply(kube, *docs, namespace=ns)
+
+    def programmed(name: str) -> dict[str, Any] | None:
+        s = _status(kube, "gateway", name, ns)
+        return s if _cond(s.get("conditions") or [], "Programmed").get("status") == "True" else None
+
+    shop = kube.wait_for(lambda: programmed("shop"), timeout=60, what="Gateway shop Programmed")
+    assert shop["addresses"] == [{"type": "IPAddress", "value": "203.0.113.7"}]
+    assert _cond(shop["conditions"], "Accepted")["status"] == "True"
+    tls = _listener(shop, "tls")
+    assert tls["attachedRoutes"] == 1 and tls["supportedKinds"][0]["kind"] == "TLSRoute"
+    assert _cond(tls["conditions"], "Conflicted")["status"] == "False"
+    route = _status(kube, "tlsroute", "web", ns)
+    assert _cond(_parent(route)["conditions"], "Accepted")["status"] == "True"
+    assert _cond(_parent(route)["conditions"], "ResolvedRefs")["status"] == "True"
+    (r,) = _config(kube, ns, "shop").routes
+    assert r.match.services == ("https",) and r.match.ports == (443,)
+    assert r.match.hostnames == ("www.shop.example.com",)
+    assert (r.backend.host, r.backend.port) == (f"web.{ns}.svc.cluster.local", 443)
+    dep = _get(kube, "deployment", "mproxy-gateway-shop", ns)
+    assert dep is not None and dep["metadata"]["ownerReferences"][0]["kind"] == "Gateway"
+
+    db = kube.wait_for(lambda: programmed("db"), timeout=60, what="Gateway db Programmed")
+    assert _listener(db, "postgres")["attachedRoutes"] == 1
+    (r,) = _config(kube, ns, "db").routes
+    assert r.match.services == ("tcp",) and r.match.ports == (5432,) and not r.match.hostnames
+    assert (r.backend.host, r.backend.port) == (f"postgres.{ns}.svc.cluster.local", 5432)
+
+    kube.kubectl("delete", "gateway", "shop", "-n", ns, "--timeout=60s")
+    kube.wait_for(lambda: _get(kube, "deployment", "mproxy-gateway-shop", ns) is None, timeout=60,
+                  what="the connector garbage-collected with its Gateway")
+    kube.wait_for(lambda: not _parent(_status(kube, "tlsroute", "web", ns)), timeout=30,
+                  what="the TLSRoute's status entry for the deleted Gateway removed")
+
+
+def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace: str) -> None:
+    """Each refusal carries the spec's reason; a cross-namespace backend works once a ReferenceGrant
+    allows it; a class with bad parameters is not Accepted, and neither are its Gateways."""
+    ns, cls = kube_namespace, f"mproxy-{uuid.uuid4().hex[:6]}"
+    other = f"t-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", other)
+    try:
+        _class(kube, gwop, cls)
+        svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+               "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}}
+        _apply(kube, svc, namespace=other)
+        gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g"},
+              "spec": {"gatewayClassName": cls, "listeners": [
+                  {"name": "tcp", "protocol": "TCP", "port": 5432},
+                  {"name": "http", "protocol": "HTTP", "port": 80},
+                  {"name": "term", "protocol": "TLS", "port": 8443, "hostname": "a.example.test",
+                   "tls": {"mode": "Terminate", "certificateRefs": [{"name": "x"}]}},
+              ]}}
+        cross = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute", "metadata": {"name": "x"},
+                 "spec": {"parentRefs": [{"name": "g", "sectionName": "tcp"}],
+                          "rules": [{"backendRefs": [{"name": "db", "namespace": other, "port": 5432}]}]}}
+        stray = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute",
+                 "metadata": {"name": "stray"},
+                 "spec": {"parentRefs": [{"name": "g", "sectionName": "nope"}],
+                          "rules": [{"backendRefs": [{"name": "missing", "port": 1}]}]}}
+        _apply(kube, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-token"},
+                      "stringData": {"token": "x.y.z"}}, gw, cross, stray, namespace=ns)
+
+        def parent(name: str, type_: str, reason: str) -> bool:
+            c = _cond(_parent(_status(kube, "tcproute", name, ns)).get("conditions") or [], type_)
+            return bool(c.get("reason") == reason)
+
+        kube.wait_for(lambda: parent("x", "ResolvedRefs", "RefNotPermitted"), timeout=45,
+                      what="RefNotPermitted without a ReferenceGrant")
+        assert parent("stray", "Accepted", "NoMatchingParent")
+        assert parent("stray", "ResolvedRefs", "BackendNotFound")
+        st = _status(kube, "gateway", "g", ns)
+        # Accepted with some invalid listeners (the spec allows True here); the valid one is served.
+        assert _cond(st["conditions"], "Accepted")["reason"] == "ListenersNotValid"
+        assert _cond(st["conditions"], "Accepted")["status"] == "True"
+        assert _cond(_listener(st, "http")["conditions"], "Accepted")["reason"] == "UnsupportedProtocol"
+        assert _cond(_listener(st, "term")["conditions"], "Accepted")["reason"] == "UnsupportedValue"
+        assert _cond(_listener(st, "tcp")["conditions"], "Accepted")["status"] == "True"
+        assert _config(kube, ns, "g").routes == ()  # the refused backend is not rendered
+
+        grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                 "metadata": {"name": "tcproutes"},
+                 "spec": {"from": [{"group": GROUP, "kind": "TCPRoute", "namespace": ns}],
+                          "to": [{"group": "", "kind": "Service"}]}}
+        _apply(kube, grant, namespace=other)
+        kube.wait_for(lambda: parent("x", "ResolvedRefs", "ResolvedRefs"), timeout=45,
+                      what="ResolvedRefs once the ReferenceGrant exists")
+        (r,) = _config(kube, ns, "g").routes
+        assert r.backend.host == f"db.{other}.svc.cluster.local"
+        assert _listener(_status(kube, "gateway", "g", ns), "tcp")["attachedRoutes"] == 1
+
+        _class(kube, gwop, cls, edgeURLs="https://not-a-tunnel")
+        kube.wait_for(
+            lambda: _cond(_status(kube, "gatewayclass", cls)["conditions"], "Accepted").get("reason")
+            == "InvalidParameters"
+            and _cond(_status(kube, "gateway", "g", ns)["conditions"], "Accepted").get("reason")
+            == "InvalidParameters",
+            timeout=45, what="InvalidParameters on the class and its Gateway",
+        )
+        assert "edgeURLs" in _cond(_status(kube, "gatewayclass", cls)["conditions"], "Accepted")["message"]
+    finally:
+        kube.kubectl("delete", "namespace", other, "--wait=false", check=False)
