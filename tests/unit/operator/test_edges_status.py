@@ -18,7 +18,7 @@ from mproxy_operator import sidecar_view
 from mproxy_operator.model import parse_spec
 from mproxy_operator.resolve import resolve_routes
 from mproxy_operator.sidecar_view import SidecarView, probe, summarize
-from mproxy_operator.status import EdgeViews, GatewayCounts, PodCounts, build_status, edges_condition
+from mproxy_operator.status import ConnectorCounts, EdgeViews, PodCounts, build_status, edges_condition
 
 NOW = "2026-11-25T09:00:00Z"
 
@@ -63,7 +63,7 @@ def _status(edges: EdgeViews | None, previous: list[dict[str, Any]] | None = Non
     spec = parse_spec(tunnel(**overrides)["spec"])
     resolved, unresolved = resolve_routes(spec.routes, SERVICES, "prod")
     return build_status(generation=3, spec=spec, resolved=resolved, unresolved=unresolved,
-                        pods=PodCounts(2, 2, 2), gateway=GatewayCounts(True, 2, 2, True), config_map="m",
+                        pods=PodCounts(2, 2, 2), connector=ConnectorCounts(True, 2, 2, True), config_map="m",
                         config_hash="c", sidecar_hash="s", previous=previous or [], now=NOW, edges=edges)
 
 
@@ -81,11 +81,12 @@ def test_the_status_carries_the_condition_and_the_counts_but_ready_ignores_them(
                                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}])
     cond = next(c for c in unknown["conditions"] if c["type"] == "EdgesConnected")
     assert (cond["status"], cond["lastTransitionTime"]) == ("Unknown", "2026-01-01T00:00:00Z")
-    # Gateway mode: the gateway pods are asked the same way.
-    gw = _status(EdgeViews((SidecarView("mproxy-gw-shop-0", 2, 2),), 1), mode="Gateway", selector=None)
+    # Connector mode: the connector pods are asked the same way.
+    gw = _status(EdgeViews((SidecarView("mproxy-connector-shop-0", 2, 2),), 1), mode="Connector",
+                 selector=None)
     conds = {c["type"]: c["status"] for c in gw["conditions"]}
-    assert conds["EdgesConnected"] == "True" and conds["GatewayAvailable"] == "True"
-    assert gw["sidecarsReporting"] == 1 and gw["gatewayReadyReplicas"] == 2
+    assert conds["EdgesConnected"] == "True" and conds["ConnectorAvailable"] == "True"
+    assert gw["sidecarsReporting"] == 1 and gw["connectorReadyReplicas"] == 2
     # Asking is off: no condition, and the counts are removed (None in the merge patch).
     off = _status(None)
     assert "EdgesConnected" not in {c["type"] for c in off["conditions"]}
