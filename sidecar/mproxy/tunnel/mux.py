@@ -428,7 +428,6 @@ class Multiplexer:
         self.pauses_received = 0
         self.bytes_received = 0
         self.bytes_sent = 0
-        self.frames_received = 0
         self.replies_dropped = 0  # replies that could not be packed (the peer's client id too long)
 
     # -- outbound ---------------------------------------------------------------------------------
@@ -466,10 +465,6 @@ class Multiplexer:
     def send_control(self, value: object) -> None:
         """Queue a control message (JSON-serialisable value), sent before any stream data."""
         self._urgent(pack_control(value))
-
-    def send_error(self, addr: Address, message: str, code: str) -> None:
-        """An `error` frame for a client that has no stream here (e.g. refused by the role)."""
-        self._reply_error(addr, message, code)
 
     def _reply_error(self, addr: Address, message: str, code: str) -> None:
         """An error frame answering the peer's frame, within the urgent budget (see `_urgent`). One the
@@ -612,7 +607,6 @@ class Multiplexer:
                 raise TunnelOverflow(self.failure)
 
     def _dispatch(self, event: Event) -> None:
-        self.frames_received += 1
         cls = type(event)
         if cls is Control:
             assert isinstance(event, Control)
