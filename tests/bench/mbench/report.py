@@ -148,6 +148,74 @@ def goals(table: Table) -> list[Goal]:
     return out
 
 
+# Issue 14 ("performance, round 2") measured its starting point in the full run committed at 286bd65:
+# mproxy opened 0.09x direct's new streams/s there. Its goals, each checked over ws and over wss.
+ROUND2_CONNRATE_RATIO = 0.09
+ROUND2_IDLE_KIB = {"edge": 7.1, "device": 4.3}
+MULTIPLEXED_PEERS = ("reference", "chisel", "frp")
+ROUND2_ANCHOR = "round-2-issue-14-stream-open-idle-memory-start-up"
+
+
+def _ratio(table: Table, system: str, metric: str) -> float | None:
+    s = table.get(system, {}).get(metric)
+    return None if s is None else s.ratio
+
+
+def round2_goals(table: Table, system: str) -> list[Goal]:
+    """Issue 14's goals for one mproxy system (ws or wss), checked against the medians of this run."""
+    out: list[Goal] = []
+    cr, ratio = _median(table, system, "connrate_per_s"), _ratio(table, system, "connrate_per_s")
+    target = 2 * ROUND2_CONNRATE_RATIO
+    out.append(Goal("new streams/s ≥ 2x issue 14's start (as a ratio to direct)", f"≥ {target:.2f}x",
+                    "—" if ratio is None else f"{ratio:.2f}x", None if ratio is None else ratio >= target))
+    best = _best(table, "connrate_per_s", MULTIPLEXED_PEERS)
+    out.append(Goal("new streams/s ahead of the reference, chisel and frp",
+                    f"> {fmt(best[1], 0)}/s ({best[0]})" if best else "—", f"{fmt(cr, 0)}/s",
+                    None if cr is None or best is None else cr > best[1]))
+    direct = _median(table, "direct", "lat_p50_ms")
+    added = None if direct is None or (v := _median(table, system, "lat_p50_ms")) is None else v - direct
+    rat = _median(table, "rathole", "lat_p50_ms")
+    rat_added = None if direct is None or rat is None else rat - direct
+    out.append(Goal("added p50 latency ≤ rathole's", f"≤ {fmt(rat_added, 3)} ms", f"{fmt(added, 3)} ms",
+                    None if added is None or rat_added is None else added <= rat_added))
+    bulk, rat_bulk = _median(table, system, "bulk1_mbps"), _median(table, "rathole", "bulk1_mbps")
+    out.append(Goal("1-stream MB/s ≥ rathole's", f"≥ {fmt(rat_bulk, 0)} MB/s", f"{fmt(bulk, 0)} MB/s",
+                    None if bulk is None or rat_bulk is None else bulk >= rat_bulk))
+    x = _median(table, system, "loaded_p99_x_idle")
+    out.append(Goal("interactive p99 under bulk ≤ 3x its idle p99", "≤ 3.0x",
+                    "—" if x is None else f"{x:.1f}x", None if x is None else x <= 3.0))
+    mine = _median(table, system, "loaded_p99_ms")
+    peers = [(s, v) for s in (*PEERS, "reference") if (v := _median(table, s, "loaded_p99_ms")) is not None]
+    low = min(peers, key=lambda sv: sv[1]) if peers else None
+    out.append(Goal("p99 under bulk below every peer's", f"< {fmt(low[1], 2)} ms ({low[0]})" if low else "—",
+                    f"{fmt(mine, 2)} ms", None if mine is None or low is None else mine < low[1]))
+    for role, label in (("edge", "edge"), ("device", "sidecar")):
+        kib = _median(table, system, f"idle_{role}_kib_per_stream")
+        limit = ROUND2_IDLE_KIB[role]
+        out.append(Goal(f"memory per idle stream, {label}", f"≤ {limit} KiB", f"{fmt(kib, 1)} KiB",
+                        None if kib is None else kib <= limit))
+    rs = _median(table, system, "restart_s")
+    out.append(Goal("edge restart, from the new process's spawn to traffic", "≤ 0.30 s", f"{fmt(rs, 2)} s",
+                    None if rs is None else rs <= 0.3))
+    return out
+
+
+def round2_table(table: Table) -> str:
+    """Issue 14's goals, one column per transport (ws, wss)."""
+    systems = [s for s in ("mproxy", "mproxy-wss") if s in table]
+    if not systems:
+        return "(mproxy was not measured)"
+    mark = {True: "met", False: "**missed**", None: "not measured"}
+    columns = {s: round2_goals(table, s) for s in systems}
+    head = "| goal | target (" + ", ".join(systems) + ") | " + " | ".join(systems) + " |"
+    rows = [head, "|---|---|" + "---|" * len(systems)]
+    for i, goal in enumerate(columns[systems[0]]):
+        targets = " / ".join(dict.fromkeys(columns[s][i].target for s in systems))
+        cells = [f"{columns[s][i].measured}: {mark[columns[s][i].met]}" for s in systems]
+        rows.append(f"| {goal.text} | {targets} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def goals_table(items: Sequence[Goal]) -> str:
     mark = {True: "met", False: "**missed**", None: "not measured"}
     rows = ["| goal | target | mproxy | |", "|---|---|---|---|"]
@@ -262,6 +330,11 @@ def render(
         lines += [f"- {LABELS.get(s, s)}: {msg}" for s, msg in sorted(errors.items())]
         lines.append("")
     lines += ["## mproxy's goals", "", goals_table(goals(table)), ""]
+    lines += ["## Performance round 2 (issue 14): its goals over ws and wss", "",
+              "Each against this run's medians; *2x issue 14's start* is a ratio to direct, the start being "
+              f"{ROUND2_CONNRATE_RATIO:.2f}x in the full run committed at 286bd65. Where the time goes "
+              f"for each missed goal: [dataplane.md](dataplane.md#{ROUND2_ANCHOR}).", "",
+              round2_table(table), ""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{title}]({name})" for name, title in figures]

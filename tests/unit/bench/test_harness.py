@@ -301,3 +301,27 @@ def test_three_edges_share_the_first_entry_as_public_port(tmp_path: Path) -> Non
     assert sorted({e.tunnel.listen for e in edges}) == sorted(f"127.0.0.1:{c}" for c in system.controls)
     sidecar = load_sidecar_config(yaml.safe_load(system.sidecar_conf.read_text()))
     assert sidecar.edge.urls == tuple(f"ws://127.0.0.1:{c}/" for c in system.controls)
+
+
+def test_round2_goals_compare_ratios_added_latency_and_peers() -> None:
+    runs = [{
+        "direct": {"connrate_per_s": 10000.0, "lat_p50_ms": 0.1},
+        "mproxy": {"connrate_per_s": 2000.0, "lat_p50_ms": 0.3, "bulk1_mbps": 900.0, "loaded_p99_ms": 2.0,
+                   "loaded_p99_x_idle": 3.0, "idle_edge_kib_per_stream": 7.2,
+                   "idle_device_kib_per_stream": 4.0,
+                   "restart_s": 0.31},
+        "reference": {"connrate_per_s": 1900.0, "loaded_p99_ms": 900.0},
+        "frp": {"connrate_per_s": 2100.0, "loaded_p99_ms": 5.0},
+        "rathole": {"lat_p50_ms": 0.25, "bulk1_mbps": 900.0, "loaded_p99_ms": 1.5},
+    }]
+    goals = {g.text: g.met for g in report.round2_goals(stats.summarize_all(runs), "mproxy")}
+    assert goals["new streams/s ≥ 2x issue 14's start (as a ratio to direct)"] is True  # 0.20x >= 0.18x
+    assert goals["new streams/s ahead of the reference, chisel and frp"] is False  # frp 2,100 > 2,000
+    assert goals["added p50 latency ≤ rathole's"] is False  # 0.2 ms added vs rathole's 0.15
+    assert goals["1-stream MB/s ≥ rathole's"] is True
+    assert goals["interactive p99 under bulk ≤ 3x its idle p99"] is True
+    assert goals["p99 under bulk below every peer's"] is False  # rathole 1.5 ms
+    assert goals["memory per idle stream, edge"] is False and goals["memory per idle stream, sidecar"] is True
+    assert goals["edge restart, from the new process's spawn to traffic"] is False
+    text = report.round2_table(stats.summarize_all(runs))
+    assert "| mproxy |" in text.splitlines()[0] and "mproxy-wss" not in text
