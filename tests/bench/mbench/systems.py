@@ -253,6 +253,14 @@ class MproxyAuth:
         return {"token_file": self.token_file, "ca_file": self.ca_file, "scheme": "wss" if self.tls else "ws",
                 "host": "localhost" if self.tls else "127.0.0.1"}
 
+    def write_configs(self, edge_yaml: str, sidecar_yaml: str, **fields: object) -> tuple[Path, Path]:
+        """edge.yaml and sidecar.yaml beside the token, from the templates with `fields` (control, entry,
+        backend, ...) and a free metrics port each: their paths."""
+        edge, sidecar = self.token_file.parent / "edge.yaml", self.token_file.parent / "sidecar.yaml"
+        edge.write_text(edge_yaml.format(**self.edge_fields(), **fields, http=free_port()))
+        sidecar.write_text(sidecar_yaml.format(**self.sidecar_fields(), **fields, http=free_port()))
+        return edge, sidecar
+
 
 def mproxy_auth(ctx: Context, logdir: Path, port: int, tls: bool, *domains: str) -> MproxyAuth:
     """A secret, a token granting `port` (and `domains`) in a 0600 file and, with `tls`, a private CA and
@@ -376,14 +384,9 @@ class Mproxy(TunnelSystem):
         # HTTPS clients come in on an SNI-passthrough listener and are routed by name (extra.py).
         self.tls_entry = free_port()
         self.auth = auth = mproxy_auth(ctx, self.logdir, self.entry, self.tls, TLS_NAME)
-        self.edge_conf = self.logdir / "edge.yaml"
-        self.edge_conf.write_text(EDGE_YAML.format(**auth.edge_fields(), entry=self.entry,
-                                                   control=self.control, http=free_port(),
-                                                   tls_entry=self.tls_entry))
-        self.sidecar_conf = self.logdir / "sidecar.yaml"
-        self.sidecar_conf.write_text(SIDECAR_YAML.format(
-            **auth.sidecar_fields(), control=self.control, entry=self.entry, backend=backend_port,
-            http=free_port(), tls_name=TLS_NAME, tls_entry=self.tls_entry))
+        self.edge_conf, self.sidecar_conf = auth.write_configs(
+            EDGE_YAML, SIDECAR_YAML, control=self.control, entry=self.entry, backend=backend_port,
+            tls_entry=self.tls_entry, tls_name=TLS_NAME)
 
     def _env(self) -> dict[str, str]:
         """Run with compiled bytecode, as the image does (pip compiles it there): with this environment's

@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
-from mbench.procs import BenchError, Proc, free_port, recorded
+from mbench.procs import BenchError, Proc, recorded
 from mbench.scenarios import Metrics, Plan, loadgen
 from mbench.systems import (
     RUN_YAML,
@@ -151,13 +151,8 @@ class UdpMproxy(UdpTunnel):
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
         auth = mproxy_auth(ctx, self.logdir, self.entry, self.tls)
-        self.edge_conf = self.logdir / "edge.yaml"
-        self.edge_conf.write_text(EDGE_YAML.format(**auth.edge_fields(), entry=self.entry,
-                                                   control=self.control, http=free_port()))
-        self.sidecar_conf = self.logdir / "sidecar.yaml"
-        self.sidecar_conf.write_text(SIDECAR_YAML.format(
-            **auth.sidecar_fields(), control=self.control, entry=self.entry, backend=backend_port,
-            http=free_port()))
+        self.edge_conf, self.sidecar_conf = auth.write_configs(
+            EDGE_YAML, SIDECAR_YAML, control=self.control, entry=self.entry, backend=backend_port)
 
     def start_edge(self) -> Proc:
         return Proc("mproxy-edge", mproxy_argv(self.ctx, "edge", self.edge_conf), self.logdir)
