@@ -16,7 +16,7 @@ from typing import Any
 
 from mbench import build, extra, report, scenarios, udp, udp_report
 from mbench.cli import REPO, Options, parse_args
-from mbench.procs import BenchError, Proc, raise_nofile
+from mbench.procs import BenchError, Proc, raise_nofile, recorded
 from mbench.profile import markdown as profile_markdown
 from mbench.profile import record as profile_record
 from mbench.stats import summarize_all, valid_runs
@@ -208,7 +208,7 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
             if scen == "idle" and name == "direct":
                 continue
             log(f"  {name}: {scen}")
-            try:
+            with recorded(errors, name, scen, log):
                 if scen == "bulk1":
                     metrics.update(scenarios.bulk(system, plan, 1))
                 elif scen == "bulk8":
@@ -233,12 +233,6 @@ def measure(name: str, ctx: Context, backend_port: int, opts: Options, plan: sce
                         errors.setdefault(f"{name}/restart", f"no traffic within {plan.restart_timeout:.0f}s "
                                           f"of the edge restart; the device {'runs' if alive else 'exited'} "
                                           f"(its last log line: {dev[:160]})")
-            except BenchError as exc:
-                errors.setdefault(f"{name}/{scen}", str(exc))
-                log(f"  {name}: {scen} failed: {exc}")
-            except Exception as exc:  # a harness bug must not lose the other systems' results
-                errors.setdefault(f"{name}/{scen}", f"harness error: {type(exc).__name__}: {exc}")
-                log(f"  {name}: {scen}: harness error: {exc!r}")
             for note in system.notes:
                 errors.setdefault(f"{name}/{scen}", note)
             system.notes.clear()

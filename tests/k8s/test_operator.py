@@ -68,6 +68,20 @@ class Operator:
     def alive(self) -> None:
         assert self.proc.poll() is None, f"the operator exited ({self.proc.returncode}):\n{self.tail()}"
 
+    def ready(self) -> bool:
+        """Its /readyz answers 200 (it asserts first that the process still runs)."""
+        self.alive()
+        with urllib.request.urlopen(f"{self.http}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+
+
+def spawn_operator(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Run `cmd`, its output appended to `log`, in a session of its own (stop_operator signals the group)
+    and without the test's KUBECONFIG: it acts as the ServiceAccount of its own --kubeconfig."""
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"})
+
 
 def _apply(kube: Any, *docs: dict[str, Any], namespace: str | None = None) -> None:
     args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
@@ -199,23 +213,9 @@ def start_operator(kube: Any, work: Path, *extra: str, values: tuple[str, ...] =
         "text",
         *extra,
     ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
-        )
-    op = Operator(kube, proc, log, f"http://127.0.0.1:{http_port}", op_ns, label, cmd)
-
-    def ready() -> bool:
-        op.alive()
-        with urllib.request.urlopen(f"{op.http}/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-
+    op = Operator(kube, spawn_operator(cmd, log), log, f"http://127.0.0.1:{http_port}", op_ns, label, cmd)
     try:
-        kube.wait_for(ready, timeout=60, what="the operator's /readyz")
+        kube.wait_for(op.ready, timeout=60, what="the operator's /readyz")
     except (TimeoutError, AssertionError) as exc:
         stop_operator(op)
         raise AssertionError(f"{exc}\n--- operator log ---\n{op.tail()}") from None
@@ -237,22 +237,37 @@ def stop_operator(op: Operator) -> None:
     op.kube.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    """The operator subprocess, its RBAC and its webhook configuration (see the module docstring)."""
-    op = start_operator(kube, tmp_path_factory.mktemp("operator"))
-    try:
-        yield op
-        op.alive()
-    finally:
-        stop_operator(op)
+def operator_fixture(*extra: str, alive_at_end: bool = True) -> Any:
+    """A module's `operator` fixture: the operator subprocess (start_operator with `extra` flags), its
+    RBAC and its webhook configuration, stopped at the module's end; with `alive_at_end`, a module whose
+    operator died meanwhile fails."""
+
+    @pytest.fixture(scope="module")
+    def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+        op = start_operator(kube, tmp_path_factory.mktemp("operator"), *extra)
+        try:
+            yield op
+            if alive_at_end:
+                op.alive()
+        finally:
+            stop_operator(op)
+
+    return operator
 
 
-@pytest.fixture
-def ns(kube: Any, operator: Operator, kube_namespace: str) -> str:
-    """A fresh namespace whose pods the operator's webhook sees."""
-    kube.kubectl("label", "namespace", kube_namespace, f"{NS_LABEL}={operator.ns_label}")
-    return kube_namespace
+def ns_fixture() -> Any:
+    """A module's `ns` fixture: a fresh namespace whose pods the module's operator's webhook sees."""
+
+    @pytest.fixture
+    def ns(kube: Any, operator: Operator, kube_namespace: str) -> str:
+        kube.kubectl("label", "namespace", kube_namespace, f"{NS_LABEL}={operator.ns_label}")
+        return kube_namespace
+
+    return ns
+
+
+operator = operator_fixture()  # see the module docstring
+ns = ns_fixture()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -787,25 +802,12 @@ def test_a_second_replica_stands_by_but_answers_the_webhook(
     ):
         cmd[cmd.index(flag) + 1] = value
     log = tmp_path / "second.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
-        )
+    proc = spawn_operator(cmd, log)
     second = Operator(
         kube, proc, log, f"http://127.0.0.1:{http_port}", operator.namespace, operator.ns_label, cmd
     )
     try:
-
-        def ready() -> bool:
-            second.alive()
-            with urllib.request.urlopen(f"{second.http}/readyz", timeout=2) as resp:
-                return bool(resp.status == 200)
-
-        kube.wait_for(ready, timeout=60, what="the second replica's /readyz (its webhook answers)")
+        kube.wait_for(second.ready, timeout=60, what="the second replica's /readyz (its webhook answers)")
 
         def joined() -> bool:
             peering = json.loads(kube.kubectl("get", "clusterkopfpeering", FULLNAME, "-o", "json").stdout)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,12 @@ from tests.k8s.test_operator import (
     _condition,
     _get,
     _list,
+    ns_fixture,
+    operator_fixture,
     secret,
     service,
     sidecars,
-    start_operator,
-    stop_operator,
+    spawn_operator,
     tunnel,
     wait_tunnel,
 )
@@ -58,18 +58,8 @@ def restart_operator(op: Operator) -> None:
     peering record expires, up to its 60 s lifetime; see the module docstring.)"""
     flag = op.cmd.index("--priority") + 1
     op.cmd[flag] = str(int(op.cmd[flag]) + 1)
-    with op.log.open("ab") as out:
-        op.proc = subprocess.Popen(op.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"})
-
-    def ready() -> bool:
-        import urllib.request
-
-        op.alive()
-        with urllib.request.urlopen(f"{op.http}/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-
-    op.kube.wait_for(ready, timeout=60, what="the restarted operator's /readyz")
+    op.proc = spawn_operator(op.cmd, op.log)
+    op.kube.wait_for(op.ready, timeout=60, what="the restarted operator's /readyz")
 
 
 def restart_apiserver(kube: Any) -> float:
@@ -87,19 +77,8 @@ def restart_apiserver(kube: Any) -> float:
     return time.monotonic() - started
 
 
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = start_operator(kube, tmp_path_factory.mktemp("operator-faults"))
-    try:
-        yield op
-    finally:
-        stop_operator(op)
-
-
-@pytest.fixture
-def ns(kube: Any, operator: Operator, kube_namespace: str) -> str:
-    kube.kubectl("label", "namespace", kube_namespace, f"{NS_LABEL}={operator.ns_label}")
-    return kube_namespace
+operator = operator_fixture(alive_at_end=False)  # the tests kill and restart it
+ns = ns_fixture()
 
 
 def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:

@@ -28,10 +28,9 @@ from tests.k8s.test_operator import (
     _apply,
     _condition,
     _get,
+    operator_fixture,
     secret,
     service,
-    start_operator,
-    stop_operator,
     tunnel,
     wait_tunnel,
 )
@@ -44,14 +43,7 @@ SECRET = b"tunnel-edges-test-secret-0123456789"
 TAINT = "mproxy.dev/loopback-test"
 
 
-@pytest.fixture(scope="module")
-def operator(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = start_operator(kube, tmp_path_factory.mktemp("operator"), "--sidecar-status")
-    try:
-        yield op
-        op.alive()
-    finally:
-        stop_operator(op)
+operator = operator_fixture("--sidecar-status")
 
 
 @pytest.fixture

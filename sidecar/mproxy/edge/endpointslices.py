@@ -183,10 +183,14 @@ class SliceCounter:
         version = doc.get("metadata", {}).get("resourceVersion")
         return str(version) if version else None
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _require_ok(self, resp: aiohttp.ClientResponse) -> None:
+        """A SliceError saying what an HTTP status other than 200 means, with the API server's message."""
         if resp.status != 200:
             raise SliceError(self._status_problem(resp.status, (await resp.content.read(2048)).decode(
                 "utf-8", "replace")))
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        await self._require_ok(resp)
         body = bytearray()
         async for chunk in resp.content.iter_chunked(65536):
             body += chunk
@@ -210,9 +214,7 @@ class SliceCounter:
         watch = (f"{url}&watch=true&allowWatchBookmarks=true&resourceVersion={quote(version)}"
                  f"&timeoutSeconds={int(self.source.watch_seconds)}")
         async with session.get(watch, headers=self._headers(), ssl=ctx) as resp:
-            if resp.status != 200:
-                raise SliceError(self._status_problem(resp.status, (await resp.content.read(2048)).decode(
-                    "utf-8", "replace")))
+            await self._require_ok(resp)
             pending = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 pending += chunk

@@ -13,8 +13,6 @@ Inbound needs nothing special: the parser hands every data frame over whole, as 
 
 from __future__ import annotations
 
-from collections import deque
-
 from mproxy.codec import pack_checked_header
 from mproxy.tunnel.mux import Stream
 
@@ -41,17 +39,7 @@ class DatagramStream(Stream):
             return "empty"  # a zero-length frame would be read as nothing by every peer
         if len(data) > self.mux.limits.frame_size:
             return "oversize"  # never split: our peer's frame limit is configured like ours
-        if q is None:
-            q = self._out = deque()  # only while datagrams wait (see Stream._out)
-        q.append(data)
-        n = len(data)
-        self._out_size += n
-        self.bytes_out += n
-        self.last_active = self.mux.now()
-        if not self._queued:
-            self._queued = True
-            self.mux._ready.append(self)
-            self.mux._wake()
+        self._enqueue(data)
         return None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -237,11 +237,18 @@ class Stream:
             return
         if not isinstance(data, bytes | memoryview):
             data = bytes(data)  # the caller may reuse its bytearray
-        n = len(data)
+        self._enqueue(data)
+        if self._out_size > self.mux.limits.high_water and not self._local_full:
+            self._local_full = True
+            self._update_producer()
+
+    def _enqueue(self, data: bytes | memoryview) -> None:
+        """Count `data` out and queue it; this stream joins the writer's ready list if it was not on it."""
         q = self._out
         if q is None:
-            q = self._out = deque()
+            q = self._out = deque()  # only while data waits (see _out)
         q.append(data)
+        n = len(data)
         self._out_size += n
         self.bytes_out += n
         self.last_active = self.mux.now()
@@ -249,9 +256,6 @@ class Stream:
             self._queued = True
             self.mux._ready.append(self)
             self.mux._wake()
-        if self._out_size > self.mux.limits.high_water and not self._local_full:
-            self._local_full = True
-            self._update_producer()
 
     def write_eof(self) -> None:
         """Send `end` after the queued data (half-close)."""

@@ -105,13 +105,19 @@ func dnsSequential(addr string, duration, timeout time.Duration) dnsResult {
 			}
 		}
 	}
+	res.summarize(lat, duration)
+	return res
+}
+
+// summarize fills in the percentiles, the answer rate over `duration` and the loss from the latencies
+// of the answered queries.
+func (res *dnsResult) summarize(lat []time.Duration, duration time.Duration) {
 	ms := msSorted(lat)
 	res.P50, res.P99 = pct(ms, 50), pct(ms, 99)
 	res.PerSec = float64(res.Answered) / duration.Seconds()
 	if res.Sent > 0 {
 		res.LossPct = 100 * float64(res.Sent-res.Answered) / float64(res.Sent)
 	}
-	return res
 }
 
 func dnsAtRate(addr string, rate float64, duration, grace time.Duration) dnsResult {
@@ -173,12 +179,7 @@ func dnsAtRate(addr string, rate float64, duration, grace time.Duration) dnsResu
 	<-done
 	mu.Lock()
 	defer mu.Unlock()
-	ms := msSorted(lat)
-	res.P50, res.P99 = pct(ms, 50), pct(ms, 99)
-	res.PerSec = float64(res.Answered) / duration.Seconds()
-	if res.Sent > 0 {
-		res.LossPct = 100 * float64(res.Sent-res.Answered) / float64(res.Sent)
-	}
+	res.summarize(lat, duration)
 	return res
 }
 

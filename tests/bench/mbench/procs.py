@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -25,6 +25,21 @@ def first_error_line(text: str) -> str | None:
 
 class BenchError(RuntimeError):
     """A system could not be started or measured; the message says why."""
+
+
+@contextlib.contextmanager
+def recorded(errors: MutableMapping[str, str], name: str, scen: str,
+             log: Callable[[str], None]) -> Iterator[None]:
+    """Record a failure of `scen` on system `name` as errors["name/scen"] and carry on: a harness bug must
+    not lose the other systems' results."""
+    try:
+        yield
+    except BenchError as exc:
+        errors.setdefault(f"{name}/{scen}", str(exc))
+        log(f"  {name}: {scen} failed: {exc}")
+    except Exception as exc:
+        errors.setdefault(f"{name}/{scen}", f"harness error: {type(exc).__name__}: {exc}")
+        log(f"  {name}: {scen}: harness error: {exc!r}")
 
 
 def raise_nofile(want: int = 65536) -> int:

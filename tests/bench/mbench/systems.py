@@ -81,17 +81,23 @@ class System:
         self.device = self.start_device()
         self.wait_flowing(timeout)
 
+    def flows(self) -> bool:
+        """One probe through the entry port: True when the backend answered."""
+        return echo_once(self.entry)
+
+    probe = "traffic"  # what flows() waits for, in the error
+
     def wait_flowing(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for proc in (self.edge, self.device):
                 if proc is not None and not proc.alive():
                     raise BenchError(f"{proc.name} exited with {proc.popen.returncode}: {proc.tail()}")
-            if echo_once(self.entry):
+            if self.flows():
                 return
             time.sleep(0.05)
         tails = "; ".join(f"{p.name}: {p.tail(400)}" for p in (self.edge, self.device) if p is not None)
-        raise BenchError(f"no traffic through {self.label} after {timeout:.0f}s ({tails})")
+        raise BenchError(f"no {self.probe} through {self.label} after {timeout:.0f}s ({tails})")
 
     def restart_edge(self) -> tuple[float, float]:
         """Stop the edge, start a new one; return (time it was gone, time the new one was spawned)."""
@@ -125,6 +131,9 @@ class TunnelSystem(System):
         self.control = free_port()
         self.entry = free_port()
 
+    def edge_ready(self) -> None:
+        wait_port(self.control, proc=self.edge)
+
 
 class Chisel(TunnelSystem):
     name, label = "chisel", "chisel"
@@ -134,9 +143,6 @@ class Chisel(TunnelSystem):
         exe = self.ctx.peers_bin / "chisel"
         argv = [str(exe), "server", "--host", "127.0.0.1", "--port", str(self.control), "--reverse"]
         return Proc("chisel-server", argv, self.logdir)
-
-    def edge_ready(self) -> None:
-        wait_port(self.control, proc=self.edge)
 
     def start_device(self) -> Proc:
         exe = self.ctx.peers_bin / "chisel"
@@ -149,57 +155,46 @@ class Frp(TunnelSystem):
     name, label = "frp", "frp"
     describe = ("frps / frpc, one tcp proxy (yamux over one TLS connection: transport.tls.enable is frp's "
                 "default since v0.50)")
+    proxy, kind = "bench", "tcp"  # frpc's one proxy
 
     def start_edge(self) -> Proc:
         conf = self.logdir / "frps.toml"
-        conf.write_text(
-            f'bindAddr = "127.0.0.1"\nbindPort = {self.control}\nproxyBindAddr = "127.0.0.1"\n'
-            'log.level = "warn"\n'
-        )
+        conf.write_text(f'bindAddr = "127.0.0.1"\nbindPort = {self.control}\nproxyBindAddr = "127.0.0.1"\n'
+                        'log.level = "warn"\n')
         return Proc("frps", [str(self.ctx.peers_bin / "frps"), "-c", str(conf)], self.logdir)
-
-    def edge_ready(self) -> None:
-        wait_port(self.control, proc=self.edge)
 
     def start_device(self) -> Proc:
         conf = self.logdir / "frpc.toml"
         conf.write_text(
             f'serverAddr = "127.0.0.1"\nserverPort = {self.control}\nloginFailExit = false\n'
             'log.level = "warn"\n\n'
-            f'[[proxies]]\nname = "bench"\ntype = "tcp"\nlocalIP = "127.0.0.1"\n'
-            f"localPort = {self.backend_port}\nremotePort = {self.entry}\n"
-        )
+            f'[[proxies]]\nname = "{self.proxy}"\ntype = "{self.kind}"\nlocalIP = "127.0.0.1"\n'
+            f"localPort = {self.backend_port}\nremotePort = {self.entry}\n")
         return Proc("frpc", [str(self.ctx.peers_bin / "frpc"), "-c", str(conf)], self.logdir)
 
 
 class Rathole(TunnelSystem):
     name, label = "rathole", "rathole"
     describe = "rathole server / client, tcp transport (one data connection per stream)"
+    service, kind = "bench", ""  # the one service; its `type` line, "" for rathole's default tcp
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
         self.token = secrets.token_hex(16)
 
-    def start_edge(self) -> Proc:
-        conf = self.logdir / "server.toml"
+    def _start(self, role: str, addr: str, service_addr: str) -> Proc:
+        conf = self.logdir / f"{role}.toml"
         conf.write_text(
-            f'[server]\nbind_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
-            f'[server.services.bench]\nbind_addr = "127.0.0.1:{self.entry}"\n'
-        )
-        return Proc("rathole-server", [str(self.ctx.peers_bin / "rathole"), "--server", str(conf)],
+            f'[{role}]\n{addr} = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
+            f"[{role}.services.{self.service}]\n{self.kind}{service_addr}\n")
+        return Proc(f"rathole-{role}", [str(self.ctx.peers_bin / "rathole"), f"--{role}", str(conf)],
                     self.logdir, env={"RUST_LOG": "warn"})
 
-    def edge_ready(self) -> None:
-        wait_port(self.control, proc=self.edge)
+    def start_edge(self) -> Proc:
+        return self._start("server", "bind_addr", f'bind_addr = "127.0.0.1:{self.entry}"')
 
     def start_device(self) -> Proc:
-        conf = self.logdir / "client.toml"
-        conf.write_text(
-            f'[client]\nremote_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
-            f'[client.services.bench]\nlocal_addr = "127.0.0.1:{self.backend_port}"\n'
-        )
-        return Proc("rathole-client", [str(self.ctx.peers_bin / "rathole"), "--client", str(conf)],
-                    self.logdir, env={"RUST_LOG": "warn"})
+        return self._start("client", "remote_addr", f'local_addr = "127.0.0.1:{self.backend_port}"')
 
 
 class Bore(System):
@@ -240,6 +235,56 @@ def _secret_and_token(ctx: Context, logdir: Path, port: int, *domains: str) -> t
     return secret, out.stdout.strip()
 
 
+@dataclass(frozen=True, slots=True)
+class MproxyAuth:
+    """What a bench mproxy edge and sidecar share: the secret, the sidecar's token file and, over wss,
+    the edge's tunnel certificate and the CA the sidecar trusts."""
+
+    secret: Path
+    token_file: Path
+    tls: bool
+    tunnel_tls: str = ""  # the edge's `tunnel.tls` lines
+    ca_file: str = ""  # the sidecar's `edge.caFile` line
+
+    def edge_fields(self) -> dict[str, object]:
+        return {"secret": self.secret, "tunnel_tls": self.tunnel_tls}
+
+    def sidecar_fields(self) -> dict[str, object]:
+        return {"token_file": self.token_file, "ca_file": self.ca_file, "scheme": "wss" if self.tls else "ws",
+                "host": "localhost" if self.tls else "127.0.0.1"}
+
+    def write_configs(self, edge_yaml: str, sidecar_yaml: str, **fields: object) -> tuple[Path, Path]:
+        """edge.yaml and sidecar.yaml beside the token, from the templates with `fields` (control, entry,
+        backend, ...) and a free metrics port each: their paths."""
+        edge, sidecar = self.token_file.parent / "edge.yaml", self.token_file.parent / "sidecar.yaml"
+        edge.write_text(edge_yaml.format(**self.edge_fields(), **fields, http=free_port()))
+        sidecar.write_text(sidecar_yaml.format(**self.sidecar_fields(), **fields, http=free_port()))
+        return edge, sidecar
+
+
+def mproxy_auth(ctx: Context, logdir: Path, port: int, tls: bool, *domains: str) -> MproxyAuth:
+    """A secret, a token granting `port` (and `domains`) in a 0600 file and, with `tls`, a private CA and
+    the tunnel's certificate for localhost, all in `logdir`."""
+    secret, token = _secret_and_token(ctx, logdir, port, *domains)
+    token_file = logdir / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    if not tls:
+        return MproxyAuth(secret, token_file, tls)
+    from mproxy.ca import CertificateAuthority  # the bench runs on the repo's venv
+
+    ca = CertificateAuthority.create("mproxy bench CA")
+    ca_path = ca.write_cert(logdir / "ca.crt")
+    cert, key = ca.issue(["localhost"]).write(logdir, "tunnel")
+    return MproxyAuth(secret, token_file, tls, ca_file=f"\n  caFile: {ca_path}",
+                      tunnel_tls=f"\n  tls:\n    certFile: {cert}\n    keyFile: {key}")
+
+
+def mproxy_argv(ctx: Context, role: str, conf: Path, *extra: str) -> list[str]:
+    """`mproxy edge` or `mproxy sidecar` on the repo's venv with the config file `conf`."""
+    return [str(ctx.python), "-m", "mproxy", role, "--config", str(conf), *extra]
+
+
 class Reference(TunnelSystem):
     name, label = "reference", "reference (node proxy-packer)"
     describe = ("tests/interop/node relay.js + device.js: telebit-style relay and device on the reference "
@@ -265,7 +310,7 @@ class Reference(TunnelSystem):
                     cwd=self.node_dir, stdin=subprocess.PIPE)
 
     def edge_ready(self) -> None:
-        wait_port(self.control, proc=self.edge)
+        super().edge_ready()
         wait_port(self.entry, proc=self.edge)
 
     def start_device(self) -> Proc:
@@ -273,6 +318,16 @@ class Reference(TunnelSystem):
                 "--token", self.token, "--port", f"{self.entry}={self.backend_port}", "--quiet"]
         return Proc("device.js", argv, self.logdir, cwd=self.node_dir)
 
+
+# How every bench mproxy process runs: its metrics port, quiet text logs, a short drain.
+RUN_YAML = """\
+http:
+  listen: "127.0.0.1:{http}"
+logging:
+  format: text
+  level: warning
+drainSeconds: 1
+"""
 
 # Limits raised far past the scenarios (10,000 idle streams, thousands of new streams a second from one
 # address): the benchmark measures the data path, not the abuse limits.
@@ -292,13 +347,7 @@ limits:
   maxStreamsPerClient: 1000000
   connectionRate: 1000000
   connectionBurst: 1000000
-http:
-  listen: "127.0.0.1:{http}"
-logging:
-  format: text
-  level: warning
-drainSeconds: 1
-"""
+""" + RUN_YAML
 
 SIDECAR_YAML = """\
 edge:
@@ -321,13 +370,7 @@ routes:
 limits:
   maxStreamsPerTunnel: 1000000
   maxStreamsPerClient: 1000000
-http:
-  listen: "127.0.0.1:{http}"
-logging:
-  format: text
-  level: warning
-drainSeconds: 1
-"""
+""" + RUN_YAML
 
 
 class Mproxy(TunnelSystem):
@@ -340,28 +383,10 @@ class Mproxy(TunnelSystem):
         self.logdir.mkdir(parents=True, exist_ok=True)
         # HTTPS clients come in on an SNI-passthrough listener and are routed by name (extra.py).
         self.tls_entry = free_port()
-        self.secret, token = _secret_and_token(ctx, self.logdir, self.entry, TLS_NAME)
-        token_file = self.logdir / "token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        tunnel_tls = ca_file = ""
-        if self.tls:
-            from mproxy.ca import CertificateAuthority  # the bench runs on the repo's venv
-
-            ca = CertificateAuthority.create("mproxy bench CA")
-            ca_path = ca.write_cert(self.logdir / "ca.crt")
-            cert, key = ca.issue(["localhost"]).write(self.logdir, "tunnel")
-            tunnel_tls = f"\n  tls:\n    certFile: {cert}\n    keyFile: {key}"
-            ca_file = f"\n  caFile: {ca_path}"
-        self.edge_conf = self.logdir / "edge.yaml"
-        self.edge_conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entry, control=self.control,
-                                                   http=free_port(), tunnel_tls=tunnel_tls,
-                                                   tls_entry=self.tls_entry))
-        self.sidecar_conf = self.logdir / "sidecar.yaml"
-        self.sidecar_conf.write_text(SIDECAR_YAML.format(
-            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
-            http=free_port(), scheme="wss" if self.tls else "ws", tls_name=TLS_NAME, tls_entry=self.tls_entry,
-            host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
+        self.auth = auth = mproxy_auth(ctx, self.logdir, self.entry, self.tls, TLS_NAME)
+        self.edge_conf, self.sidecar_conf = auth.write_configs(
+            EDGE_YAML, SIDECAR_YAML, control=self.control, entry=self.entry, backend=backend_port,
+            tls_entry=self.tls_entry, tls_name=TLS_NAME)
 
     def _env(self) -> dict[str, str]:
         """Run with compiled bytecode, as the image does (pip compiles it there): with this environment's
@@ -372,14 +397,11 @@ class Mproxy(TunnelSystem):
         return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache)}
 
     def start_edge(self) -> Proc:
-        argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
+        argv = mproxy_argv(self.ctx, "edge", self.edge_conf)
         return Proc("mproxy-edge", argv, self.logdir, env=self._env())
 
-    def edge_ready(self) -> None:
-        wait_port(self.control, proc=self.edge)
-
     def start_device(self) -> Proc:
-        argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(self.sidecar_conf)]
+        argv = mproxy_argv(self.ctx, "sidecar", self.sidecar_conf)
         return Proc("mproxy-sidecar", argv, self.logdir, env=self._env())
 
 
@@ -402,14 +424,14 @@ class MproxyEdges(Mproxy):
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
-        token_file = self.logdir / "token"
         self.entries = [self.entry, *(free_port() for _ in range(self.EDGES - 1))]
         self.controls = [self.control, *(free_port() for _ in range(self.EDGES - 1))]
         self.confs = [self.edge_conf]
         for i in range(1, self.EDGES):
             conf = self.logdir / f"edge{i}.yaml"
-            conf.write_text(EDGE_YAML.format(secret=self.secret, entry=self.entries[i], tls_entry=free_port(),
-                                             control=self.controls[i], http=free_port(), tunnel_tls=""))
+            conf.write_text(EDGE_YAML.format(**self.auth.edge_fields(), entry=self.entries[i],
+                                             tls_entry=free_port(), control=self.controls[i],
+                                             http=free_port()))
             self.confs.append(conf)
         # Every edge must grant the sidecar's token: it names the first entry port, the others are
         # listeners with that public port.
@@ -418,16 +440,15 @@ class MproxyEdges(Mproxy):
             conf.write_text(conf.read_text().replace(listen, f"{listen}    publicPort: {self.entry}\n"))
         urls = ", ".join(f'"ws://127.0.0.1:{c}/"' for c in self.controls)
         self.sidecar_conf.write_text(SIDECAR_YAML.format(
-            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
-            http=free_port(), scheme="ws", host="127.0.0.1", ca_file="", tls_name=TLS_NAME,
-            tls_entry=self.tls_entry).replace(
+            **self.auth.sidecar_fields(), control=self.control, entry=self.entry, backend=backend_port,
+            http=free_port(), tls_name=TLS_NAME, tls_entry=self.tls_entry).replace(
             f'urls: ["ws://127.0.0.1:{self.control}/"]', f"urls: [{urls}]"))
         self.others: list[Proc] = []
 
     def start_edge(self) -> Proc:
         if not self.others:  # the first start; restart_edge() replaces only the first edge
             for i, conf in enumerate(self.confs[1:], start=1):
-                argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(conf)]
+                argv = mproxy_argv(self.ctx, "edge", conf)
                 self.others.append(Proc(f"mproxy-edge{i}", argv, self.logdir))
             for i, proc in enumerate(self.others, start=1):
                 wait_port(self.controls[i], proc=proc)

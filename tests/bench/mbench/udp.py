@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
 
-from mbench.procs import BenchError, Proc, free_port, wait_port
+from mbench.procs import BenchError, Proc, recorded
 from mbench.scenarios import Metrics, Plan, loadgen
-from mbench.systems import Context, System, _secret_and_token
+from mbench.systems import (
+    RUN_YAML,
+    Context,
+    Direct,
+    Frp,
+    Rathole,
+    System,
+    TunnelSystem,
+    mproxy_argv,
+    mproxy_auth,
+)
 
 RATES = (1000, 10000)  # queries per second of the fixed-rate windows
 NAMES = ("direct", "mproxy", "mproxy-wss", "frp", "rathole")  # with a UDP variant, in report order
@@ -75,83 +84,34 @@ def start_dnsmasq(ctx: Context) -> tuple[Proc, int]:
 class UdpSystem(System):
     """A system whose entry is a UDP port; flowing = a DNS query is answered through it."""
 
-    def wait_flowing(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc in (self.edge, self.device):
-                if proc is not None and not proc.alive():
-                    raise BenchError(f"{proc.name} exited with {proc.popen.returncode}: {proc.tail()}")
-            if dns_once(self.entry):
-                return
-            time.sleep(0.05)
-        tails = "; ".join(f"{p.name}: {p.tail(400)}" for p in (self.edge, self.device) if p is not None)
-        raise BenchError(f"no DNS answer through {self.label} after {timeout:.0f}s ({tails})")
+    probe = "DNS answer"
+
+    def flows(self) -> bool:
+        return dns_once(self.entry)
 
 
-class UdpDirect(UdpSystem):
-    name, label = "direct", "direct loopback"
+class UdpDirect(UdpSystem, Direct):
     describe = "the client queries dnsmasq itself"
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.entry = self.backend_port
-        self.wait_flowing(timeout)
 
-
-class UdpTunnel(UdpSystem):
+class UdpTunnel(UdpSystem, TunnelSystem):
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
         self.logdir = ctx.work / f"{self.name}-udp"
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.control = free_port()
         self.entry = free_udp_port()
 
-    def edge_ready(self) -> None:
-        wait_port(self.control, proc=self.edge)
 
-
-class UdpFrp(UdpTunnel):
+class UdpFrp(UdpTunnel, Frp):
     name, label = "frp", "frp"
     describe = "frps / frpc, one `type = \"udp\"` proxy (over frp's TLS + yamux control connection)"
-
-    def start_edge(self) -> Proc:
-        conf = self.logdir / "frps.toml"
-        conf.write_text(f'bindAddr = "127.0.0.1"\nbindPort = {self.control}\nproxyBindAddr = "127.0.0.1"\n'
-                        'log.level = "warn"\n')
-        return Proc("frps", [str(self.ctx.peers_bin / "frps"), "-c", str(conf)], self.logdir)
-
-    def start_device(self) -> Proc:
-        conf = self.logdir / "frpc.toml"
-        conf.write_text(
-            f'serverAddr = "127.0.0.1"\nserverPort = {self.control}\nloginFailExit = false\n'
-            'log.level = "warn"\n\n'
-            f'[[proxies]]\nname = "dns"\ntype = "udp"\nlocalIP = "127.0.0.1"\n'
-            f"localPort = {self.backend_port}\nremotePort = {self.entry}\n")
-        return Proc("frpc", [str(self.ctx.peers_bin / "frpc"), "-c", str(conf)], self.logdir)
+    proxy, kind = "dns", "udp"
 
 
-class UdpRathole(UdpTunnel):
+class UdpRathole(UdpTunnel, Rathole):
     name, label = "rathole", "rathole"
     describe = "rathole server / client, one `type = \"udp\"` service, tcp transport"
-
-    def __init__(self, ctx: Context, backend_port: int) -> None:
-        super().__init__(ctx, backend_port)
-        self.token = secrets.token_hex(16)
-
-    def start_edge(self) -> Proc:
-        conf = self.logdir / "server.toml"
-        conf.write_text(
-            f'[server]\nbind_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
-            f'[server.services.dns]\ntype = "udp"\nbind_addr = "127.0.0.1:{self.entry}"\n')
-        return Proc("rathole-server", [str(self.ctx.peers_bin / "rathole"), "--server", str(conf)],
-                    self.logdir, env={"RUST_LOG": "warn"})
-
-    def start_device(self) -> Proc:
-        conf = self.logdir / "client.toml"
-        conf.write_text(
-            f'[client]\nremote_addr = "127.0.0.1:{self.control}"\ndefault_token = "{self.token}"\n\n'
-            f'[client.services.dns]\ntype = "udp"\nlocal_addr = "127.0.0.1:{self.backend_port}"\n')
-        return Proc("rathole-client", [str(self.ctx.peers_bin / "rathole"), "--client", str(conf)],
-                    self.logdir, env={"RUST_LOG": "warn"})
+    service, kind = "dns", 'type = "udp"\n'
 
 
 # The per-client datagram rate (default 1,000/s) raised past the scenario: the data path is measured.
@@ -166,13 +126,7 @@ listeners:
 tunnel:
   listen: "127.0.0.1:{control}"
   path: /{tunnel_tls}
-http:
-  listen: "127.0.0.1:{http}"
-logging:
-  format: text
-  level: warning
-drainSeconds: 1
-"""
+""" + RUN_YAML
 
 SIDECAR_YAML = """\
 edge:
@@ -186,13 +140,7 @@ routes:
     backend:
       host: 127.0.0.1
       port: {backend}
-http:
-  listen: "127.0.0.1:{http}"
-logging:
-  format: text
-  level: warning
-drainSeconds: 1
-"""
+""" + RUN_YAML
 
 
 class UdpMproxy(UdpTunnel):
@@ -202,35 +150,15 @@ class UdpMproxy(UdpTunnel):
 
     def __init__(self, ctx: Context, backend_port: int) -> None:
         super().__init__(ctx, backend_port)
-        secret, token = _secret_and_token(ctx, self.logdir, self.entry)
-        token_file = self.logdir / "token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        tunnel_tls = ca_file = ""
-        if self.tls:
-            from mproxy.ca import CertificateAuthority  # the bench runs on the repo's venv
-
-            ca = CertificateAuthority.create("mproxy bench CA")
-            ca_path = ca.write_cert(self.logdir / "ca.crt")
-            cert, key = ca.issue(["localhost"]).write(self.logdir, "tunnel")
-            tunnel_tls = f"\n  tls:\n    certFile: {cert}\n    keyFile: {key}"
-            ca_file = f"\n  caFile: {ca_path}"
-        self.edge_conf = self.logdir / "edge.yaml"
-        self.edge_conf.write_text(EDGE_YAML.format(secret=secret, entry=self.entry, control=self.control,
-                                                   http=free_port(), tunnel_tls=tunnel_tls))
-        self.sidecar_conf = self.logdir / "sidecar.yaml"
-        self.sidecar_conf.write_text(SIDECAR_YAML.format(
-            control=self.control, token_file=token_file, entry=self.entry, backend=backend_port,
-            http=free_port(), scheme="wss" if self.tls else "ws",
-            host="localhost" if self.tls else "127.0.0.1", ca_file=ca_file))
+        auth = mproxy_auth(ctx, self.logdir, self.entry, self.tls)
+        self.edge_conf, self.sidecar_conf = auth.write_configs(
+            EDGE_YAML, SIDECAR_YAML, control=self.control, entry=self.entry, backend=backend_port)
 
     def start_edge(self) -> Proc:
-        argv = [str(self.ctx.python), "-m", "mproxy", "edge", "--config", str(self.edge_conf)]
-        return Proc("mproxy-edge", argv, self.logdir)
+        return Proc("mproxy-edge", mproxy_argv(self.ctx, "edge", self.edge_conf), self.logdir)
 
     def start_device(self) -> Proc:
-        argv = [str(self.ctx.python), "-m", "mproxy", "sidecar", "--config", str(self.sidecar_conf),
-                "--no-reload"]
+        argv = mproxy_argv(self.ctx, "sidecar", self.sidecar_conf, "--no-reload")
         return Proc("mproxy-sidecar", argv, self.logdir)
 
 
@@ -281,14 +209,9 @@ def measure_round(ctx: Context, plan: Plan, systems: Sequence[str], errors: dict
             log(f"  {name}: udp")
             system = UDP_SYSTEMS[name](ctx, port)
             try:
-                system.start()
-                out[name] = scenario(system, plan)
-            except BenchError as exc:
-                errors.setdefault(f"{name}/udp", str(exc))
-                log(f"  {name}: udp failed: {exc}")
-            except Exception as exc:  # a harness bug must not lose the other systems' results
-                errors.setdefault(f"{name}/udp", f"harness error: {type(exc).__name__}: {exc}")
-                log(f"  {name}: udp: harness error: {exc!r}")
+                with recorded(errors, name, "udp", log):
+                    system.start()
+                    out[name] = scenario(system, plan)
             finally:
                 system.stop()
     finally:

@@ -12,9 +12,20 @@ import time
 
 import pytest
 
-from .harness import HEARTBEAT, RECONNECT_BUDGET, Rig, summary
+from .harness import HEARTBEAT, RECONNECT_BUDGET, Rig, Transfer, summary
 
 pytestmark = pytest.mark.e2e
+
+
+def a_cut_b_intact(done: list[Transfer]) -> list[Transfer]:
+    """Every transfer on A's tunnel was cut (never hung, never corrupted) and every one on B's arrived
+    intact; returns A's."""
+    hit = [t for t in done if t.tag == b"A"]
+    spared = [t for t in done if t.tag == b"B"]
+    assert hit and spared and len(hit) + len(spared) == len(done), summary(done)
+    assert all(not t.intact and t.error != "hung" and t.uncorrupted for t in hit), summary(done)
+    assert all(t.intact for t in spared), summary(done)
+    return hit
 
 
 async def blackhole_a(r: Rig) -> dict[str, int]:
@@ -28,13 +39,8 @@ async def blackhole_a(r: Rig) -> dict[str, int]:
     assert r.proxies["A"].blackhole() == 1
     holed_at = time.monotonic()
     done = await running
-    hit = [t for t in done if t.tag == b"A"]
-    spared = [t for t in done if t.tag == b"B"]
-    assert hit and spared and len(hit) + len(spared) == len(done), summary(done)
-    assert all(not t.intact and t.error != "hung" and t.uncorrupted for t in hit), summary(done)
-    dead_after = max(t.ended_at for t in hit) - holed_at
+    dead_after = max(t.ended_at for t in a_cut_b_intact(done)) - holed_at
     assert dead_after < HEARTBEAT["timeoutSeconds"] + 2, summary(done)
-    assert all(t.intact for t in spared), summary(done)
     await r.wait_tunnels(2, within=HEARTBEAT["timeoutSeconds"] + RECONNECT_BUDGET)
     assert r.proxies["A"].accepted == 2  # sidecar A redialled once through the proxy
     redial = r.proxies["A"].accepted_at[1] - holed_at
@@ -64,17 +70,13 @@ async def test_reset_tunnel_cuts_its_streams_at_once_and_redials(rig) -> None:  
     assert r.proxies["A"].reset() == 1
     reset_at = time.monotonic()
     done = await running
-    hit = [t for t in done if t.tag == b"A"]
-    spared = [t for t in done if t.tag == b"B"]
-    assert hit and spared and len(hit) + len(spared) == len(done), summary(done)
-    assert all(not t.intact and t.error != "hung" and t.uncorrupted for t in hit), summary(done)
-    assert max(t.ended_at for t in hit) - reset_at < 2.0, summary(done)
-    assert all(t.intact for t in spared), summary(done)
+    cut_after = max(t.ended_at for t in a_cut_b_intact(done)) - reset_at
+    assert cut_after < 2.0, summary(done)
     await r.wait_tunnels(2, within=RECONNECT_BUDGET)
     assert r.proxies["A"].accepted == 2
     redial = r.proxies["A"].accepted_at[1] - reset_at
     assert redial < RECONNECT_BUDGET
-    print(f"reset: streams cut after {max(t.ended_at for t in hit) - reset_at:.2f} s, "
+    print(f"reset: streams cut after {cut_after:.2f} s, "
           f"sidecar redialled after {redial:.2f} s")
     again = await r.run_all(r.transfers())
     assert all(t.intact for t in again) and {t.tag for t in again} == {b"A", b"B"}, summary(again)

@@ -5,22 +5,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import need
+from tests.conftest import LOOPS, loop_policy
 
 from .harness import Stack
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     """Both loops the roles may run on: their datagram transports differ (uvloop's is the production one)."""
-    if request.param == "asyncio":
-        return asyncio.DefaultEventLoopPolicy()
-    try:
-        import uvloop
-    except ImportError:
-        need(False, "uvloop (a dependency on Linux: pip install -e .)")
-        raise
-    return uvloop.EventLoopPolicy()
+    return loop_policy(request.param)
 
 
 @pytest.fixture

@@ -95,6 +95,12 @@ async def client(port: int, host: str = "127.0.0.1") -> Client:
     return proto
 
 
+def route(port: int, name: str = "echo") -> dict[str, Any]:
+    """The sidecar route of the public UDP port to a backend on 127.0.0.1:`port`."""
+    return {"name": name, "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
+            "backend": {"host": "127.0.0.1", "port": port}}
+
+
 class Stack:
     """One edge and one sidecar joined by a tunnel; everything closed by `close()`."""
 
@@ -135,6 +141,23 @@ class Stack:
         listener_ = self.edge.listeners[0]
         assert isinstance(listener_, UdpListener)
         return listener_
+
+    async def echo(self) -> tuple[Echo, int]:
+        """A UDP echo backend on 127.0.0.1, closed with the stack: it and its port."""
+        transport, echo, port = await udp_echo()
+        self.closers.append(transport.close)
+        return echo, port
+
+    async def start_echo(self, **start: Any) -> tuple[UdpListener, Echo]:
+        """start() with one route to a new echo backend (`start` is start()'s keyword arguments)."""
+        echo, port = await self.echo()
+        return await self.start([route(port)], **start), echo
+
+    async def client(self, port: int, host: str = "127.0.0.1") -> Client:
+        """A UDP client of `port`, closed with the stack."""
+        c = await client(port, host)
+        self.closers.append(c.close)
+        return c
 
     async def wait_tunnel(self, within: float = 10.0) -> None:
         assert self.edge is not None

@@ -10,22 +10,14 @@ import pytest
 
 from mproxy.edge.udp import DRAIN_IDLE
 
-from .harness import PUBLIC_PORT, Stack, client, udp_echo
+from .harness import Stack
 
 pytestmark = pytest.mark.e2e
 
 
-def route(port: int) -> dict[str, object]:
-    return {"name": "echo", "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
-            "backend": {"host": "127.0.0.1", "port": port}}
-
-
 async def test_the_edge_drains_udp_clients_once_they_are_quiet(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], drain=20)  # idle timeout 30 s, drain 20 s
-    quiet, talking = await client(listener.port), await client(listener.port)
-    stack.closers += [quiet.close, talking.close]
+    listener, _ = await stack.start_echo(drain=20)  # idle timeout 30 s, drain 20 s
+    quiet, talking = await stack.client(listener.port), await stack.client(listener.port)
     assert await quiet.ask(b"q") == b"q"
     assert await talking.ask(b"t") == b"t"
     assert stack.edge is not None
@@ -40,11 +32,8 @@ async def test_the_edge_drains_udp_clients_once_they_are_quiet(stack: Stack) -> 
 
 
 async def test_the_sidecar_drains_udp_clients_once_they_are_quiet(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], drain=20, listener={"idleTimeoutSeconds": 60})
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, _ = await stack.start_echo(drain=20, listener={"idleTimeoutSeconds": 60})
+    c = await stack.client(listener.port)
     assert await c.ask(b"x") == b"x"
     assert stack.sidecar is not None and stack.sidecar_streams() == 1
     started = time.monotonic()

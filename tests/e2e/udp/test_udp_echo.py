@@ -11,22 +11,14 @@ import pytest
 from mproxy.config.edge import MAX_UDP_PAYLOAD
 from mproxy.edge.udp import _Client
 
-from .harness import Stack, client, free_udp_port, sample, udp_echo, until
+from .harness import Stack, free_udp_port, route, sample, until
 
 pytestmark = pytest.mark.e2e
 
 
-def route(port: int, name: str = "echo") -> dict[str, object]:
-    return {"name": name, "match": {"services": ["udp"], "ports": [5353]},
-            "backend": {"host": "127.0.0.1", "port": port}}
-
-
 async def test_every_size_from_1_byte_to_the_maximum_keeps_its_boundary_and_bytes(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)])
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo()
+    c = await stack.client(listener.port)
     sizes = [1, 2, 3, 100, 511, 512, 1472, 1473, 4096, 9000, 32768, 65000, MAX_UDP_PAYLOAD]
     for size in sizes:  # one at a time: each reply must be exactly its own datagram
         payload = os.urandom(size)
@@ -45,12 +37,8 @@ async def test_every_size_from_1_byte_to_the_maximum_keeps_its_boundary_and_byte
 
 
 async def test_200_concurrent_clients_each_get_their_own_replies(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)])
-    clients = [await client(listener.port) for _ in range(200)]
-    for c in clients:
-        stack.closers.append(c.close)
+    listener, _ = await stack.start_echo()
+    clients = [await stack.client(listener.port) for _ in range(200)]
 
     async def talk(i: int) -> None:
         for j in range(3):
@@ -63,11 +51,8 @@ async def test_200_concurrent_clients_each_get_their_own_replies(stack: Stack) -
 
 
 async def test_a_datagram_over_the_maximum_is_dropped_and_counted_never_split(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], listener={"maxDatagramBytes": 1000})
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo(listener={"maxDatagramBytes": 1000})
+    c = await stack.client(listener.port)
     reg = stack.edge.metrics.registry  # type: ignore[union-attr]
     assert await c.ask(b"a" * 1000) == b"a" * 1000
     c.send(b"b" * 1001)
@@ -78,11 +63,8 @@ async def test_a_datagram_over_the_maximum_is_dropped_and_counted_never_split(st
 
 
 async def test_an_idle_client_is_ended_and_its_next_datagram_opens_a_new_stream(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], listener={"idleTimeoutSeconds": 1.5})
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, _ = await stack.start_echo(listener={"idleTimeoutSeconds": 1.5})
+    c = await stack.client(listener.port)
     assert await c.ask(b"one") == b"one"
     assert len(listener.clients) == 1
     first = stack.edge.sessions and next(iter(stack.edge.sessions)).mux  # type: ignore[union-attr]
@@ -101,8 +83,7 @@ async def test_a_backend_that_is_down_ends_the_stream_with_econnrefused_the_tunn
     codes: list[str] = []
     monkeypatch.setattr(_Client, "error_received", lambda self, message, code: codes.append(code))
     listener = await stack.start([route(free_udp_port(), "down")])
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    c = await stack.client(listener.port)
     session = next(iter(stack.edge.sessions))  # type: ignore[union-attr]
     mux = session.mux
     assert mux is not None
@@ -115,12 +96,10 @@ async def test_a_backend_that_is_down_ends_the_stream_with_econnrefused_the_tunn
 
 
 async def test_a_udp_client_with_no_udp_route_is_refused_with_e_no_route(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
+    _, port = await stack.echo()
     tcp_only = {"name": "tcp", "match": {"ports": [5353]}, "backend": {"host": "127.0.0.1", "port": port}}
     listener = await stack.start([tcp_only])
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    c = await stack.client(listener.port)
     c.send(b"hello")
     await until(lambda: stack.sidecar.metrics.registry.get_sample_value(  # type: ignore[union-attr]
         "mproxy_sidecar_streams_refused_total", {"reason": "no_route"}) == 1, 5, "the refusal")
@@ -129,24 +108,18 @@ async def test_a_udp_client_with_no_udp_route_is_refused_with_e_no_route(stack: 
 
 
 async def test_ipv6_clients(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], listener={"listen": "[::1]:0"})
-    clients = [await client(listener.port, "::1") for _ in range(5)]
+    listener, _ = await stack.start_echo(listener={"listen": "[::1]:0"})
+    clients = [await stack.client(listener.port, "::1") for _ in range(5)]
     for i, c in enumerate(clients):
-        stack.closers.append(c.close)
         assert await c.ask(f"v6 {i}".encode()) == f"v6 {i}".encode()
     ids = sorted(k for k in listener.clients)
     assert all(host == "::1" for host, _ in ids) and len(ids) == 5
 
 
 async def test_the_sidecars_idle_timer_ends_the_client_at_the_edge_too(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], listener={"idleTimeoutSeconds": 60},
-                                 sidecar_limits={"udpIdleTimeoutSeconds": 0.5})
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, _ = await stack.start_echo(listener={"idleTimeoutSeconds": 60},
+                                         sidecar_limits={"udpIdleTimeoutSeconds": 0.5})
+    c = await stack.client(listener.port)
     assert await c.ask(b"one") == b"one"
     await until(lambda: not listener.clients and stack.sidecar_streams() == 0, 5, "the sidecar's `end`")
     assert await c.ask(b"two") == b"two"  # a new stream

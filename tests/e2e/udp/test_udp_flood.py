@@ -11,7 +11,7 @@ import pytest
 
 from mproxy.metrics.udp import DROP_REASONS
 
-from .harness import PUBLIC_PORT, Stack, client, sample, udp_echo, until
+from .harness import PUBLIC_PORT, Stack, sample, until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,18 +30,10 @@ def blast(port: int, count: int, size: int) -> None:
             s.send(payload)
 
 
-def route(port: int) -> dict[str, object]:
-    return {"name": "echo", "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
-            "backend": {"host": "127.0.0.1", "port": port}}
-
-
 async def test_a_client_over_its_datagram_rate_is_dropped_and_counted(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
     # 0.01/s: no token comes back during the test however slowly the edge reads (a loaded machine).
-    listener = await stack.start([route(port)], listener={"datagramRate": 0.01, "datagramBurst": 5})
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo(listener={"datagramRate": 0.01, "datagramBurst": 5})
+    c = await stack.client(listener.port)
     for i in range(20):
         c.send(b"%d" % i)
     got = [await c.recv() for _ in range(5)]
@@ -53,13 +45,10 @@ async def test_a_client_over_its_datagram_rate_is_dropped_and_counted(stack: Sta
 
 
 async def test_a_flood_is_dropped_not_buffered(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
     # No rate limit to speak of: the bounded queues are what must hold.
     fast = {"datagramRate": 10_000_000, "datagramBurst": 10_000_000, "tunnelDatagramRate": 10_000_000}
-    listener = await stack.start([route(port)], listener=fast)
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo(listener=fast)
+    c = await stack.client(listener.port)
     assert await c.ask(b"warm up") == b"warm up"
     reg = stack.edge.metrics.registry  # type: ignore[union-attr]
     before = rss_bytes()
@@ -87,13 +76,9 @@ async def test_a_flood_is_dropped_not_buffered(stack: Stack) -> None:
 
 
 async def test_the_tunnels_datagram_rate_and_the_listeners_client_cap_hold(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
     # 0.01/s: a burst of 1 and no refill during the test (one second's worth, at least one datagram).
-    listener = await stack.start([route(port)], listener={"tunnelDatagramRate": 0.01, "maxClients": 3})
-    clients = [await client(listener.port) for _ in range(4)]
-    for c in clients:
-        stack.closers.append(c.close)
+    listener, echo = await stack.start_echo(listener={"tunnelDatagramRate": 0.01, "maxClients": 3})
+    clients = [await stack.client(listener.port) for _ in range(4)]
     for i, c in enumerate(clients[:3]):
         for j in range(2):
             c.send(b"%d.%d" % (i, j))
@@ -111,11 +96,8 @@ async def test_the_tunnels_datagram_rate_and_the_listeners_client_cap_hold(stack
 async def test_replies_for_a_paused_client_are_dropped_and_counted_by_the_sidecar(stack: Stack) -> None:
     """No backpressure for UDP: a client the edge paused gets its replies dropped at the sidecar (counted),
     not queued; once resumed, replies flow again."""
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)])
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo()
+    c = await stack.client(listener.port)
     assert await c.ask(b"before") == b"before"
     stream = next(iter(listener.clients.values())).stream
     assert stream is not None and stack.sidecar is not None

@@ -8,23 +8,16 @@ import socket
 
 import pytest
 
-from .harness import PUBLIC_PORT, Stack, client, sample, udp_echo, until
+from .harness import PUBLIC_PORT, Stack, sample, until
 
 pytestmark = pytest.mark.e2e
-
-
-def route(port: int) -> dict[str, object]:
-    return {"name": "echo", "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
-            "backend": {"host": "127.0.0.1", "port": port}}
 
 
 async def clients_until_refused(stack: Stack, port: int, allowed: int, reason: str,
                                 host: str = "127.0.0.1") -> None:
     """`allowed` clients get echoes; the next one's datagram is dropped as `reason`; the first still work."""
     reg = stack.edge.metrics.registry  # type: ignore[union-attr]
-    clients = [await client(port, host) for _ in range(allowed + 1)]
-    for c in clients:
-        stack.closers.append(c.close)
+    clients = [await stack.client(port, host) for _ in range(allowed + 1)]
     for i, c in enumerate(clients[:allowed]):
         assert await c.ask(b"in %d" % i) == b"in %d" % i
     clients[-1].send(b"one too many")
@@ -37,23 +30,17 @@ async def clients_until_refused(stack: Stack, port: int, allowed: int, reason: s
 
 
 async def test_streams_per_tunnel_caps_udp_clients_as_tunnel_full(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], edge_limits={"maxStreamsPerTunnel": 3})
+    listener, _ = await stack.start_echo(edge_limits={"maxStreamsPerTunnel": 3})
     await clients_until_refused(stack, listener.port, 3, "tunnel_full")
 
 
 async def test_connections_per_client_caps_udp_clients_of_one_address(stack: Stack) -> None:
-    transport, _, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], edge_limits={"maxStreamsPerClient": 2})
+    listener, _ = await stack.start_echo(edge_limits={"maxStreamsPerClient": 2})
     await clients_until_refused(stack, listener.port, 2, "client_limit")
 
 
 async def test_a_port_no_token_grants_drops_its_clients_as_no_tunnel(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)], ports=[PUBLIC_PORT + 1])  # the tunnel serves another port
+    listener, echo = await stack.start_echo(ports=[PUBLIC_PORT + 1])  # the tunnel serves another port
     reg = stack.edge.metrics.registry  # type: ignore[union-attr]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"anyone?", ("127.0.0.1", listener.port))

@@ -6,22 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import PUBLIC_PORT, Stack, client, sample, udp_echo, until
+from .harness import Stack, sample, until
 
 pytestmark = pytest.mark.e2e
 
 
-def route(port: int) -> dict[str, object]:
-    return {"name": "echo", "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
-            "backend": {"host": "127.0.0.1", "port": port}}
-
-
 async def test_a_datagram_while_the_clients_previous_stream_ends_opens_the_next_one(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)])
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo()
+    c = await stack.client(listener.port)
     assert await c.ask(b"one") == b"one"
     (old,) = listener.clients.values()
     assert old.stream is not None and c.transport is not None
@@ -41,11 +33,8 @@ async def test_a_datagram_while_the_clients_previous_stream_ends_opens_the_next_
 
 
 async def test_datagrams_held_for_an_ending_stream_are_bounded(stack: Stack) -> None:
-    transport, echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    listener = await stack.start([route(port)])
-    c = await client(listener.port)
-    stack.closers.append(c.close)
+    listener, echo = await stack.start_echo()
+    c = await stack.client(listener.port)
     assert await c.ask(b"one") == b"one"
     (old,) = listener.clients.values()
     assert c.transport is not None

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .harness import PUBLIC_PORT, Stack, client, udp_echo, until
+from .harness import PUBLIC_PORT, Stack, until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,14 +22,9 @@ async def status(stack: Stack) -> dict[str, Any]:
 
 
 async def test_status_counts_udp_clients_per_listener_and_per_tunnel(stack: Stack) -> None:
-    transport, _echo, port = await udp_echo()
-    stack.closers.append(transport.close)
-    route = {"name": "echo", "match": {"services": ["udp"], "ports": [PUBLIC_PORT]},
-             "backend": {"host": "127.0.0.1", "port": port}}
-    listener = await stack.start([route], listener={"idleTimeoutSeconds": 1.5})
-    clients = [await client(listener.port) for _ in range(3)]
+    listener, _ = await stack.start_echo(listener={"idleTimeoutSeconds": 1.5})
+    clients = [await stack.client(listener.port) for _ in range(3)]
     for i, c in enumerate(clients):
-        stack.closers.append(c.close)
         assert await c.ask(b"%d" % i) == b"%d" % i
     st = await status(stack)
     udp = {"kind": "udp", "port": listener.port, "publicPort": PUBLIC_PORT}

@@ -165,8 +165,12 @@ async def test_list_then_watch_events_with_a_relist_after_410(tmp_path: Path) ->
 async def test_an_oversized_watch_event_is_an_error_not_a_growing_buffer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(endpointslices, "MAX_OBJECT_BYTES", 4096)
+    await _first_error(tmp_path, FakeApi([], [[b"{" + b" " * 10_000]]))  # no newline, ever
+
+
+async def _first_error(tmp_path: Path, api: FakeApi) -> None:
+    """Run a counter against `api` until its first failed request: counted once, the source down."""
     ca = CertificateAuthority.create("fake api")
-    api = FakeApi([], [[b"{" + b" " * 10_000]])  # no newline, ever
     app = web.Application()
     app.router.add_get("/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices", api.handle)
     runner, port = await serve_app(app, ca.issue(["127.0.0.1"]).server_context(tmp_path, "api"))
@@ -187,3 +191,21 @@ async def test_an_oversized_watch_event_is_an_error_not_a_growing_buffer(
         await runner.cleanup()
     assert registry.get_sample_value("mproxy_edge_replicas_source_errors_total") == 1
     assert registry.get_sample_value("mproxy_edge_replicas_source_up") == 0
+
+
+class ForbiddenWatch(FakeApi):
+    """Lists, then refuses the watch as an API server does without the `watch` verb in the Role."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") != "true":
+            return await super().handle(request)
+        return web.json_response({"kind": "Status", "message": 'cannot watch resource "endpointslices"'},
+                                 status=403)
+
+
+async def test_a_refused_watch_says_which_permission_is_missing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger=endpointslices.log.name):
+        await _first_error(tmp_path, ForbiddenWatch([], []))
+    assert "HTTP 403: the edge's service account may not list endpointslices" in caplog.text
+    assert 'cannot watch resource "endpointslices"' in caplog.text  # the API server's own words

@@ -98,6 +98,15 @@ class Pair:
         rec.stream = stream
         return stream, rec
 
+    async def far_side(self, timeout: float = 5.0) -> tuple[Recorder, Stream]:
+        """The first stream the far side accepted (waiting up to `timeout` s): its recorder and stream."""
+        async with asyncio.timeout(timeout):
+            while not self.accepted or self.accepted[0].stream is None:
+                await asyncio.sleep(0.01)
+        side = self.accepted[0]
+        assert side.stream is not None
+        return side, side.stream
+
 
 PairFactory = Callable[..., contextlib.AbstractAsyncContextManager[Pair]]
 

@@ -44,13 +44,12 @@ async def test_half_close_keeps_the_other_direction_open(tunnel_pair: PairFactor
         stream, rec = pair.open()
         stream.write(b"request")
         stream.write_eof()
-        await until(lambda: pair.accepted, "the stream accepted on the far side")
-        side = pair.accepted[0]
+        side, far = await pair.far_side()
         await asyncio.wait_for(side.eof.wait(), 5)
         assert bytes(side.data) == b"request"
-        assert side.stream is not None and not side.stream.closed
-        side.stream.write(b"response after the client's end")
-        side.stream.write_eof()
+        assert not far.closed
+        far.write(b"response after the client's end")
+        far.write_eof()
         assert await rec.wait_bytes(31) == b"response after the client's end"
         await asyncio.wait_for(rec.closed.wait(), 5)
         assert rec.close_reason is None
@@ -60,10 +59,8 @@ async def test_error_both_ways(tunnel_pair: PairFactory) -> None:
     async with tunnel_pair(handler=Recorder) as pair:
         stream, rec = pair.open()
         stream.write(b"x")
-        await until(lambda: pair.accepted, "the stream accepted on the far side")
-        side = pair.accepted[0]
-        assert side.stream is not None
-        side.stream.abort("backend refused", ErrorCode.CONNREFUSED)
+        _, far = await pair.far_side()
+        far.abort("backend refused", ErrorCode.CONNREFUSED)
         await asyncio.wait_for(rec.closed.wait(), 5)
         assert rec.error == ("backend refused", ErrorCode.CONNREFUSED)
         assert rec.close_reason and ErrorCode.CONNREFUSED in rec.close_reason
@@ -153,12 +150,10 @@ async def test_pause_from_the_peer_pauses_the_producer(tunnel_pair: PairFactory)
     async with tunnel_pair(handler=Recorder) as pair:
         stream, rec = pair.open()
         stream.write(b"x")
-        await until(lambda: pair.accepted, "the stream accepted on the far side")
-        side = pair.accepted[0]
-        assert side.stream is not None
-        side.stream.pause_reading()  # the side's sink is full: ask the edge to stop this client
+        _, far = await pair.far_side()
+        far.pause_reading()  # the side's sink is full: ask the edge to stop this client
         await until(lambda: rec.pauses == 1 and stream.writing_paused, "the pause to reach the producer")
-        side.stream.resume_reading()
+        far.resume_reading()
         await until(lambda: rec.resumes == 1 and not stream.writing_paused, "the resume to arrive")
         assert pair.edge.pauses_received == 1
 

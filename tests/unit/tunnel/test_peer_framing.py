@@ -13,8 +13,8 @@ def _mux() -> Multiplexer:
     return Multiplexer(limits=MuxLimits(), clock=lambda: 0.0)
 
 
-async def test_a_connection_frame_ends_its_message_and_its_data_follows_in_the_next() -> None:
-    mux = _mux()
+def _control_and_two_streams(mux: Multiplexer) -> list[list[str]]:
+    """A control message, then two streams that each write: the frame types of each message sent."""
     mux.send_control([1, "hello"])
     s = mux.open_stream(A, StreamHandler(), service="https", serviceport=443, name="app.test")
     s.write(b"\x16\x03\x01 client hello")
@@ -23,6 +23,12 @@ async def test_a_connection_frame_ends_its_message_and_its_data_follows_in_the_n
     batches = []
     while mux.has_pending_output():
         batches.append([type(e).__name__ for e in parse_all(b"".join(mux.next_batch()))])
+    return batches
+
+
+async def test_a_connection_frame_ends_its_message_and_its_data_follows_in_the_next() -> None:
+    mux = _mux()
+    batches = _control_and_two_streams(mux)
     # Frames before a connection may share its message; nothing after it does.
     assert batches == [["Control", "Connection"], ["Connection"], ["Message", "Message"]]
 
@@ -30,14 +36,7 @@ async def test_a_connection_frame_ends_its_message_and_its_data_follows_in_the_n
 async def test_toward_an_mproxy_sidecar_connection_frames_share_their_message_with_data() -> None:
     mux = _mux()
     mux.connection_ends_message = False  # the edge sets this when the upgrade carries X-Mproxy-Peer
-    mux.send_control([1, "hello"])
-    s = mux.open_stream(A, StreamHandler(), service="https", serviceport=443, name="app.test")
-    s.write(b"\x16\x03\x01 client hello")
-    other = mux.open_stream(Address("IPv4", "127.0.0.2", "1"), StreamHandler(), service="tcp")
-    other.write(b"x")
-    batches = []
-    while mux.has_pending_output():
-        batches.append([type(e).__name__ for e in parse_all(b"".join(mux.next_batch()))])
+    batches = _control_and_two_streams(mux)
     assert batches == [["Control", "Connection", "Connection", "Message", "Message"]]
 
 
