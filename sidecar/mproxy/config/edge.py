@@ -33,6 +33,7 @@ __all__ = [
     "EdgeHeartbeat",
     "EdgeLimits",
     "ListenerConfig",
+    "PeersConfig",
     "TunnelEndpoint",
     "UdpOptions",
     "load_edge_config",
@@ -171,6 +172,49 @@ class EdgeHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class PeersConfig:
+    """Forwarding between edge replicas (docs/edge.md, "Forwarding between edges")."""
+
+    listen: str  # the internal forward listener (PROXY v2 + HMAC TLV in, local tunnels only)
+    hostname: str | None = None  # resolved to every address (a headless Service); or `addresses`
+    addresses: tuple[str, ...] = ()  # static peers: HOST or HOST:PORT of their tunnel endpoint
+    port: int | None = None  # the peers' tunnel port; None: this edge's own tunnel port
+    nameservers: tuple[str, ...] = ()  # HOST:PORT DNS servers for `hostname`; empty: the system resolver
+    secret_file: str | None = None  # the HMAC key's source; None: auth.secretFile
+    refresh_seconds: float = 1.0  # how often each peer's grants are polled
+    resolve_seconds: float = 10.0  # how often `hostname` is resolved again
+    expire_seconds: float = 5.0  # a peer's grants not refreshed for this long are forgotten
+    connect_timeout_seconds: float = 2.0  # connecting to a peer and hearing its answer, per attempt
+    max_forwards: int = 1000  # forwarded clients at once, each way
+    clock_skew_seconds: float = 10.0  # a signed request or header older or newer than this is refused
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen, "peers.listen")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"listen": self.listen}
+        if self.hostname is not None:
+            out["hostname"] = self.hostname
+        if self.addresses:
+            out["addresses"] = list(self.addresses)
+        if self.port is not None:
+            out["port"] = self.port
+        if self.nameservers:
+            out["nameservers"] = list(self.nameservers)
+        if self.secret_file is not None:
+            out["secretFile"] = self.secret_file
+        return out | {
+            "refreshSeconds": self.refresh_seconds,
+            "resolveSeconds": self.resolve_seconds,
+            "expireSeconds": self.expire_seconds,
+            "connectTimeoutSeconds": self.connect_timeout_seconds,
+            "maxForwards": self.max_forwards,
+            "clockSkewSeconds": self.clock_skew_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     secret_file: str
     listeners: tuple[ListenerConfig, ...] = ()
@@ -183,6 +227,7 @@ class EdgeConfig:
     drain_seconds: float = 20.0
     id: str | None = None  # this edge's identity announced to sidecars; None: $POD_NAME or hostname-pid
     replicas: int = 1  # how many edges serve the same tunnels: sidecars dial until they hold this many
+    peers: PeersConfig | None = None  # forward clients to the replica that holds their tunnel
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
@@ -197,7 +242,7 @@ class EdgeConfig:
             "http": self.http.to_dict(),
             "logging": self.logging.to_dict(),
             "drainSeconds": self.drain_seconds,
-        }
+        } | ({"peers": self.peers.to_dict()} if self.peers is not None else {})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -211,7 +256,7 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     """Validate YAML text (or an already parsed mapping) into an EdgeConfig; raises ConfigError."""
     root = f.root(source)
     f.only_keys(root, "", {"auth", "listeners", "tunnel", "trustedProxies", "limits", "heartbeat", "http",
-                           "logging", "drainSeconds", "id", "replicas"})
+                           "logging", "drainSeconds", "id", "replicas", "peers"})
     if "auth" not in root:
         raise ConfigError("auth", "is required (auth.secretFile holds the shared token secret)")
     auth = f.mapping(root["auth"], "auth")
@@ -219,7 +264,8 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     listeners = _listeners(root)
     tunnel = _tunnel(root)
     http = read_http(root)
-    _no_port_clash(listeners, tunnel, http)
+    peers = _peers(root)
+    _no_port_clash(listeners, tunnel, http, peers)
     return EdgeConfig(
         secret_file=f.string(auth, "secretFile", "auth"),
         listeners=listeners,
@@ -232,6 +278,53 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
         drain_seconds=f.number(root, "drainSeconds", "", 20.0, 0, 3600),
         id=_edge_id(root),
         replicas=f.integer(root, "replicas", "", 1, 1, 1000),
+        peers=peers,
+    )
+
+
+def _peers(root: Mapping[str, Any]) -> PeersConfig | None:
+    if root.get("peers") is None:
+        return None
+    obj = f.mapping(root["peers"], "peers")
+    f.only_keys(obj, "peers", {"listen", "hostname", "addresses", "port", "nameservers", "secretFile",
+                               "refreshSeconds", "resolveSeconds", "expireSeconds", "connectTimeoutSeconds",
+                               "maxForwards", "clockSkewSeconds"})
+    if "listen" not in obj:
+        raise ConfigError("peers.listen", "is required (HOST:PORT of the internal listener peers forward "
+                          "clients to, e.g. 0.0.0.0:8444)")
+    hostname = f.opt_string(obj, "hostname", "peers")
+    addresses = []
+    for i, item in enumerate(f.seq(obj, "addresses", "peers")):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"peers.addresses[{i}]", f"must be HOST or HOST:PORT (got {item!r})")
+        addresses.append(item.strip())
+    if hostname is None and not addresses:
+        raise ConfigError("peers", "needs hostname (resolved to every replica, e.g. the headless tunnel "
+                          "Service) or addresses (a static list)")
+    nameservers = []
+    for i, item in enumerate(f.seq(obj, "nameservers", "peers")):
+        ns = str(item)
+        split_listen(ns if ":" in ns else f"{ns}:53", f"peers.nameservers[{i}]")
+        nameservers.append(ns if ":" in ns else f"{ns}:53")
+    port = f.integer(obj, "port", "peers", 0, 1, 65535) if obj.get("port") is not None else None
+    refresh = f.number(obj, "refreshSeconds", "peers", 1.0, 0.05, 300)
+    expire = f.number(obj, "expireSeconds", "peers", max(5.0, 3 * refresh), 0.1, 3600)
+    if expire <= refresh:
+        raise ConfigError("peers.expireSeconds", f"must be greater than refreshSeconds ({expire:g} <= "
+                          f"{refresh:g}), or every peer would expire between two polls")
+    return PeersConfig(
+        listen=f.listen(obj, "listen", "peers"),
+        hostname=hostname,
+        addresses=tuple(addresses),
+        port=port,
+        nameservers=tuple(nameservers),
+        secret_file=f.opt_string(obj, "secretFile", "peers"),
+        refresh_seconds=refresh,
+        resolve_seconds=f.number(obj, "resolveSeconds", "peers", 10.0, 0.1, 3600),
+        expire_seconds=expire,
+        connect_timeout_seconds=f.number(obj, "connectTimeoutSeconds", "peers", 2.0, 0.01, 60),
+        max_forwards=f.integer(obj, "maxForwards", "peers", 1000, 1, 1_000_000),
+        clock_skew_seconds=f.number(obj, "clockSkewSeconds", "peers", 10.0, 0.1, 300),
     )
 
 
@@ -348,12 +441,15 @@ def _heartbeat(root: Mapping[str, Any]) -> EdgeHeartbeat:
     return EdgeHeartbeat(interval, timeout, auth)
 
 
-def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig) -> None:
+def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig,
+                   peers: PeersConfig | None) -> None:
     seen: dict[tuple[str, str, int], str] = {}
     # UDP and TCP ports are separate spaces: a udp listener may share its port with a tcp one (DNS on 53).
     named = [(f"listeners[{i}].listen", "udp" if item.kind == "udp" else "tcp", item.host_port)
              for i, item in enumerate(listeners)]
     named += [("tunnel.listen", "tcp", tunnel.host_port), ("http.listen", "tcp", http.host_port)]
+    if peers is not None:
+        named.append(("peers.listen", "tcp", peers.host_port))
     for path, proto, (host, port) in named:
         if port == 0:
             continue  # the kernel picks a free port

@@ -33,6 +33,7 @@ from mproxy.codec import LocalProtocolError, pack_connection, pack_data_header
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.bridge import ClientBridge, take_over
 from mproxy.edge.control import EdgeControl, tokens_from_request
+from mproxy.edge.forward import Peering
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import ClientRequest, PublicListener, Refused, refusal_bytes
 from mproxy.edge.table import RoutingTable
@@ -181,6 +182,7 @@ class EdgeRelay:
         self.buffer_rule = BufferRule(soft=lim.buffer_soft_bytes, hard=lim.buffer_hard_bytes,
                                       grace=lim.buffer_grace_seconds, tunnel=lim.tunnel_buffer_bytes,
                                       allowance=lim.stream_buffer_bytes)
+        self.peering = Peering(self) if config.peers is not None else None  # mproxy.edge.forward
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class EdgeRelay:
         self.tunnel_port = await self._serve(self.tunnel_app(), self.config.tunnel.host_port,
                                              self._tunnel_ssl(), "tunnel.listen")
         self.http_port = await self._serve(self.http_app(), self.config.http.host_port, None, "http.listen")
+        if self.peering is not None:
+            await self.peering.start()
         self.started = True
         self._flusher = self._supervise("edge bytes flusher", "flusher", self._flush_loop).task
         log.info("edge ready: tunnel endpoint on port %d, listeners %s", self.tunnel_port,
@@ -272,6 +276,8 @@ class EdgeRelay:
             await asyncio.wait(self._tunnel_tasks, timeout=3.0)
         for listener in self.listeners:
             await listener.close()
+        if self.peering is not None:
+            await self.peering.close()
         for rel in list(self._relayed):
             rel.req.writer.transport.abort()  # their tunnels are gone; this frees the sockets now
         for runner in self._runners:
@@ -304,7 +310,18 @@ class EdgeRelay:
                           "header (255 bytes with the client address)") from None
 
     async def route(self, req: ClientRequest) -> None:
-        """Called by a listener with an identified client: pick a tunnel, open a stream, hand the
+        """Called by a public listener: a local tunnel takes the client, else (peers configured) a peer
+        edge that holds a tunnel for it; raises Refused when neither can."""
+        try:
+            await self.route_here(req)
+        except Refused as refusal:
+            if self.peering is None:
+                raise
+            await self.peering.forward(req, refusal)  # raises `refusal` when no peer takes it
+
+    async def route_here(self, req: ClientRequest) -> None:
+        """Local tunnels only (the forward listener calls this: a forwarded client never hops again).
+        Pick a tunnel, open a stream, hand the
         socket to a bridge and return at once (no task per relayed client; the bridge's callbacks
         finish the accounting). Raises Refused, before touching the socket, when nobody can take it.
 
@@ -418,6 +435,8 @@ class EdgeRelay:
     def tunnel_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(self.config.tunnel.path, self.handle_tunnel)
+        if self.peering is not None:
+            self.peering.add_routes(app)  # the peers' grants endpoint
         return app
 
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
@@ -522,7 +541,7 @@ class EdgeRelay:
             "ports": {str(k): v for k, v in self.table.ports().items()},
             "tunnels": [s.status() for s in sorted(self.sessions, key=lambda s: s.id)],
             "tasksDown": sorted(f"{sup.name}: {sup.error}" for sup in self.supervised if sup.down),
-        }
+        } | ({"peering": self.peering.status()} if self.peering is not None else {})
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:
