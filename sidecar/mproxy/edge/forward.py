@@ -100,6 +100,8 @@ class Peering:
         self.replay = ReplayGuard(peers.clock_skew_seconds)
         self.throttle = LogThrottle()
         self.active = {"in": 0, "out": 0}
+        self._out_idle = asyncio.Event()  # set while no client forwarded out is open
+        self._out_idle.set()
         self.port = 0  # the forward listener's bound port, once started
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -131,6 +133,12 @@ class Peering:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def wait_idle(self, grace: float) -> None:
+        """Until no client forwarded out is open, or `grace` seconds (a drain)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._out_idle.wait()
+
     def export(self) -> dict[str, Any]:
         table = self.relay.table
         return {"id": self.relay.edge_id, "forwardPort": self.port, "draining": self.relay.draining,
@@ -148,6 +156,11 @@ class Peering:
     def _count(self, direction: str, delta: int) -> None:
         self.active[direction] += delta
         self.metrics.active.labels(direction).set(self.active[direction])
+        if direction == "out":
+            if self.active["out"]:
+                self._out_idle.clear()
+            else:
+                self._out_idle.set()
 
     # -- out: a client this edge has no tunnel for -----------------------------------------------------
 

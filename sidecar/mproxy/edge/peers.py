@@ -206,6 +206,9 @@ class PeerSet:
         self.targets = targets
         for gone in set(self.peers) - set(targets):
             del self.peers[gone]
+        for gone in set(self.errors) - set(targets):
+            del self.errors[gone]
+        self.own &= set(targets)
 
     async def refresh(self) -> None:
         """Poll every peer once, at the same time; then expire the silent ones."""

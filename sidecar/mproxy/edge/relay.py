@@ -252,6 +252,8 @@ class EdgeRelay:
             if session.mux is not None:
                 left = max(0.0, deadline - asyncio.get_running_loop().time())
                 await session.mux.wait_idle(left)
+        if self.peering is not None:  # clients it forwarded to peers finish too
+            await self.peering.wait_idle(max(0.0, deadline - asyncio.get_running_loop().time()))
         await self.close()
 
     async def _flush_loop(self) -> None:

@@ -152,6 +152,18 @@ async def test_clients_on_the_edge_without_the_tunnel_reach_the_backend(cluster:
     assert metric(a_metrics, "mproxy_edge_forwards_out_total", "ok") == 0
     assert "mproxy_edge_peers_reachable 1.0" in a_metrics and "mproxy_edge_peers_known 1.0" in a_metrics
 
+    # B drains (SIGTERM, drainSeconds 1): a client it forwarded finishes its exchange first.
+    reader, writer = await asyncio.open_connection(b.host, b.ports["tcp"], local_addr=(CLIENT_HOST, 0))
+    writer.write(b"before\n")
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"FROM ")
+    assert await asyncio.wait_for(reader.readline(), 10) == b"before\n"
+    b.proc.terminate()
+    await asyncio.sleep(0.3)
+    writer.write(b"during the drain\n")
+    assert await asyncio.wait_for(reader.readline(), 10) == b"during the drain\n"
+    writer.close()
+    assert await asyncio.wait_for(b.proc.wait(), 10) == 0
+
 
 async def _granted(edge: Edge) -> bool:
     return bool((await edge.status())["ports"].get(str(PUBLIC_PORT)))
