@@ -303,3 +303,60 @@ async def test_a_restarted_edge_forwards_until_the_sidecar_reaches_it(cluster: C
     assert failures == []
     assert forwarded > 0, "the new edge forwarded nothing before the sidecar reached it"
     print(f"rolling restart: {sum(counts)} clients, 0 refused, {forwarded:.0f} forwarded by the new edge")
+
+
+async def test_the_edge_holding_the_only_tunnel_restarts(cluster: Cluster) -> None:
+    """Behind one load-balanced address a sidecar holds one tunnel (replicas 1). When that edge restarts,
+    clients are refused only until the sidecar reconnects to the other edge; from then on none is, on the
+    survivor (local now) nor on the replacement (forwarded)."""
+    (a, b), dns = await start_pair(cluster)
+    lb = await cluster.balancer([(a.host, cluster.tunnel_port), (b.host, cluster.tunnel_port)])
+    await start_sidecar(cluster, f"ws://127.0.0.1:{lb.port}/tunnel")  # the balancer sends it to A first
+    await until(lambda: _granted(a), 15, "the tunnel on A")
+    await until(lambda: peer_knows(b, a.id), 10, "B to learn A's grants")
+    assert await _no_tunnel(b)
+
+    failures: list[tuple[float, str]] = []
+    stop = asyncio.Event()
+    targets = [b]
+
+    async def flow(kind: str) -> int:
+        done = 0
+        while not stop.is_set():
+            edge = targets[done % len(targets)]
+            payload = payloads(done)[kind]
+            try:
+                got, port = await exchange(edge.host, edge.ports[kind], payload, timeout=5)
+                ok = got == f"FROM {CLIENT_HOST} {port}\n".encode() + payload
+            except OSError:
+                ok = False
+            if not ok:
+                failures.append((time.monotonic(), f"{edge.id} {kind}"))
+            done += 1
+            await asyncio.sleep(0.005)
+        return done
+
+    flows = [asyncio.ensure_future(flow(kind)) for kind in ("tls", "http", "tcp")]
+    await asyncio.sleep(0.5)
+    assert failures == []  # all forwarded to A so far
+    dns.addresses = [b.host]  # A's pod is terminating: it leaves the headless Service
+    stopped = time.monotonic()
+    a.proc.terminate()
+    await a.proc.wait()
+    await until(lambda: _granted(b), 15, "the sidecar to reconnect to B")
+    reconnected = time.monotonic()
+    new_a = await cluster.edge(a.host, "edge-0b", replicas=1, kinds=("tls", "http"),
+                               peers={"hostname": HOSTNAME, "nameservers": [f"127.0.0.1:{dns.port}"],
+                                      "refreshSeconds": 0.2, "expireSeconds": 1.0, "resolveSeconds": 0.5,
+                                      "listen": f"{a.host}:0"})
+    targets.append(new_a)  # the replacement is ready: clients land on it too, forwarded to B
+    await asyncio.sleep(1.5)
+    stop.set()
+    counts = await asyncio.gather(*flows)
+    late = [what for at, what in failures if at > reconnected + 0.5]
+    window = max((at for at, _ in failures), default=stopped) - stopped
+    print(f"only tunnel restarted: {sum(counts)} clients, {len(failures)} refused within {window:.2f} s of "
+          f"SIGTERM (sidecar on B after {reconnected - stopped:.2f} s), {len(late)} after")
+    assert late == []
+    assert reconnected - stopped < 5
+    assert metric(await new_a.metrics(), "mproxy_edge_forwards_out_total", "ok") > 0
