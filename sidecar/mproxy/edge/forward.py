@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mproxy import proxyproto
 from mproxy.codec import address_from_peername
@@ -47,6 +47,7 @@ from mproxy.edge.peer_endpoint import LogThrottle, grants_handler
 from mproxy.edge.peers import GRANTS_PATH, Peer, PeerSet
 from mproxy.edge.table import RoutingTable
 from mproxy.metrics.peers import PeerMetrics
+from mproxy.sockwatch import reset
 
 log = logging.getLogger("mproxy.edge.peers")
 
@@ -339,7 +340,7 @@ async def splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
                  b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter, *,
                  high_water: int, idle: float) -> None:
     """Pipe a <-> b until both sides ended, with write-buffer backpressure and one idle timeout for the
-    pair; half-close is passed on. On an error or the idle timeout both are aborted."""
+    pair; half-close is passed on. On an error (a reset) or the idle timeout both are reset."""
     loop = asyncio.get_running_loop()
     last = [loop.time()]
     for w in (a_writer, b_writer):
@@ -373,9 +374,10 @@ async def splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
                     raise error
         b_writer.close()
     except (ConnectionError, TimeoutError, OSError) as exc:
+        # A reset, not a FIN, as the bridge does: a client must not take a cut answer for a whole one.
         log.debug("forwarded connection ended: %s", str(exc) or type(exc).__name__)
-        a_writer.transport.abort()
-        b_writer.transport.abort()
+        reset(cast(asyncio.Transport, a_writer.transport))
+        reset(cast(asyncio.Transport, b_writer.transport))
     finally:
         watcher.cancel()
         for task in pipes:
