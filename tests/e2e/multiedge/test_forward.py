@@ -79,11 +79,12 @@ def metric(text: str, name: str, result: str) -> float:
 
 
 async def start_pair(cluster: Cluster, *, refresh: float = 0.2, replicas: int = 1,
-                     hosts: tuple[str, ...] = EDGE_HOSTS[:2]) -> tuple[list[Edge], Any]:
-    """Edges on `hosts` that find each other through the test's DNS server (peers.hostname)."""
+                     hosts: tuple[str, ...] = EDGE_HOSTS[:2], **extra: Any) -> tuple[list[Edge], Any]:
+    """Edges on `hosts` that find each other through the test's DNS server (peers.hostname); `extra`
+    peers settings."""
     dns = await cluster.dns(list(hosts))
     peers = {"hostname": HOSTNAME, "nameservers": [f"127.0.0.1:{dns.port}"], "refreshSeconds": refresh,
-             "expireSeconds": max(1.0, 5 * refresh), "resolveSeconds": 0.5}
+             "expireSeconds": max(1.0, 5 * refresh), "resolveSeconds": 0.5, **extra}
     edges = [await cluster.edge(host, f"edge-{i}", replicas=replicas, kinds=("tls", "http"),
                                 peers={**peers, "listen": f"{host}:0"})
              for i, host in enumerate(hosts)]
@@ -222,6 +223,35 @@ async def test_the_forward_port_refuses_forged_stale_and_replayed_headers(cluste
     assert metric(text, "mproxy_edge_forwards_in_total", "bad_header") == 2
     assert metric(text, "mproxy_edge_forwards_in_total", "replay") == 1
     assert metric(text, "mproxy_edge_forwards_in_total", "ok") == 1
+
+
+async def test_forwards_are_bounded_by_max_forwards(cluster: Cluster) -> None:
+    (a, b), _ = await start_pair(cluster, maxForwards=1)
+    await start_sidecar(cluster, f"ws://{a.host}:{cluster.tunnel_port}/tunnel")
+    await until(lambda: _granted(a), 15, "the sidecar's tunnel on A")
+    await until(lambda: peer_knows(b, a.id), 10, "B to learn A's grants")
+    reader, writer = await asyncio.open_connection(b.host, b.ports["tcp"], local_addr=(CLIENT_HOST, 0))
+    writer.write(b"held open\n")
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"FROM ")
+    assert await asyncio.wait_for(reader.readline(), 10) == b"held open\n"
+    # B forwards one client at most: the next is refused as before (a raw TCP client: closed).
+    got, _ = await exchange(b.host, b.ports["tcp"], b"second\n")
+    assert got == b""
+    # A takes one forwarded client at most: a valid header from "another peer" gets NACK.
+    forward_port = (await a.status())["peering"]["forwardPort"]
+    header = forged((CLIENT_HOST, 40002), (a.host, PUBLIC_PORT), PeerKeys(SECRET), when=time.time())
+    assert await answer_of(a.host, forward_port, header + b"third\n") == b"\x01"
+    writer.close()
+
+    async def out_idle() -> bool:
+        return "mproxy_edge_forwards_active{direction=\"out\"} 0.0" in await b.metrics()
+
+    await until(out_idle, 10, "B's forwarded client to end")
+    got, port = await exchange(b.host, b.ports["tcp"], b"fourth\n")
+    assert got == f"FROM {CLIENT_HOST} {port}\n".encode() + b"fourth\n"
+    assert metric(await b.metrics(), "mproxy_edge_forwards_out_total", "limit") == 1
+    assert metric(await b.metrics(), "mproxy_edge_forwards_out_total", "ok") == 2
+    assert metric(await a.metrics(), "mproxy_edge_forwards_in_total", "limit") == 1
 
 
 async def test_a_forwarded_client_never_hops_again(cluster: Cluster) -> None:
