@@ -245,10 +245,11 @@ async def test_forwards_are_bounded_by_max_forwards(cluster: Cluster) -> None:
     assert await asyncio.wait_for(reader.readline(), 10) == b"held open\n"
     # B forwards one client at most: the next is refused as before (a raw TCP client: closed).
     assert await refused(b.host, b.ports["tcp"], b"second\n")
-    # A takes one forwarded client at most: a valid header from "another peer" gets NACK.
+    # A takes one forwarded client at most: a valid header from "another peer" gets NACK (or a RST: the
+    # edge closes at once, its header unread).
     forward_port = (await a.status())["peering"]["forwardPort"]
     header = forged((CLIENT_HOST, 40002), (a.host, PUBLIC_PORT), PeerKeys(SECRET), when=time.time())
-    assert await answer_of(a.host, forward_port, header + b"third\n") == b"\x01"
+    assert await answer_of(a.host, forward_port, header + b"third\n") in (b"\x01", b"")
     writer.close()
 
     async def out_idle() -> bool:
