@@ -212,14 +212,17 @@ class Peering:
                     reader, writer = await asyncio.open_connection(peer.address, peer.forward_port,
                                                                    limit=READ_CHUNK)
                     writer.write(header + req.initial)
-                    answer = await reader.read(1)
+                    try:
+                        answer = await reader.read(1)
+                    except ConnectionResetError:
+                        answer = b""  # it closed at once with our bytes unread (at maxForwards): a no
                 if answer == ACK:
                     log.debug("client %s (%s) forwarded to edge %s", req.addr.client_id,
                               req.name or req.serviceport, peer.edge_id)
                     return (reader, writer), "ok"
                 result = "peer_refused"
-                log.info("edge %s refused a forwarded client for %s (its tunnel went away?); trying the next",
-                         peer.edge_id, req.name or f"port {req.serviceport}")
+                log.info("edge %s refused a forwarded client for %s (its tunnel went away, or it is at "
+                         "maxForwards); trying the next", peer.edge_id, req.name or f"port {req.serviceport}")
             except (OSError, TimeoutError) as exc:
                 if self.throttle(f"connect {peer.edge_id}"):
                     log.warning("cannot forward to edge %s at %s:%d: %s", peer.edge_id, peer.address,
