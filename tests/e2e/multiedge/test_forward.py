@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import re
 import ssl
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 from mproxy import proxyproto
@@ -225,6 +227,19 @@ async def test_the_forward_port_refuses_forged_stale_and_replayed_headers(cluste
     assert isinstance(header, proxyproto.ProxyHeader)
     moved = proxyproto.encode_v2(("203.0.113.8", 40000), dst, list(header.tlvs))
     assert await answer_of(a.host, port, moved + payload) == b""
+
+    # The grants endpoint on the tunnel port answers a signed request only, and signs its answer.
+    url = f"http://{a.host}:{cluster.tunnel_port}/.mproxy/peer/grants"
+    async with aiohttp.ClientSession() as session:
+        for auth in (None, other.sign_request("edge-x", time.time()), good.sign_request("edge-x", now - 60)):
+            async with session.get(url, headers={"X-Mproxy-Peer": auth} if auth else {}) as resp:
+                assert resp.status == 401, auth
+        auth = good.sign_request("edge-x", time.time())
+        async with session.get(url, headers={"X-Mproxy-Peer": auth}) as resp:
+            body = await resp.read()
+            good.verify_answer(auth.split(" ")[1], body, resp.headers.get("X-Mproxy-Peer-Sig"))
+    assert json.loads(body) == {"id": a.id, "forwardPort": port, "draining": False, "domains": [NAME],
+                                "ports": [PUBLIC_PORT]}
 
     text = await a.metrics()
     assert metric(text, "mproxy_edge_forwards_in_total", "bad_auth") == 3
