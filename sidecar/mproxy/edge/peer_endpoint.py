@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mproxy.codec.errors import ErrorCode
 from mproxy.edge.peer_auth import REQUEST_HEADER, SIGNATURE_HEADER, PeerAuthError, PeerKeys
 from mproxy.edge.peers import MAX_GRANT_KEYS
 
@@ -53,7 +54,7 @@ def grants_handler(keys: PeerKeys, export: Callable[[], dict[str, Any]]
         except PeerAuthError as exc:
             if throttle(exc.reason):
                 log.warning("grants request from %s refused: %s", request.remote, exc)
-            return web.json_response({"error": str(exc), "code": "E_AUTH"}, status=401)
+            return web.json_response({"error": str(exc), "code": ErrorCode.AUTH}, status=401)
         data = export()
         data["domains"] = data["domains"][:MAX_GRANT_KEYS]
         data["ports"] = data["ports"][: MAX_GRANT_KEYS - len(data["domains"])]
