@@ -10,7 +10,12 @@ so everything about this client lives here, in order:
    `PendingClients` (shed oldest first past the cap). A refused client is told in its own protocol
    (`refusal_bytes`: a TLS alert, an HTTP status, or a close) and counted under a reject reason.
 2. Routing: `router.open(client)` picks a tunnel and opens the stream (the relay's job; it raises
-   `Refused` when nobody can take the client).
+   `Refused` when nobody can take the client). It raises `Forwarding` instead when no tunnel here takes
+   the client but a peer edge may (mproxy.edge.forward): the client stops reading and hands itself to
+   `router.forward`, which sends the bytes read so far (and any read until the peer answers) and then owns
+   the socket; it ends with `forward_refused` (refused as usual) or `forward_ended`. A client a peer
+   forwarded here starts at this step (`adopt`: its address, port and name come from the peer's verified
+   header) and is routed to local tunnels only (its Front is `forwarded`).
 3. Relaying, both ways, with flow control and no task or copy per chunk:
    - client -> tunnel: `data_received` goes straight into `stream.write()`. When the stream's queue is
      full, or the sidecar sent `pause` for this client, the socket stops being read until `resume_writing`.
