@@ -389,8 +389,8 @@ class EdgeClient(asyncio.Protocol):
         self.front.pending.discard(id(self))
         if self._replay is None:
             self._replay = bytearray()
-        # Soon, not now: a raw TCP client gets here from connection_made, and asyncio's selector
-        # transport starts reading right after that call even when it was paused inside it.
+        # Soon, not now: a raw TCP client gets here from connection_made, and uvloop's transport starts
+        # reading right after that call even when it was paused inside it (what it reads then is kept).
         asyncio.get_running_loop().call_soon(self.set_reading, False)
         self.router.forward(self, signal)
 

@@ -296,6 +296,10 @@ class Peering:
                 if self.throttle(f"connect {peer.edge_id}"):
                     log.warning("cannot forward to edge %s at %s:%d: %s", peer.edge_id, peer.address,
                                 peer.forward_port, str(exc) or type(exc).__name__)
+            except BaseException:  # cancelled (the edge is closing): the dialled socket is ours to close
+                if dial is not None and dial.transport is not None:
+                    dial.transport.abort()
+                raise
             if dial is not None and dial.transport is not None:
                 dial.transport.abort()
         return None, b"", 0, result

@@ -6,13 +6,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
+from tests.conftest import LOOPS, loop_policy
 
 from mproxy.edge.splice import Splice
 from mproxy.sockwatch import reset
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@pytest.fixture(params=LOOPS)
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """On both loops the edge may run on: uvloop's transports start reading after connection_made even
+    when the protocol paused them inside it, asyncio's do not."""
+    return loop_policy(request.param)
 
 
 class _Held(asyncio.Protocol):
@@ -22,9 +31,9 @@ class _Held(asyncio.Protocol):
         self.made: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # as the edge does until the splice starts
-        self.made.set_result(transport)
+        t = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+        t.pause_reading()  # as the edge does until the splice starts
+        self.made.set_result(t)
 
 
 async def _accepted() -> tuple[Pair, asyncio.Transport, asyncio.Server]:
