@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -86,13 +87,21 @@ def encode_v1(source: Endpoint | None, destination: Endpoint | None) -> bytes:
     return f"PROXY {proto} {src} {dst} {sport} {dport}\r\n".encode("ascii")
 
 
-def encode_v2(source: Endpoint | None, destination: Endpoint | None) -> bytes:
+def encode_v2(source: Endpoint | None, destination: Endpoint | None,
+              tlvs: Sequence[tuple[int, bytes]] = ()) -> bytes:
+    """`tlvs`: (type, value) pairs after the addresses (0xE0-0xEF are free for custom use)."""
     pair = _pair(source, destination)
     if pair is None:
         return V2_SIGNATURE + b"\x21\x00\x00\x00"  # PROXY command, AF_UNSPEC: use the real endpoints
     src, sport, dst, dport = pair
     fam = 0x11 if src.version == 4 else 0x21
     body = src.packed + dst.packed + struct.pack("!HH", sport, dport)
+    for kind, value in tlvs:
+        if not 0 <= kind <= 255 or len(value) > 65535:
+            raise ProxyProtocolError(f"TLV type {kind} or its {len(value)}-byte value out of range")
+        body += struct.pack("!BH", kind, len(value)) + value
+    if len(body) > 65535:
+        raise ProxyProtocolError(f"PROXY v2 header body of {len(body)} bytes is over 65535")
     return V2_SIGNATURE + struct.pack("!BBH", 0x21, fam, len(body)) + body
 
 

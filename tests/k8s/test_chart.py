@@ -171,6 +171,12 @@ def test_full_render_with_every_option(kube: Any) -> None:
     assert headless["clusterIP"] == "None"
     assert [p["name"] for p in headless["ports"]] == ["tunnel"]
     assert headless["selector"].items() <= edge["spec"]["template"]["metadata"]["labels"].items()
+    # Forwarding: peers are the headless Service's addresses, the forward port is a container port, the
+    # HMAC key is the auth Secret's (no peers.secretFile).
+    assert config.peers is not None and config.peers.secret_file is None
+    assert config.peers.hostname == "mproxy-edge-tunnel.mproxy-system.svc.cluster.local"
+    assert {"name": "forward", "containerPort": config.peers.host_port[1], "protocol": "TCP"} in (
+        pod["containers"][0]["ports"])
     pdb = by[("PodDisruptionBudget", "mproxy-edge")]["spec"]
     assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == headless["selector"]
     spread = pod["topologySpreadConstraints"][0]

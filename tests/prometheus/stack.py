@@ -9,7 +9,8 @@ purpose so that the error panels have something to show:
 The sidecar also dials a second edge URL where nothing listens (a disconnected tunnel next to a connected
 one, and failed dials counted as reconnects). A second sidecar dials the edge with a token signed by another
 secret: the edge refuses it (bad_signature) and that pod never connects (what MproxyTunnelDown,
-MproxyTunnelUnavailable and MproxyEdgeTokensRefused are about).
+MproxyTunnelUnavailable and MproxyEdgeTokensRefused are about). The edge forwards between edges (`peers`)
+with one peer address where nothing listens (MproxyEdgePeerUnreachable, the forward and peer panels).
 The operator needs a Kubernetes API server to run (tests/k8s starts one; too slow here), so its own metrics
 registry is served alone, by prometheus_client, as its /metrics would: real names, real initial series.
 """
@@ -121,6 +122,9 @@ def start_stack(group: ProcGroup) -> Stack:
         "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 5, "authTimeoutSeconds": 5},
         "logging": {"format": "text", "level": "info"},
         "drainSeconds": 0,
+        # Forwarding between edges on, as the chart has it: the edge itself (skipped: its own id) and a
+        # peer address where nothing listens (known, never reachable: MproxyEdgePeerUnreachable pending).
+        "peers": {"listen": "127.0.0.1:0", "addresses": ["127.0.0.1", "127.0.0.2"]},
     })
     edge = group.start("edge", [*mproxy, "edge", "--config", str(edge_config)])
     ready = _wait_line(edge, r"mproxy edge ready: tunnel=(\d+) http=(\d+) http=(\d+)")

@@ -484,6 +484,19 @@ def edge() -> dm.Dashboard:
                   "for the name, rate limited, too many connections, sniff timeout...).", OPS, [
                       (f"sum by (reason) (rate({e}rejects_total{{{ED}}}[{RI}]))", "{{reason}}"),
                   ], stack=True),
+            Panel("Forwarded between edges", "Rate of clients this edge had no tunnel for and forwarded to a "
+                  "peer edge (out), and of clients peers forwarded here (in), by result. A steady out rate "
+                  "means sidecars do not reach every replica; in: bad_auth, stale or replay is someone "
+                  "other than a peer on the forward port.", OPS, [
+                      (f"sum by (result) (rate({e}forwards_out_total{{{ED}}}[{RI}])) > 0", "out: {{result}}"),
+                      (f"sum by (result) (rate({e}forwards_in_total{{{ED}}}[{RI}])) > 0", "in: {{result}}"),
+                  ]),
+            Panel("Peer edges", "Peer edges the selected pods find (this pod excluded) and whose grants "
+                  "they fetched recently. Reachable below known: MproxyEdgePeerUnreachable after 10 "
+                  "minutes.", NONE, [
+                      (f"sum({e}peers_known{{{ED}}})", "known"),
+                      (f"sum({e}peers_reachable{{{ED}}})", "reachable"),
+                  ]),
             Panel("Client connections open", "Client connections open now, by protocol.", NONE, [
                 (f"sum by (protocol) ({e}client_connections_active{{{ED}}})", "{{protocol}}"),
             ]),

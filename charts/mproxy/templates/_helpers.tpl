@@ -65,6 +65,9 @@ One definition for the ConfigMap and for the Deployment's config-hash annotation
 {{- define "mproxy.edge.configMapName" -}}
 {{- printf "%s-config" (include "mproxy.edge.fullname" .) }}
 {{- end }}
+{{- define "mproxy.edge.forwarding" -}}
+{{- if and .Values.edge.forwarding.enabled .Values.edge.tunnelService.enabled }}true{{ end }}
+{{- end }}
 {{- define "mproxy.edge.config" -}}
 {{- $chart := dict "auth" (dict "secretFile" "/var/run/mproxy/edge/secret") "replicas" (int .Values.edge.replicas | max 1) }}
 {{- if .Values.edge.replicasFromEndpointSlices }}
@@ -72,6 +75,11 @@ One definition for the ConfigMap and for the Deployment's config-hash annotation
 {{- fail "edge.replicasFromEndpointSlices counts the headless tunnel Service's endpoints: set edge.tunnelService.enabled=true" }}
 {{- end }}
 {{- $_ := set $chart "replicasFrom" (dict "endpointSlices" (dict "service" (printf "%s-tunnel" (include "mproxy.edge.fullname" .)))) }}
+{{- end }}
+{{- if include "mproxy.edge.forwarding" . }}
+{{- /* Peers: every ready edge pod behind the headless tunnel Service; the key comes from auth.secretFile. */}}
+{{- $peers := dict "listen" (printf "0.0.0.0:%d" (int .Values.edge.forwarding.port)) "hostname" (printf "%s-tunnel.%s.svc.%s" (include "mproxy.edge.fullname" .) .Release.Namespace .Values.operator.clusterDomain) }}
+{{- $_ := set $chart "peers" $peers }}
 {{- end }}
 {{- toYaml (merge $chart (deepCopy .Values.edge.config)) }}
 {{- end }}

@@ -29,6 +29,7 @@ __all__ = [
     "EdgeHeartbeat",
     "EdgeLimits",
     "ListenerConfig",
+    "PeersConfig",
     "TunnelEndpoint",
     "UdpOptions",
     "load_edge_config",
@@ -139,6 +140,29 @@ class EdgeHeartbeat(s.Section):
 
 
 @dataclass(frozen=True, slots=True)
+class PeersConfig(s.Section):
+    """Forwarding between edge replicas (docs/edge.md, "Forwarding between edges")."""
+
+    listen: str = s.required(s.Listen())  # the internal forward listener (PROXY v2 + HMAC TLV in, local only)
+    hostname: str | None = s.opt_string()  # resolved to every address (a headless Service); or `addresses`
+    addresses: tuple[str, ...] = s.custom((), omit_default=True)  # static peers: HOST or HOST:PORT
+    port: int | None = s.custom(None, omit_default=True)  # the peers' tunnel port; None: this edge's own
+    nameservers: tuple[str, ...] = s.custom((), omit_default=True)  # HOST:PORT DNS servers for `hostname`
+    secret_file: str | None = s.opt_string()  # the HMAC key's source; None: auth.secretFile
+    refresh_seconds: float = s.number(1.0, 0.05, 300)  # how often each peer's grants are polled
+    resolve_seconds: float = s.number(10.0, 0.1, 3600)  # how often `hostname` is resolved again
+    # A peer's grants not refreshed for this long are forgotten (default: max(5, 3 x refreshSeconds)).
+    expire_seconds: float = s.custom(5.0)
+    connect_timeout_seconds: float = s.number(2.0, 0.01, 60)  # connecting to a peer and its answer
+    max_forwards: int = s.integer(1000, 1, 1_000_000)  # forwarded clients at once, each way
+    clock_skew_seconds: float = s.number(10.0, 0.1, 300)  # signed requests/headers older or newer: refused
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen, "peers.listen")
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig(s.Section):
     secret_file: str = s.custom(key="auth.secretFile")
     listeners: tuple[ListenerConfig, ...] = s.custom((), of=ListenerConfig, many=True)
@@ -155,6 +179,8 @@ class EdgeConfig(s.Section):
     replicas: int = s.integer(1, 1, 1000)
     # A live count instead, from this edge's own headless Service (announced once read).
     replicas_from: EndpointSlicesSource | None = s.custom(None, omit_default=True)
+    # Forward clients to the replica that holds their tunnel.
+    peers: PeersConfig | None = s.custom(None, of=PeersConfig, omit_default=True)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
@@ -169,7 +195,8 @@ class EdgeConfig(s.Section):
             "http": self.http.to_dict(),
             "logging": self.logging.to_dict(),
             "drainSeconds": self.drain_seconds,
-        } | ({"replicasFrom": self.replicas_from.to_dict()} if self.replicas_from is not None else {})
+        } | ({"replicasFrom": self.replicas_from.to_dict()} if self.replicas_from is not None else {}) | (
+            {"peers": self.peers.to_dict()} if self.peers is not None else {})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -190,7 +217,8 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
     listeners = _listeners(root)
     tunnel = _tunnel(root)
     http = read_http(root)
-    _no_port_clash(listeners, tunnel, http)
+    peers = _peers(root)
+    _no_port_clash(listeners, tunnel, http, peers)
     limits = s.read(EdgeLimits, f.mapping(root.get("limits"), "limits"), "limits")
     c.check_buffer_limits(limits.buffer_soft_bytes, limits.buffer_hard_bytes, limits.tunnel_buffer_bytes)
     heartbeat = s.read(EdgeHeartbeat, f.mapping(root.get("heartbeat"), "heartbeat"), "heartbeat")
@@ -207,7 +235,40 @@ def load_edge_config(source: str | bytes | Mapping[str, Any]) -> EdgeConfig:
         logging=read_logging(root),
         id=_edge_id(root),
         replicas_from=read_replicas_from(root),
+        peers=peers,
     )
+
+
+def _peers(root: Mapping[str, Any]) -> PeersConfig | None:
+    if root.get("peers") is None:
+        return None
+    obj = f.mapping(root["peers"], "peers")
+    f.only_keys(obj, "peers", s.keys(PeersConfig))
+    if "listen" not in obj:
+        raise ConfigError("peers.listen", "is required (HOST:PORT of the internal listener peers forward "
+                          "clients to, e.g. 0.0.0.0:8444)")
+    hostname = f.opt_string(obj, "hostname", "peers")
+    addresses = []
+    for i, item in enumerate(f.seq(obj, "addresses", "peers")):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"peers.addresses[{i}]", f"must be HOST or HOST:PORT (got {item!r})")
+        addresses.append(item.strip())
+    if hostname is None and not addresses:
+        raise ConfigError("peers", "needs hostname (resolved to every replica, e.g. the headless tunnel "
+                          "Service) or addresses (a static list)")
+    nameservers = []
+    for i, item in enumerate(f.seq(obj, "nameservers", "peers")):
+        ns = str(item)
+        split_listen(ns if ":" in ns else f"{ns}:53", f"peers.nameservers[{i}]")
+        nameservers.append(ns if ":" in ns else f"{ns}:53")
+    port = f.integer(obj, "port", "peers", 0, 1, 65535) if obj.get("port") is not None else None
+    refresh = s.read_field(PeersConfig, "refresh_seconds", obj, "peers")
+    expire = f.number(obj, "expireSeconds", "peers", max(5.0, 3 * refresh), 0.1, 3600)
+    if expire <= refresh:
+        raise ConfigError("peers.expireSeconds", f"must be greater than refreshSeconds ({expire:g} <= "
+                          f"{refresh:g}), or every peer would expire between two polls")
+    return s.read(PeersConfig, obj, "peers", addresses=tuple(addresses), port=port,
+                  nameservers=tuple(nameservers), expire_seconds=expire)
 
 
 def _edge_id(root: Mapping[str, Any]) -> str | None:
@@ -282,12 +343,15 @@ def _trusted(root: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig) -> None:
+def _no_port_clash(listeners: tuple[ListenerConfig, ...], tunnel: TunnelEndpoint, http: HttpConfig,
+                   peers: PeersConfig | None) -> None:
     seen: dict[tuple[str, str, int], str] = {}
     # UDP and TCP ports are separate spaces: a udp listener may share its port with a tcp one (DNS on 53).
     named = [(f"listeners[{i}].listen", "udp" if item.kind == "udp" else "tcp", item.host_port)
              for i, item in enumerate(listeners)]
     named += [("tunnel.listen", "tcp", tunnel.host_port), ("http.listen", "tcp", http.host_port)]
+    if peers is not None:
+        named.append(("peers.listen", "tcp", peers.host_port))
     for path, proto, (host, port) in named:
         if port == 0:
             continue  # the kernel picks a free port

@@ -10,7 +10,12 @@ so everything about this client lives here, in order:
    `PendingClients` (shed oldest first past the cap). A refused client is told in its own protocol
    (`refusal_bytes`: a TLS alert, an HTTP status, or a close) and counted under a reject reason.
 2. Routing: `router.open(client)` picks a tunnel and opens the stream (the relay's job; it raises
-   `Refused` when nobody can take the client).
+   `Refused` when nobody can take the client). It raises `Forwarding` instead when no tunnel here takes
+   the client but a peer edge may (mproxy.edge.forward): the client stops reading and hands itself to
+   `router.forward`, which sends the bytes read so far (and any read until the peer answers) and then owns
+   the socket; it ends with `forward_refused` (refused as usual) or `forward_ended`. A client a peer
+   forwarded here starts at this step (`adopt`: its address, port and name come from the peer's verified
+   header) and is routed to local tunnels only (its Front is `forwarded`).
 3. Relaying, both ways, with flow control and no task or copy per chunk:
    - client -> tunnel: `data_received` goes straight into `stream.write()`. When the stream's queue is
      full, or the sidecar sent `pause` for this client, the socket stops being read until `resume_writing`.
@@ -45,7 +50,7 @@ from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
 from mproxy.codec import NEED_MORE, Address, address_from_peername, sniff_http_host, sniff_sni
 from mproxy.codec.errors import ErrorCode, LocalProtocolError
 from mproxy.edge.limits import ClientLimiter, PendingClients
-from mproxy.edge.refusal import Refused, refusal_bytes
+from mproxy.edge.refusal import Forwarding, Refused, refusal_bytes
 from mproxy.sockwatch import PausedWatch, reset
 from mproxy.tunnel.mux import Stream, StreamEnd, StreamHandler
 from mproxy.tunnel.ws import CLOSE_GOING_AWAY
@@ -64,8 +69,8 @@ FRESH_SECONDS = 1.0
 PROXY_HEADER_MAX = 4096  # bytes read for a PROXY header before it is refused as too long
 REFUSAL_LINGER_SECONDS = 2.0  # a refused client that does not take its answer and close is dropped then
 
-# The client's phases; `data_received` checks the hot one first.
-_RELAYING, _PROXY, _SNIFF, _ROUTING, _DONE = range(5)
+# The client's phases; `data_received` checks the hot one first. _FORWARDING: handed to a peer edge.
+_RELAYING, _PROXY, _SNIFF, _ROUTING, _FORWARDING, _DONE = range(6)
 
 
 class Tunnel(Protocol):
@@ -83,7 +88,12 @@ class Router(Protocol):
 
     def open(self, client: EdgeClient) -> Stream:
         """Open a stream for `client` on a tunnel it has not tried (`client.tried`), with
-        `client.handler`, and set `client.tunnel`; raise Refused when no tunnel (left) can take it."""
+        `client.handler`, and set `client.tunnel`; raise Refused when no tunnel (left) can take it, or
+        Forwarding when a peer edge may (the client then calls `forward`)."""
+
+    def forward(self, client: EdgeClient, signal: Forwarding) -> None:
+        """Take over `client`'s socket for a peer edge; it calls `client.forward_refused` or
+        `client.forward_ended` exactly once."""
 
     def refused(self, client: EdgeClient, tunnel: Tunnel, code: str) -> None:
         """`tunnel` refused `client` before answering anything (`code`); it is retried elsewhere."""
@@ -112,6 +122,8 @@ class Front:
     pending: PendingClients
     router: Router
     unrouted: set[EdgeClient]  # clients still in their preamble (the listener's close ends them)
+    forwarded: bool = False  # clients a peer edge forwarded here: local tunnels only, never forwarded again
+    on_lost: Callable[[EdgeClient], None] | None = None  # called once when a client's socket is gone
 
 
 class _StreamSide(StreamHandler):
@@ -357,7 +369,11 @@ class EdgeClient(asyncio.Protocol):
             self._timer = None
         self.front.unrouted.discard(self)
         self.started = time.monotonic()
-        stream = self.router.open(self)  # Refused: answered as in the preamble
+        try:
+            stream = self.router.open(self)  # Refused: answered as in the preamble
+        except Forwarding as signal:
+            self._forward(signal)
+            return
         self.front.pending.discard(id(self))  # (a refused one stays counted while it lingers)
         t = self.transport
         assert t is not None
@@ -365,6 +381,50 @@ class EdgeClient(asyncio.Protocol):
         t.set_write_buffer_limits(high=high, low=max(high // 4, 1))
         self._watch = PausedWatch(t, on_reset=self._client_reset, on_fin=self._client_fin)
         self._attach(stream)
+
+    def _forward(self, signal: Forwarding) -> None:
+        # Routed, to a peer: out of the pending count. Not read until the peer answers (what was read is
+        # in the replay buffer, sent after the PROXY header); then the forwarder owns the socket.
+        self._phase = _FORWARDING
+        self.front.pending.discard(id(self))
+        if self._replay is None:
+            self._replay = bytearray()
+        # Soon, not now: a raw TCP client gets here from connection_made, and uvloop's transport starts
+        # reading right after that call even when it was paused inside it (what it reads then is kept).
+        asyncio.get_running_loop().call_soon(self.set_reading, False)
+        self.router.forward(self, signal)
+
+    def _forward_keep(self, data: bytes) -> None:
+        replay = self._replay
+        assert replay is not None
+        replay += data
+        if len(replay) > REPLAY_MAX:
+            self.set_reading(False)  # bounded: the rest waits in the kernel until the pipe starts
+
+    def forward_refused(self, refusal: Refused) -> None:
+        """No peer took this client: it is refused as if there were no peers."""
+        if self._phase == _FORWARDING:
+            self.set_reading(True)  # its refusal lingers reading (and discarding) until it closes
+            self._refuse(refusal)
+
+    def forward_ended(self) -> None:
+        """The pipe to the peer edge ended and closed the socket: free the admission slot."""
+        self._phase = _DONE
+        self._release()
+
+    def read_so_far(self, start: int = 0) -> bytes:
+        """The bytes this client sent so far, from offset `start` (what a forward sends after its header:
+        the preamble's, then any read while the peer had not answered yet)."""
+        return bytes(self._replay[start:]) if self._replay is not None else b""
+
+    def adopt(self, transport: asyncio.Transport, addr: Address, serviceport: int, name: str,
+              initial: bytes) -> None:
+        """Serve a client a peer edge forwarded here (the front's `forwarded`): its address, port, name and
+        first bytes come from the verified PROXY header (mproxy.edge.forward), so there is no preamble."""
+        self.transport = transport
+        self.addr, self.serviceport, self.name = addr, serviceport, name
+        self._replay = bytearray(initial)
+        self._step(self._route)
 
     def _attach(self, stream: Stream) -> None:
         """Start relaying on `stream`: the bytes read so far (and a client FIN already seen) go first."""
@@ -400,6 +460,8 @@ class EdgeClient(asyncio.Protocol):
             self._step(self._proxy_header if phase == _PROXY else self._sniff)
         elif phase == _ROUTING and self._replay is not None:  # between attempts: kept for the replay
             self._keep(data)
+        elif phase == _FORWARDING:  # until the peer answers; sent after what the forwarder sent already
+            self._forward_keep(data)
 
     def _keep(self, data: bytes) -> None:
         """Keep sent bytes for a replay, up to REPLAY_MAX (past it the client cannot move any more)."""
@@ -416,6 +478,9 @@ class EdgeClient(asyncio.Protocol):
             return False
         if self._phase == _DONE:
             return False  # a refused client took its answer and closed: close too
+        if self._phase == _FORWARDING:
+            self.client_ended = True  # passed on once the peer took the client
+            return True
         self.client_ended = True
         stream = self.stream
         if self._phase == _RELAYING and stream is not None and not stream.closed:
@@ -424,6 +489,8 @@ class EdgeClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self.front.on_lost is not None:
+            self.front.on_lost(self)
         if self._watch is not None:
             self._watch.stop()
         if self.stream is None:  # never relayed (refused, lingering, or still in its preamble)

@@ -7,7 +7,9 @@ sent before the close: a fatal TLS alert, a complete HTTP response, or nothing f
 
 from __future__ import annotations
 
-__all__ = ["Refused", "refusal_bytes"]
+from typing import Any
+
+__all__ = ["Forwarding", "Refused", "refusal_bytes"]
 
 # TLS alert records (TLS 1.0 record version, which every client accepts in an alert): fatal, then reason.
 _ALERT_UNRECOGNIZED_NAME = b"\x15\x03\x01\x00\x02\x02\x70"
@@ -50,3 +52,14 @@ def refusal_bytes(kind: str, reason: str, message: str) -> bytes:
                 f"Content-Length: {len(body)}\r\nConnection: close\r\nX-Mproxy-Reason: {reason}\r\n\r\n")
         return head.encode("ascii") + body
     return b""
+
+
+class Forwarding(Refused):
+    """Raised by the router where no local tunnel takes a client but a peer edge may (mproxy.edge.forward):
+    the client hands its socket to `router.forward`. Caught as a plain Refused (a replay's second `open`),
+    it is the refusal the client gets when no peer takes it."""
+
+    def __init__(self, refusal: Refused, peers: list[Any]) -> None:
+        super().__init__(refusal.reason, str(refusal))
+        self.refusal = refusal
+        self.peers = peers  # the peers to try, in order (mproxy.edge.peers.Peer)

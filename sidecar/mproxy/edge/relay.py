@@ -10,7 +10,8 @@ Tunnels come in through `TunnelEndpoint` (mproxy.edge.tunnels), each one granted
 tokens (mproxy.edge.expiry drops them as they expire). Public clients are `EdgeClient`s
 (mproxy.edge.client); the relay is their `Router`: `open` picks a tunnel that grants the client's name or
 port (the table: longest suffix first, least loaded) and opens its stream; `_unroutable` is where a
-client that no tunnel here takes is refused.
+client that no tunnel here takes is refused, or (with `peers` configured) handed to a peer edge that holds
+a tunnel for it (mproxy.edge.forward: `Forwarding`, then `forward`).
 
 The bytes flusher and each tunnel's guard are supervised: one that fails is logged once, counted in
 mproxy_edge_task_restarts_total{task}, and restarted with backoff; /readyz is 503 and /status lists it
@@ -34,9 +35,10 @@ from mproxy.codec import LocalProtocolError, pack_connection
 from mproxy.codec.errors import ErrorCode
 from mproxy.config.edge import EdgeConfig
 from mproxy.edge.client import EdgeClient, Tunnel
+from mproxy.edge.forward import Peering
 from mproxy.edge.limits import ClientLimiter, PendingClients
 from mproxy.edge.listener import PublicListener
-from mproxy.edge.refusal import Refused
+from mproxy.edge.refusal import Forwarding, Refused
 from mproxy.edge.table import TunnelDirectory
 from mproxy.edge.tunnels import TunnelEndpoint, TunnelSession
 from mproxy.edge.udp import UdpListener
@@ -98,6 +100,9 @@ class EdgeRelay:
                                       mux_limits=self.mux_limits, supervise=self._supervise,
                                       unsupervise=self._unsupervise)
         self.sessions = self.tunnels.sessions  # every connected tunnel
+        self.peering = Peering(self) if config.peers is not None else None  # mproxy.edge.forward
+        if self.peering is not None:
+            self.tunnels.extra_routes.append(self.peering.add_routes)  # the peers' grants endpoint
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -107,6 +112,8 @@ class EdgeRelay:
         self.tunnel_port = await self._serve(self.tunnels.app(), self.config.tunnel.host_port,
                                              self._tunnel_ssl(), "tunnel.listen")
         self.http_port = await self._serve(self.http_app(), self.config.http.host_port, None, "http.listen")
+        if self.peering is not None:
+            await self.peering.start()
         self.started = True
         self._flusher = self._supervise("edge bytes flusher", "flusher", self._flush_loop).task
         log.info("edge ready: tunnel endpoint on port %d, listeners %s", self.tunnel_port,
@@ -163,7 +170,11 @@ class EdgeRelay:
         self.metrics.draining.set(1)
         for listener in self.listeners:
             await listener.stop_accepting()
-        await self.tunnels.drain(asyncio.get_running_loop().time() + timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self.tunnels.drain(deadline)
+        if self.peering is not None:  # clients it forwarded to peers finish too
+            await self.peering.wait_idle(max(0.0, deadline - loop.time()))
         await self.close()
 
     async def _flush_loop(self) -> None:
@@ -185,6 +196,8 @@ class EdgeRelay:
         await self.tunnels.close()
         for listener in self.listeners:
             await listener.close()
+        if self.peering is not None:
+            await self.peering.close()
         for client in list(self._clients):
             client.abort()  # their tunnels are gone; this frees the sockets now
         for runner in self._runners:
@@ -268,7 +281,14 @@ class EdgeRelay:
         if known:
             raise Refused("tunnel_full", f"every tunnel for {what} is at its stream limit or "
                           "draining; retry later")
-        raise Refused("no_tunnel", f"no tunnel is connected for {what}")
+        refusal = Refused("no_tunnel", f"no tunnel is connected for {what}")
+        if self.peering is not None:
+            self.peering.offer(client, refusal)  # raises Forwarding when a peer edge may take the client
+        raise refusal
+
+    def forward(self, client: EdgeClient, signal: Forwarding) -> None:
+        assert self.peering is not None  # only peering raises Forwarding
+        self.peering.forward(client, signal)
 
     def refused(self, client: EdgeClient, tunnel: Tunnel, code: str) -> None:
         if code == ErrorCode.SHUTTING_DOWN:
@@ -299,7 +319,7 @@ class EdgeRelay:
             "ports": {str(k): v for k, v in self.table.ports().items()},
             "tunnels": [s.status() for s in sorted(self.sessions, key=lambda s: s.id)],
             "tasksDown": sorted(f"{sup.name}: {sup.error}" for sup in self.supervised if sup.down),
-        }
+        } | ({"peering": self.peering.status()} if self.peering is not None else {})
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:

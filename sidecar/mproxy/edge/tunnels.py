@@ -118,11 +118,14 @@ class TunnelEndpoint:
         self._unsupervise = unsupervise  # ... and forget it when its tunnel ends
         self.sessions: set[TunnelSession] = set()
         self.draining = False  # refuse new tunnels
+        self.extra_routes: list[Callable[[web.Application], None]] = []  # e.g. the peers' grants endpoint
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(self.config.tunnel.path, self.handle)
+        for add in self.extra_routes:
+            add(app)
         return app
 
     async def drain(self, deadline: float) -> None:

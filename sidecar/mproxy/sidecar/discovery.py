@@ -1,8 +1,8 @@
 """Every address an edge URL's hostname resolves to, and a resolver that dials one chosen address.
 
-`resolve_all(host, port, nameservers)` returns the distinct addresses (A and AAAA) in a stable order: an
-IP literal is itself; with `edge.nameservers` the DNS servers named there are asked (dnspython), else the
-system resolver (getaddrinfo). A headless Service, or any multi-A name, lists one address per edge replica.
+`resolve_all(host, port, nameservers)` (mproxy.resolve, shared with the edge's peer discovery) returns
+the distinct addresses (A and AAAA) in a stable order, asking `edge.nameservers` when set. A headless
+Service, or any multi-A name, lists one address per edge replica.
 
 `PinnedResolver` is handed to aiohttp's connector: it answers every lookup with the address the slot
 chose, so the URL (Host header, TLS SNI and certificate check) keeps its hostname while the TCP
@@ -11,74 +11,15 @@ connection goes to one replica.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from mproxy.resolve import MAX_ADDRESSES, ResolveError, resolve_all
+
 __all__ = ["MAX_ADDRESSES", "PinnedResolver", "ResolveError", "resolve_all"]
-
-MAX_ADDRESSES = 256  # a hostname with more addresses is cut: the slots per URL are bounded anyway
-TIMEOUT = 5.0
-
-
-class ResolveError(Exception):
-    pass
-
-
-async def resolve_all(host: str, port: int, nameservers: tuple[str, ...] = ()) -> list[str]:
-    """Distinct addresses of `host`, sorted; raises ResolveError with a message for the user."""
-    try:
-        return [str(ipaddress.ip_address(host.strip("[]")))]
-    except ValueError:
-        pass
-    found = await (_ask(host, nameservers) if nameservers else _system(host, port))
-    out = sorted(set(found), key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
-    if not out:
-        raise ResolveError(f"{host} resolves to no address")
-    return out[:MAX_ADDRESSES]
-
-
-async def _system(host: str, port: int) -> list[str]:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError) as exc:
-        raise ResolveError(f"cannot resolve {host}: {exc}") from None
-    return [str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
-
-
-async def _ask(host: str, nameservers: tuple[str, ...]) -> list[str]:
-    import dns.asyncresolver
-    import dns.exception
-    import dns.nameserver
-    import dns.resolver
-
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    servers: list[str | dns.nameserver.Nameserver] = []
-    for server in nameservers:
-        addr, _, port = server.rpartition(":")
-        servers.append(dns.nameserver.Do53Nameserver(addr.strip("[]"), int(port)))
-    resolver.nameservers = servers
-    resolver.lifetime = TIMEOUT
-    out: list[str] = []
-    errors: list[str] = []
-    for rdtype in ("A", "AAAA"):
-        try:
-            answer = await resolver.resolve(host, rdtype, search=False)
-        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-            continue
-        except dns.exception.DNSException as exc:
-            errors.append(str(exc))
-            continue
-        out.extend(str(r.address) for r in answer)
-    if not out and errors:
-        raise ResolveError(f"cannot resolve {host} with edge.nameservers {', '.join(nameservers)}: "
-                           f"{errors[0]}")
-    return out
 
 
 class PinnedResolver(AbstractResolver):

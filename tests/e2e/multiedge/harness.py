@@ -129,9 +129,10 @@ class Balancer:
 
 class Edge:
     def __init__(self, proc: asyncio.subprocess.Process, host: str, http_port: int, client_port: int,
-                 edge_id: str) -> None:
+                 edge_id: str, ports: dict[str, int] | None = None) -> None:
         self.proc, self.host, self.http_port, self.client_port, self.id = (proc, host, http_port, client_port,
                                                                           edge_id)
+        self.ports = ports or {"tcp": client_port}  # listener kind -> port
 
     async def status(self) -> dict[str, Any]:
         return await get_json(f"http://{self.host}:{self.http_port}/status")
@@ -205,8 +206,11 @@ class Cluster:
         return lb
 
     async def edge(self, host: str, edge_id: str, replicas: int = 3,
-                   tls: tuple[str, str] | None = None) -> Edge:
+                   tls: tuple[str, str] | None = None, peers: dict[str, Any] | None = None,
+                   kinds: tuple[str, ...] = ()) -> Edge:
+        """`peers`: the edge's peers section (forwarding); `kinds`: extra tls/http listeners."""
         http_port, client_port = free_port((host,)), free_port((host,))
+        ports = {"tcp": client_port} | {kind: free_port((host,)) for kind in kinds}
         tunnel: dict[str, Any] = {"listen": f"{host}:{self.tunnel_port}", "path": "/tunnel"}
         if tls is not None:
             tunnel["tls"] = {"certFile": tls[0], "keyFile": tls[1]}
@@ -214,7 +218,8 @@ class Cluster:
             "id": edge_id,
             "replicas": replicas,
             "auth": {"secretFile": str(self.tmp / "secret")},
-            "listeners": [{"kind": "tcp", "listen": f"{host}:{client_port}", "publicPort": PUBLIC_PORT}],
+            "listeners": [{"kind": "tcp", "listen": f"{host}:{client_port}", "publicPort": PUBLIC_PORT}]
+            + [{"kind": kind, "listen": f"{host}:{ports[kind]}"} for kind in kinds],
             "tunnel": tunnel,
             "http": {"listen": f"{host}:{http_port}"},
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3, "authTimeoutSeconds": 2},
@@ -222,21 +227,31 @@ class Cluster:
             "logging": {"format": "text", "level": "warning"},
             "drainSeconds": 1,
         }
+        if peers is not None:
+            cfg["peers"] = peers
         path = self.tmp / f"edge-{edge_id}.yaml"
         path.write_text(yaml.safe_dump(cfg))
+        log = open(self.tmp / f"edge-{edge_id}.log", "ab")  # noqa: SIM115 (closed with the stack)
+        self.stack.callback(log.close)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mproxy", "edge", "--config", str(path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.DEVNULL, stderr=log)
         self.stack.push_async_callback(stop_proc, proc)
-        edge = Edge(proc, host, http_port, client_port, edge_id)
+        edge = Edge(proc, host, http_port, client_port, edge_id, ports)
         await until(lambda: _up(f"http://{host}:{http_port}/readyz"), 15, f"edge {edge_id} ready")
         self.edges.append(edge)
         return edge
 
     async def sidecar(self, label: str, url: str, nameservers: list[str] | None = None,
-                      ca_file: str | None = None) -> Sidecar:
+                      ca_file: str | None = None, routes: list[dict[str, Any]] | None = None,
+                      token: str | None = None) -> Sidecar:
+        """`routes` replace the echo route; `token` the default token (port PUBLIC_PORT only)."""
         http_port = free_port(("127.0.0.1",))
-        edge: dict[str, Any] = {"urls": [url], "connectionsPerUrl": 1, "tokenFile": str(self.tmp / "token"),
+        token_file = self.tmp / "token"
+        if token is not None:
+            token_file = self.tmp / f"token-{label}"
+            token_file.write_text(token)
+        edge: dict[str, Any] = {"urls": [url], "connectionsPerUrl": 1, "tokenFile": str(token_file),
                                 "resolveSeconds": 0.5}
         if ca_file:
             edge["caFile"] = ca_file
@@ -244,8 +259,8 @@ class Cluster:
             edge["nameservers"] = nameservers
         cfg = {
             "edge": edge,
-            "routes": [{"name": "echo", "match": {"services": ["tcp"]},
-                        "backend": {"host": "127.0.0.1", "port": self.echo_port}}],
+            "routes": routes or [{"name": "echo", "match": {"services": ["tcp"]},
+                                  "backend": {"host": "127.0.0.1", "port": self.echo_port}}],
             "reconnect": {"initialSeconds": 0.05, "maxSeconds": 0.3, "fastWindowSeconds": 2},
             "http": {"listen": f"127.0.0.1:{http_port}"},
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3},

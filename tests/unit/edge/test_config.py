@@ -94,3 +94,33 @@ def test_buffer_and_admission_limits() -> None:
     assert (default.buffer_soft_bytes, default.buffer_hard_bytes, default.tunnel_buffer_bytes) == (
         8 << 20, 64 << 20, 256 << 20)
     assert (default.pre_routing_connections, default.ipv6_prefix_length) == (2000, 64)
+
+
+PEERS = {"auth": {"secretFile": "/s"}}
+
+
+def test_peers_section_round_trips_with_its_defaults() -> None:
+    cfg = load_edge_config(PEERS | {"peers": {"listen": "0.0.0.0:8444", "hostname": "edge-tunnel.ns.svc",
+                                              "nameservers": ["10.96.0.10"]}})
+    assert cfg.peers is not None
+    assert cfg.peers.nameservers == ("10.96.0.10:53",) and cfg.peers.port is None
+    assert cfg.peers.refresh_seconds == 1.0 and cfg.peers.expire_seconds == 5.0
+    assert load_edge_config(cfg.to_yaml()) == cfg
+    assert load_edge_config(PEERS).peers is None
+
+
+@pytest.mark.parametrize(("peers", "path"), [
+    ({"hostname": "x"}, "peers.listen"),
+    ({"listen": "0.0.0.0:8444"}, "peers"),
+    ({"listen": "nope", "hostname": "x"}, "peers.listen"),
+    ({"listen": "0.0.0.0:8444", "addresses": [""]}, "peers.addresses[0]"),
+    ({"listen": "0.0.0.0:8444", "hostname": "x", "refreshSeconds": 2, "expireSeconds": 1},
+     "peers.expireSeconds"),
+    ({"listen": "0.0.0.0:8444", "hostname": "x", "maxForwards": 0}, "peers.maxForwards"),
+    ({"listen": "0.0.0.0:8444", "hostname": "x", "secret": "inline"}, "peers.secret"),
+    ({"listen": "0.0.0.0:8443", "hostname": "x"}, "peers.listen"),  # the tunnel port's
+])
+def test_peers_mistakes_name_their_field(peers: dict[str, object], path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_edge_config(PEERS | {"peers": peers})
+    assert info.value.path == path, info.value

@@ -54,6 +54,10 @@ def test_v2_tlvs_and_local() -> None:
     assert isinstance(hdr, ProxyHeader) and hdr.tlvs == ((2, b"abc"),)
     local = decode(V2_SIGNATURE + b"\x20\x00\x00\x00")
     assert isinstance(local, ProxyHeader) and local.source is None and local.length == 16
+    # encode_v2 writes TLVs after the addresses, byte for byte what decode reads.
+    assert encode_v2(("1.2.3.4", 1), ("5.6.7.8", 2), [(2, b"abc")]) == wire
+    with pytest.raises(ProxyProtocolError):
+        encode_v2(("1.2.3.4", 1), ("5.6.7.8", 2), [(256, b"")])
 
 
 def test_need_more_for_every_prefix() -> None:

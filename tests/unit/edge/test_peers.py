@@ -1,0 +1,39 @@
+"""A peer's grants answer is checked field by field and bounded; static peer addresses parse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mproxy.edge.auth import Grant
+from mproxy.edge.peers import MAX_GRANT_KEYS, Peer, parse_answer, static_targets
+
+
+def answer(**fields: object) -> bytes:
+    return json.dumps({"id": "edge-1", "forwardPort": 8444, "domains": ["Example.com."], "ports": [7022]}
+                      | fields).encode()
+
+
+def test_a_good_answer() -> None:
+    edge_id, port, grant, draining = parse_answer(answer())
+    assert (edge_id, port, draining) == ("edge-1", 8444, False)
+    assert grant == Grant(frozenset({"example.com"}), frozenset({7022}))
+    peer = Peer("10.0.0.5", edge_id, port, grant, draining, 0.0)
+    assert peer.serves("a.b.example.com", 443) and not peer.serves("example.org", 7022)
+    assert peer.serves("", 7022) and not peer.serves("", 7023)
+
+
+@pytest.mark.parametrize("bad", [
+    b"[]", b"not json", answer(id=""), answer(id=7), answer(forwardPort=0), answer(forwardPort=True),
+    answer(domains="example.com"), answer(domains=["bad name!"]), answer(ports=[0]), answer(ports=["80"]),
+    answer(draining="no"), answer(domains=[f"n{i}.test" for i in range(MAX_GRANT_KEYS)]),
+])
+def test_bad_answers_are_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_answer(bad)
+
+
+def test_static_targets() -> None:
+    assert static_targets(("10.0.0.5", "10.0.0.6:9443", "[fd00::1]:8443", "fd00::2"), 8443) == [
+        ("10.0.0.5", 8443), ("10.0.0.6", 9443), ("fd00::1", 8443), ("fd00::2", 8443)]
