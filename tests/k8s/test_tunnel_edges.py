@@ -11,7 +11,6 @@ goes Unknown (nothing answers yet) -> False "1 of 2 edges on pod shop-0" -> True
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.e2e.multiedge.harness import free_port
 from tests.k8s.test_operator import (
     INJECT,
     NS_LABEL,
@@ -65,18 +65,7 @@ def loopback_node(kube: Any) -> Iterator[tuple[str, str]]:
 
 
 def _free_port(hosts: list[str]) -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no port free on every address")
+    return free_port(tuple(hosts))  # never a port handed out before in this process
 
 
 class Procs:
