@@ -6,10 +6,11 @@ is refused as usual and frees the client's admission."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from tests.conftest import LOOPS, loop_policy
+from tests.unit.edge.test_client import _until
 
 from mproxy.buffers import BufferRule
 from mproxy.config.edge import ListenerConfig
@@ -58,14 +59,6 @@ class _Router:
 
     def buffer_cut(self, limit: str) -> None:
         raise AssertionError("no cut expected")
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
