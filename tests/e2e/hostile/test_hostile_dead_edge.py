@@ -21,7 +21,7 @@ from .procs import free_port, spawn
 
 
 async def test_a_silent_non_reading_edge_is_dropped_and_redialled(tmp_path: Path, stack: Any) -> None:
-    async def flood(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def flood(_reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         chunk = b"d" * 65536
         try:
             for _ in range(512):  # 32 MiB toward the edge: far more than the socket buffers hold
