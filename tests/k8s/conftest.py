@@ -75,6 +75,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need
+from tests.k8s.bodies import as_body
 
 from mproxy.ca import CertificateAuthority
 
@@ -308,7 +309,7 @@ class KubeCluster:
                 },
             },
         }
-        core.create_node(body)
+        core.create_node(as_body(body))
         self.nodes.append(name)
         if wait:
             self.wait_node_ready(name)
@@ -321,8 +322,8 @@ class KubeCluster:
 
         def ready() -> bool:
             node = core.read_node(name)
-            conditions = node.status.conditions or []
-            taints = {t.key for t in node.spec.taints or []}
+            conditions = (node.status.conditions if node.status else None) or []
+            taints = {t.key for t in (node.spec.taints if node.spec else None) or []}
             return (
                 any(c.type == "Ready" and c.status == "True" for c in conditions)
                 and "node.kubernetes.io/not-ready" not in taints
@@ -612,7 +613,7 @@ def kube_namespace(kube: KubeCluster) -> Iterator[str]:
 
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube.api_client())
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(as_body({"metadata": {"name": name}}))
     kube.wait_for(
         lambda: core.read_namespaced_service_account("default", name),
         timeout=30,

@@ -762,7 +762,8 @@ def test_a_gateway_mode_tunnel_from_before_the_rename_becomes_a_connector(
         lambda t: "gatewayReplicas" not in t["status"] and "connectorReplicas" in t["status"],
         timeout=45,
     )
-    assert _get(kube, "deployment", "mproxy-connector-old", ns)["spec"]["replicas"] == 1
+    connector = _get(kube, "deployment", "mproxy-connector-old", ns)
+    assert connector is not None and connector["spec"]["replicas"] == 1
     kube.wait_for(
         lambda: _get(kube, "deployment", "mproxy-gw-old", ns) is None,
         timeout=30,
