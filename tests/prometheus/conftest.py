@@ -103,7 +103,11 @@ def prometheus(
         wait_for(lambda: scrapes() >= want, 20, f"{more} more successful scrapes of every mproxy target")
 
     try:
-        wait_for(lambda: proc.check_alive() or api.ready(), 20, "Prometheus to become ready")
+        def ready() -> bool:
+            proc.check_alive()  # raises, with its log, if Prometheus died
+            return api.ready()
+
+        wait_for(ready, 20, "Prometheus to become ready")
         wait_scrapes(SCRAPES_BEFORE)
         stack.drive_traffic()
         wait_scrapes(2)

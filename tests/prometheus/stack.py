@@ -177,6 +177,9 @@ def start_stack(group: ProcGroup) -> Stack:
     stack.targets["mproxy-operator"] = [f"127.0.0.1:{operator_port}"]
 
     # Ready once the edge routes app.test through the tunnel to the backend.
-    wait_for(lambda: stack.check_alive() or stack.request("app.test") == 200, 20,
-             "app.test to answer 200 through edge, tunnel and sidecar")
+    def routed() -> bool:
+        stack.check_alive()  # raises, with the logs, if a process died
+        return stack.request("app.test") == 200
+
+    wait_for(routed, 20, "app.test to answer 200 through edge, tunnel and sidecar")
     return stack
