@@ -14,6 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+# The repo root, for what the benchmark shares with the test harnesses (tests.ports.free_port).
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+
 from mbench import build, extra, report, scenarios, udp, udp_report
 from mbench.cli import REPO, Options, parse_args
 from mbench.procs import BenchError, Proc, raise_nofile, recorded

@@ -57,7 +57,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -76,6 +75,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need
 from tests.k8s.bodies import as_body
+from tests.ports import free_port
 
 from mproxy.ca import CertificateAuthority
 
@@ -136,12 +136,6 @@ def _make_pki(pki: Path) -> None:
     ca.write_cert(pki / "ca.crt")
     serving.write(pki, "apiserver")  # apiserver.crt (leaf + CA), apiserver.key (0600)
     _write_key(pki / "sa.key", rsa.generate_private_key(public_exponent=65537, key_size=2048))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -346,7 +340,7 @@ class KubeCluster:
         )
         (self.pki / "tokens.csv").chmod(0o600)
 
-        etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{api_port}"
         self._write_kubeconfig(self.kubeconfig, "admin", self.admin_token)
         self._write_kubeconfig(self.user_kubeconfig, self.user_name, self.user_token)

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from tests.conftest import need
+from tests.ports import free_port
 from tests.prometheus.harness import PrometheusAPI, alert_files, wait_for
-from tests.prometheus.procs import ProcGroup, free_port
+from tests.prometheus.procs import ProcGroup
 from tests.prometheus.stack import Stack, start_stack
 
 SCRAPES_BEFORE = 2  # samples before any traffic, so that rate() sees the first burst as an increase

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from tests.ports import free_port
 from tests.prometheus.harness import wait_for
-from tests.prometheus.procs import Proc, ProcGroup, free_port
+from tests.prometheus.procs import Proc, ProcGroup
 
 SECRET = b"prometheus-test-secret-0123456789abcdef"
 CLIENT_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two clients: per-client series, and evictions into "other"

@@ -43,13 +43,13 @@ from tests.e2e.faults.harness import (  # noqa: E402
     Proc,
     Transfer,
     fds,
-    free_port,
     get_json,
     get_text,
     mproxy_argv,
     rss_kib,
     threads,
 )
+from tests.ports import free_port  # noqa: E402
 
 from mproxy.codec.address import Address  # noqa: E402
 from mproxy.codec.packer import pack_control, pack_data, pack_raw_header  # noqa: E402

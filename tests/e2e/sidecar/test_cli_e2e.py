@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
+from tests.ports import free_port
 
 from .conftest import (
     BackendFactory,
@@ -27,12 +27,6 @@ from .conftest import (
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
 TOKEN = "tok-do-not-log-me"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_cli_endpoints_sigterm_drain_and_logs(node_relay: RelayFactory, backends: BackendFactory,
