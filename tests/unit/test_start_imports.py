@@ -47,7 +47,7 @@ sys.meta_path.insert(0, Spy())
 
 def test_the_edge_loads_cryptography_only_through_pyjwt() -> None:
     """PyJWT imports cryptography whenever it is installed (DEVELOPERS.md, Libraries: ~9 MiB and
-    ~50-90 ms of an edge's start, accepted); nothing else of the edge's start may be what loads it."""
+    ~40-90 ms of an edge's start, accepted); nothing else of the edge's start may be what loads it."""
     code = (_SPY + "import mproxy.cli.edge, mproxy.config.edge, mproxy.edge.relay, mproxy.observe.http, "
             "mproxy.tunnel.loop\nimport sys; print('LOADED', 'cryptography' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
