@@ -623,8 +623,17 @@ class EdgeClient(asyncio.Protocol):
             # Nothing reached the client yet, so it can still get a proper answer in its protocol.
             # Only the error code goes out: the sidecar's message may name internal hosts.
             code = end.code[:40]
-            t.write(refusal_bytes(self.kind, "backend_failed",
-                                  f"the service behind this name is unavailable ({code})"))
+            payload = refusal_bytes(self.kind, "backend_failed",
+                                    f"the service behind this name is unavailable ({code})")
+            if payload:
+                t.write(payload)
+            self._finish_attempt()
+            if self.client_ended:
+                t.close()  # everything it sent is read: a plain close loses nothing
+            else:  # it may still be sending: a close now would reset the connection and lose the answer
+                self.set_reading(True)
+                self._linger(t)
+            return
         if not end.clean and self.received_any and not self.tunnel_ended:
             # The client has part of an answer and the rest will never come (the backend failed, E_BUFFER,
             # the tunnel closed): a reset tells it the answer is incomplete.
