@@ -152,8 +152,8 @@ def number(default: float, lo: float, hi: float, *, omit_default: bool = False) 
     return field(default=default, metadata={SPEC: Range(lo, hi, whole=False, omit_default=omit_default)})
 
 
-def choice(default: str, options: tuple[str, ...]) -> str:
-    return field(default=default, metadata={SPEC: Choice(options)})
+def choice(default: str, options: tuple[str, ...], *, omit_default: bool = False) -> str:
+    return field(default=default, metadata={SPEC: Choice(options, omit_default=omit_default)})
 
 
 def string(default: str) -> str:
