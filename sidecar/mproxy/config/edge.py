@@ -69,6 +69,8 @@ class ListenerConfig(s.Section):
     udp: UdpOptions | None = s.custom(None, omit_default=True, of=UdpOptions, key="")  # kind udp only
     # kind tls: how a refused client is told: a fatal TLS alert, or a close with no TLS byte (Gateway API).
     tls_refusal: str = s.choice("alert", TLS_REFUSALS, omit_default=True)
+    # Its clients go only to tunnels that asked for this group, or for none (docs/edge.md).
+    group: str | None = s.custom(None, omit_default=True)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -316,13 +318,16 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
             told = "an HTTP status" if kind == "http" else "a close"
             raise ConfigError(f"{path}.tlsRefusal", f"applies to kind: tls listeners only (a {kind} "
                               f"listener's refusal is {told})")
-        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol, udp, tls_refusal))
+        group = c.listener_group(obj["group"], f"{path}.group") if obj.get("group") is not None else None
+        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol, udp, tls_refusal, group))
     for kind in ("tcp", "udp"):
-        ports = [item.public_port or item.host_port[1] for item in out if item.kind == kind]
-        for port in ports:
-            if ports.count(port) > 1:
-                raise ConfigError("listeners", f"two {kind} listeners claim public port {port}; tokens "
-                                  "could not tell them apart")
+        # Tokens grant ports by number; listener groups tell two listeners of one port apart.
+        ports = [(item.public_port or item.host_port[1], item.group) for item in out if item.kind == kind]
+        for port, group in ports:
+            if ports.count((port, group)) > 1:
+                raise ConfigError("listeners", f"two {kind} listeners claim public port {port}"
+                                  + (f" in group {group}" if group else "") + "; tokens could not tell "
+                                  "them apart (give them different groups)")
     return tuple(out)
 
 

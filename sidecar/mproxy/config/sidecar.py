@@ -61,6 +61,8 @@ class EdgeDialConfig(s.Section):
     token_file: str | None = s.opt_string()
     ca_file: str | None = s.opt_string()
     token_in: str = s.choice("header", TOKEN_IN)  # how the token is sent, not a token
+    # Serve only the edge listeners of these groups (() = every listener the token's grants reach).
+    listener_groups: tuple[str, ...] = s.custom((), omit_default=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +239,8 @@ def _edge(root: Mapping[str, Any]) -> EdgeDialConfig:
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or len(url) < 6:
             raise ConfigError(f"edge.urls[{i}]", f"must be a ws:// or wss:// URL (got {url!r})")
     return s.read(EdgeDialConfig, obj, "edge", urls=tuple(urls), nameservers=_nameservers(obj),
-                  probe_seconds=_probe_seconds(obj))
+                  probe_seconds=_probe_seconds(obj),
+                  listener_groups=c.listener_groups(obj, "listenerGroups", "edge"))
 
 
 def _probe_seconds(obj: Mapping[str, Any]) -> float:

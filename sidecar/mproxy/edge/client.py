@@ -124,6 +124,7 @@ class Front:
     unrouted: set[EdgeClient]  # clients still in their preamble (the listener's close ends them)
     forwarded: bool = False  # clients a peer edge forwarded here: local tunnels only, never forwarded again
     tls_alert: bool = True  # a refused TLS client gets a fatal alert (False: tlsRefusal: close)
+    group: str | None = None  # the listener's group: its clients go only to tunnels of that group
     on_lost: Callable[[EdgeClient], None] | None = None  # called once when a client's socket is gone
 
 
