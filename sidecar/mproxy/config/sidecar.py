@@ -21,6 +21,7 @@ from mproxy.config import fields as f
 from mproxy.config import schema as s
 from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
 from mproxy.config.errors import ConfigError
+from mproxy.config.http_router import HttpRouterConfig, read_router_list
 
 __all__ = [
     "BackendConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "EdgeDialConfig",
     "HeartbeatConfig",
     "HttpConfig",
+    "HttpRouterConfig",
     "LimitsConfig",
     "LoggingConfig",
     "MatchConfig",
@@ -81,11 +83,18 @@ class BackendConfig(s.Section):
 @dataclass(frozen=True, slots=True)
 class RouteConfig(s.Section):
     name: str = s.required(s.Str())
-    backend: BackendConfig = s.custom(of=BackendConfig)
+    # Exactly one of backend and http: None when the stream goes to an HTTP router (httpRouters).
+    backend: BackendConfig | None = s.custom(None, of=BackendConfig)
     match: MatchConfig = s.custom(factory=MatchConfig, of=MatchConfig)
+    http: str | None = s.opt_string()  # the httpRouters entry that serves these streams
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "match": self.match.to_dict(), "backend": self.backend.to_dict()}
+        out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict()}
+        if self.backend is not None:
+            out["backend"] = self.backend.to_dict()
+        if self.http is not None:
+            out["http"] = self.http
+        return out
 
 
 class SendBuffer(s.Spec):
@@ -156,6 +165,7 @@ class MetricsConfig(s.Section):
 class SidecarConfig(s.Section):
     edge: EdgeDialConfig = s.custom(of=EdgeDialConfig)
     routes: tuple[RouteConfig, ...] = s.custom((), of=RouteConfig, many=True)
+    http_routers: tuple[HttpRouterConfig, ...] = s.custom((), of=HttpRouterConfig, many=True)
     default_route: str | None = s.custom(None)
     limits: LimitsConfig = s.custom(factory=LimitsConfig, of=LimitsConfig)
     heartbeat: HeartbeatConfig = s.custom(factory=HeartbeatConfig, of=HeartbeatConfig)
@@ -180,7 +190,8 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
     """Validate YAML text (or an already parsed mapping) into a SidecarConfig; raises ConfigError."""
     root = f.root(source)
     f.only_keys(root, "", s.keys(SidecarConfig))
-    routes = _routes(root)
+    routers = read_router_list(root)
+    routes = _routes(root, {r.name for r in routers})
     default_route = f.opt_string(root, "defaultRoute", "")
     if default_route is not None and default_route not in {r.name for r in routes}:
         raise ConfigError("defaultRoute", f"names no route (got {default_route!r}; routes: "
@@ -197,6 +208,7 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
         SidecarConfig, root, "",
         edge=_edge(root),
         routes=routes,
+        http_routers=routers,
         default_route=default_route,
         limits=limits,
         heartbeat=heartbeat,
@@ -265,7 +277,7 @@ def _hostname(value: object, path: str) -> str:
     return name
 
 
-def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
+def _routes(root: Mapping[str, Any], routers: set[str]) -> tuple[RouteConfig, ...]:
     out: list[RouteConfig] = []
     seen: set[str] = set()
     for i, item in enumerate(f.seq(root, "routes", "")):
@@ -293,13 +305,26 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
             _hostname(h, f"{path}.match.hostnames[{j}]")
             for j, h in enumerate(f.seq(m, "hostnames", f"{path}.match"))
         ]
-        if "backend" not in obj:
-            raise ConfigError(f"{path}.backend", "is required (host and port of the Service)")
-        backend = s.read(BackendConfig, f.mapping(obj["backend"], f"{path}.backend"), f"{path}.backend")
-        if "udp" in services:
-            _udp_route(path, backend, hostnames)
+        http = f.opt_string(obj, "http", path)
+        backend = None
+        if http is not None:
+            if "backend" in obj:
+                raise ConfigError(f"{path}.backend", "must not be set with http (the HTTP router "
+                                  f"{http!r} picks the backend of each request)")
+            if http not in routers:
+                raise ConfigError(f"{path}.http", f"names no httpRouters entry (got {http!r}; routers: "
+                                  f"{', '.join(sorted(routers)) or 'none'})")
+            if "udp" in services:
+                raise ConfigError(f"{path}.http", "must not be set on a udp route (HTTP needs a byte stream)")
+        else:
+            if "backend" not in obj:
+                raise ConfigError(f"{path}.backend", "is required (host and port of the Service), or "
+                                  "http: the name of an httpRouters entry")
+            backend = s.read(BackendConfig, f.mapping(obj["backend"], f"{path}.backend"), f"{path}.backend")
+            if "udp" in services:
+                _udp_route(path, backend, hostnames)
         out.append(RouteConfig(name=name, backend=backend,
-                               match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames))))
+                               match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames)), http=http))
     return tuple(out)
 
 

@@ -6,6 +6,8 @@ anything. When several routes match, the most specific wins: an exact name beats
 wildcard beats a shorter one, any name beats no name; then a listed port beats any port, a listed service
 beats any service; ties go to the route listed first. Nothing matching falls to the default route, if any;
 otherwise the stream is refused (a stream never reaches an address that no route declares).
+
+A route with `http` names the HTTP router that serves its streams (mproxy.sidecar.l7) instead of a backend.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ class Backend:
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
-    backend: Backend
+    backend: Backend | None  # None: `http` names the HTTP router that serves the stream
     services: frozenset[str] = frozenset()
     ports: frozenset[int] = frozenset()
     hostnames: tuple[str, ...] = ()
+    http: str | None = None
 
     def name_score(self, name: str) -> tuple[int, int] | None:
         """How specifically this route's host names match `name` (None: no match)."""

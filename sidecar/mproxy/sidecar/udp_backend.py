@@ -97,6 +97,7 @@ class UdpBackend(StreamHandler):
 
     async def _open(self, route: Route) -> None:
         b = route.backend
+        assert b is not None  # a udp route always has one (mproxy/config/sidecar.py)
         try:
             transport, _ = await asyncio.wait_for(self.loop.create_datagram_endpoint(
                 lambda: _Socket(self), remote_addr=(b.host, b.port)), b.connect_timeout)
