@@ -187,10 +187,17 @@ class Sidecar:
         self._supervise("metrics flush loop", "flush", self._flush_loop)
         if self.config_path:
             watcher = self.watcher = ConfigWatcher(
-                self.config_path, load_sidecar_config, self.apply_config, interval=self._reload_interval,
+                self.config_path, self._load_checked, self.apply_config, interval=self._reload_interval,
                 on_error=lambda _: self.metrics.config_reloads.labels("refused").inc(),
             )
             self._supervise("config watcher", "config_watcher", lambda: watcher.run())
+
+    def _load_checked(self, source: str | bytes) -> SidecarConfig:
+        """The schema, then what it cannot check: that every HTTP router's certificates load (so a bad
+        one is a refused reload, with its reason in /status, like a schema error)."""
+        cfg = load_sidecar_config(source)
+        self.l7.check(cfg.http_routers)
+        return cfg
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

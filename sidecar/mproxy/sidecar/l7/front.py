@@ -136,7 +136,6 @@ class _Router:
     config: HttpRouterConfig
     matcher: CompiledRouter
     ssl: ssl.SSLContext | None
-    active: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +156,23 @@ class L7Front:
         self.draining = False
         self._session: aiohttp.ClientSession | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self.active: dict[str, int] = {}  # requests in progress by router name (across reloads)
 
     # -- config ------------------------------------------------------------------------------------
+
+    def check(self, configs: tuple[HttpRouterConfig, ...]) -> None:
+        """Raise ConfigError if `configs` would not build (a certificate that does not load)."""
+        self._build(configs)
 
     def update(self, configs: tuple[HttpRouterConfig, ...]) -> None:
         """Build every router (certificates loaded, matchers compiled) and only then swap them in, so a
         failure (ConfigError) leaves the running routers as they were. A router whose TLS config did not
         change keeps its SSLContext."""
+        new = self._build(configs)
+        self.routers = new
+        self.metrics.configure((r.name, r.matcher.route_names) for r in new.values())
+
+    def _build(self, configs: tuple[HttpRouterConfig, ...]) -> dict[str, _Router]:
         new: dict[str, _Router] = {}
         for i, cfg in enumerate(configs):
             old = self.routers.get(cfg.name)
@@ -173,14 +182,12 @@ class L7Front:
                 ctx = old.ssl
             else:
                 ctx = server_ssl_context(cfg.tls, f"httpRouters[{i}].tls")
-            new[cfg.name] = _Router(cfg.name, cfg, CompiledRouter(cfg), ctx,
-                                    old.active if old is not None else 0)
-        self.routers = new
-        self.metrics.configure((r.name, r.matcher.route_names) for r in new.values())
+            new[cfg.name] = _Router(cfg.name, cfg, CompiledRouter(cfg), ctx)
+        return new
 
     def status(self) -> list[dict[str, Any]]:
         return [{"name": r.name, "tls": r.ssl is not None, "routes": list(r.matcher.route_names),
-                 "active": r.active} for r in self.routers.values()]
+                 "active": self.active.get(r.name, 0)} for r in self.routers.values()]
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -243,16 +250,21 @@ class L7Front:
         rt = self.routers.get(conn.router)
         if rt is None:  # a reload removed the router under this keep-alive connection
             return self._text(request, 503, "this HTTP router is no longer configured", close=True)
-        if rt.active >= rt.config.max_concurrent_requests:
-            self.metrics.answered(rt.name, NO_ROUTE, 503)
-            return self._text(request, 503, f"too many requests in progress on HTTP router {rt.name!r}")
-        rt.active += 1
-        self.metrics.active.labels(rt.name).inc()
+        name = rt.name
+        active = self.active.get(name, 0)
+        if active >= rt.config.max_concurrent_requests:
+            self.metrics.answered(name, NO_ROUTE, 503)
+            return self._text(request, 503, f"too many requests in progress on HTTP router {name!r}")
+        self.active[name] = active + 1
+        self.metrics.active.labels(name).set(active + 1)
         try:
             return await self._route(rt, conn, request)
         finally:
-            rt.active -= 1
-            self.metrics.active.labels(rt.name).dec()
+            left = self.active[name] = self.active[name] - 1
+            if name in self.routers:
+                self.metrics.active.labels(name).set(left)
+            elif left == 0:  # a reload removed the router: forget it once its last request is done
+                del self.active[name]
 
     def _text(self, request: web.BaseRequest, status: int, text: str, *, close: bool = False,
               headers: CIMultiDict[str] | None = None) -> web.Response:
