@@ -37,6 +37,8 @@ def replace_prefix(path: str, prefix: str, replacement: str) -> str:
     """`path` with its leading `prefix` (whole segments, as PathPrefix matched it) replaced."""
     base = prefix.rstrip("/")
     rest = path[len(base):] if path.startswith(base) else path
+    if rest == "/" and not base:  # the path is the prefix "/" itself, as /foo is the prefix /foo
+        rest = ""
     return (replacement.rstrip("/") + rest) or "/"
 
 
