@@ -49,6 +49,7 @@ class HttpBackend:
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.requests = 0
+        self.unfinished = 0  # uploads and downloads whose peer (the sidecar's pool) went away mid-body
 
     async def start(self) -> HttpBackend:
         app = web.Application(client_max_size=1 << 40)
@@ -56,6 +57,7 @@ class HttpBackend:
         app.router.add_get("/download", self.download)
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/cut", self.cut)
+        app.router.add_get("/status/{code}", self.status)
         app.router.add_route("*", "/{tail:.*}", self.info)
         self.runner, self.port = await serve_app(app)
         return self
@@ -72,9 +74,15 @@ class HttpBackend:
 
     async def upload(self, request: web.Request) -> web.Response:
         h, size = hashlib.sha256(), 0
-        async for chunk in request.content.iter_chunked(1 << 16):
-            h.update(chunk)
-            size += len(chunk)
+        try:
+            async for chunk in request.content.iter_chunked(1 << 16):
+                h.update(chunk)
+                size += len(chunk)
+        except (ConnectionError, aiohttp.ClientPayloadError, web.HTTPException, asyncio.CancelledError):
+            self.unfinished += 1
+            raise
+        if request.content_length is not None and size != request.content_length:
+            self.unfinished += 1
         return web.json_response({"sha256": h.hexdigest(), "size": size})
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -82,10 +90,19 @@ class HttpBackend:
         resp = web.StreamResponse()
         resp.content_length = size
         await resp.prepare(request)
-        for _ in range(size // len(BLOCK)):
-            await resp.write(BLOCK)
+        if request.method == "HEAD":  # aiohttp would send what we write (a framing error at the client)
+            return resp
+        try:
+            for _ in range(size // len(BLOCK)):
+                await resp.write(BLOCK)
+        except (ConnectionError, asyncio.CancelledError):
+            self.unfinished += 1
+            raise
         await resp.write_eof()
         return resp
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]))
 
     async def slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "5")))

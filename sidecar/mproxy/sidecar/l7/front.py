@@ -55,6 +55,25 @@ __all__ = ["L7Front", "server_ssl_context"]
 
 log = logging.getLogger("mproxy.sidecar.http")
 
+
+class _ClientErrors(logging.Filter):
+    """aiohttp's server logs a bad request (a malformed or oversize head, answered 400/431) at ERROR with a
+    traceback; it is the client's mistake, so: one INFO line with the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            record.msg, record.args = f"HTTP router: bad request from a client: {type(exc).__name__}: %s", (
+                reason,)
+            record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+client_log = logging.getLogger("mproxy.sidecar.http.client")
+client_log.addFilter(_ClientErrors())
+
 CHUNK = 64 * 1024
 MAX_LINE = 8190  # request line
 MAX_FIELD = 8190  # one header line
@@ -203,7 +222,9 @@ class L7Front:
         except (TypeError, ValueError):
             port = None
         conn = _Conn(router, stream.addr.address, port)
-        server = web.Server(functools.partial(self._handle, conn), access_log=None,
+        # handler_cancellation: a request whose client left is cancelled, releasing its backend connection
+        server = web.Server(functools.partial(self._handle, conn), handler_cancellation=True,
+                            logger=client_log, access_log=None,
                             keepalive_timeout=KEEPALIVE_SECONDS, max_line_size=MAX_LINE,
                             max_field_size=MAX_FIELD, max_headers=MAX_HEADERS, read_bufsize=CHUNK)
         task = asyncio.get_running_loop().create_task(self._serve(server, theirs, rt.ssl))
@@ -259,6 +280,12 @@ class L7Front:
         self.metrics.active.labels(name).set(active + 1)
         try:
             return await self._route(rt, conn, request)
+        except Exception:  # a bug: logged with its traceback, the client's connection reset
+            log.exception("HTTP router %s: internal error serving %s %s", name, request.method,
+                          request.raw_path[:200])
+            self.metrics.answered(name, NO_ROUTE, 500)
+            _reset(request)
+            return web.Response(status=500)
         finally:
             left = self.active[name] = self.active[name] - 1
             if name in self.routers:
@@ -277,7 +304,7 @@ class L7Front:
         raw_path, _, raw_query = request.raw_path.partition("?")
         headers = request.headers
         view = Request(
-            host=host_of(request.host),
+            host=host_of(headers.get("Host", "")),  # not request.host: without Host it asks getfqdn()
             method=request.method,
             path=raw_path,
             headers={k.lower(): ",".join(headers.getall(k)) for k in headers},
