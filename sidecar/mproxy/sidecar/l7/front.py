@@ -315,17 +315,14 @@ class L7Front:
             self.metrics.answered(rt.name, NO_ROUTE, 404)
             return self._text(request, 404, "no HTTP route matches this request")
         route = sel.rule.route
-        resp_mod = next((f.response_header_modifier for f in sel.rule.filters
-                         if f.response_header_modifier is not None), None)
-        redirect = next((f.request_redirect for f in sel.rule.filters if f.request_redirect is not None),
-                        None)
+        redirect = sel.rule.redirect
         if redirect is not None:
             scheme = "https" if rt.ssl is not None else "http"
             location = redirect_location(redirect, scheme=scheme, host=view.host, port=conn.port,
                                          path=raw_path, query=raw_query, prefix=sel.prefix)
             out: CIMultiDict[str] = CIMultiDict(Location=location)
-            if resp_mod is not None:
-                modify_headers(out, resp_mod)
+            if sel.rule.response_headers is not None:
+                modify_headers(out, sel.rule.response_headers)
             self.metrics.answered(rt.name, route, redirect.status_code)
             return self._text(request, redirect.status_code, f"redirecting to {location}", headers=out)
         backend = pick_backend(sel.rule.backends)
@@ -345,17 +342,15 @@ class L7Front:
         rt, conn, request, sel, host, port = ex.router, ex.conn, ex.request, ex.sel, ex.host, ex.port
         route = sel.rule.route
         out = _end_to_end(request.headers, drop=("expect",))
-        rewrite = next((f.url_rewrite for f in sel.rule.filters if f.url_rewrite is not None), None)
+        rewrite = sel.rule.rewrite
         path = raw_path
         original_host = request.headers.get("Host")
         if rewrite is not None:
             path = rewrite_path(rewrite.path, raw_path, sel.prefix)
             if rewrite.hostname is not None:
                 out["Host"] = rewrite.hostname
-        req_mod = next((f.request_header_modifier for f in sel.rule.filters
-                        if f.request_header_modifier is not None), None)
-        if req_mod is not None:
-            modify_headers(out, req_mod)
+        if sel.rule.request_headers is not None:
+            modify_headers(out, sel.rule.request_headers)
         forwarded = out.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{forwarded}, {conn.client}" if forwarded else conn.client
         out["X-Forwarded-Proto"] = "https" if rt.ssl is not None else "http"
@@ -374,10 +369,8 @@ class L7Front:
             ) as up:
                 self.metrics.duration.labels(rt.name).observe(time.monotonic() - ex.started)
                 head = _end_to_end(up.headers)
-                resp_mod = next((f.response_header_modifier for f in sel.rule.filters
-                                 if f.response_header_modifier is not None), None)
-                if resp_mod is not None:
-                    modify_headers(head, resp_mod)
+                if sel.rule.response_headers is not None:
+                    modify_headers(head, sel.rule.response_headers)
                 resp = ex.response = web.StreamResponse(status=up.status, reason=up.reason, headers=head)
                 if self.draining:
                     resp.force_close()
@@ -404,7 +397,8 @@ class L7Front:
     def _failed(self, ex: _Exchange, status: int, text: str) -> web.StreamResponse:
         resp = ex.response
         if resp is not None and resp.prepared:  # counted already, with its real status
-            log.info("HTTP router %s: %s after the response head; resetting the client", ex.router.name, text)
+            log.info("HTTP router %s: %s after the response head; resetting the client", ex.router.name,
+                     text)
             _reset(ex.request)
             return resp
         log.info("HTTP router %s: %s (answering %d)", ex.router.name, text, status)

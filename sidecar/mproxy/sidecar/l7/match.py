@@ -23,20 +23,25 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mproxy.config.http_router import (
+    HeaderModifierConfig,
     HttpBackendConfig,
     HttpFilterConfig,
     HttpMatchConfig,
     HttpRouterConfig,
     PathMatchConfig,
+    RedirectConfig,
+    RewriteConfig,
     duration_seconds,
 )
 
 __all__ = ["CompiledRouter", "Request", "Rule", "Selected", "compile_router", "host_of", "pick_backend"]
 
+T = TypeVar("T")
 _DEFAULT_MATCH = HttpMatchConfig(path=PathMatchConfig())
 
 
@@ -59,6 +64,22 @@ class Rule:
     filters: tuple[HttpFilterConfig, ...]
     backends: tuple[HttpBackendConfig, ...]
     timeout: float | None  # the shorter of timeouts.request and .backendRequest; None: none
+    # The filters by type (each at most once per rule: the schema checks it), picked out once.
+    request_headers: HeaderModifierConfig | None = field(init=False)
+    response_headers: HeaderModifierConfig | None = field(init=False)
+    redirect: RedirectConfig | None = field(init=False)
+    rewrite: RewriteConfig | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        fs = self.filters
+        object.__setattr__(self, "request_headers", _first(f.request_header_modifier for f in fs))
+        object.__setattr__(self, "response_headers", _first(f.response_header_modifier for f in fs))
+        object.__setattr__(self, "redirect", _first(f.request_redirect for f in fs))
+        object.__setattr__(self, "rewrite", _first(f.url_rewrite for f in fs))
+
+
+def _first(values: Iterable[T | None]) -> T | None:
+    return next((v for v in values if v is not None), None)
 
 
 @dataclass(frozen=True, slots=True)
