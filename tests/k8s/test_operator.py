@@ -381,6 +381,7 @@ def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Opera
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Tunnel", "shop", t["metadata"]["uid"])
     config = load_sidecar_config(cm["data"]["config.yaml"])  # the sidecar's own schema accepts it
     (route,) = config.routes
+    assert route.backend is not None
     assert (route.backend.host, route.backend.port) == (f"web.{ns}.svc.cluster.local", 443)
     assert route.match.hostnames == ("*.shop.example.test",)
     assert config.edge.token_file == "/var/run/mproxy/token/token"
