@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from tests.e2e.multiedge.harness import free_port
+from tests.ports import free_port
 
 from mproxy.ca import CertificateAuthority
 

@@ -198,7 +198,8 @@ def _routes(*routes: dict[str, Any], routers: tuple[str, ...] = ("web",)) -> dic
      r"^routes\[0\]\.http: names no httpRouters entry \(got 'nope'; routers: web\)"),
     ({"name": "a", "http": "web", "backend": {"host": "x", "port": 1}},
      r"^routes\[0\]\.backend: must not be set with http"),
-    ({"name": "a"}, r"^routes\[0\]\.backend: is required \(host and port of the Service\), or backends .*, or http"),
+    ({"name": "a"},
+     r"^routes\[0\]\.backend: is required \(host and port of the Service\), or backends .*, or http"),
     ({"name": "a", "http": "web", "match": {"services": ["udp"]}},
      r"^routes\[0\]\.http: must not be set on a udp route"),
 ])

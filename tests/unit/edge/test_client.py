@@ -18,7 +18,7 @@ from mproxy.config.edge import ListenerConfig
 from mproxy.edge.client import EdgeClient, Tunnel
 from mproxy.edge.limits import ClientLimiter
 from mproxy.edge.listener import PublicListener
-from mproxy.edge.refusal import Refused
+from mproxy.edge.refusal import Forwarding, Refused
 from mproxy.tunnel.mux import Multiplexer, Stream
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\nbody after the head"
@@ -45,6 +45,9 @@ class _Router:
         client.tunnel = self
         return self.mux.open_stream(client.addr, client.handler, service=client.service,
                                     serviceport=client.serviceport, name=client.name)
+
+    def forward(self, client: EdgeClient, signal: Forwarding) -> None:
+        raise AssertionError("no forward expected")
 
     def refused(self, client: EdgeClient, tunnel: Tunnel, code: str) -> None:
         raise AssertionError("no retry expected")

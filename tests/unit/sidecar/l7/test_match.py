@@ -137,18 +137,19 @@ def test_weighted_pick() -> None:
 # -- the oracle ------------------------------------------------------------------------------------------
 
 SEGMENTS = st.lists(st.sampled_from(["a", "b", "ab"]), max_size=3).map(lambda s: "/" + "/".join(s))
-MATCH = st.fixed_dictionaries({
-    "path": st.one_of(
-        st.builds(lambda v: {"type": "PathPrefix", "value": v}, SEGMENTS),
-        st.builds(lambda v: {"type": "Exact", "value": v}, SEGMENTS),
-        st.builds(lambda v: {"type": "RegularExpression", "value": v + ".*"}, SEGMENTS)),
-}, optional={
+OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
     "method": st.sampled_from(["GET", "POST"]),
     "headers": st.lists(st.builds(lambda n: {"name": n, "value": "1"}, st.sampled_from(["h1", "h2"])),
                         max_size=2, unique_by=lambda h: h["name"]),
     "queryParams": st.lists(st.builds(lambda n: {"name": n, "value": "1"}, st.sampled_from(["q1", "q2"])),
                             max_size=2, unique_by=lambda h: h["name"]),
-})
+}
+MATCH = st.fixed_dictionaries({
+    "path": st.one_of(
+        st.builds(lambda v: {"type": "PathPrefix", "value": v}, SEGMENTS),
+        st.builds(lambda v: {"type": "Exact", "value": v}, SEGMENTS),
+        st.builds(lambda v: {"type": "RegularExpression", "value": v + ".*"}, SEGMENTS)),
+}, optional=OPTIONAL)
 ROUTES = st.lists(st.fixed_dictionaries({
     "hostnames": st.lists(st.sampled_from(["a.test", "*.test", "*.x.test", "b.x.test"]), max_size=2),
     "rules": st.lists(st.lists(MATCH, max_size=2), min_size=1, max_size=3),
