@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tests.ports import free_port as free_port  # also re-exported: tests/e2e/l7 imports it from here
+from tests.ports import free_port
 
 from mproxy.edge.auth import mint
 

@@ -10,7 +10,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import serve_app
 from tests.e2e.edge.harness import Parts, ports, status, stop_proc, token, tunnel_url
-from tests.e2e.faults.harness import free_port, get_text
+from tests.e2e.faults.harness import get_text
+from tests.ports import free_port
 
 from mproxy.edge.relay import EdgeRelay
 
@@ -228,8 +229,11 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
         yield Parts(tmp_path, stack)
 
 
+HttpBackends = Callable[[str], Awaitable[HttpBackend]]  # the http_backends fixture: label -> backend
+
+
 @pytest.fixture
-async def http_backends() -> AsyncIterator[Callable[[str], Any]]:
+async def http_backends() -> AsyncIterator[HttpBackends]:
     started: list[HttpBackend] = []
 
     async def make(label: str) -> HttpBackend:

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from .conftest import DOMAIN, L7, backend, get, http_route
+from .conftest import DOMAIN, L7, HttpBackends, backend, get, http_route
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in fields.items()}
 
 
-async def test_bad_request_heads_are_answered_400(l7: L7, http_backends) -> None:
+async def test_bad_request_heads_are_answered_400(l7: L7, http_backends: HttpBackends) -> None:
     a = await _start(l7, http_backends)
     answer = await _raw(l7, f"GET /x HTTP/1.1\r\nHost: {DOMAIN}\r\nContent-Length: abc\r\n\r\n".encode())
     assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")), answer[:100]
@@ -52,7 +52,7 @@ async def test_bad_request_heads_are_answered_400(l7: L7, http_backends) -> None
         assert (await get(s, l7, "/fine"))[0] == 200
 
 
-async def test_abandoned_upload_and_download_release_the_backend(l7: L7, http_backends) -> None:
+async def test_abandoned_upload_and_download_release_the_backend(l7: L7, http_backends: HttpBackends) -> None:
     a = await _start(l7, http_backends)
     # upload: announce 64 MiB, send 1 MiB, leave
     reader, writer = await asyncio.open_connection("127.0.0.1", l7.ports["http"])
@@ -80,7 +80,7 @@ async def test_abandoned_upload_and_download_release_the_backend(l7: L7, http_ba
         assert (await get(s, l7, "/fine"))[0] == 200
 
 
-async def test_requests_past_the_router_limit_get_503_at_once(l7: L7, http_backends) -> None:
+async def test_requests_past_the_router_limit_get_503_at_once(l7: L7, http_backends: HttpBackends) -> None:
     await _start(l7, http_backends, maxConcurrentRequests=2)
     async with aiohttp.ClientSession() as s:
         slow = [asyncio.ensure_future(get(s, l7, "/slow?s=3")) for _ in range(2)]
@@ -96,7 +96,7 @@ async def test_requests_past_the_router_limit_get_503_at_once(l7: L7, http_backe
         assert (await get(s, l7, "/x"))[0] == 200
 
 
-async def test_bodiless_answers_keep_the_connection_in_step(l7: L7, http_backends) -> None:
+async def test_bodiless_answers_keep_the_connection_in_step(l7: L7, http_backends: HttpBackends) -> None:
     await _start(l7, http_backends)
     reader, writer = await asyncio.open_connection("127.0.0.1", l7.ports["http"])
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import DOMAIN, HTTP_PORT, L7, backend, get, http_route
+from .conftest import DOMAIN, HTTP_PORT, L7, HttpBackends, backend, get, http_route
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,8 @@ def routers(a: Any, b: Any, c: Any) -> list[dict[str, Any]]:
     ]}]
 
 
-async def test_requests_are_routed_by_host_path_header_method_and_query(l7: L7, http_backends) -> None:
+async def test_requests_are_routed_by_host_path_header_method_and_query(l7: L7,
+                                                                        http_backends: HttpBackends) -> None:
     a, b, c = await http_backends("A"), await http_backends("B"), await http_backends("C")
     await l7.start([http_route("web", "web")], routers(a, b, c))
     async with aiohttp.ClientSession() as s:
@@ -80,7 +81,7 @@ async def test_requests_are_routed_by_host_path_header_method_and_query(l7: L7, 
                            {"router": "web", "route": "(none)", "code": "4xx"}) == 4
 
 
-async def test_weighted_backends_split_by_weight(l7: L7, http_backends) -> None:
+async def test_weighted_backends_split_by_weight(l7: L7, http_backends: HttpBackends) -> None:
     a, b, z = await http_backends("A"), await http_backends("B"), await http_backends("Z")
     await l7.start([http_route("web", "web")], [{"name": "web", "routes": [{"name": "split", "rules": [
         {"backends": [backend(a, 3), backend(b, 1), backend(z, 0)]}]}]}])
@@ -94,7 +95,7 @@ async def test_weighted_backends_split_by_weight(l7: L7, http_backends) -> None:
     assert 125 <= seen["A"] <= 175, seen
 
 
-async def test_filters_headers_redirect_rewrite_and_forwarded(l7: L7, http_backends) -> None:
+async def test_filters_headers_redirect_rewrite_and_forwarded(l7: L7, http_backends: HttpBackends) -> None:
     a = await http_backends("A")
     rules = [
         {"matches": [{"path": {"type": "PathPrefix", "value": "/mod"}}], "backends": [backend(a)],
@@ -168,7 +169,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return code, await asyncio.wait_for(reader.readexactly(length), 10)
 
 
-async def test_keep_alive_routes_each_request_of_one_connection(l7: L7, http_backends) -> None:
+async def test_keep_alive_routes_each_request_of_one_connection(l7: L7, http_backends: HttpBackends) -> None:
     a, b = await http_backends("A"), await http_backends("B")
     await l7.start([http_route("web", "web")], [{"name": "web", "routes": [
         {"name": "ra", "rules": [{"matches": [{"path": {"value": "/a"}}], "backends": [backend(a)]}]},

@@ -14,12 +14,13 @@ import aiohttp
 import pytest
 import yaml
 from tests.e2e.edge.harness import status, tcp_roundtrip
-from tests.e2e.faults.harness import free_port, rss_kib
+from tests.e2e.faults.harness import rss_kib
+from tests.ports import free_port
 
 from mproxy.ca import CertificateAuthority
 from mproxy.demo.backends import echo
 
-from .conftest import BLOCK, DOMAIN, L7, backend, block_digest, get, http_route
+from .conftest import BLOCK, DOMAIN, L7, HttpBackends, backend, block_digest, get, http_route
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,7 @@ def peak_kib(pid: int) -> int:
     raise AssertionError(f"no VmHWM: line for pid {pid}")
 
 
-async def test_64_mib_bodies_stream_both_ways_in_bounded_memory(l7: L7, http_backends) -> None:
+async def test_64_mib_bodies_stream_both_ways_in_bounded_memory(l7: L7, http_backends: HttpBackends) -> None:
     a = await http_backends("A")
     await l7.start([http_route("web", "web")], [{"name": "web", "routes": [
         {"name": "bulk", "rules": [{"backends": [backend(a)]}]}]}])
@@ -76,7 +77,8 @@ async def test_64_mib_bodies_stream_both_ways_in_bounded_memory(l7: L7, http_bac
     assert grown < 40 * 1024, f"the sidecar's peak RSS grew {grown} KiB moving 3 x 64 MiB: buffered"
 
 
-async def test_https_is_terminated_and_sni_picks_the_certificate(l7: L7, http_backends, tmp_path) -> None:
+async def test_https_is_terminated_and_sni_picks_the_certificate(l7: L7, http_backends: HttpBackends,
+                                                                 tmp_path: Path) -> None:
     a = await http_backends("A")
     ca = CertificateAuthority.create("l7 test CA")
     first = ca.issue([f"a.{DOMAIN}"]).write(tmp_path, "a")
@@ -115,7 +117,8 @@ async def test_https_is_terminated_and_sni_picks_the_certificate(l7: L7, http_ba
                 assert resp.status == 200 and (await resp.json())["label"] == "A"
 
 
-async def test_backend_failures_are_answered_and_the_tunnel_carries_on(l7: L7, http_backends) -> None:
+async def test_backend_failures_are_answered_and_the_tunnel_carries_on(l7: L7,
+                                                                       http_backends: HttpBackends) -> None:
     a = await http_backends("A")
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     dead = free_port()  # nothing listens here
@@ -165,8 +168,8 @@ async def test_backend_failures_are_answered_and_the_tunnel_carries_on(l7: L7, h
         echo_server.close()
 
 
-async def test_hot_reload_rebuilds_routers_without_dropping_connections(l7: L7, http_backends,
-                                                                        tmp_path) -> None:
+async def test_hot_reload_rebuilds_routers_without_dropping_connections(l7: L7, http_backends: HttpBackends,
+                                                                        tmp_path: Path) -> None:
     a, b = await http_backends("A"), await http_backends("B")
     routers = [{"name": "web", "routes": [{"name": "r1", "rules": [{"backends": [backend(a)]}]}]}]
     await l7.start([http_route("web", "web")], routers)
