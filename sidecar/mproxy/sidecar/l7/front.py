@@ -33,6 +33,7 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import socket
 import ssl
 import time
@@ -80,6 +81,7 @@ MAX_FIELD = 8190  # one header line
 MAX_HEADERS = 128
 KEEPALIVE_SECONDS = 120.0  # an idle client connection is closed after this
 HANDSHAKE_SECONDS = 10.0
+TLS_RECHECK_SECONDS = 5.0  # how often (at most) a router's certificate files are checked for a change
 POOL_TOTAL = 1024  # backend connections of all routers together
 POOL_PER_HOST = 256  # ... to one backend host:port
 CONNECT_SECONDS = 5.0
@@ -149,12 +151,29 @@ def server_ssl_context(tls: HttpTlsConfig, path: str) -> ssl.SSLContext:
     return default
 
 
+def _stamp(tls: HttpTlsConfig) -> tuple[tuple[int, int, int] | None, ...]:
+    """What changes when a certificate or key file is replaced (a renewed Secret's symlink swap)."""
+    out: list[tuple[int, int, int] | None] = []
+    for cert in tls.certificates:
+        for name in (cert.cert_file, cert.key_file):
+            try:
+                st = os.stat(name)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 @dataclass(slots=True)
 class _Router:
     name: str
     config: HttpRouterConfig
     matcher: CompiledRouter
     ssl: ssl.SSLContext | None
+    path: str  # httpRouters[i]: for errors
+    stamp: tuple[tuple[int, int, int] | None, ...] = ()  # of the certificate files `ssl` was loaded from
+    checked: float = 0.0  # monotonic time `stamp` was last compared with the files
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +212,40 @@ class L7Front:
 
     def _build(self, configs: tuple[HttpRouterConfig, ...]) -> dict[str, _Router]:
         new: dict[str, _Router] = {}
+        now = time.monotonic()
         for i, cfg in enumerate(configs):
             old = self.routers.get(cfg.name)
+            path = f"httpRouters[{i}]"
+            router = _Router(cfg.name, cfg, CompiledRouter(cfg), None, path)
             if cfg.tls is None:
-                ctx = None
+                pass
             elif old is not None and old.config.tls == cfg.tls and old.ssl is not None:
-                ctx = old.ssl
+                router.ssl, router.stamp, router.checked = old.ssl, old.stamp, old.checked
             else:
-                ctx = server_ssl_context(cfg.tls, f"httpRouters[{i}].tls")
-            new[cfg.name] = _Router(cfg.name, cfg, CompiledRouter(cfg), ctx)
+                router.stamp = _stamp(cfg.tls)
+                router.ssl, router.checked = server_ssl_context(cfg.tls, f"{path}.tls"), now
+            new[cfg.name] = router
         return new
+
+    def _current_ssl(self, rt: _Router) -> ssl.SSLContext | None:
+        """The router's SSLContext, reloaded when its files changed (checked at most every
+        TLS_RECHECK_SECONDS, on a new connection): a renewed certificate needs no config change."""
+        tls = rt.config.tls
+        now = time.monotonic()
+        if rt.ssl is None or tls is None or now - rt.checked < TLS_RECHECK_SECONDS:
+            return rt.ssl
+        rt.checked = now
+        stamp = _stamp(tls)
+        if stamp != rt.stamp:
+            rt.stamp = stamp
+            try:
+                rt.ssl = server_ssl_context(tls, f"{rt.path}.tls")
+            except ConfigError as exc:  # half-written, or a bad renewal: keep serving the previous ones
+                log.warning("HTTP router %s: its certificate files changed but do not load; keeping the "
+                            "previous certificates: %s", rt.name, exc)
+            else:
+                log.info("HTTP router %s: certificate files changed, reloaded", rt.name)
+        return rt.ssl
 
     def status(self) -> list[dict[str, Any]]:
         return [{"name": r.name, "tls": r.ssl is not None, "routes": list(r.matcher.route_names),
@@ -227,7 +270,7 @@ class L7Front:
                             logger=client_log, access_log=None,
                             keepalive_timeout=KEEPALIVE_SECONDS, max_line_size=MAX_LINE,
                             max_field_size=MAX_FIELD, max_headers=MAX_HEADERS, read_bufsize=CHUNK)
-        task = asyncio.get_running_loop().create_task(self._serve(server, theirs, rt.ssl))
+        task = asyncio.get_running_loop().create_task(self._serve(server, theirs, self._current_ssl(rt)))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
         return ours
