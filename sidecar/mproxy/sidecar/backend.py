@@ -406,7 +406,12 @@ class BackendHandler(StreamHandler):
     # -- backend events ---------------------------------------------------------------------------
 
     def _backend_eof(self) -> None:
-        self.stream.write_eof()
+        if self.route is not None and self.route.http is not None:
+            # An HTTP router closes a connection whole, never half: end the stream both ways, so a client
+            # that keeps its side open does not hold it (and a drain) until the idle timeout.
+            self.stream.close()
+        else:
+            self.stream.write_eof()
 
     def _backend_lost(self, exc: Exception | None) -> None:
         self.transport = None

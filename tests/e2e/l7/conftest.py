@@ -135,7 +135,7 @@ class L7:
         self.http_port = 0  # the sidecar's own HTTP endpoints
         self.cfg: dict[str, Any] = {}
 
-    async def start(self, routes: list[dict[str, Any]], routers: list[dict[str, Any]]) -> L7:
+    async def start(self, routes: list[dict[str, Any]], routers: list[dict[str, Any]], **extra: Any) -> L7:
         self.relay = await self.parts.edge(listeners=[
             {"kind": "tls", "listen": "127.0.0.1:0", "publicPort": HTTPS_PORT},
             {"kind": "http", "listen": "127.0.0.1:0", "publicPort": HTTP_PORT},
@@ -152,6 +152,7 @@ class L7:
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
+            **extra,
         }
         self.config_path.write_text(yaml.safe_dump(self.cfg))
         with self.log.open("ab") as err:

@@ -113,3 +113,34 @@ async def test_bodiless_answers_keep_the_connection_in_step(l7: L7, http_backend
         assert code == 200 and b'"label": "A"' in body
     finally:
         writer.close()
+
+
+async def test_sigterm_lets_requests_finish_and_closes_idle_keep_alive_at_once(l7: L7, http_backends) -> None:
+    a = await http_backends("A")
+    await l7.start([http_route("web", "web")], [{"name": "web", "routes": [
+        {"name": "all", "rules": [{"backends": [backend(a)]}]}]}], drainSeconds=15)
+    assert l7.proc is not None
+    idle_r, idle_w = await asyncio.open_connection("127.0.0.1", l7.ports["http"])
+    busy_r, busy_w = await asyncio.open_connection("127.0.0.1", l7.ports["http"])
+    try:
+        idle_w.write(f"GET /x HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+        code, fields = await _head(idle_r)
+        await idle_r.readexactly(int(fields["content-length"]))
+        assert code == 200 and fields.get("connection") != "close"  # kept alive, now idle
+        busy_w.write(f"GET /slow?s=2 HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+        deadline = time.monotonic() + 10
+        while (await l7.sidecar_status())["httpRouters"][0]["active"] != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        l7.proc.terminate()
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""  # the idle connection is closed at once
+        assert time.monotonic() - started < 1.5
+        code, fields = await _head(busy_r)  # the request in progress finishes, and closes its connection
+        assert code == 200 and fields["connection"] == "close"
+        assert await asyncio.wait_for(busy_r.readexactly(int(fields["content-length"])), 5) == b"slow"
+        assert await asyncio.wait_for(l7.proc.wait(), 10) == 0
+        assert time.monotonic() - started < 8  # not the whole drainSeconds (15)
+    finally:
+        idle_w.close()
+        busy_w.close()

@@ -37,6 +37,7 @@ import os
 import socket
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +196,8 @@ class L7Front:
         self._session: aiohttp.ClientSession | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self.active: dict[str, int] = {}  # requests in progress by router name (across reloads)
+        # The live connections' servers (a connection's handler holds its server until it is closed).
+        self._servers: weakref.WeakSet[web.Server] = weakref.WeakSet()
 
     # -- config ------------------------------------------------------------------------------------
 
@@ -270,6 +273,7 @@ class L7Front:
                             logger=client_log, access_log=None,
                             keepalive_timeout=KEEPALIVE_SECONDS, max_line_size=MAX_LINE,
                             max_field_size=MAX_FIELD, max_headers=MAX_HEADERS, read_bufsize=CHUNK)
+        self._servers.add(server)
         task = asyncio.get_running_loop().create_task(self._serve(server, theirs, self._current_ssl(rt)))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
@@ -297,6 +301,18 @@ class L7Front:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS),
                 read_bufsize=CHUNK, trust_env=False, max_line_size=MAX_LINE, max_field_size=MAX_FIELD)
         return self._session
+
+    async def drain(self, seconds: float) -> None:
+        """Shutting down: from now on every response closes its connection, idle keep-alive connections
+        are closed at once (so their streams end and do not hold the drain), and requests in progress
+        get `seconds` to finish."""
+        self.draining = True
+        servers = list(self._servers)
+        if servers:
+            log.info("HTTP routers: closing %d client connections as their requests finish", len(servers))
+        for srv in servers:
+            srv.pre_shutdown()  # idle connections close now, busy ones after their request
+        await asyncio.gather(*(srv.shutdown(seconds) for srv in servers), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._handshakes):
