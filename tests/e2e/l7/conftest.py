@@ -50,6 +50,8 @@ class HttpBackend:
         self.port = 0
         self.requests = 0
         self.unfinished = 0  # uploads and downloads whose peer (the sidecar's pool) went away mid-body
+        self.ws_headers: dict[str, str] = {}
+        self.ws_closed: int | None = None
 
     async def start(self) -> HttpBackend:
         app = web.Application(client_max_size=1 << 40)
@@ -58,6 +60,7 @@ class HttpBackend:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/cut", self.cut)
         app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/ws/{tail:.*}", self.ws)
         app.router.add_route("*", "/{tail:.*}", self.info)
         self.runner, self.port = await serve_app(app)
         return self
@@ -100,6 +103,25 @@ class HttpBackend:
             raise
         await resp.write_eof()
         return resp
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        """Echoes each message, prefixed with the label and the path it was reached at."""
+        ws = web.WebSocketResponse(protocols=("chat",), max_msg_size=8 << 20)
+        await ws.prepare(request)
+        self.ws_headers = dict(request.headers)
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data == "bye":
+                await ws.close(code=4002, message=b"done")
+                self.ws_closed = 4002
+                return ws
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(f"{self.label} {request.path}: {msg.data}")
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+            else:
+                self.ws_closed = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else -1
+                return ws
 
     async def status(self, request: web.Request) -> web.Response:
         return web.Response(status=int(request.match_info["code"]))

@@ -23,7 +23,9 @@ Host passed through unless URLRewrite sets a hostname. A backend that cannot be 
 breaks the exchange 502, a timeout 504, each with a one-line text body (never a traceback); once the
 response head is out, a failure resets the client connection instead (so a truncated body is never taken
 for a whole one). Request heads are bounded by aiohttp's limits (MAX_LINE, MAX_FIELD, MAX_HEADERS), requests
-in progress per router by `maxConcurrentRequests` (past it: 503 at once).
+in progress per router by `maxConcurrentRequests` (past it: 503 at once). A WebSocket upgrade is
+routed the same way, then relayed message by message between aiohttp's server and client WebSockets
+(_relay), on a session of its own so long-lived sockets never hold the request pool's slots.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ TLS_RECHECK_SECONDS = 5.0  # how often (at most) a router's certificate files ar
 POOL_TOTAL = 1024  # backend connections of all routers together
 POOL_PER_HOST = 256  # ... to one backend host:port
 CONNECT_SECONDS = 5.0
+WS_MAX_MESSAGE = 4 * 1024 * 1024  # a WebSocket message is read whole (aiohttp): bounded
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"))
 
@@ -194,6 +197,7 @@ class L7Front:
         self.routers: dict[str, _Router] = {}
         self.draining = False
         self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self.active: dict[str, int] = {}  # requests in progress by router name (across reloads)
         # The live connections' servers (a connection's handler holds its server until it is closed).
@@ -314,15 +318,27 @@ class L7Front:
             srv.pre_shutdown()  # idle connections close now, busy ones after their request
         await asyncio.gather(*(srv.shutdown(seconds) for srv in servers), return_exceptions=True)
 
+    def _websocket_session(self) -> aiohttp.ClientSession:
+        """WebSockets get their own session: a long-lived one never holds a slot of the request pool (256
+        of them to one backend would otherwise stall its requests); each is a client stream, bounded by
+        the stream limits."""
+        if self._ws_session is None or self._ws_session.closed:
+            self._ws_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",), trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS))
+        return self._ws_session
+
     async def close(self) -> None:
         for task in list(self._handshakes):
             task.cancel()
         for task in list(self._handshakes):
             with contextlib.suppress(BaseException):
                 await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._ws_session):
+            if session is not None:
+                await session.close()
+        self._session = self._ws_session = None
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -391,7 +407,8 @@ class L7Front:
             return self._text(request, status, f"HTTP route {route!r} has no usable backend for this request")
         ex = _Exchange(rt, conn, request, sel, backend.host, backend.port)
         try:
-            async with asyncio.timeout(sel.rule.timeout):
+            # A WebSocket's timeouts bound its handshake, not the session (_proxy_ws).
+            async with asyncio.timeout(None if _is_websocket(request) else sel.rule.timeout):
                 return await self._proxy(ex, raw_path, raw_query)
         except TimeoutError:
             return self._failed(ex, 504, f"backend {ex.host}:{ex.port} did not answer within "
@@ -422,6 +439,8 @@ class L7Front:
             body = request.content
         url = URL.build(scheme="http", host=host, port=port, path=path, query_string=raw_query, encoded=True)
         try:
+            if _is_websocket(request):
+                return await self._proxy_ws(ex, url, out)
             async with self._client_session().request(
                 request.method, url, headers=out, data=body, allow_redirects=False, compress=None,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -453,6 +472,34 @@ class L7Front:
             return self._failed(ex, 502, f"backend {host}:{port} failed: {type(exc).__name__}: "
                                 f"{str(exc)[:200]}")
 
+    async def _proxy_ws(self, ex: _Exchange, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """A WebSocket upgrade: the handshake with the backend first (its answer to a refused upgrade is
+        passed on), then messages both ways until either side closes (_relay). Messages are bounded at
+        WS_MAX_MESSAGE; each send waits for the other side's transport."""
+        request = ex.request
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                   if p.strip()]
+        for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                     "Sec-WebSocket-Protocol"):
+            headers.popall(name, None)  # ws_connect makes its own handshake
+        try:
+            async with asyncio.timeout(ex.sel.rule.timeout):
+                up = await self._websocket_session().ws_connect(
+                    url, headers=headers, protocols=offered, autoping=False, autoclose=False,
+                    max_msg_size=WS_MAX_MESSAGE, compress=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status if 400 <= exc.status <= 599 else 502
+            return self._failed(ex, status, f"backend {ex.host}:{ex.port} refused the WebSocket upgrade "
+                                f"({exc.status} {exc.message})")
+        async with up:
+            ws = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), autoping=False,
+                                       autoclose=False, max_msg_size=WS_MAX_MESSAGE, compress=False)
+            ex.response = ws
+            await ws.prepare(request)
+            self.metrics.answered(ex.router.name, ex.sel.rule.route, 101)
+            await _relay(ws, up)
+        return ws
+
     def _failed(self, ex: _Exchange, status: int, text: str) -> web.StreamResponse:
         resp = ex.response
         if resp is not None and resp.prepared:  # counted already, with its real status
@@ -477,6 +524,67 @@ class _Exchange:
     port: int
     started: float = field(default_factory=time.monotonic)
     response: web.StreamResponse | None = None
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    h = request.headers
+    return h.get("Upgrade", "").lower() == "websocket" and "upgrade" in {
+        t.strip().lower() for t in h.get("Connection", "").split(",")}
+
+
+_WS = aiohttp.WSMsgType
+_WS_DONE = (_WS.CLOSE, _WS.CLOSING, _WS.CLOSED, _WS.ERROR)
+
+
+_AnyWS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(src: _AnyWS, dst: _AnyWS) -> tuple[int, bytes]:
+    """Messages from `src` to `dst` (pings and pongs too: the ends keep their own liveness) until `src`
+    closes; returns the code and reason of its close frame (1000 when it vanished without one)."""
+    try:
+        while True:
+            msg = await src.receive()
+            if msg.type == _WS.CLOSE:
+                if isinstance(msg.data, int) and 1000 <= msg.data < 5000 and msg.data not in (1005, 1006):
+                    return msg.data, str(msg.extra or "").encode()[:123]
+                return 1000, b""
+            if msg.type in _WS_DONE:
+                return 1000, b""
+            if msg.type == _WS.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == _WS.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == _WS.PING:
+                await dst.ping(msg.data)
+            elif msg.type == _WS.PONG:
+                await dst.pong(msg.data)
+    except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:  # the other side went away
+        log.debug("WebSocket relay ended: %s", exc)
+        return 1001, b""
+
+
+async def _relay(client: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse) -> None:
+    """Both ways until one side closes; its close code and reason are passed to the other side, then its
+    own close frame is answered (neither end closes by itself: autoclose is off on both)."""
+    ends: dict[asyncio.Future[tuple[int, bytes]], tuple[_AnyWS, _AnyWS]] = {
+        asyncio.ensure_future(_pump(client, backend)): (client, backend),
+        asyncio.ensure_future(_pump(backend, client)): (backend, client)}
+    try:
+        done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        code, reason = first.result()
+        src, dst = ends[first]
+    finally:
+        for task in ends:
+            task.cancel()
+        for task in ends:
+            with contextlib.suppress(BaseException):
+                await task
+    with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+        await dst.close(code=code, message=reason)
+    with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+        await src.close(code=code)
 
 
 def _client_gone(request: web.BaseRequest) -> bool:
