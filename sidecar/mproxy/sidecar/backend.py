@@ -222,7 +222,11 @@ class BackendHandler(StreamHandler):
                 if self.front is None:
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "no HTTP routers in this process")
                 sock = self.front.open(route.http or "", self.stream)
-                await loop.create_connection(lambda: _BackendProtocol(self), sock=sock)
+                try:
+                    await loop.create_connection(lambda: _BackendProtocol(self), sock=sock)
+                except BaseException:  # the transport never took the socket over
+                    sock.close()
+                    raise
             else:
                 await loop.create_connection(lambda: _BackendProtocol(self), b.host, b.port)
         except asyncio.CancelledError:

@@ -157,8 +157,10 @@ class L7:
         self.http_port = 0  # the sidecar's own HTTP endpoints
         self.cfg: dict[str, Any] = {}
 
-    async def start(self, routes: list[dict[str, Any]], routers: list[dict[str, Any]], **extra: Any) -> L7:
-        self.relay = await self.parts.edge(listeners=[
+    async def start(self, routes: list[dict[str, Any]], routers: list[dict[str, Any]], *,
+                    edge_limits: dict[str, Any] | None = None, **extra: Any) -> L7:
+        """The edge, then the sidecar with `routes` and `routers` (and `extra` top-level keys)."""
+        self.relay = await self.parts.edge(limits=edge_limits or {}, listeners=[
             {"kind": "tls", "listen": "127.0.0.1:0", "publicPort": HTTPS_PORT},
             {"kind": "http", "listen": "127.0.0.1:0", "publicPort": HTTP_PORT},
             {"kind": "tcp", "listen": "127.0.0.1:0", "publicPort": 7022},
