@@ -209,7 +209,6 @@ class Sidecar:
             await self._stopped.wait()
             return
         self.draining = True
-        self.l7.draining = True  # responses now close their keep-alive connection
         for pool in self.pools.values():
             pool.stop()
         in_flight = sum(len(t.mux.streams) for t in self.tunnels if t.mux and not t.mux.closed)
@@ -220,7 +219,8 @@ class Sidecar:
             for stream in list(t.mux.streams.values()) if t.mux is not None else ():
                 if isinstance(stream.handler, UdpBackend):
                     stream.handler.drain()
-        await asyncio.gather(*(t.drain_and_stop(deadline) for t in self.tunnels))
+        await asyncio.gather(self.l7.drain(self.config.drain_seconds),
+                             *(t.drain_and_stop(deadline) for t in self.tunnels))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -233,7 +233,11 @@ class BackendHandler(StreamHandler):
                 if self.front is None:
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "no HTTP routers in this process")
                 sock = self.front.open(route.http or "", self.stream)
-                await loop.create_connection(lambda: _BackendProtocol(self), sock=sock)
+                try:
+                    await loop.create_connection(lambda: _BackendProtocol(self), sock=sock)
+                except BaseException:  # the transport never took the socket over
+                    sock.close()
+                    raise
             else:
                 await loop.create_connection(lambda: _BackendProtocol(self), b.host, b.port)
         except asyncio.CancelledError:
@@ -416,7 +420,12 @@ class BackendHandler(StreamHandler):
     # -- backend events ---------------------------------------------------------------------------
 
     def _backend_eof(self) -> None:
-        self.stream.write_eof()
+        if self.route is not None and self.route.http is not None:
+            # An HTTP router closes a connection whole, never half: end the stream both ways, so a client
+            # that keeps its side open does not hold it (and a drain) until the idle timeout.
+            self.stream.close()
+        else:
+            self.stream.write_eof()
 
     def _backend_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -51,6 +51,8 @@ class HttpBackend:
         self.port = 0
         self.requests = 0
         self.unfinished = 0  # uploads and downloads whose peer (the sidecar's pool) went away mid-body
+        self.ws_headers: dict[str, str] = {}
+        self.ws_closed: int | None = None
 
     async def start(self) -> HttpBackend:
         app = web.Application(client_max_size=1 << 40)
@@ -59,6 +61,7 @@ class HttpBackend:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/cut", self.cut)
         app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/ws/{tail:.*}", self.ws)
         app.router.add_route("*", "/{tail:.*}", self.info)
         self.runner, self.port = await serve_app(app)
         return self
@@ -102,6 +105,25 @@ class HttpBackend:
         await resp.write_eof()
         return resp
 
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        """Echoes each message, prefixed with the label and the path it was reached at."""
+        ws = web.WebSocketResponse(protocols=("chat",), max_msg_size=8 << 20)
+        await ws.prepare(request)
+        self.ws_headers = dict(request.headers)
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data == "bye":
+                await ws.close(code=4002, message=b"done")
+                self.ws_closed = 4002
+                return ws
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(f"{self.label} {request.path}: {msg.data}")
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+            else:
+                self.ws_closed = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else -1
+                return ws
+
     async def status(self, request: web.Request) -> web.Response:
         return web.Response(status=int(request.match_info["code"]))
 
@@ -136,8 +158,10 @@ class L7:
         self.http_port = 0  # the sidecar's own HTTP endpoints
         self.cfg: dict[str, Any] = {}
 
-    async def start(self, routes: list[dict[str, Any]], routers: list[dict[str, Any]]) -> L7:
-        self.relay = await self.parts.edge(listeners=[
+    async def start(self, routes: list[dict[str, Any]], routers: list[dict[str, Any]], *,
+                    edge_limits: dict[str, Any] | None = None, **extra: Any) -> L7:
+        """The edge, then the sidecar with `routes` and `routers` (and `extra` top-level keys)."""
+        self.relay = await self.parts.edge(limits=edge_limits or {}, listeners=[
             {"kind": "tls", "listen": "127.0.0.1:0", "publicPort": HTTPS_PORT},
             {"kind": "http", "listen": "127.0.0.1:0", "publicPort": HTTP_PORT},
             {"kind": "tcp", "listen": "127.0.0.1:0", "publicPort": 7022},
@@ -153,6 +177,7 @@ class L7:
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
+            **extra,
         }
         self.config_path.write_text(yaml.safe_dump(self.cfg))
         with self.log.open("ab") as err:

@@ -4,6 +4,7 @@ matches with the Gateway API's precedence, weighted backends, filters, keep-aliv
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from typing import Any
 
@@ -187,3 +188,52 @@ async def test_keep_alive_routes_each_request_of_one_connection(l7: L7, http_bac
     # one client connection: one stream through the tunnel
     assert await l7.metric("mproxy_sidecar_streams_opened_total",
                            {"route": "web", "client": "127.0.0.1"}) == 1
+
+
+async def test_websocket_upgrade_is_routed_and_relayed(l7: L7, http_backends) -> None:
+    a, b = await http_backends("A"), await http_backends("B")
+    await l7.start([http_route("web", "web")], [{"name": "web", "routes": [{"name": "ws", "rules": [
+        {"matches": [{"path": {"value": "/live"}}], "backends": [backend(b)], "filters": [
+            {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch",
+                                                           "replacePrefixMatch": "/ws"}}}]},
+        {"backends": [backend(a)]},
+        {"matches": [{"path": {"value": "/refused"}}], "backends": [backend(a)],
+         "filters": [{"type": "URLRewrite", "urlRewrite": {
+             "path": {"type": "ReplaceFullPath", "replaceFullPath": "/status/403"}}}]},
+    ]}]}])
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(l7.url("/live/room"), headers={"Host": DOMAIN},
+                                protocols=("other", "chat")) as ws:
+            assert ws.protocol == "chat"  # the backend's choice, passed on
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=10)) == "B /ws/room: hi"
+            blob = bytes(range(256)) * 4096  # 1 MiB, one message
+            await ws.send_bytes(blob)
+            assert (await ws.receive_bytes(timeout=10)) == blob
+            pong = await asyncio.wait_for(ws.ping(b"p"), 10)
+            assert pong is None
+            await ws.close(code=4001)
+        deadline = asyncio.get_running_loop().time() + 10
+        while b.ws_closed is None:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert b.ws_closed == 4001, l7.tail()  # the client's close code reached the backend
+        assert b.ws_headers["X-Forwarded-Host"] == DOMAIN and "X-Forwarded-For" in b.ws_headers
+        async with s.ws_connect(l7.url("/live/x"), headers={"Host": DOMAIN}) as ws:
+            await ws.send_str("bye")  # the backend closes: its code and reason reach the client
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4002, "done")
+        b.ws_closed = None
+        ws = await s.ws_connect(l7.url("/live/x"), headers={"Host": DOMAIN})
+        await ws.send_str("x")
+        assert (await ws.receive_str(timeout=10)) == "B /ws/x: x"
+        ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)  # gone without a close frame: the backend
+        # is closed too
+        deadline = asyncio.get_running_loop().time() + 10
+        while b.ws_closed is None:
+            assert asyncio.get_running_loop().time() < deadline, l7.tail()
+            await asyncio.sleep(0.05)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await s.ws_connect(l7.url("/refused"), headers={"Host": DOMAIN})
+        assert refused.value.status == 403  # the backend's refusal, passed on
+        assert (await get(s, l7, "/plain"))[0] == 200  # plain requests on the same router still work

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -91,19 +92,22 @@ async def test_https_is_terminated_and_sni_picks_the_certificate(l7: L7, http_ba
           "routes": [{"name": "s", "rules": [{"backends": [backend(a)]}]}]}])
     port = l7.ports["tls"]
 
-    async def served_names(sni: str) -> list[str]:
+    async def served(sni: str) -> dict[str, Any]:
         ctx = ca.client_context()
         ctx.check_hostname = False  # the default certificate does not name an unknown host: look at it
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
         try:
-            cert = writer.get_extra_info("ssl_object").getpeercert()
+            cert: dict[str, Any] = writer.get_extra_info("ssl_object").getpeercert()
             writer.write(f"GET /who HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
             answer = await asyncio.wait_for(reader.read(), 10)
             assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
             assert b'"x-forwarded-proto": ["https"]' in answer
-            return [v for k, v in cert["subjectAltName"] if k == "DNS"]
+            return cert
         finally:
             writer.close()
+
+    async def served_names(sni: str) -> list[str]:
+        return [v for k, v in (await served(sni))["subjectAltName"] if k == "DNS"]
 
     assert await served_names(f"a.{DOMAIN}") == [f"a.{DOMAIN}"]
     assert await served_names(f"b.{DOMAIN}") == [f"b.{DOMAIN}", f"*.b.{DOMAIN}"]
@@ -115,6 +119,16 @@ async def test_https_is_terminated_and_sni_picks_the_certificate(l7: L7, http_ba
             async with s.get(f"https://127.0.0.1:{port}/x", server_hostname=f"b.{DOMAIN}",
                              headers={"Host": f"b.{DOMAIN}"}, ssl=ca.client_context()) as resp:
                 assert resp.status == 200 and (await resp.json())["label"] == "A"
+    # A renewed certificate replaces the files in place (a Secret's symlink swap): no config change needed.
+    before = (await served(f"a.{DOMAIN}"))["serialNumber"]
+    renewed = ca.issue([f"a.{DOMAIN}"]).write(tmp_path / "renewed", "a")
+    for new, old in zip(renewed, first, strict=True):
+        os.replace(new, old)
+    deadline = time.monotonic() + 20
+    while (await served(f"a.{DOMAIN}"))["serialNumber"] == before:
+        assert time.monotonic() < deadline, f"the renewed certificate was not picked up:\n{l7.tail()}"
+        await asyncio.sleep(0.2)
+    assert "certificate files changed, reloaded" in l7.tail()
 
 
 async def test_backend_failures_are_answered_and_the_tunnel_carries_on(l7: L7,

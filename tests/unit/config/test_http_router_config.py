@@ -3,6 +3,8 @@ Gateway API HTTPRoutes. Valid configs round-trip through to_dict; each error nam
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,3 +214,12 @@ def test_route_with_http_loads() -> None:
     cfg = load_sidecar_config(_routes({"name": "a", "match": {"services": ["http"]}, "http": "web"}))
     assert cfg.routes[0].http == "web" and cfg.to_dict()["routes"][0] == {
         "name": "a", "match": {"services": ["http"]}, "http": "web"}
+
+
+def test_the_docs_http_router_example_loads() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "sidecar.md").read_text()
+    (example,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "httpRouters:" in b]
+    cfg = load_sidecar_config("edge: {urls: [ws://e/]}\n" + example)
+    (router,) = cfg.http_routers
+    assert cfg.routes[0].http == router.name == "web-80"
+    assert [b.weight for b in router.routes[0].rules[0].backends] == [3, 1]

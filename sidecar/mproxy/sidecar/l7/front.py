@@ -23,7 +23,9 @@ Host passed through unless URLRewrite sets a hostname. A backend that cannot be 
 breaks the exchange 502, a timeout 504, each with a one-line text body (never a traceback); once the
 response head is out, a failure resets the client connection instead (so a truncated body is never taken
 for a whole one). Request heads are bounded by aiohttp's limits (MAX_LINE, MAX_FIELD, MAX_HEADERS), requests
-in progress per router by `maxConcurrentRequests` (past it: 503 at once).
+in progress per router by `maxConcurrentRequests` (past it: 503 at once). A WebSocket upgrade is
+routed the same way, then relayed message by message between aiohttp's server and client WebSockets
+(_relay), on a session of its own so long-lived sockets never hold the request pool's slots.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import socket
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +84,11 @@ MAX_FIELD = 8190  # one header line
 MAX_HEADERS = 128
 KEEPALIVE_SECONDS = 120.0  # an idle client connection is closed after this
 HANDSHAKE_SECONDS = 10.0
+TLS_RECHECK_SECONDS = 5.0  # how often (at most) a router's certificate files are checked for a change
 POOL_TOTAL = 1024  # backend connections of all routers together
 POOL_PER_HOST = 256  # ... to one backend host:port
 CONNECT_SECONDS = 5.0
+WS_MAX_MESSAGE = 4 * 1024 * 1024  # a WebSocket message is read whole (aiohttp): bounded
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"))
 
@@ -149,12 +155,29 @@ def server_ssl_context(tls: HttpTlsConfig, path: str) -> ssl.SSLContext:
     return default
 
 
+def _stamp(tls: HttpTlsConfig) -> tuple[tuple[int, int, int] | None, ...]:
+    """What changes when a certificate or key file is replaced (a renewed Secret's symlink swap)."""
+    out: list[tuple[int, int, int] | None] = []
+    for cert in tls.certificates:
+        for name in (cert.cert_file, cert.key_file):
+            try:
+                st = os.stat(name)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 @dataclass(slots=True)
 class _Router:
     name: str
     config: HttpRouterConfig
     matcher: CompiledRouter
     ssl: ssl.SSLContext | None
+    path: str  # httpRouters[i]: for errors
+    stamp: tuple[tuple[int, int, int] | None, ...] = ()  # of the certificate files `ssl` was loaded from
+    checked: float = 0.0  # monotonic time `stamp` was last compared with the files
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +197,11 @@ class L7Front:
         self.routers: dict[str, _Router] = {}
         self.draining = False
         self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
         self.active: dict[str, int] = {}  # requests in progress by router name (across reloads)
+        # The live connections' servers (a connection's handler holds its server until it is closed).
+        self._servers: weakref.WeakSet[web.Server] = weakref.WeakSet()
 
     # -- config ------------------------------------------------------------------------------------
 
@@ -193,16 +219,40 @@ class L7Front:
 
     def _build(self, configs: tuple[HttpRouterConfig, ...]) -> dict[str, _Router]:
         new: dict[str, _Router] = {}
+        now = time.monotonic()
         for i, cfg in enumerate(configs):
             old = self.routers.get(cfg.name)
+            path = f"httpRouters[{i}]"
+            router = _Router(cfg.name, cfg, CompiledRouter(cfg), None, path)
             if cfg.tls is None:
-                ctx = None
+                pass
             elif old is not None and old.config.tls == cfg.tls and old.ssl is not None:
-                ctx = old.ssl
+                router.ssl, router.stamp, router.checked = old.ssl, old.stamp, old.checked
             else:
-                ctx = server_ssl_context(cfg.tls, f"httpRouters[{i}].tls")
-            new[cfg.name] = _Router(cfg.name, cfg, CompiledRouter(cfg), ctx)
+                router.stamp = _stamp(cfg.tls)
+                router.ssl, router.checked = server_ssl_context(cfg.tls, f"{path}.tls"), now
+            new[cfg.name] = router
         return new
+
+    def _current_ssl(self, rt: _Router) -> ssl.SSLContext | None:
+        """The router's SSLContext, reloaded when its files changed (checked at most every
+        TLS_RECHECK_SECONDS, on a new connection): a renewed certificate needs no config change."""
+        tls = rt.config.tls
+        now = time.monotonic()
+        if rt.ssl is None or tls is None or now - rt.checked < TLS_RECHECK_SECONDS:
+            return rt.ssl
+        rt.checked = now
+        stamp = _stamp(tls)
+        if stamp != rt.stamp:
+            rt.stamp = stamp
+            try:
+                rt.ssl = server_ssl_context(tls, f"{rt.path}.tls")
+            except ConfigError as exc:  # half-written, or a bad renewal: keep serving the previous ones
+                log.warning("HTTP router %s: its certificate files changed but do not load; keeping the "
+                            "previous certificates: %s", rt.name, exc)
+            else:
+                log.info("HTTP router %s: certificate files changed, reloaded", rt.name)
+        return rt.ssl
 
     def status(self) -> list[dict[str, Any]]:
         return [{"name": r.name, "tls": r.ssl is not None, "routes": list(r.matcher.route_names),
@@ -227,7 +277,8 @@ class L7Front:
                             logger=client_log, access_log=None,
                             keepalive_timeout=KEEPALIVE_SECONDS, max_line_size=MAX_LINE,
                             max_field_size=MAX_FIELD, max_headers=MAX_HEADERS, read_bufsize=CHUNK)
-        task = asyncio.get_running_loop().create_task(self._serve(server, theirs, rt.ssl))
+        self._servers.add(server)
+        task = asyncio.get_running_loop().create_task(self._serve(server, theirs, self._current_ssl(rt)))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
         return ours
@@ -255,15 +306,39 @@ class L7Front:
                 read_bufsize=CHUNK, trust_env=False, max_line_size=MAX_LINE, max_field_size=MAX_FIELD)
         return self._session
 
+    async def drain(self, seconds: float) -> None:
+        """Shutting down: from now on every response closes its connection, idle keep-alive connections
+        are closed at once (so their streams end and do not hold the drain), and requests in progress
+        get `seconds` to finish."""
+        self.draining = True
+        servers = list(self._servers)
+        if servers:
+            log.info("HTTP routers: closing %d client connections as their requests finish", len(servers))
+        for srv in servers:
+            srv.pre_shutdown()  # idle connections close now, busy ones after their request
+        await asyncio.gather(*(srv.shutdown(seconds) for srv in servers), return_exceptions=True)
+
+    def _websocket_session(self) -> aiohttp.ClientSession:
+        """WebSockets get their own session: a long-lived one never holds a slot of the request pool (256
+        of them to one backend would otherwise stall its requests); each is a client stream, bounded by
+        the stream limits."""
+        if self._ws_session is None or self._ws_session.closed:
+            self._ws_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",), trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS))
+        return self._ws_session
+
     async def close(self) -> None:
         for task in list(self._handshakes):
             task.cancel()
         for task in list(self._handshakes):
             with contextlib.suppress(BaseException):
                 await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._ws_session):
+            if session is not None:
+                await session.close()
+        self._session = self._ws_session = None
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -332,7 +407,8 @@ class L7Front:
             return self._text(request, status, f"HTTP route {route!r} has no usable backend for this request")
         ex = _Exchange(rt, conn, request, sel, backend.host, backend.port)
         try:
-            async with asyncio.timeout(sel.rule.timeout):
+            # A WebSocket's timeouts bound its handshake, not the session (_proxy_ws).
+            async with asyncio.timeout(None if _is_websocket(request) else sel.rule.timeout):
                 return await self._proxy(ex, raw_path, raw_query)
         except TimeoutError:
             return self._failed(ex, 504, f"backend {ex.host}:{ex.port} did not answer within "
@@ -363,6 +439,8 @@ class L7Front:
             body = request.content
         url = URL.build(scheme="http", host=host, port=port, path=path, query_string=raw_query, encoded=True)
         try:
+            if _is_websocket(request):
+                return await self._proxy_ws(ex, url, out)
             async with self._client_session().request(
                 request.method, url, headers=out, data=body, allow_redirects=False, compress=None,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -394,6 +472,34 @@ class L7Front:
             return self._failed(ex, 502, f"backend {host}:{port} failed: {type(exc).__name__}: "
                                 f"{str(exc)[:200]}")
 
+    async def _proxy_ws(self, ex: _Exchange, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """A WebSocket upgrade: the handshake with the backend first (its answer to a refused upgrade is
+        passed on), then messages both ways until either side closes (_relay). Messages are bounded at
+        WS_MAX_MESSAGE; each send waits for the other side's transport."""
+        request = ex.request
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                   if p.strip()]
+        for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                     "Sec-WebSocket-Protocol"):
+            headers.popall(name, None)  # ws_connect makes its own handshake
+        try:
+            async with asyncio.timeout(ex.sel.rule.timeout):
+                up = await self._websocket_session().ws_connect(
+                    url, headers=headers, protocols=offered, autoping=False, autoclose=False,
+                    max_msg_size=WS_MAX_MESSAGE, compress=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status if 400 <= exc.status <= 599 else 502
+            return self._failed(ex, status, f"backend {ex.host}:{ex.port} refused the WebSocket upgrade "
+                                f"({exc.status} {exc.message})")
+        async with up:
+            ws = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), autoping=False,
+                                       autoclose=False, max_msg_size=WS_MAX_MESSAGE, compress=False)
+            ex.response = ws
+            await ws.prepare(request)
+            self.metrics.answered(ex.router.name, ex.sel.rule.route, 101)
+            await _relay(ws, up)
+        return ws
+
     def _failed(self, ex: _Exchange, status: int, text: str) -> web.StreamResponse:
         resp = ex.response
         if resp is not None and resp.prepared:  # counted already, with its real status
@@ -418,6 +524,67 @@ class _Exchange:
     port: int
     started: float = field(default_factory=time.monotonic)
     response: web.StreamResponse | None = None
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    h = request.headers
+    return h.get("Upgrade", "").lower() == "websocket" and "upgrade" in {
+        t.strip().lower() for t in h.get("Connection", "").split(",")}
+
+
+_WS = aiohttp.WSMsgType
+_WS_DONE = (_WS.CLOSE, _WS.CLOSING, _WS.CLOSED, _WS.ERROR)
+
+
+_AnyWS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(src: _AnyWS, dst: _AnyWS) -> tuple[int, bytes]:
+    """Messages from `src` to `dst` (pings and pongs too: the ends keep their own liveness) until `src`
+    closes; returns the code and reason of its close frame (1000 when it vanished without one)."""
+    try:
+        while True:
+            msg = await src.receive()
+            if msg.type == _WS.CLOSE:
+                if isinstance(msg.data, int) and 1000 <= msg.data < 5000 and msg.data not in (1005, 1006):
+                    return msg.data, str(msg.extra or "").encode()[:123]
+                return 1000, b""
+            if msg.type in _WS_DONE:
+                return 1000, b""
+            if msg.type == _WS.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == _WS.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == _WS.PING:
+                await dst.ping(msg.data)
+            elif msg.type == _WS.PONG:
+                await dst.pong(msg.data)
+    except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:  # the other side went away
+        log.debug("WebSocket relay ended: %s", exc)
+        return 1001, b""
+
+
+async def _relay(client: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse) -> None:
+    """Both ways until one side closes; its close code and reason are passed to the other side, then its
+    own close frame is answered (neither end closes by itself: autoclose is off on both)."""
+    ends: dict[asyncio.Future[tuple[int, bytes]], tuple[_AnyWS, _AnyWS]] = {
+        asyncio.ensure_future(_pump(client, backend)): (client, backend),
+        asyncio.ensure_future(_pump(backend, client)): (backend, client)}
+    try:
+        done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        code, reason = first.result()
+        src, dst = ends[first]
+    finally:
+        for task in ends:
+            task.cancel()
+        for task in ends:
+            with contextlib.suppress(BaseException):
+                await task
+    with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+        await dst.close(code=code, message=reason)
+    with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+        await src.close(code=code)
 
 
 def _client_gone(request: web.BaseRequest) -> bool:
