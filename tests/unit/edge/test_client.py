@@ -236,7 +236,8 @@ async def test_a_sidecar_refusal_reaches_a_client_whose_request_is_still_arrivin
         answer = await asyncio.wait_for(reader.read(), 5)
         assert answer.startswith(b"HTTP/1.1 502 ") and b"(E_NO_ROUTE)" in answer, answer
         assert b"route 'r'" not in answer  # the sidecar's message stays inside
-        assert len(listener.front.pending) == 1  # lingering, bounded with the unrouted sockets
+        pending = listener.front.pending
+        assert len(pending) == 1  # lingering, bounded with the unrouted sockets
         writer.close()
-        await _until(lambda: len(listener.front.pending) == 0, "the lingering socket to go")
+        await _until(lambda pending=pending: len(pending) == 0, "the lingering socket to go")
         assert router.results == ["error"] and limiter.open_count("10.1.2.3") == 0
