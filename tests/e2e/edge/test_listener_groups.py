@@ -19,7 +19,7 @@ from tests.e2e.udp.harness import udp_echo
 
 from mproxy.ca import CertificateAuthority
 
-from .harness import Parts, sidecar_process, status, token, tunnel_url
+from .harness import Parts, metrics_text, sidecar_process, status, token, tunnel_url
 
 pytestmark = pytest.mark.e2e
 
@@ -230,3 +230,18 @@ def free_udp_port_on(hosts: tuple[str, ...]) -> int:
             continue
         return port
     raise AssertionError("no UDP port free on every address")
+
+
+async def test_a_malformed_groups_header_is_refused_before_the_upgrade(parts: Parts) -> None:
+    import aiohttp
+
+    relay = await parts.edge()
+    headers = {"X-Mproxy-Listener-Groups": "gw-a,not a group", "Authorization": f"Bearer {token(['a.test'])}"}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(tunnel_url(relay), headers=headers)
+    assert info.value.status == 400
+    assert info.value.headers is not None
+    why = info.value.headers["X-Mproxy-Error"]
+    assert "'not a group' is not a listener group name" in why and "edge.listenerGroups" in why
+    assert 'mproxy_edge_tunnel_rejects_total{reason="bad_listener_groups"} 1.0' in await metrics_text(relay)
