@@ -85,6 +85,12 @@ class BackendConfig(s.Section):
     # This share of streams is refused (an invalid backend); such an entry has no host or port.
     refuse: bool = s.flag(False, omit_default=True)
 
+    @classmethod
+    def refused(cls, weight: int) -> BackendConfig:
+        """A `{weight, refuse: true}` entry: host and port are never dialled, placeholders so that every
+        BackendConfig has the same shape."""
+        return cls(host="-", port=1, weight=weight, refuse=True)
+
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "refuse": True} if self.refuse else s.to_dict(self)
 
@@ -376,9 +382,7 @@ def _backend(item: object, path: str) -> BackendConfig:
     if stray:
         raise ConfigError(f.join(path, stray[0]), "does not apply to a refuse: true backend (it stands for "
                           "a share of streams that is refused; give it only a weight)")
-    # host and port are never dialled: placeholders, so every BackendConfig has the same shape.
-    weight = s.read_field(BackendConfig, "weight", obj, path)
-    return BackendConfig(host="-", port=1, weight=weight, refuse=True)
+    return BackendConfig.refused(s.read_field(BackendConfig, "weight", obj, path))
 
 
 def _udp_route(path: str, backend: BackendConfig | None, backends: tuple[BackendConfig, ...],

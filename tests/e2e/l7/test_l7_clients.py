@@ -118,7 +118,9 @@ async def test_bodiless_answers_keep_the_connection_in_step(l7: L7, http_backend
         writer.close()
 
 
-async def test_sigterm_lets_requests_finish_and_closes_idle_keep_alive_at_once(l7: L7, http_backends) -> None:
+async def test_sigterm_lets_requests_finish_and_closes_idle_keep_alive_at_once(
+    l7: L7, http_backends: HttpBackends
+) -> None:
     a = await http_backends("A")
     await l7.start([http_route("web", "web")], [{"name": "web", "routes": [
         {"name": "all", "rules": [{"backends": [backend(a)]}]}]}], drainSeconds=15)
@@ -159,7 +161,9 @@ def _fds(pid: int) -> tuple[int, int]:
     return len(links), sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in unix)
 
 
-async def test_many_short_connections_leave_no_descriptors_behind(l7: L7, http_backends) -> None:
+async def test_many_short_connections_leave_no_descriptors_behind(
+    l7: L7, http_backends: HttpBackends
+) -> None:
     await _start(l7, http_backends, edge_limits={"connectionRate": 10000, "connectionBurst": 10000})
     assert l7.proc is not None
     async with aiohttp.ClientSession() as s:

@@ -217,3 +217,30 @@ async def test_a_fresh_stream_moves_only_when_the_peer_went_away(limiter: Client
             await _until(lambda: bool(router.results), "the client to finish")
             assert router.results == ["tunnel_closed"] and len(router.opened) == 1
             writer.close()
+
+
+async def test_a_sidecar_refusal_reaches_a_client_whose_request_is_still_arriving(
+        limiter: ClientLimiter) -> None:
+    """The sidecar refuses the stream (here E_NO_ROUTE, e.g. a weighted route's refuse share) while the
+    request's body is still arriving: the 502 goes out, then FIN, and the edge reads on (counted as
+    pending meanwhile) until the client closes, so the close is no reset that loses the answer."""
+    from mproxy.codec import pack_error
+
+    router = _Router()
+    async for listener in _listener(router, limiter):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        head = b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4194304\r\n\r\n"
+        writer.write(proxyproto.encode("v1", ("10.1.2.3", 40000), ("10.0.0.1", 80)) + head)
+        await _until(lambda: bool(router.opened), "the stream")
+        client = router.opened[0]
+        router.mux.feed(pack_error(client.addr, "route 'r' refuses this stream", "E_NO_ROUTE",
+                                   serviceport=client.serviceport))
+        writer.write(bytes(4 << 20))  # the body keeps coming after the refusal
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 502 ") and b"(E_NO_ROUTE)" in answer, answer
+        assert b"route 'r'" not in answer  # the sidecar's message stays inside
+        pending = listener.front.pending
+        assert len(pending) == 1  # lingering, bounded with the unrouted sockets
+        writer.close()
+        await _until(lambda: len(pending) == 0, "the lingering socket to go")
+        assert router.results == ["error"] and limiter.open_count("10.1.2.3") == 0
