@@ -6,8 +6,9 @@ client's admission."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sized
 
 import pytest
 
@@ -242,5 +243,9 @@ async def test_a_sidecar_refusal_reaches_a_client_whose_request_is_still_arrivin
         pending = listener.front.pending
         assert len(pending) == 1  # lingering, bounded with the unrouted sockets
         writer.close()
-        await _until(lambda: len(pending) == 0, "the lingering socket to go")
+        await _until(functools.partial(_empty, pending), "the lingering socket to go")
         assert router.results == ["error"] and limiter.open_count("10.1.2.3") == 0
+
+
+def _empty(items: Sized) -> bool:
+    return len(items) == 0
