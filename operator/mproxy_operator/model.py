@@ -15,7 +15,7 @@ from typing import Any
 
 from mproxy.config import fields as f
 from mproxy.config import schema
-from mproxy.config.common import LoggingConfig
+from mproxy.config.common import LoggingConfig, listener_groups
 from mproxy.config.errors import ConfigError
 from mproxy.config.sidecar import BackendConfig, EdgeDialConfig, MetricsConfig, SidecarConfig
 
@@ -67,6 +67,9 @@ class Edge:
     connections_per_url: int = schema.default(EdgeDialConfig, "connections_per_url")
     token_in: str = schema.default(EdgeDialConfig, "token_in")
     ca: KeyRef | None = None
+    # the sidecar's edge.listenerGroups (a list the sidecar's loader reads itself: not a SIDECAR_FIELDS
+    # entry; the CRD's pattern and maxItems are checked against mproxy.config.common)
+    listener_groups: tuple[str, ...] = schema.default(EdgeDialConfig, "listener_groups")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,7 @@ def _parse(spec: Mapping[str, Any]) -> TunnelSpec:
             if edge_obj.get("caRef") is not None
             else None
         ),
+        listener_groups=listener_groups(edge_obj, "listenerGroups", "spec.edge"),
     )
     routes = tuple(_route(r, f"spec.routes[{i}]") for i, r in enumerate(f.seq(spec, "routes", "spec")))
     names = [r.name for r in routes]

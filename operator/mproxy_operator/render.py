@@ -32,6 +32,7 @@ def sidecar_config(spec: TunnelSpec, resolved: list[Resolved]) -> SidecarConfig:
         token_file=f"{names.TOKEN_DIR}/{names.TOKEN_FILE}",
         ca_file=f"{names.CA_DIR}/{names.CA_FILE}" if spec.edge.ca is not None else None,
         token_in=spec.edge.token_in,
+        listener_groups=spec.edge.listener_groups,
     )
     routes = tuple(
         RouteConfig(

@@ -182,14 +182,19 @@ def test_full_render_with_every_option(kube: Any) -> None:
     spread = pod["topologySpreadConstraints"][0]
     assert spread["topologyKey"] == "kubernetes.io/hostname"
     assert spread["labelSelector"]["matchLabels"] == headless["selector"]
-    # UDP listeners: the Service and the container expose DNS on UDP and TCP under one number.
-    assert [item.kind for item in config.listeners] == ["tls", "http", "udp", "tcp"]
+    # UDP listeners: the Service and the container expose DNS on UDP and TCP under one number; a listener
+    # group's port (tenant-a, refused with close) is a listener like the others.
+    assert [item.kind for item in config.listeners] == ["tls", "http", "udp", "tcp", "tls"]
+    grouped = [(item.listen, item.group, item.tls_refusal) for item in config.listeners if item.group]
+    assert grouped == [("0.0.0.0:8444", "tenant-a", "close")]
     service = by[("Service", "mproxy-edge")]
     service_ports = {(p["name"], p["port"], p["protocol"]) for p in service["spec"]["ports"]}
-    assert {("dns", 53, "UDP"), ("dns-tcp", 53, "TCP"), ("https", 443, "TCP")} <= service_ports
+    assert {("dns", 53, "UDP"), ("dns-tcp", 53, "TCP"), ("https", 443, "TCP"),
+            ("https-tenant-a", 8444, "TCP")} <= service_ports
     container_ports = {(p["name"], p["containerPort"], p["protocol"])
                        for p in edge["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert {("dns", 5353, "UDP"), ("dns-tcp", 5353, "TCP")} <= container_ports
+    assert {("dns", 5353, "UDP"), ("dns-tcp", 5353, "TCP"),
+            ("https-tenant-a", 8444, "TCP")} <= container_ports
     # Its metrics: a PodMonitor on the edge pods' http-metrics port (the Service above is the public one).
     monitor = by[("PodMonitor", "mproxy-edge")]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= (

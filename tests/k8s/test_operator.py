@@ -398,6 +398,33 @@ def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Opera
     assert "Sidecar" in table and "NoPods" in table
 
 
+def test_listener_groups_reach_the_sidecar_config(kube: Any, operator: Operator, ns: str) -> None:
+    """spec.edge.listenerGroups survives the apiserver (a key the CRD does not declare is pruned) and is the
+    sidecar's edge.listenerGroups; taken off the Tunnel, it leaves the config (every listener again)."""
+    body = tunnel()
+    body["spec"]["edge"]["listenerGroups"] = ["tenant-a", "gw.b_2"]
+    _apply(kube, service("web", [("https", 443)]), secret(), body, namespace=ns)
+    t = wait_tunnel(
+        kube, ns, "shop", "RoutesResolved", lambda t: _condition(t, "RoutesResolved").get("status") == "True"
+    )
+    assert t["spec"]["edge"]["listenerGroups"] == ["tenant-a", "gw.b_2"]
+    cm = _get(kube, "configmap", "mproxy-shop", ns)
+    assert cm is not None
+    config = load_sidecar_config(cm["data"]["config.yaml"])  # the sidecar's own schema accepts it
+    assert config.edge.listener_groups == ("tenant-a", "gw.b_2")
+    assert yaml.safe_load(cm["data"]["config.yaml"])["edge"]["listenerGroups"] == ["tenant-a", "gw.b_2"]
+
+    del body["spec"]["edge"]["listenerGroups"]
+    _apply(kube, body, namespace=ns)
+
+    def ungrouped() -> bool:
+        cm = _get(kube, "configmap", "mproxy-shop", ns)
+        return cm is not None and "listenerGroups" not in yaml.safe_load(cm["data"]["config.yaml"])["edge"]
+
+    kube.wait_for(ungrouped, timeout=45, what="a config without edge.listenerGroups")
+    operator.alive()
+
+
 def test_missing_service_is_a_condition_and_an_event_until_it_appears(
     kube: Any, operator: Operator, ns: str
 ) -> None:
@@ -459,6 +486,10 @@ def test_the_crd_rejects_bad_tunnels(kube: Any, operator: Operator, ns: str) -> 
     bad_url["spec"]["edge"]["urls"] = ["http://edge.example.test"]
     long_name = tunnel("x" * 54)
     bad_buffers = tunnel("e", limits={"bufferHardBytes": 1048576})  # under the default soft 8 MiB
+    bad_group = tunnel("f")
+    bad_group["spec"]["edge"]["listenerGroups"] = ["tenant-a", "-tenant"]
+    many_groups = tunnel("g")
+    many_groups["spec"]["edge"]["listenerGroups"] = [f"g{i}" for i in range(65)]
     for body, expect in (
         (no_selector, "spec.selector is required in Sidecar mode"),
         (bad_proxy, "proxyProtocol"),
@@ -466,6 +497,8 @@ def test_the_crd_rejects_bad_tunnels(kube: Any, operator: Operator, ns: str) -> 
         (bad_url, "spec.edge.urls[0]"),
         (long_name, "at most 53 characters"),
         (bad_buffers, "bufferHardBytes must be at least bufferSoftBytes"),
+        (bad_group, "spec.edge.listenerGroups[1]"),
+        (many_groups, "spec.edge.listenerGroups: Too many"),
     ):
         res = kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body), check=False)
         assert res.returncode != 0 and expect in res.stderr, res.stderr

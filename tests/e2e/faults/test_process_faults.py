@@ -1,9 +1,9 @@
-"""SIGKILL and SIGTERM of the edge, a sidecar and a backend in the middle of 20 checksummed transfers.
+"""SIGKILL and SIGTERM of the edge, a sidecar and a backend in the middle of 20 transfers.
 
 Every stream a SIGKILL touches must end on both sides within a bounded time (the client sees EOF or a
 reset, the backend's connection closes) with no corrupted byte; the streams it does not touch, and every
-stream under SIGTERM (a drain), must arrive intact (sha256). Once the process is back the tunnels must
-return (within the reconnect budget for an edge restart), and the fds of every process must come back
+stream under SIGTERM (a drain), must arrive intact (byte for byte). Once the process is back the tunnels
+must return (within the reconnect budget for an edge restart), and the fds of every process must come back
 to their baseline.
 """
 

@@ -1,8 +1,8 @@
 """Peers that stop reading: a backend that accepts and never reads, a client that sends and never reads.
 
 Each is pushed back (its upload stalls well short of 48 MiB: every hop buffers a bounded amount), the 20
-checksummed transfers sharing its tunnels arrive intact, and once the stuck client leaves, its stream
-ends on both sides and every process is back to its baseline fds.
+transfers sharing its tunnels arrive intact, and once the stuck client leaves, its stream ends on both
+sides and every process is back to its baseline fds.
 """
 
 from __future__ import annotations

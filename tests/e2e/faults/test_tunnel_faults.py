@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .harness import HEARTBEAT, RECONNECT_BUDGET, Rig, Transfer, summary
+from .harness import HEARTBEAT, RECONNECT_BUDGET, Rig, TcpProxy, Transfer, summary
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,15 @@ def a_cut_b_intact(done: list[Transfer]) -> list[Transfer]:
     return hit
 
 
+def first_tunnel_still_up(r: Rig, proxy: TcpProxy) -> None:
+    """What a fault must hit: sidecar A's first tunnel, the one its streams are on. A second connection
+    through the proxy means the tunnel was found dead and redialled before the fault (the rig stalled
+    past the heartbeat timeout), and the fault would then measure the wrong tunnel."""
+    assert proxy.accepted == 1 and proxy.open == 1, (
+        f"sidecar A dialled {proxy.accepted} times, {proxy.open} open, before the fault: its tunnel was "
+        f"redialled early\n{r.sidecars['A'].tail()}")
+
+
 async def blackhole_a(r: Rig) -> dict[str, int]:
     """Blackhole A's tunnel mid-transfer; check both sides found it dead and A is back; the baseline fds."""
     base = await r.settled_counts()
@@ -36,14 +45,16 @@ async def blackhole_a(r: Rig) -> dict[str, int]:
     # proxy are full well before then: the edge's tunnel writer is blocked when the tunnel is found dead
     transfers = r.transfers(size=70 << 16, chunk=64 << 10)
     running = await r.in_flight(transfers)
-    assert r.proxies["A"].blackhole() == 1
+    proxy = r.proxies["A"]
+    first_tunnel_still_up(r, proxy)
+    assert proxy.blackhole() == 1
     holed_at = time.monotonic()
     done = await running
     dead_after = max(t.ended_at for t in a_cut_b_intact(done)) - holed_at
     assert dead_after < HEARTBEAT["timeoutSeconds"] + 2, summary(done)
     await r.wait_tunnels(2, within=HEARTBEAT["timeoutSeconds"] + RECONNECT_BUDGET)
-    assert r.proxies["A"].accepted == 2  # sidecar A redialled once through the proxy
-    redial = r.proxies["A"].accepted_at[1] - holed_at
+    assert proxy.accepted == 2  # sidecar A redialled once through the proxy
+    redial = proxy.accepted_at[1] - holed_at
     assert redial < HEARTBEAT["timeoutSeconds"] + RECONNECT_BUDGET
     print(f"blackhole: streams cut after {dead_after:.2f} s, sidecar redialled after {redial:.2f} s")
     again = await r.run_all(r.transfers())
@@ -67,14 +78,16 @@ async def test_reset_tunnel_cuts_its_streams_at_once_and_redials(rig) -> None:  
     base = await r.settled_counts()
     transfers = r.transfers()
     running = await r.in_flight(transfers)
-    assert r.proxies["A"].reset() == 1
+    proxy = r.proxies["A"]
+    first_tunnel_still_up(r, proxy)
+    assert proxy.reset() == 1
     reset_at = time.monotonic()
     done = await running
     cut_after = max(t.ended_at for t in a_cut_b_intact(done)) - reset_at
     assert cut_after < 2.0, summary(done)
     await r.wait_tunnels(2, within=RECONNECT_BUDGET)
-    assert r.proxies["A"].accepted == 2
-    redial = r.proxies["A"].accepted_at[1] - reset_at
+    assert proxy.accepted == 2
+    redial = proxy.accepted_at[1] - reset_at
     assert redial < RECONNECT_BUDGET
     print(f"reset: streams cut after {cut_after:.2f} s, "
           f"sidecar redialled after {redial:.2f} s")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mproxy.config import schema
+from mproxy.config.common import LISTENER_GROUP, MAX_LISTENER_GROUPS
 from mproxy.config.sidecar import LimitsConfig
 from mproxy_operator.model import SIDECAR_FIELDS
 
@@ -52,6 +53,17 @@ def fields() -> list[tuple[str, schema.Spec, Any]]:
 @pytest.mark.parametrize(("dotted", "spec", "default"), fields(), ids=[f[0] for f in fields()])
 def test_crd_declares_the_sidecar_bounds(dotted: str, spec: schema.Spec, default: Any) -> None:
     assert disagreements(prop(spec_schema(), dotted), spec, default) == {}, "(CRD, sidecar schema)"
+
+
+def test_crd_listener_groups_are_the_sidecar_names() -> None:
+    """edge.listenerGroups is a list the sidecar's loader reads itself (mproxy.config.common), so it is no
+    SIDECAR_FIELDS entry: its name pattern and count are checked here."""
+    declared = prop(spec_schema(), "edge.listenerGroups")
+    items = declared["items"]
+    assert (declared["type"], declared["maxItems"], items["type"]) == ("array", MAX_LISTENER_GROUPS, "string")
+    assert items["pattern"] == f"^{LISTENER_GROUP.pattern}$"
+    longest = items["maxLength"]  # the pattern's own bound, stated for the apiserver's cost estimates
+    assert LISTENER_GROUP.fullmatch("g" * longest) and not LISTENER_GROUP.fullmatch("g" * (longest + 1))
 
 
 def test_crd_limits_are_exactly_the_sidecar_limits() -> None:

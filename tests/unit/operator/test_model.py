@@ -16,7 +16,7 @@ def test_defaults_are_those_of_the_crd() -> None:
     assert spec.edge.connections_per_url == 1
     assert spec.edge.token_in == "header"
     assert (spec.edge.token.name, spec.edge.token.key) == ("edge-token", "token")
-    assert spec.edge.ca is None
+    assert spec.edge.ca is None and spec.edge.listener_groups == ()
     assert spec.metrics_port == 9090 and spec.metrics.labels == "client" and spec.metrics.max_clients == 200
     assert spec.connector_replicas == 2
     web, ssh = spec.routes
@@ -59,6 +59,9 @@ BAD = [
     (["edge", "tokenSecretRef"], {"key": "t"}, "spec.edge.tokenSecretRef.name"),
     (["edge", "connectionsPerUrl"], 0, "spec.edge.connectionsPerUrl"),
     (["edge", "tokenIn"], "cookie", "spec.edge.tokenIn"),
+    (["edge", "listenerGroups"], ["gw-a", "-gw"], "spec.edge.listenerGroups[1]"),
+    (["edge", "listenerGroups"], "gw-a", "spec.edge.listenerGroups"),
+    (["edge", "listenerGroups"], [f"g{i}" for i in range(65)], "spec.edge.listenerGroups"),
     (["routes", 0, "backend", "port"], 0, "spec.routes[0].backend.port"),
     (["routes", 0, "backend", "port"], True, "spec.routes[0].backend.port"),
     (["routes", 0, "backend", "service"], "", "spec.routes[0].backend.service"),

@@ -63,6 +63,15 @@ def test_ca_file_only_when_a_ca_is_referenced() -> None:
     assert _render(body)[0]["edge"]["caFile"] == "/var/run/mproxy/ca/ca.crt"
 
 
+def test_listener_groups_reach_the_sidecar_only_when_given() -> None:
+    body = tunnel()
+    assert "listenerGroups" not in _render(body)[0]["edge"]  # absent: every listener, as before
+    body["spec"]["edge"]["listenerGroups"] = ["gw-a", "gw.b_2", "gw-a"]
+    data, text = _render(body)
+    assert data["edge"]["listenerGroups"] == ["gw-a", "gw.b_2"]  # read as the sidecar reads it: distinct
+    assert load_sidecar_config(text).edge.listener_groups == ("gw-a", "gw.b_2")
+
+
 def test_unresolved_routes_and_a_default_pointing_at_them_are_left_out() -> None:
     body = tunnel(defaultRoute="ssh")
     spec = parse_spec(body["spec"])
