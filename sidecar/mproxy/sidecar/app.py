@@ -151,6 +151,9 @@ class Sidecar:
 
     def _tunnel_state(self, t: TunnelClient) -> None:
         conn = str(t.index)
+        if t.stopping and any(o is not t and not o.stopping and o.edge == t.edge and o.index == t.index
+                              for o in self.tunnels):
+            return  # a retiring tunnel whose slot a new one already holds: the series are the new one's
         if t.state == "connected":
             self.metrics.tunnel_up(t.edge, conn)
         elif t.state == "backoff":
@@ -252,8 +255,13 @@ class Sidecar:
                 t.mux.limits = limits
         if new.metrics != old.metrics or new.http != old.http:
             log.warning("metrics and http settings change at the next restart")
+        # A tunnel asks for its listener groups when it dials (X-Mproxy-Listener-Groups): new groups need new
+        # tunnels, and the old ones drain, or they would keep serving groups taken away from them.
+        regroup = new.edge.listener_groups != old.edge.listener_groups
+        if regroup:
+            log.info("edge.listenerGroups changed: redialling every tunnel, the old ones drain")
         for url in list(self.pools):
-            if url not in new.edge.urls:
+            if regroup or url not in new.edge.urls:
                 pool = self.pools.pop(url)
                 for t in pool.stop():
                     self._retire_later(t)

@@ -113,9 +113,10 @@ async def stop_proc(proc: asyncio.subprocess.Process) -> None:
 
 
 async def sidecar_process(parts: Parts, label: str, url: str, tok: str, routes: list[dict[str, Any]],
-                          **edge: Any) -> asyncio.subprocess.Process:
+                          reload: bool = False, **edge: Any) -> asyncio.subprocess.Process:
     """Run `mproxy sidecar` with `routes` (and `edge` keys beside urls and the token), stopped (SIGTERM,
-    then SIGKILL) when the test ends; its stderr is a pipe the test may read."""
+    then SIGKILL) when the test ends; its stderr is a pipe the test may read. With `reload`, it watches
+    its config file, `parts.tmp / f"sidecar-{label}.yaml"`."""
     token_file = parts.tmp / f"token-{label}"
     token_file.write_text(tok)
     cfg = {
@@ -130,7 +131,8 @@ async def sidecar_process(parts: Parts, label: str, url: str, tok: str, routes: 
     path = parts.tmp / f"sidecar-{label}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mproxy", "sidecar", "--config", str(path), "--no-reload",
+        sys.executable, "-m", "mproxy", "sidecar", "--config", str(path),
+        *([] if reload else ["--no-reload"]),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     parts.later(stop_proc, proc)
     return proc

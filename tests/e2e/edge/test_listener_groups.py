@@ -107,6 +107,31 @@ async def test_each_address_reaches_only_its_own_groups_tunnel(parts: Parts) -> 
     assert isinstance(err, ssl.SSLEOFError), err
 
 
+async def test_a_reload_that_changes_the_groups_moves_the_tunnel(parts: Parts) -> None:
+    """A tunnel asks for its groups when it dials: a reload with other groups redials, and the old tunnel
+    (which would keep serving the group taken away) drains and goes."""
+    port = free_port((A, B))
+    relay = await parts.edge(listeners=[
+        {"kind": "tls", "listen": f"{A}:{port}", "group": "gw-a", "tlsRefusal": "close"},
+        {"kind": "tls", "listen": f"{B}:{port}", "group": "gw-b", "tlsRefusal": "close"},
+    ], limits=LIMITS)
+    back = await parts.backends(["app.test"], label="S")
+    routes = [{"name": "tls", "match": {"services": ["https"]},
+               "backend": {"host": "127.0.0.1", "port": back.https_port}}]
+    await sidecar_process(parts, "s", tunnel_url(relay), token(["app.test"]), routes, reload=True,
+                          listenerGroups=["gw-a"])
+    await until_status(relay, lambda s: [t["listenerGroups"] for t in s["tunnels"]] == [["gw-a"]],
+                       "the tunnel asks for gw-a")
+    assert await tls_to(A, port, "app.test", back.ca) == b"S:ping"
+    path = parts.tmp / "sidecar-s.yaml"
+    path.write_text(path.read_text().replace("- gw-a", "- gw-b"))
+    await until_status(relay, lambda s: [t["listenerGroups"] for t in s["tunnels"]] == [["gw-b"]],
+                       "the reloaded sidecar's only tunnel asks for gw-b")
+    assert await tls_to(B, port, "app.test", back.ca) == b"S:ping"
+    err = await asyncio.to_thread(handshake_error, A, port, "app.test", back.ca)
+    assert isinstance(err, ssl.SSLEOFError), err
+
+
 @pytest.mark.parametrize("token_in", ["header", "handshake"])
 async def test_a_group_the_token_does_not_allow_is_refused_with_the_reason(parts: Parts,
                                                                           token_in: str) -> None:
