@@ -1,4 +1,5 @@
-"""`mproxy token`: mint a tunnel token (JWT HS256, telebit claims `domains` and `ports`).
+"""`mproxy token`: mint a tunnel token (JWT HS256, telebit claims `domains` and `ports`; `listenerGroups`
+with --listener-group).
 
     mproxy token --secret-file /etc/mproxy/secret --domain example.com --port 5050 --ttl 30d
 
@@ -37,6 +38,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--port", action="append", type=int, default=[], help="a TCP and UDP port to grant (repeatable)"
     )
+    parser.add_argument("--listener-group", action="append", default=None, dest="listener_groups",
+                        metavar="GROUP", help="limit the tunnel to the edge listeners of this group "
+                        "(repeatable; default: any listener)")
     parser.add_argument("--ttl", type=parse_duration, default=None,
                         help="lifetime, e.g. 3600, 90m, 12h, 30d (default: no expiry)")
     parser.add_argument("--subject", default=None, help="optional 'sub' claim naming the holder")
@@ -56,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         secret = read_secret(args.secret_file)
-        token = mint(secret, domains=args.domain, ports=args.port, ttl=args.ttl, subject=args.subject)
+        token = mint(secret, domains=args.domain, ports=args.port, ttl=args.ttl, subject=args.subject,
+                     listener_groups=args.listener_groups)
     except (ValueError, TokenError) as exc:
         print(f"mproxy token: {exc}", file=sys.stderr)
         return 2
@@ -81,7 +86,9 @@ def _verify(args: argparse.Namespace) -> int:
     except TokenError as exc:
         print(f"refused ({exc.reason}): {exc}", file=sys.stderr)
         return 1
-    out = {"valid": True, "domains": sorted(grant.domains), "ports": sorted(grant.ports)}
+    out: dict[str, Any] = {"valid": True, "domains": sorted(grant.domains), "ports": sorted(grant.ports)}
+    if grant.groups is not None:
+        out["listenerGroups"] = sorted(grant.groups)
     out.update({k: claims[k] for k in ("iat", "exp", "sub") if k in claims})
     print(json.dumps(out))
     return 0

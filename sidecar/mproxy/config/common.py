@@ -3,6 +3,7 @@ heartbeat rule."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,12 @@ from typing import Any
 from mproxy.config import fields as f
 from mproxy.config import schema as s
 from mproxy.config.errors import ConfigError
+
+# Listener groups (docs/edge.md, "Listener groups"): an edge listener's `group`, a sidecar's
+# `edge.listenerGroups`, a token's `listenerGroups` claim and the upgrade header that carries the request.
+LISTENER_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_LISTENER_GROUPS = 64  # asked for by one tunnel, or allowed by one token
+GROUP_HINT = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -83,3 +90,18 @@ def check_heartbeat(path: str, interval: float, timeout: float) -> None:
     if timeout <= interval:
         raise ConfigError(f.join(path, "timeoutSeconds"),
                           f"must be greater than intervalSeconds ({timeout:g} <= {interval:g})")
+
+
+def listener_group(value: object, path: str) -> str:
+    if not isinstance(value, str) or not LISTENER_GROUP.fullmatch(value):
+        raise ConfigError(path, f"must be a listener group name: {GROUP_HINT} (got {value!r})")
+    return value
+
+
+def listener_groups(obj: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
+    """A list of distinct listener group names (at most MAX_LISTENER_GROUPS)."""
+    items = f.seq(obj, key, path)
+    if len(items) > MAX_LISTENER_GROUPS:
+        raise ConfigError(f.join(path, key), f"has {len(items)} groups; at most {MAX_LISTENER_GROUPS}")
+    out = [listener_group(item, f"{f.join(path, key)}[{i}]") for i, item in enumerate(items)]
+    return tuple(dict.fromkeys(out))

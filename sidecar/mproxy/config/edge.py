@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 LISTENER_KINDS = ("tls", "http", "tcp", "udp")
+TLS_REFUSALS = ("alert", "close")
 EDGE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 # The service name each listener kind puts in `connection` frames (what telebit sends).
 SERVICE_OF_KIND = {"tls": "https", "http": "http", "tcp": "tcp", "udp": "udp"}
@@ -66,6 +67,10 @@ class ListenerConfig(s.Section):
     public_port: int | None = s.custom(None, omit_default=True)
     proxy_protocol: bool = s.custom(False)  # expect a PROXY v1/v2 header from a trusted proxy
     udp: UdpOptions | None = s.custom(None, omit_default=True, of=UdpOptions, key="")  # kind udp only
+    # kind tls: how a refused client is told: a fatal TLS alert, or a close with no TLS byte (Gateway API).
+    tls_refusal: str = s.choice("alert", TLS_REFUSALS, omit_default=True)
+    # Its clients go only to tunnels that asked for this group, or for none (docs/edge.md).
+    group: str | None = s.custom(None, omit_default=True)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -308,13 +313,21 @@ def _listeners(root: Mapping[str, Any]) -> tuple[ListenerConfig, ...]:
         stray = sorted(UDP_KEYS & set(obj)) if kind != "udp" else []
         if stray:
             raise ConfigError(f"{path}.{stray[0]}", "applies to kind: udp listeners only")
-        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol, udp))
+        tls_refusal = s.read_field(ListenerConfig, "tls_refusal", obj, path)
+        if "tlsRefusal" in obj and kind != "tls":
+            told = "an HTTP status" if kind == "http" else "a close"
+            raise ConfigError(f"{path}.tlsRefusal", f"applies to kind: tls listeners only (a {kind} "
+                              f"listener's refusal is {told})")
+        group = c.listener_group(obj["group"], f"{path}.group") if obj.get("group") is not None else None
+        out.append(ListenerConfig(kind, listen, public_port, proxy_protocol, udp, tls_refusal, group))
     for kind in ("tcp", "udp"):
-        ports = [item.public_port or item.host_port[1] for item in out if item.kind == kind]
-        for port in ports:
-            if ports.count(port) > 1:
-                raise ConfigError("listeners", f"two {kind} listeners claim public port {port}; tokens "
-                                  "could not tell them apart")
+        # Tokens grant ports by number; listener groups tell two listeners of one port apart.
+        ports = [(item.public_port or item.host_port[1], item.group) for item in out if item.kind == kind]
+        for port, group in ports:
+            if ports.count((port, group)) > 1:
+                raise ConfigError("listeners", f"two {kind} listeners claim public port {port}"
+                                  + (f" in group {group}" if group else "") + "; tokens could not tell "
+                                  "them apart (give them different groups)")
     return tuple(out)
 
 

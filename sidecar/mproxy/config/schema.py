@@ -97,6 +97,21 @@ class Str(Spec):
         return {"type": "string", "minLength": 1}
 
 
+class Flag(Spec):
+    """true or false."""
+
+    __slots__ = ()
+
+    def read(self, obj: Mapping[str, Any], key: str, path: str, default: Any) -> Any:
+        value = obj.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f.join(path, key), f"must be true or false (got {value!r})")
+        return value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
 class Listen(Spec):
     """HOST:PORT, checked at load rather than at bind."""
 
@@ -127,16 +142,18 @@ class Section:
         return to_dict(self)
 
 
-def integer(default: int, lo: int, hi: int, *, key: str | None = None, old: str | None = None) -> int:
-    return field(default=default, metadata={SPEC: Range(lo, hi, whole=True, key=key, old=old)})
+def integer(default: int, lo: int, hi: int, *, key: str | None = None, old: str | None = None,
+            omit_default: bool = False) -> int:
+    return field(default=default, metadata={SPEC: Range(lo, hi, whole=True, key=key, old=old,
+                                                        omit_default=omit_default)})
 
 
 def number(default: float, lo: float, hi: float, *, omit_default: bool = False) -> float:
     return field(default=default, metadata={SPEC: Range(lo, hi, whole=False, omit_default=omit_default)})
 
 
-def choice(default: str, options: tuple[str, ...]) -> str:
-    return field(default=default, metadata={SPEC: Choice(options)})
+def choice(default: str, options: tuple[str, ...], *, omit_default: bool = False) -> str:
+    return field(default=default, metadata={SPEC: Choice(options, omit_default=omit_default)})
 
 
 def string(default: str) -> str:
@@ -145,6 +162,10 @@ def string(default: str) -> str:
 
 def opt_string(*, key: str | None = None) -> str | None:
     return field(default=None, metadata={SPEC: Str(key=key, omit_default=True)})
+
+
+def flag(default: bool, *, omit_default: bool = False) -> bool:
+    return field(default=default, metadata={SPEC: Flag(omit_default=omit_default)})
 
 
 def listen(default: str) -> str:

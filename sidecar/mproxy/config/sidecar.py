@@ -61,6 +61,8 @@ class EdgeDialConfig(s.Section):
     token_file: str | None = s.opt_string()
     ca_file: str | None = s.opt_string()
     token_in: str = s.choice("header", TOKEN_IN)  # how the token is sent, not a token
+    # Serve only the edge listeners of these groups (() = every listener the token's grants reach).
+    listener_groups: tuple[str, ...] = s.custom((), omit_default=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +78,34 @@ class BackendConfig(s.Section):
     port: int = s.required(s.Range(1, 65535, whole=True))
     connect_timeout_seconds: float = s.number(5.0, 0.001, 300)
     proxy_protocol: str = s.choice("none", PROXY_PROTOCOLS)
+    # Its share of the route's new streams: weight / the sum of the route's weights (0: none).
+    weight: int = s.integer(1, 0, 1_000_000, omit_default=True)
+    # This share of streams is refused (an invalid backend); such an entry has no host or port.
+    refuse: bool = s.flag(False, omit_default=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "refuse": True} if self.refuse else s.to_dict(self)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig(s.Section):
+    """A stream route: `backend` (one) or `backends` (weighted; exactly one of the two is given)."""
+
     name: str = s.required(s.Str())
-    backend: BackendConfig = s.custom(of=BackendConfig)
+    backend: BackendConfig | None = s.custom(None, of=BackendConfig)
+    backends: tuple[BackendConfig, ...] = s.custom((), of=BackendConfig, many=True)
     match: MatchConfig = s.custom(factory=MatchConfig, of=MatchConfig)
 
+    @property
+    def targets(self) -> tuple[BackendConfig, ...]:
+        """Every backend of the route, weighted (`backend` alone is weight 1)."""
+        return self.backends if self.backend is None else (self.backend,)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "match": self.match.to_dict(), "backend": self.backend.to_dict()}
+        out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict()}
+        if self.backend is not None:
+            return out | {"backend": self.backend.to_dict()}
+        return out | {"backends": [b.to_dict() for b in self.backends]}
 
 
 class SendBuffer(s.Spec):
@@ -219,7 +239,8 @@ def _edge(root: Mapping[str, Any]) -> EdgeDialConfig:
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")) or len(url) < 6:
             raise ConfigError(f"edge.urls[{i}]", f"must be a ws:// or wss:// URL (got {url!r})")
     return s.read(EdgeDialConfig, obj, "edge", urls=tuple(urls), nameservers=_nameservers(obj),
-                  probe_seconds=_probe_seconds(obj))
+                  probe_seconds=_probe_seconds(obj),
+                  listener_groups=c.listener_groups(obj, "listenerGroups", "edge"))
 
 
 def _probe_seconds(obj: Mapping[str, Any]) -> float:
@@ -293,21 +314,58 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
             _hostname(h, f"{path}.match.hostnames[{j}]")
             for j, h in enumerate(f.seq(m, "hostnames", f"{path}.match"))
         ]
-        if "backend" not in obj:
-            raise ConfigError(f"{path}.backend", "is required (host and port of the Service)")
-        backend = s.read(BackendConfig, f.mapping(obj["backend"], f"{path}.backend"), f"{path}.backend")
+        backend, backends = _backends(obj, path)
         if "udp" in services:
-            _udp_route(path, backend, hostnames)
-        out.append(RouteConfig(name=name, backend=backend,
+            _udp_route(path, backend, backends, hostnames)
+        out.append(RouteConfig(name=name, backend=backend, backends=backends,
                                match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames))))
     return tuple(out)
 
 
-def _udp_route(path: str, backend: BackendConfig, hostnames: list[str]) -> None:
+MAX_BACKENDS = 64  # per route (Gateway API allows 16 backendRefs per rule)
+
+
+def _backends(obj: Mapping[str, Any], path: str) -> tuple[BackendConfig | None, tuple[BackendConfig, ...]]:
+    """A route's `backend` (one) or `backends` (weighted): exactly one of them."""
+    if "backend" in obj and "backends" in obj:
+        raise ConfigError(f"{path}.backends", "give backend (one) or backends (weighted), not both")
+    if "backend" not in obj and "backends" not in obj:
+        raise ConfigError(f"{path}.backend", "is required (host and port of the Service), or backends (a "
+                          "weighted list of them)")
+    if "backend" in obj:
+        return _backend(obj["backend"], f"{path}.backend"), ()
+    items = f.seq(obj, "backends", path)
+    if not items:
+        raise ConfigError(f"{path}.backends", "needs at least one backend (host, port and weight), or a "
+                          "{weight: 1, refuse: true} entry to refuse the route's streams")
+    if len(items) > MAX_BACKENDS:
+        raise ConfigError(f"{path}.backends", f"has {len(items)} entries; at most {MAX_BACKENDS}")
+    return None, tuple(_backend(item, f"{path}.backends[{i}]") for i, item in enumerate(items))
+
+
+def _backend(item: object, path: str) -> BackendConfig:
+    obj = f.mapping(item, path)
+    refuse = s.read_field(BackendConfig, "refuse", obj, path)
+    if not refuse:
+        return s.read(BackendConfig, obj, path)
+    stray = sorted(set(obj) - {"weight", "refuse"})
+    if stray:
+        raise ConfigError(f.join(path, stray[0]), "does not apply to a refuse: true backend (it stands for "
+                          "a share of streams that is refused; give it only a weight)")
+    # host and port are never dialled: placeholders, so every BackendConfig has the same shape.
+    weight = s.read_field(BackendConfig, "weight", obj, path)
+    return BackendConfig(host="-", port=1, weight=weight, refuse=True)
+
+
+def _udp_route(path: str, backend: BackendConfig | None, backends: tuple[BackendConfig, ...],
+               hostnames: list[str]) -> None:
     """What a udp route cannot do (mproxy/sidecar/udp_backend.py): it would silently never apply."""
-    if backend.proxy_protocol != "none":
-        raise ConfigError(f"{path}.backend.proxyProtocol", "must be none for a udp route (PROXY headers are "
-                          "sent on TCP connections only)")
+    named = [(f"{path}.backend", backend)] if backend is not None else [
+        (f"{path}.backends[{i}]", b) for i, b in enumerate(backends)]
+    for where, b in named:
+        if b.proxy_protocol != "none":
+            raise ConfigError(f"{where}.proxyProtocol", "must be none for a udp route (PROXY headers are "
+                              "sent on TCP connections only)")
     if hostnames:
         raise ConfigError(f"{path}.match.hostnames", "must be empty for a udp route (UDP clients carry no "
                           "name, so it would never match)")

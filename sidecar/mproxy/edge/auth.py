@@ -2,7 +2,9 @@
 
 A token's `domains` claim grants each listed name and every name under it (`example.com` also covers
 `*.example.com`, at any depth); its `ports` claim grants raw TCP ports. A tunnel only ever receives
-traffic for what its tokens grant, so one customer can never claim another's name.
+traffic for what its tokens grant, so one customer can never claim another's name. An optional
+`listenerGroups` claim limits the edge listeners the tunnel may serve on to those groups (docs/edge.md,
+"Listener groups"); several tokens that limit it intersect, so no token's limit is ever widened.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mproxy.config.common import GROUP_HINT, LISTENER_GROUP, MAX_LISTENER_GROUPS
 from mproxy.edge import jwt
 from mproxy.edge.jwt import TokenError
 
@@ -32,10 +35,16 @@ def normalize_name(name: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The names and ports one or more tokens allow a tunnel to serve."""
+    """The names and ports one or more tokens allow a tunnel to serve, and on which listener groups."""
 
     domains: frozenset[str] = field(default_factory=frozenset)
     ports: frozenset[int] = field(default_factory=frozenset)
+    groups: frozenset[str] | None = None  # the listener groups allowed; None: any
+
+    def allows(self, asked: frozenset[str] | None) -> bool:
+        """Whether a tunnel may ask for the listener groups `asked`; asking for none (None) is always
+        allowed: the tunnel then serves on the groups this grant allows."""
+        return self.groups is None or asked is None or asked <= self.groups
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any]) -> Grant:
@@ -59,10 +68,14 @@ class Grant:
             if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
                 raise TokenError("token claim 'ports' must hold numbers from 1 to 65535", "bad_claims")
             ports.add(port)
-        return cls(frozenset(domains), frozenset(ports))
+        return cls(frozenset(domains), frozenset(ports), _groups_claim(claims))
 
     def union(self, other: Grant) -> Grant:
-        return Grant(self.domains | other.domains, self.ports | other.ports)
+        if self.groups is None or other.groups is None:
+            groups = self.groups if other.groups is None else other.groups
+        else:
+            groups = self.groups & other.groups
+        return Grant(self.domains | other.domains, self.ports | other.ports, groups)
 
     @property
     def empty(self) -> bool:
@@ -76,18 +89,33 @@ class Grant:
         return port in self.ports
 
 
+def _groups_claim(claims: Mapping[str, Any]) -> frozenset[str] | None:
+    raw = claims.get("listenerGroups")
+    if raw is None:
+        return None
+    if (not isinstance(raw, list) or len(raw) > MAX_LISTENER_GROUPS
+            or not all(isinstance(g, str) and LISTENER_GROUP.fullmatch(g) for g in raw)):
+        raise TokenError(f"token claim 'listenerGroups' must be a list of at most {MAX_LISTENER_GROUPS} "
+                         f"group names ({GROUP_HINT})", "bad_claims")
+    return frozenset(raw)
+
+
 def verify(token: str, secret: bytes, *, now: float | None = None) -> Grant:
     """Verify a token and return its grant; raises TokenError with a reason label."""
     return Grant.from_claims(jwt.decode(token, secret, now=now))
 
 
 def mint(secret: bytes, *, domains: Iterable[str] = (), ports: Iterable[int] = (),
-         ttl: float | None = None, now: float | None = None, subject: str | None = None) -> str:
-    """Mint a token granting `domains` and `ports`; `ttl` seconds until it expires (None: never)."""
+         ttl: float | None = None, now: float | None = None, subject: str | None = None,
+         listener_groups: Iterable[str] | None = None) -> str:
+    """Mint a token granting `domains` and `ports`; `ttl` seconds until it expires (None: never);
+    `listener_groups`: the only listener groups its tunnel may serve on (None: any)."""
     import time
 
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"domains": list(domains), "ports": [int(p) for p in ports], "iat": issued}
+    if listener_groups is not None:
+        claims["listenerGroups"] = sorted(set(listener_groups))
     Grant.from_claims(claims)  # refuse to mint a token the edge would refuse
     if ttl is not None:
         claims["exp"] = issued + int(ttl)

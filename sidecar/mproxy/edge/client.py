@@ -123,6 +123,8 @@ class Front:
     router: Router
     unrouted: set[EdgeClient]  # clients still in their preamble (the listener's close ends them)
     forwarded: bool = False  # clients a peer edge forwarded here: local tunnels only, never forwarded again
+    tls_alert: bool = True  # a refused TLS client gets a fatal alert (False: tlsRefusal: close)
+    group: str | None = None  # the listener's group: its clients go only to tunnels of that group
     on_lost: Callable[[EdgeClient], None] | None = None  # called once when a client's socket is gone
 
 
@@ -299,7 +301,7 @@ class EdgeClient(asyncio.Protocol):
     def _refuse(self, exc: Refused) -> None:
         self.router.rejected(self.kind, exc.reason)
         log.info("refused a %s client: %s (%s)", self.kind, exc.reason, exc)
-        payload = refusal_bytes(self.kind, exc.reason, str(exc))
+        payload = refusal_bytes(self.kind, exc.reason, str(exc), tls_alert=self.front.tls_alert)
         t = self.transport
         if t is None or self._lost or t.is_closing():
             self._end_unrouted()
@@ -623,8 +625,14 @@ class EdgeClient(asyncio.Protocol):
             # Nothing reached the client yet, so it can still get a proper answer in its protocol.
             # Only the error code goes out: the sidecar's message may name internal hosts.
             code = end.code[:40]
-            t.write(refusal_bytes(self.kind, "backend_failed",
-                                  f"the service behind this name is unavailable ({code})"))
+            payload = refusal_bytes(self.kind, "backend_failed",
+                                    f"the service behind this name is unavailable ({code})",
+                                    tls_alert=self.front.tls_alert)
+            if payload:
+                t.write(payload)
+            self._finish_attempt()
+            self._close_refused(t)
+            return
         if not end.clean and self.received_any and not self.tunnel_ended:
             # The client has part of an answer and the rest will never come (the backend failed, E_BUFFER,
             # the tunnel closed): a reset tells it the answer is incomplete.
@@ -635,6 +643,14 @@ class EdgeClient(asyncio.Protocol):
             t.close()  # flushes what is queued for the client, then closes
             asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
         self._finish_attempt()
+
+    def _close_refused(self, t: asyncio.Transport) -> None:
+        """After a refusal mid-routing (the answer, if any, is written): close without losing it."""
+        if self.client_ended:
+            t.close()  # everything it sent is read: a plain close loses nothing
+        else:  # it may still be sending: a close now would reset the connection and lose the answer
+            self.set_reading(True)
+            self._linger(t)
 
     def _cut(self) -> None:
         t = self.transport
@@ -667,8 +683,8 @@ class EdgeClient(asyncio.Protocol):
                     return
                 except Refused as exc:
                     # Nothing reached the client yet: it can still be told in its own protocol.
-                    t.write(refusal_bytes(self.kind, exc.reason, str(exc)))
-                    t.close()
+                    t.write(refusal_bytes(self.kind, exc.reason, str(exc), tls_alert=self.front.tls_alert))
+                    self._close_refused(t)
                     self.router.rejected(self.kind, exc.reason)
                     result = "rejected"
             elif self.end is not None and self.end.clean:

@@ -4,6 +4,9 @@ A tunnel may present tokens in the WebSocket URL (`?access_token=`), in the Auth
 (Bearer, or the password of Basic) and with `add_token` requests after the relay's `hello`; it may drop
 them with `delete_token`. The tunnel's grant is the union of its live tokens; a token that expires
 later drops out at the next `expire()` tick. Tokens are kept only as SHA-256 digests, never logged.
+A token whose `listenerGroups` claim does not allow the listener groups the tunnel asked for at its
+upgrade is refused (`listener_groups_not_allowed`). `scope` is where the tunnel serves: the groups it
+asked for, else its tokens' allowed groups, else None (every listener).
 """
 
 from __future__ import annotations
@@ -76,12 +79,21 @@ class ControlResult:
 
 
 class EdgeControl:
-    def __init__(self, secret: bytes, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: bytes, *, clock: Callable[[], float] = time.time,
+                 asked_groups: frozenset[str] | None = None) -> None:
         self._secret = secret
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self.hello_acked = False
         self.grant = Grant()
+        self.asked_groups = asked_groups  # X-Mproxy-Listener-Groups at the upgrade (None: none asked)
+        self.refusal = ""  # why the last token was refused, for the tunnel (no token in it)
+
+    @property
+    def scope(self) -> frozenset[str] | None:
+        """The listener groups this tunnel serves on; None: every listener (it asked for none and no
+        token limits it)."""
+        return self.asked_groups if self.asked_groups is not None else self.grant.groups
 
     def has_grant(self) -> bool:
         return not self.grant.empty
@@ -93,12 +105,21 @@ class EdgeControl:
     def add_token(self, token: str) -> str | None:
         """Verify and add one token; returns None if accepted, else the refusal reason label."""
         if len(self._tokens) >= MAX_TOKENS:
+            self.refusal = f"too many tokens (at most {MAX_TOKENS} per tunnel)"
             return "too_many_tokens"
         try:
             claims = jwt.decode(token, self._secret, now=self._clock())
             grant = Grant.from_claims(claims)
         except TokenError as exc:
+            self.refusal = exc.reason.replace("_", " ")
             return exc.reason
+        if not grant.allows(self.asked_groups):
+            asked = ", ".join(sorted(self.asked_groups or ()))
+            allowed = ", ".join(sorted(grant.groups or ())) or "none"
+            self.refusal = (f"listener groups not allowed: the tunnel asked for {asked}, the token allows "
+                            f"only {allowed} (fix edge.listenerGroups or mint the token with "
+                            "--listener-group)")
+            return "listener_groups_not_allowed"
         exp = claims.get("exp")
         self._tokens[_digest(token)] = _Token(grant, float(exp) if exp is not None else None)
         self._recompute()
@@ -164,8 +185,7 @@ class EdgeControl:
                 out.replies.append(reply(msg.id))
             else:
                 out.rejected.append(reason)
-                out.replies.append(error_reply(msg.id, f"token refused: {reason.replace('_', ' ')}",
-                                               ErrorCode.AUTH))
+                out.replies.append(error_reply(msg.id, f"token refused: {self.refusal}", ErrorCode.AUTH))
         elif msg.name == "delete_token":
             token = msg.args[0] if msg.args else None
             if not isinstance(token, str) or not token:

@@ -61,6 +61,7 @@ __all__ = ["ACK", "NACK", "Peering"]
 
 ACK, NACK = b"\x00", b"\x01"
 MAX_TRIES = 3
+MAX_FRONTS = 1024  # (kind, group, tls refusal) combinations of forwarded clients kept
 MAX_HEADER = 1024  # 16 + 36 address bytes + a TLV of at most ~560 bytes
 Endpoint = tuple[str, int]
 
@@ -113,17 +114,26 @@ class Peering:
         self._tasks: set[asyncio.Task[None]] = set()  # forwards out still connecting (<= maxForwards)
         self._splices: set[Splice] = set()  # forwards out piping (<= maxForwards)
         self._pending_in: set[_Inbound] = set()  # forward-port connections before their header
-        local = _LocalRouter(relay, self.metrics)
-        lim = relay.config.limits
-        # One Front per kind for the clients peers forward here: the verified header says which.
-        self.fronts = {kind: Front(kind=kind, service=SERVICE_OF_KIND[kind], public_port=0,
-                                   proxy_protocol=False, trusted=lambda _: False,
-                                   sniff_timeout=lim.sniff_timeout_seconds, limiter=relay.limiter,
-                                   pending=relay.pending, router=local, unrouted=set(), forwarded=True,
-                                   on_lost=self._in_lost)
-                       for kind in KINDS}
+        self._local = _LocalRouter(relay, self.metrics)
+        # One Front per (kind, listener group, TLS alert or close) of the clients peers forward here: the
+        # verified header says which, so a forwarded client is routed and refused as on its own listener.
+        self.fronts: dict[tuple[str, str | None, bool], Front] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
+
+    def front(self, claim: ForwardClaim) -> Front | None:
+        """The Front of forwarded clients like `claim`'s; None past MAX_FRONTS (a peer naming very many
+        groups: its clients are refused)."""
+        key = (claim.kind, claim.group, claim.tls_alert)
+        front = self.fronts.get(key)
+        if front is None and len(self.fronts) < MAX_FRONTS:
+            lim = self.relay.config.limits
+            front = self.fronts[key] = Front(
+                kind=claim.kind, service=SERVICE_OF_KIND[claim.kind], public_port=0, proxy_protocol=False,
+                trusted=lambda _: False, sniff_timeout=lim.sniff_timeout_seconds, limiter=self.relay.limiter,
+                pending=self.relay.pending, router=self._local, unrouted=set(), forwarded=True,
+                on_lost=self._in_lost, tls_alert=claim.tls_alert, group=claim.group)
+        return front
 
     def add_routes(self, app: Any) -> None:
         app.router.add_get(GRANTS_PATH, grants_handler(self.keys, self.export))
@@ -161,9 +171,14 @@ class Peering:
                 await self._out_idle.wait()
 
     def export(self) -> dict[str, Any]:
-        table = self.relay.table
-        return {"id": self.relay.edge_id, "forwardPort": self.port, "draining": self.relay.draining,
-                "domains": sorted(table.names()), "ports": sorted(table.ports())}
+        anywhere, groups = self.relay.table.scoped()
+        out: dict[str, Any] = {"id": self.relay.edge_id, "forwardPort": self.port,
+                               "draining": self.relay.draining, "domains": sorted(anywhere.domains),
+                               "ports": sorted(anywhere.ports)}
+        if groups:  # tunnels that serve only some listener groups: forwarded only clients of those
+            out["groups"] = {g: {"domains": sorted(v.domains), "ports": sorted(v.ports)}
+                             for g, v in sorted(groups.items())}
+        return out
 
     def status(self) -> dict[str, Any]:
         return {"forwardPort": self.port, "forwardsActive": dict(self.active), "peers": self.peers.status()}
@@ -185,7 +200,7 @@ class Peering:
         if (refusal.reason != "no_tunnel" or client.kind not in KINDS or client.front.forwarded
                 or client.stream is not None):  # a replay after a local attempt stays here
             return
-        candidates = self.peers.candidates(client.name, client.serviceport)
+        candidates = self.peers.candidates(client.name, client.serviceport, client.front.group)
         if not candidates:
             self.metrics.forwarded_out("no_peer")
             return
@@ -262,7 +277,7 @@ class Peering:
         if pair is None or not client.name.isascii():
             return None
         claim = ForwardClaim(client.kind, client.serviceport, client.name, self.relay.edge_id,
-                             int(time.time() * 1000))
+                             int(time.time() * 1000), client.front.group, client.front.tls_alert)
         tlv = self.keys.forward_tlv(pair[0], pair[1], claim)
         return proxyproto.encode_v2(pair[0], pair[1], [(FORWARD_TLV, tlv)])
 
@@ -309,8 +324,9 @@ class Peering:
     def can_route(self, claim: ForwardClaim) -> bool:
         if self.relay.draining:
             return False
-        table = self.relay.table
-        tunnels = table.match_name(claim.name)[1] if claim.name else table.tunnels_for_port(claim.serviceport)
+        table, group = self.relay.table, claim.group
+        tunnels = (table.match_name(claim.name, group)[1] if claim.name
+                   else table.tunnels_for_port(claim.serviceport, group))
         return any(t.accepting for t in tunnels)
 
     def _in_lost(self, client: EdgeClient) -> None:
@@ -411,7 +427,8 @@ class _Inbound(asyncio.Protocol):
             self._refuse("bad_header", exc)
             return
         what = claim.name or f"port {claim.serviceport}"
-        if not p.can_route(claim):
+        front = p.front(claim)
+        if front is None or not p.can_route(claim):
             p.metrics.forwarded_in("refused")
             log.info("a peer forwarded a client for %s, but no local tunnel takes it now", what)
             t.write(NACK)
@@ -420,7 +437,7 @@ class _Inbound(asyncio.Protocol):
         self._leave()
         # ACK goes out before the stream is opened, so it precedes every byte from the tunnel.
         t.write(ACK)
-        client = EdgeClient(p.fronts[claim.kind])
+        client = EdgeClient(front)
         t.set_protocol(client)  # from here its connection_lost frees the "in" slot (Front.on_lost)
         client.adopt(t, addr, claim.serviceport, claim.name, bytes(self.buf[header.length:]))
 

@@ -43,7 +43,7 @@ class PublicListener:
             kind=config.kind, service=config.service, public_port=config.public_port or 0,
             proxy_protocol=config.proxy_protocol, trusted=self._is_trusted, sniff_timeout=sniff_timeout,
             limiter=limiter, pending=pending if pending is not None else PendingClients(1_000_000),
-            router=router, unrouted=set(),
+            router=router, unrouted=set(), tls_alert=config.tls_refusal == "alert", group=config.group,
         )
 
     @property

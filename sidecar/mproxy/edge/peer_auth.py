@@ -7,8 +7,10 @@ use, so a MAC made for one purpose is never accepted for another, and none of th
   `X-Mproxy-Peer-Sig: <hex mac>` over the request's timestamp and the body, so an old answer cannot be
   replayed to a newer request.
 - A forwarded client starts with a PROXY v2 header whose TLV FORWARD_TLV carries, MACed together with the
-  header's addresses: the time, the listener kind, the public port, the name and the sending edge's id.
-  Nobody without the secret can claim a client address on the forward port.
+  header's addresses: the time, the listener kind, the public port, the name and the sending edge's id;
+  version 2 of the TLV also the listener's group and whether a refused TLS client gets an alert (sent
+  only when the listener has a group or `tlsRefusal: close`, so an edge that reads version 1 only still
+  takes every other client). Nobody without the secret can claim a client address on the forward port.
 
 Timestamps outside `skew` seconds are refused (replay-bounded), and `ReplayGuard` refuses a forward MAC
 it has already seen within the window. Every comparison is constant-time (hmac.compare_digest).
@@ -22,6 +24,8 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from mproxy.config.common import LISTENER_GROUP
+
 __all__ = [
     "FORWARD_TLV",
     "KINDS",
@@ -32,7 +36,9 @@ __all__ = [
 ]
 
 FORWARD_TLV = 0xE0  # PP2_TYPE_MIN_CUSTOM: the first type the PROXY spec leaves to applications
-TLV_VERSION = 1
+TLV_VERSION = 1  # kind, port, name, sender
+TLV_VERSION_SCOPED = 2  # and a flags byte (FLAG_TLS_CLOSE) and the listener's group
+FLAG_TLS_CLOSE = 0x01
 KINDS = ("tls", "http", "tcp")  # listener kinds a client can be forwarded from (not udp)
 MAC_BYTES = 32
 REQUEST_HEADER = "X-Mproxy-Peer"
@@ -56,6 +62,8 @@ class ForwardClaim:
     name: str  # SNI or Host ("" for tcp)
     sender: str  # the forwarding edge's id (for logs)
     timestamp_ms: int
+    group: str | None = None  # the group of the listener the client came to: only its tunnels take it
+    tls_alert: bool = True  # that listener's tlsRefusal is alert (False: close)
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:
@@ -113,11 +121,15 @@ class PeerKeys:
     def forward_tlv(self, source: tuple[str, int], destination: tuple[str, int],
                     claim: ForwardClaim) -> bytes:
         name, sender = claim.name.encode("ascii"), claim.sender.encode("ascii")
+        group = (claim.group or "").encode("ascii")
         if len(name) > 255 or len(sender) > 255:
             raise ValueError("name or edge id over 255 bytes")
-        fields = (struct.pack("!BQBH", TLV_VERSION, claim.timestamp_ms, KINDS.index(claim.kind) + 1,
-                              claim.serviceport)
-                  + bytes([len(name)]) + name + bytes([len(sender)]) + sender)
+        scoped = claim.group is not None or not claim.tls_alert
+        fields = struct.pack("!BQBH", TLV_VERSION_SCOPED if scoped else TLV_VERSION, claim.timestamp_ms,
+                             KINDS.index(claim.kind) + 1, claim.serviceport)
+        if scoped:
+            fields += bytes([0 if claim.tls_alert else FLAG_TLS_CLOSE, len(group)]) + group
+        fields += bytes([len(name)]) + name + bytes([len(sender)]) + sender
         return fields + self._forward_mac(source, destination, fields)
 
     def verify_forward(self, source: tuple[str, int], destination: tuple[str, int], value: bytes,
@@ -130,11 +142,22 @@ class PeerKeys:
             raise PeerAuthError("bad_auth", "the forward header's HMAC does not match its addresses")
         version, ts, kind, port = struct.unpack_from("!BQBH", fields)
         pos = 12
+        if version not in (TLV_VERSION, TLV_VERSION_SCOPED) or not 1 <= kind <= len(KINDS):
+            raise PeerAuthError("bad_header", f"forward TLV version {version} or kind {kind} unknown")
+        flags, group = 0, b""
+        if version == TLV_VERSION_SCOPED:
+            if pos + 2 > len(fields):
+                raise PeerAuthError("bad_header", "the forward TLV's fields do not add up to its length")
+            flags, group_len = fields[pos], fields[pos + 1]
+            group = fields[pos + 2 : pos + 2 + group_len]
+            pos += 2 + group_len
+        if pos >= len(fields):
+            raise PeerAuthError("bad_header", "the forward TLV's fields do not add up to its length")
         name_len = fields[pos]
         name = fields[pos + 1 : pos + 1 + name_len]
         pos += 1 + name_len
-        if version != TLV_VERSION or not 1 <= kind <= len(KINDS) or pos >= len(fields):
-            raise PeerAuthError("bad_header", f"forward TLV version {version} or kind {kind} unknown")
+        if pos >= len(fields):
+            raise PeerAuthError("bad_header", "the forward TLV's fields do not add up to its length")
         sender_len = fields[pos]
         sender = fields[pos + 1 : pos + 1 + sender_len]
         if pos + 1 + sender_len != len(fields):
@@ -143,9 +166,14 @@ class PeerKeys:
             raise PeerAuthError("stale", f"the forward header's time is over {self.skew:g} s from this "
                                 "edge's clock (replayed, or the clocks disagree)")
         try:
-            return ForwardClaim(KINDS[kind - 1], port, name.decode("ascii"), sender.decode("ascii"), ts)
+            group_name = group.decode("ascii") or None
+            claim = ForwardClaim(KINDS[kind - 1], port, name.decode("ascii"), sender.decode("ascii"), ts,
+                                 group_name, not flags & FLAG_TLS_CLOSE)
         except UnicodeDecodeError:
             raise PeerAuthError("bad_header", "the forward TLV's name is not ASCII") from None
+        if group_name is not None and not LISTENER_GROUP.fullmatch(group_name):
+            raise PeerAuthError("bad_header", "the forward TLV's listener group is not a group name")
+        return claim
 
 
 class ReplayGuard:

@@ -19,12 +19,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from mproxy.config.common import LISTENER_GROUP
 from mproxy.config.edge import PeersConfig
 from mproxy.config.fields import split_listen
 from mproxy.edge.auth import Grant, normalize_name
@@ -49,36 +50,57 @@ class Peer:
     address: str  # where it answered; its forward port is on the same address
     edge_id: str
     forward_port: int
-    grant: Grant
+    grant: Grant  # what its tunnels serve on every listener
     draining: bool
     fetched: float  # monotonic time of the answer
+    groups: Mapping[str, Grant] = field(default_factory=dict)  # served on that listener group's only
 
-    def serves(self, name: str, port: int) -> bool:
-        return self.grant.covers_name(name) if name else self.grant.covers_port(port)
+    def serves(self, name: str, port: int, group: str | None = None) -> bool:
+        """Whether a client of a listener in `group` (None: no group) for `name` or `port` has a tunnel
+        there."""
+        scoped = self.groups.get(group) if group is not None else None
+        return any(g.covers_name(name) if name else g.covers_port(port)
+                   for g in (self.grant, scoped) if g is not None)
 
 
-def parse_answer(body: bytes) -> tuple[str, int, Grant, bool]:
-    """(edge id, forward port, grant, draining) from a grants answer; raises ValueError."""
+def _grant(obj: Mapping[str, Any], what: str) -> Grant:
+    domains, ports = obj.get("domains", []), obj.get("ports", [])
+    if not isinstance(domains, list) or not isinstance(ports, list):
+        raise ValueError(f"{what}domains and ports must be lists")
+    names = {normalize_name(d) if isinstance(d, str) else None for d in domains}
+    if None in names:
+        raise ValueError(f"{what}domains must be DNS names")
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports):
+        raise ValueError(f"{what}ports must be port numbers")
+    return Grant(frozenset(n for n in names if n is not None), frozenset(ports))
+
+
+def parse_answer(body: bytes) -> tuple[str, int, Grant, bool, dict[str, Grant]]:
+    """(edge id, forward port, grant, draining, grants per listener group) from a grants answer; raises
+    ValueError."""
     data = json.loads(body)
     if not isinstance(data, dict):
         raise ValueError("the answer is not a JSON object")
     edge_id, port, draining = data.get("id"), data.get("forwardPort"), data.get("draining", False)
-    domains, ports = data.get("domains", []), data.get("ports", [])
     if not isinstance(edge_id, str) or not edge_id or len(edge_id) > 63:
         raise ValueError("id must be a short string")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ValueError("forwardPort must be a port number")
-    if not isinstance(domains, list) or not isinstance(ports, list) or not isinstance(draining, bool):
-        raise ValueError("domains and ports must be lists, draining a boolean")
-    if len(domains) + len(ports) > MAX_GRANT_KEYS:
+    if not isinstance(draining, bool):
+        raise ValueError("draining must be a boolean")
+    raw_groups = data.get("groups", {})
+    if not isinstance(raw_groups, dict) or not all(isinstance(v, dict) for v in raw_groups.values()):
+        raise ValueError("groups must map group names to {domains, ports}")
+    keys = sum(len(v) for g in [data, *raw_groups.values()] for k in ("domains", "ports")
+               if isinstance(v := g.get(k), list))
+    if keys > MAX_GRANT_KEYS or len(raw_groups) > MAX_GRANT_KEYS:
         raise ValueError(f"over {MAX_GRANT_KEYS} names and ports")
-    names = {normalize_name(d) if isinstance(d, str) else None for d in domains}
-    if None in names:
-        raise ValueError("domains must be DNS names")
-    if not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports):
-        raise ValueError("ports must be port numbers")
-    grant = Grant(frozenset(n for n in names if n is not None), frozenset(ports))
-    return edge_id, port, grant, draining
+    groups = {}
+    for name, value in raw_groups.items():
+        if not LISTENER_GROUP.fullmatch(name):
+            raise ValueError("groups must be named like listener groups")
+        groups[name] = _grant(value, f"groups.{name}.")
+    return edge_id, port, _grant(data, ""), draining, groups
 
 
 def static_targets(addresses: tuple[str, ...], default_port: int) -> list[Target]:
@@ -137,12 +159,12 @@ class PeerSet:
 
     # -- lookup -------------------------------------------------------------------------------------
 
-    def candidates(self, name: str, port: int) -> list[Peer]:
-        """Fresh, non-draining peers that grant `name` (or `port` when there is no name), rotated so that
-        forwarded clients spread over them."""
+    def candidates(self, name: str, port: int, group: str | None = None) -> list[Peer]:
+        """Fresh, non-draining peers with a tunnel for `name` (or `port` when there is no name) that takes
+        clients of listener group `group`, rotated so that forwarded clients spread over them."""
         now = time.monotonic()
-        fresh = [p for p in self.peers.values()
-                 if now - p.fetched <= self.config.expire_seconds and not p.draining and p.serves(name, port)]
+        fresh = [p for p in self.peers.values() if now - p.fetched <= self.config.expire_seconds
+                 and not p.draining and p.serves(name, port, group)]
         if not fresh:
             return []
         self._turn += 1
@@ -161,6 +183,9 @@ class PeerSet:
                 item |= {"id": peer.edge_id, "forwardPort": peer.forward_port, "draining": peer.draining,
                          "ageSeconds": round(now - peer.fetched, 1), "domains": sorted(peer.grant.domains),
                          "ports": sorted(peer.grant.ports)}
+                if peer.groups:
+                    item["groups"] = {g: {"domains": sorted(v.domains), "ports": sorted(v.ports)}
+                                      for g, v in sorted(peer.groups.items())}
             if target in self.errors:
                 item["error"] = self.errors[target]
             out.append(item)
@@ -238,7 +263,7 @@ class PeerSet:
                 if len(body) > MAX_ANSWER_BYTES:
                     raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
                 self.keys.verify_answer(auth.split(" ")[1], body, resp.headers.get(SIGNATURE_HEADER))
-            edge_id, forward_port, grant, draining = parse_answer(body)
+            edge_id, forward_port, grant, draining, groups = parse_answer(body)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, PeerAuthError) as exc:
             error = str(exc) or type(exc).__name__
             if self.errors.get(target) != error:
@@ -254,4 +279,4 @@ class PeerSet:
         if old is None or old.edge_id != edge_id:
             log.info("peer %s at %s:%d: forward port %d, %d names, %d ports", edge_id, host, port,
                      forward_port, len(grant.domains), len(grant.ports))
-        self.peers[target] = Peer(host, edge_id, forward_port, grant, draining, time.monotonic())
+        self.peers[target] = Peer(host, edge_id, forward_port, grant, draining, time.monotonic(), groups)

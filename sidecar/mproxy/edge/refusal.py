@@ -2,7 +2,9 @@
 
 `Refused(reason, message)`: `reason` is a short metric label (mproxy_edge_clients_rejected_total), the
 message is for the client. `refusal_bytes(kind, reason, message)` is what a client of a `kind` listener is
-sent before the close: a fatal TLS alert, a complete HTTP response, or nothing for raw TCP.
+sent before the close: a fatal TLS alert, a complete HTTP response, or nothing for raw TCP; with
+`tls_alert=False` (a listener's `tlsRefusal: close`) nothing for TLS either: the Gateway API asks that a
+refused TLS connection be rejected, and its conformance suite counts only an EOF or a reset as that.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ class Refused(Exception):
         self.reason = reason
 
 
-def refusal_bytes(kind: str, reason: str, message: str) -> bytes:
+def refusal_bytes(kind: str, reason: str, message: str, *, tls_alert: bool = True) -> bytes:
     """What a refused client is told, in its own protocol."""
     if kind == "tls":
+        if not tls_alert:
+            return b""
         if reason in {"no_tunnel", "name_too_long", "no_name"}:
             return _ALERT_UNRECOGNIZED_NAME
         if reason in {"not_tls"}:

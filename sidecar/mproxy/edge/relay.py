@@ -216,11 +216,12 @@ class EdgeRelay:
 
     def _pick(self, client: EdgeClient) -> tuple[TunnelSession | None, bool, str]:
         """(tunnel, whether any tunnel serves this at all, metric name label)."""
+        group = client.front.group
         if client.name:
-            key, candidates = self.table.match_name(client.name)
-            return self.table.pick_name(client.name, client.tried), bool(candidates), key or ""
-        candidates = self.table.tunnels_for_port(client.serviceport)
-        return self.table.pick_port(client.serviceport, client.tried), bool(candidates), ""
+            key, candidates = self.table.match_name(client.name, group)
+            return self.table.pick_name(client.name, client.tried, group), bool(candidates), key or ""
+        candidates = self.table.tunnels_for_port(client.serviceport, group)
+        return self.table.pick_port(client.serviceport, client.tried, group), bool(candidates), ""
 
     def _check_header(self, client: EdgeClient) -> None:
         try:
@@ -311,9 +312,7 @@ class EdgeRelay:
             "id": self.edge_id,
             "replicas": int(self.tunnels.identity[REPLICAS_HEADER]),
             "draining": self.draining,
-            "listeners": [item.status() if isinstance(item, UdpListener) else
-                          {"kind": item.config.kind, "port": item.port, "publicPort": item.public_port}
-                          for item in self.listeners],
+            "listeners": [_listener_status(item) for item in self.listeners],
             "tunnelPort": self.tunnel_port,
             "names": self.table.names(),
             "ports": {str(k): v for k, v in self.table.ports().items()},
@@ -335,3 +334,15 @@ class EdgeRelay:
         from mproxy.observe.http import build_app
 
         return build_app(self.metrics.registry, self.ready, self.status)
+
+
+def _listener_status(item: PublicListener | UdpListener) -> dict[str, Any]:
+    """A listener's /status entry, with its group and TLS refusal mode where they apply."""
+    config = item.config
+    out = item.status() if isinstance(item, UdpListener) else {
+        "kind": config.kind, "port": item.port, "publicPort": item.public_port}
+    if config.group is not None:
+        out["group"] = config.group
+    if config.kind == "tls":
+        out["tlsRefusal"] = config.tls_refusal
+    return out

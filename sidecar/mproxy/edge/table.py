@@ -6,6 +6,11 @@ A tunnel is registered under every domain and port its tokens grant. A name is l
 suffix first (`a.b.example.com` tries `a.b.example.com`, `b.example.com`, `example.com`), so a more
 specific grant wins over a broader one. Among the tunnels for a key the next client goes to the one with
 the fewest active streams; ties are broken round robin, so replicas share load evenly even when idle.
+
+Listener groups: a client of a listener in group G (`group`) goes only to tunnels whose `listener_groups`
+holds G or is None (they asked for no group); a client of a listener with no group goes only to tunnels
+with None. The longest suffix is looked up among those tunnels, so another group's more specific grant
+never hides a broader one this client may use.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ class Routable(Protocol):
 
     @property
     def accepting(self) -> bool: ...
+
+    @property
+    def listener_groups(self) -> frozenset[str] | None: ...  # None: every listener
 
 
 T = TypeVar("T", bound=Routable)
@@ -67,23 +75,44 @@ class TunnelDirectory(Generic[T]):
             yield name
             _, _, name = name.partition(".")
 
-    def match_name(self, name: str) -> tuple[str | None, list[T]]:
-        """The most specific granted domain covering `name`, and its tunnels."""
+    @staticmethod
+    def _of_group(tunnels: list[T], group: str | None) -> list[T]:
+        """The tunnels that take clients of a listener in `group` (None: a listener with no group)."""
+        if group is None:
+            return [t for t in tunnels if t.listener_groups is None]
+        return [t for t in tunnels if t.listener_groups is None or group in t.listener_groups]
+
+    def match_name(self, name: str, group: str | None = None) -> tuple[str | None, list[T]]:
+        """The most specific granted domain covering `name` for clients of `group`, and its tunnels."""
         for key in self._suffixes(name):
-            tunnels = self._keys.get(key)
+            tunnels = self._of_group(self._keys.get(key, []), group)
             if tunnels:
                 return key, tunnels
         return None, []
 
-    def pick_name(self, name: str, exclude: set[int] | None = None) -> T | None:
-        key, tunnels = self.match_name(name)
+    def pick_name(self, name: str, exclude: set[int] | None = None, group: str | None = None) -> T | None:
+        key, tunnels = self.match_name(name, group)
         return self._pick(key, tunnels, exclude) if key is not None else None
 
-    def tunnels_for_port(self, port: int) -> list[T]:
-        return list(self._keys.get(port, []))
+    def tunnels_for_port(self, port: int, group: str | None = None) -> list[T]:
+        return self._of_group(self._keys.get(port, []), group)
 
-    def pick_port(self, port: int, exclude: set[int] | None = None) -> T | None:
-        return self._pick(port, self._keys.get(port, []), exclude)
+    def pick_port(self, port: int, exclude: set[int] | None = None, group: str | None = None) -> T | None:
+        return self._pick(port, self.tunnels_for_port(port, group), exclude)
+
+    def scoped(self) -> tuple[Grant, dict[str, Grant]]:
+        """What the tunnels here serve: (for every listener, {group: for that group's listeners only}),
+        the grants peer edges forward by (mproxy.edge.forward)."""
+        anywhere = Grant()
+        groups: dict[str, Grant] = {}
+        for tunnel, grant in self._grants.values():
+            plain = Grant(grant.domains, grant.ports)
+            scope = tunnel.listener_groups
+            if scope is None:
+                anywhere = anywhere.union(plain)
+            for group in scope or ():
+                groups[group] = groups.get(group, Grant()).union(plain)
+        return anywhere, groups
 
     def _pick(self, key: str | int, tunnels: list[T], exclude: set[int] | None = None) -> T | None:
         """`exclude`: ids of tunnels already tried for this client."""

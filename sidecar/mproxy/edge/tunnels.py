@@ -2,7 +2,9 @@
 
 `TunnelEndpoint.app()` serves `tunnel.path`. An upgrade is refused while the edge drains (503), from a
 sidecar that already holds its tunnels to this edge (409, E_DUPLICATE), past limits.maxTunnels (503,
-E_LIMIT), or when every token it presents is refused (401, E_AUTH). An accepted tunnel is the tunnel core's
+E_LIMIT), when every token it presents is refused (401, E_AUTH; 403 when a token does not allow the
+listener groups it asked for in `X-Mproxy-Listener-Groups`, 400 when that header is malformed; the reason
+also in `X-Mproxy-Error`, which the sidecar reports). An accepted tunnel is the tunnel core's
 Multiplexer run over the WebSocket by `run_tunnel` (heartbeats, dead-peer timeout), plus the telebit
 control channel (`EdgeControl`) that turns tokens into a grant. The tunnel directory only ever holds what a
 tunnel's tokens grant; a session leaves it the moment its tunnel ends, and the multiplexer then closes
@@ -29,11 +31,14 @@ from mproxy.edge.table import TunnelDirectory
 from mproxy.edge.udp import udp_clients
 from mproxy.metrics.edge import EdgeMetrics
 from mproxy.tunnel.identity import (
+    ERROR_HEADER,
+    GROUPS_HEADER,
     HAVE_HEADER,
     ID_HEADER,
     PEER_HEADER,
     PEER_SIDECAR,
     REPLICAS_HEADER,
+    parse_groups,
     parse_have,
 )
 from mproxy.tunnel.mux import Multiplexer, MuxLimits
@@ -55,11 +60,12 @@ Supervise = Callable[[str, str, Callable[[], Coroutine[Any, Any, None]]], Superv
 class TunnelSession:
     """One connected tunnel (a sidecar or device WebSocket)."""
 
-    def __init__(self, endpoint: TunnelEndpoint, remote: str) -> None:
+    def __init__(self, endpoint: TunnelEndpoint, remote: str, asked_groups: frozenset[str] | None = None
+                 ) -> None:
         self.endpoint = endpoint
         self.id = next(_ids)
         self.remote = remote
-        self.control = EdgeControl(endpoint.secret)
+        self.control = EdgeControl(endpoint.secret, asked_groups=asked_groups)
         self.mux: Multiplexer | None = None
         self.draining = False
         self.connected_at = time.time()
@@ -68,6 +74,11 @@ class TunnelSession:
     @property
     def active_streams(self) -> int:
         return len(self.mux.streams) if self.mux is not None else 0
+
+    @property
+    def listener_groups(self) -> frozenset[str] | None:
+        """The listener groups whose clients this tunnel takes; None: every listener's."""
+        return self.control.scope
 
     @property
     def accepting(self) -> bool:
@@ -94,6 +105,7 @@ class TunnelSession:
             "remote": self.remote,
             "domains": sorted(grant.domains),
             "ports": sorted(grant.ports),
+            "listenerGroups": None if self.listener_groups is None else sorted(self.listener_groups),
             "streams": self.active_streams,
             "draining": self.draining,
             "connectedSeconds": round(time.time() - self.connected_at, 1),
@@ -172,7 +184,12 @@ class TunnelEndpoint:
             return web.json_response({"error": f"this edge already holds {len(self.sessions)} tunnels "
                                       "(limits.maxTunnels); try another edge", "code": ErrorCode.LIMIT},
                                      status=503)
-        session = TunnelSession(self, remote)
+        try:
+            asked = parse_groups(request.headers.get(GROUPS_HEADER))
+        except ValueError as exc:
+            self.metrics.tunnel_rejects.labels("bad_listener_groups").inc()
+            return _refusal(400, f"{exc}; fix edge.listenerGroups", ErrorCode.BAD_COMMAND)
+        session = TunnelSession(self, remote, asked)
         tokens = tokens_from_request(request.query_string, request.headers.get("Authorization"))
         refused = []
         for token in tokens:
@@ -181,10 +198,10 @@ class TunnelEndpoint:
                 refused.append(reason)
                 self.metrics.tunnel_rejects.labels(reason).inc()
         if tokens and session.control.grant.empty:
-            log.warning("tunnel from %s refused: %s", remote, ", ".join(refused))
-            return web.json_response(
-                {"error": f"token refused: {', '.join(refused)}", "code": ErrorCode.AUTH}, status=401
-            )
+            log.warning("tunnel from %s refused: %s", remote, session.control.refusal)
+            groups = set(refused) == {"listener_groups_not_allowed"}
+            return _refusal(403 if groups else 401, f"token refused: {session.control.refusal}",
+                            ErrorCode.AUTH)
         lim = self.config.limits
         ws = web.WebSocketResponse(autoping=False, compress=False,
                                    max_msg_size=max(4 << 20, 2 * lim.max_frame_bytes + 65536))
@@ -228,3 +245,8 @@ class TunnelEndpoint:
             session.mux.close(message)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(code=CLOSE_POLICY, message=message.encode()[:120]), 2.0)
+
+
+def _refusal(status: int, message: str, code: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status,
+                             headers={ERROR_HEADER: message.encode("ascii", "replace").decode()[:300]})

@@ -81,9 +81,9 @@ class TokenBucket:
 class Picker(Protocol):
     """The relay's routing table, by port."""
 
-    def pick_port(self, port: int, exclude: set[int] | None = None) -> Any: ...
+    def pick_port(self, port: int, exclude: set[int] | None = None, group: str | None = None) -> Any: ...
 
-    def tunnels_for_port(self, port: int) -> list[Any]: ...
+    def tunnels_for_port(self, port: int, group: str | None = None) -> list[Any]: ...
 
 
 class _Client(StreamHandler):
@@ -289,14 +289,14 @@ class UdpListener:
         tried: set[int] = set()
         clashed = ending = False
         while True:
-            session = self.table.pick_port(port, tried)
+            session = self.table.pick_port(port, tried, self.config.group)
             if session is None:
                 self.limiter.release(addr.address)
                 if ending and data is not None:
                     self._wait(key, peer, data, now)
                     return None
                 reason = "client_id_in_use" if clashed else (
-                    "tunnel_full" if self.table.tunnels_for_port(port) else "no_tunnel")
+                    "tunnel_full" if self.table.tunnels_for_port(port, self.config.group) else "no_tunnel")
                 self.metrics.drop(reason)
                 return None
             mux: Multiplexer | None = session.mux

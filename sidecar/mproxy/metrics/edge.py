@@ -24,7 +24,8 @@ REJECT_REASONS = ("no_tunnel", "rate_limited", "too_many_connections", "too_many
                   "client_id_in_use", "overloaded")
 TUNNEL_REJECT_REASONS = ("bad_signature", "expired", "not_yet_valid", "malformed", "bad_alg", "bad_claims",
                          "no_secret", "no_token", "too_many_tokens", "protocol_error", "too_many_tunnels",
-                         "overflow", "internal_error", "duplicate_edge")
+                         "overflow", "internal_error", "duplicate_edge", "listener_groups_not_allowed",
+                         "bad_listener_groups")
 BUFFER_LIMITS = ("hard", "soft", "tunnel")  # mproxy.buffers.CUT_LIMITS: which rule cut a stream
 TASKS = ("flusher", "tunnel_guard")  # the supervised long-lived tasks (see tunnel/supervisor.py)
 MAX_NAMES = 10_000  # a backstop in case someone mints tokens for very many domains

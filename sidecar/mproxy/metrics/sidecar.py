@@ -46,7 +46,7 @@ TUNNEL_DOWN_REASONS = frozenset(("peer_closed", "protocol_error", "dead_peer", "
                                  "shutdown", "connect_failed", "handshake_failed", "auth_failed", "unknown",
                                  "overflow", "internal_error", "task_failed", "duplicate_edge"))
 TASKS = ("tunnel", "flush", "config_watcher")  # the supervised long-lived tasks (see tunnel/supervisor.py)
-REFUSAL_REASONS = frozenset(("no_route", "limit", "draining", "e_no_service"))
+REFUSAL_REASONS = frozenset(("no_route", "refused_backend", "limit", "draining", "e_no_service"))
 
 
 def stream_error_reason(reason: str) -> str:
@@ -122,7 +122,7 @@ class SidecarMetrics:
         for task in TASKS:
             self.task_restarts.labels(task)
             self.tasks_down.labels(task)
-        for reason in ("no_route", "limit", "draining"):
+        for reason in ("no_route", "refused_backend", "limit", "draining"):
             self.refused.labels(reason)
         for result in ("applied", "refused"):
             self.config_reloads.labels(result)

@@ -6,12 +6,18 @@ anything. When several routes match, the most specific wins: an exact name beats
 wildcard beats a shorter one, any name beats no name; then a listed port beats any port, a listed service
 beats any service; ties go to the route listed first. Nothing matching falls to the default route, if any;
 otherwise the stream is refused (a stream never reaches an address that no route declares).
+
+A route has one or more weighted backends: each new stream picks one with probability weight/sum
+(`RouteTable.pick`); a backend with `refuse` set stands for a share of streams that is refused (an invalid
+backend in Gateway API terms), and a route whose weights are all 0 refuses every stream.
 """
 
 from __future__ import annotations
 
+import random
+from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Backend", "Route", "RouteTable"]
 
@@ -22,15 +28,46 @@ class Backend:
     port: int
     connect_timeout: float = 5.0
     proxy_protocol: str = "none"  # none | v1 | v2
+    weight: int = 1  # this backend's share of the route's new streams: weight / sum of weights
+    refuse: bool = False  # the share is refused (host and port unused)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
-    backend: Backend
+    backends: tuple[Backend, ...]
     services: frozenset[str] = frozenset()
     ports: frozenset[int] = frozenset()
     hostnames: tuple[str, ...] = ()
+    # Running sums of the backends' weights, for the pick (built once per route, not per stream).
+    _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.backends:
+            raise ValueError(f"route {self.name!r} has no backend")
+        sums, total = [], 0
+        for b in self.backends:
+            if b.weight < 0:
+                raise ValueError(f"route {self.name!r}: backend weights must be >= 0 (got {b.weight})")
+            total += b.weight
+            sums.append(total)
+        object.__setattr__(self, "_cumulative", tuple(sums))
+
+    @property
+    def total_weight(self) -> int:
+        return self._cumulative[-1]
+
+    def pick(self, u: float) -> Backend | None:
+        """The backend for a stream given a uniform `u` in [0, 1); None: the stream is refused (a refuse
+        share, or every weight 0)."""
+        total = self._cumulative[-1]
+        if total == 0:
+            return None
+        if len(self.backends) == 1:
+            b = self.backends[0]
+        else:
+            b = self.backends[min(bisect_right(self._cumulative, u * total), len(self.backends) - 1)]
+        return None if b.refuse else b
 
     def name_score(self, name: str) -> tuple[int, int] | None:
         """How specifically this route's host names match `name` (None: no match)."""
@@ -52,14 +89,20 @@ class Route:
 class RouteTable:
     """An immutable, validated set of routes; `match()` is pure and cheap."""
 
-    def __init__(self, routes: Iterable[Route], default: str | None = None) -> None:
+    def __init__(self, routes: Iterable[Route], default: str | None = None, *,
+                 rng: random.Random | None = None) -> None:
         self.routes = tuple(routes)
+        self._random = (rng or random.Random()).random  # seeded in tests
         self._by_name = {r.name: r for r in self.routes}
         if len(self._by_name) != len(self.routes):
             raise ValueError("route names must be unique")
         self.default = None if default is None else self._by_name.get(default)
         if default is not None and self.default is None:
             raise ValueError(f"default route {default!r} is not one of the routes")
+
+    def pick(self, route: Route) -> Backend | None:
+        """The backend a new stream of `route` goes to, by weight; None: refused (see Route.pick)."""
+        return route.pick(self._random()) if len(route.backends) > 1 else route.pick(0.0)
 
     def get(self, name: str) -> Route | None:
         return self._by_name.get(name)

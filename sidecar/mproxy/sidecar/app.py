@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from typing import Any
 
@@ -43,19 +44,19 @@ METRICS_FLUSH_SECONDS = 2.0
 _REFUSAL_REASONS: dict[str, str] = {ErrorCode.LIMIT: "limit", ErrorCode.SHUTTING_DOWN: "draining"}
 
 
-def build_table(cfg: SidecarConfig) -> RouteTable:
+def build_table(cfg: SidecarConfig, rng: random.Random | None = None) -> RouteTable:
     routes = [
         Route(
             name=r.name,
-            backend=Backend(r.backend.host, r.backend.port, r.backend.connect_timeout_seconds,
-                            r.backend.proxy_protocol),
+            backends=tuple(Backend(b.host, b.port, b.connect_timeout_seconds, b.proxy_protocol, b.weight,
+                                   b.refuse) for b in r.targets),
             services=frozenset(r.match.services),
             ports=frozenset(r.match.ports),
             hostnames=r.match.hostnames,
         )
         for r in cfg.routes
     ]
-    return RouteTable(routes, cfg.default_route)
+    return RouteTable(routes, cfg.default_route, rng=rng)
 
 
 def backend_options(cfg: SidecarConfig) -> BackendOptions:

@@ -3,7 +3,8 @@
 `BackendHandler` is the stream's handler (see mproxy.tunnel.mux). Life of a stream:
 1. routing: by the relay's service/serviceport/name; without a name, when a hostname route could apply,
    sniff TLS SNI or HTTP Host from the first bytes (bounded by MAX_SNIFF_BYTES). No route -> `error`
-   E_NO_ROUTE, and no connection is attempted.
+   E_NO_ROUTE, and no connection is attempted. A route with weighted backends picks one per stream
+   (RouteTable.pick); its refuse share (or all weights 0) -> `error` E_NO_ROUTE too.
 2. connecting: early data is held (bounded; past the stream buffer we ask the relay to pause the client).
    A refused, unreachable or slow backend -> `error` with the errno-style code; the tunnel carries on.
 3. open: an optional PROXY v1/v2 header with the client address, then the early data, then both ways:
@@ -29,7 +30,7 @@ from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
 from mproxy.codec.errors import ErrorCode
 from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.proxyproto import encode as encode_proxy
-from mproxy.routing import Route, RouteTable
+from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sockwatch import PausedWatch
 from mproxy.tunnel import Stream, StreamEnd, StreamHandler
 
@@ -122,6 +123,7 @@ class BackendHandler(StreamHandler):
         "_read_paused",
         "_timed_out",
         "_watch",
+        "backend",
         "meter",
         "metrics",
         "opts",
@@ -142,6 +144,7 @@ class BackendHandler(StreamHandler):
         self.tunnel = tunnel
         self.state = "routing"
         self.route: Route | None = None
+        self.backend: Backend | None = None  # the route's backend this stream picked
         self.transport: asyncio.Transport | None = None
         self.meter: StreamMeter | None = None
         self._early: list[bytes] = []
@@ -191,14 +194,22 @@ class BackendHandler(StreamHandler):
             s.abort(f"no route for service {s.service!r} port {s.serviceport!r} name {name!r}",
                     ErrorCode.NO_ROUTE)
             return
-        self.route = route
+        backend = self.table.pick(route)
+        if backend is None:
+            self.state = "closed"
+            self.metrics.refuse("refused_backend")
+            log.info("route %s refused the stream (its refuse share, or every backend weight 0)", route.name,
+                     extra=self._extra())
+            s.abort(f"route {route.name!r} refuses this stream (a refused share of its backends, or every "
+                    "backend weight 0)", ErrorCode.NO_ROUTE)
+            return
+        self.route, self.backend = route, backend
         s.route = route.name
         self.state = "connecting"
         self.meter = self.metrics.stream_opened(route.name, s.addr.address)
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect(route))
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect(route, backend))
 
-    async def _connect(self, route: Route) -> None:
-        b = route.backend
+    async def _connect(self, route: Route, b: Backend) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         # A timer that cancels this task, not asyncio.timeout(): every stream opens one connect, and the
@@ -212,10 +223,10 @@ class BackendHandler(StreamHandler):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            self._connect_failed(route, TimeoutError())
+            self._connect_failed(route, b, TimeoutError())
             return
         except OSError as exc:
-            self._connect_failed(route, exc)
+            self._connect_failed(route, b, exc)
             return
         finally:
             timer.cancel()
@@ -227,10 +238,9 @@ class BackendHandler(StreamHandler):
             self._timed_out = True
             task.cancel()
 
-    def _connect_failed(self, route: Route, exc: OSError) -> None:
+    def _connect_failed(self, route: Route, b: Backend, exc: OSError) -> None:
         if self.state == "closed":
             return
-        b = route.backend
         code = _errno_code(exc)
         detail = (f"timed out after {b.connect_timeout:g} s" if isinstance(exc, TimeoutError)
                   else (exc.strerror or str(exc)))
@@ -249,12 +259,13 @@ class BackendHandler(StreamHandler):
         # asyncio already sets TCP_NODELAY on TCP transports.
         high = self.opts.stream_buffer
         transport.set_write_buffer_limits(high=high, low=high // 4)
-        assert self.route is not None
-        if self.route.backend.proxy_protocol != "none":
+        b = self.backend
+        assert b is not None
+        if b.proxy_protocol != "none":
             peer = transport.get_extra_info("peername")
             dst = (peer[0], peer[1]) if isinstance(peer, tuple) else None
             src = (self.stream.addr.address, _port(self.stream.addr.port) or 0)
-            transport.write(encode_proxy(self.route.backend.proxy_protocol, src, dst))
+            transport.write(encode_proxy(b.proxy_protocol, src, dst))
         if self._early:
             transport.writelines(self._early)
             self._early = []

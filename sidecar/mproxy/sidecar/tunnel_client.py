@@ -40,7 +40,16 @@ from mproxy.tunnel import (
     StreamHandler,
     run_tunnel,
 )
-from mproxy.tunnel.identity import HAVE_HEADER, PEER_HEADER, PEER_SIDECAR, have_value, parse_announced
+from mproxy.tunnel.identity import (
+    ERROR_HEADER,
+    GROUPS_HEADER,
+    HAVE_HEADER,
+    PEER_HEADER,
+    PEER_SIDECAR,
+    groups_value,
+    have_value,
+    parse_announced,
+)
 from mproxy.tunnel.sockbuf import auto_send_buffer, set_send_buffer, tcp_rtt_seconds
 from mproxy.tunnel.supervisor import Supervised
 
@@ -264,6 +273,8 @@ class TunnelClient:
         token = read_token(cfg)
         mode = cfg.edge.token_in
         url, headers = self.url, {PEER_HEADER: PEER_SIDECAR}
+        if cfg.edge.listener_groups:
+            headers[GROUPS_HEADER] = groups_value(cfg.edge.listener_groups)
         if token and mode == "query":
             url = _with_query_token(url, token)
         elif token and mode == "header":
@@ -319,7 +330,9 @@ class TunnelClient:
             if pool is not None:
                 pool.dial_failed(self)
             reason = "auth_failed" if exc.status in (401, 403) else "handshake_failed"
-            return self._failed(reason, f"the edge answered HTTP {exc.status} to the WebSocket upgrade")
+            why = exc.headers.get(ERROR_HEADER) if exc.headers else None  # an mproxy edge says why
+            return self._failed(reason, f"the edge answered HTTP {exc.status} to the WebSocket upgrade"
+                                + (f": {why[:300]}" if why else ""))
         except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
             if pool is not None:
                 pool.dial_failed(self)

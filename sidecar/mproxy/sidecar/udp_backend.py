@@ -2,7 +2,8 @@
 
 `UdpBackend` is the handler of a `udp` stream (mproxy.tunnel.datagram). Only a route that lists `udp` in
 its services takes one (a route matching any service, or the default route, is for byte streams); none ->
-`error` E_NO_ROUTE, as for TCP. The backend socket is connected to the route's host:port, so only its
+`error` E_NO_ROUTE, as for TCP. A route with weighted backends picks one per client (its refuse share:
+E_NO_ROUTE). The backend socket is connected to the route's host:port, so only its
 replies come back, each as one data frame for this client. Bounded both ways, never blocking:
 - datagrams that arrive while the socket opens are held up to EARLY_MAX (count and bytes), then dropped;
 - the kernel buffer towards the backend full -> dropped (backend_slow); the tunnel's queue for the client
@@ -26,7 +27,7 @@ from typing import Any, cast
 from mproxy.codec.errors import ErrorCode
 from mproxy.metrics.sidecar import SidecarMetrics, StreamMeter
 from mproxy.metrics.udp import UdpMetrics
-from mproxy.routing import Route, RouteTable
+from mproxy.routing import Backend, Route, RouteTable
 from mproxy.tunnel.datagram import SERVICE, DatagramStream
 from mproxy.tunnel.mux import Stream, StreamEnd, StreamHandler
 
@@ -88,15 +89,24 @@ class UdpBackend(StreamHandler):
             stream.abort(f"no route for service 'udp' port {stream.serviceport!r}", ErrorCode.NO_ROUTE)
             self.route: Route | None = None
             return
+        backend = table.pick(route)  # weighted backends: one per client, for as long as it lasts
+        if backend is None:
+            self.closed = True
+            metrics.refuse("refused_backend")
+            log.info("udp route %s refused the client (its refuse share, or every backend weight 0)",
+                     route.name, extra={"tunnel": tunnel, "client": stream.client_id, "route": route.name})
+            stream.abort(f"route {route.name!r} refuses this stream (a refused share of its backends, or "
+                         "every backend weight 0)", ErrorCode.NO_ROUTE)
+            self.route = None
+            return
         self.route = route
         stream.route = route.name
         udp.client_count(route.name, 1)
         self.meter = metrics.stream_opened(route.name, stream.addr.address)
-        self.task = self.loop.create_task(self._open(route))
+        self.task = self.loop.create_task(self._open(backend))
         self.timer = self.loop.call_later(idle_timeout, self._check_idle)
 
-    async def _open(self, route: Route) -> None:
-        b = route.backend
+    async def _open(self, b: Backend) -> None:
         try:
             transport, _ = await asyncio.wait_for(self.loop.create_datagram_endpoint(
                 lambda: _Socket(self), remote_addr=(b.host, b.port)), b.connect_timeout)

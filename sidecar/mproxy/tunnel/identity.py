@@ -11,6 +11,9 @@ and may change without the edge restarting: only then does a sidecar behind a ba
 An mproxy sidecar sends `X-Mproxy-Peer: sidecar/1` on every upgrade: the edge may then pack frames the way
 mproxy reads them (a `connection` frame shares its WebSocket message with data), which a telebit device
 does not.
+`X-Mproxy-Listener-Groups: a,b` on an upgrade asks the edge to route to this tunnel only the clients of its
+listeners in those groups (the sidecar's `edge.listenerGroups`; docs/edge.md, "Listener groups"); no
+header asks for none, as before.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["HAVE_HEADER", "ID_HEADER", "LIVE_HEADER", "PEER_HEADER", "PEER_SIDECAR", "REPLICAS_HEADER",
-           "Announced", "default_edge_id", "have_value", "parse_announced", "parse_have"]
+from mproxy.config.common import GROUP_HINT, LISTENER_GROUP, MAX_LISTENER_GROUPS
+
+__all__ = ["ERROR_HEADER", "GROUPS_HEADER", "HAVE_HEADER", "ID_HEADER", "LIVE_HEADER", "PEER_HEADER",
+           "PEER_SIDECAR", "REPLICAS_HEADER", "Announced", "default_edge_id", "groups_value", "have_value",
+           "parse_announced", "parse_groups", "parse_have"]
 
 ID_HEADER = "X-Mproxy-Edge-Id"
 REPLICAS_HEADER = "X-Mproxy-Edge-Replicas"
@@ -30,6 +36,8 @@ LIVE_HEADER = "X-Mproxy-Edge-Replicas-Live"
 HAVE_HEADER = "X-Mproxy-Have-Edges"
 PEER_HEADER = "X-Mproxy-Peer"
 PEER_SIDECAR = "sidecar/1"
+GROUPS_HEADER = "X-Mproxy-Listener-Groups"
+ERROR_HEADER = "X-Mproxy-Error"  # why an mproxy edge refused an upgrade (never holds a token)
 MAX_HAVE = 64  # ids named in one request (a sidecar never expects more edges than this per URL)
 MAX_REPLICAS = 1000
 _ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
@@ -70,3 +78,21 @@ def parse_have(value: str | None) -> frozenset[str]:
     if not value:
         return frozenset()
     return frozenset(v for v in (p.strip() for p in value.split(",")[:MAX_HAVE]) if _ID.fullmatch(v))
+
+
+def groups_value(groups: Iterable[str]) -> str:
+    return ",".join(sorted(set(groups)))
+
+
+def parse_groups(value: str | None) -> frozenset[str] | None:
+    """The listener groups a tunnel asks for (None: the header is absent or empty); raises ValueError with
+    what is wrong, for the edge to refuse the upgrade with."""
+    if value is None or not value.strip():
+        return None
+    items = [p.strip() for p in value.split(",")]
+    if len(items) > MAX_LISTENER_GROUPS:
+        raise ValueError(f"{GROUPS_HEADER} names over {MAX_LISTENER_GROUPS} groups")
+    bad = [g for g in items if not LISTENER_GROUP.fullmatch(g)]
+    if bad:
+        raise ValueError(f"{GROUPS_HEADER}: {bad[0][:64]!r} is not a listener group name ({GROUP_HINT})")
+    return frozenset(items)

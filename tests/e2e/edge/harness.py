@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import json
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 from tests.conftest import serve_app
 
@@ -108,6 +110,57 @@ async def stop_proc(proc: asyncio.subprocess.Process) -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def sidecar_process(parts: Parts, label: str, url: str, tok: str, routes: list[dict[str, Any]],
+                          **edge: Any) -> asyncio.subprocess.Process:
+    """Run `mproxy sidecar` with `routes` (and `edge` keys beside urls and the token), stopped (SIGTERM,
+    then SIGKILL) when the test ends; its stderr is a pipe the test may read."""
+    token_file = parts.tmp / f"token-{label}"
+    token_file.write_text(tok)
+    cfg = {
+        "edge": {"urls": [url], "tokenFile": str(token_file), "tokenIn": "handshake", **edge},
+        "routes": routes,
+        "http": {"listen": "127.0.0.1:0"},
+        "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3},
+        "reconnect": {"initialSeconds": 0.05, "maxSeconds": 0.5},
+        "logging": {"format": "text", "level": "warning"},
+        "drainSeconds": 1,
+    }
+    path = parts.tmp / f"sidecar-{label}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mproxy", "sidecar", "--config", str(path), "--no-reload",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    parts.later(stop_proc, proc)
+    return proc
+
+
+async def tagged_echo(parts: Parts, tag: bytes) -> tuple[int, list[int]]:
+    """A TCP server answering `tag:` then an echo; (its port, a one-item list counting its connections)."""
+    seen = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen[0] += 1
+        try:
+            writer.write(tag + b":")
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+
+    async def close() -> None:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
+
+    parts.later(close)
+    return server.sockets[0].getsockname()[1], seen
 
 
 def ports(relay: EdgeRelay) -> dict[str, int]:

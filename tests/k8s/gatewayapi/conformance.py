@@ -139,7 +139,8 @@ class Harness:
     def start_edge(self, tls: set[int], tcp: set[int], http: set[int], domains: set[str]) -> None:
         secret = self.work / "edge-secret"
         secret.write_text(os.urandom(24).hex())
-        listeners = [{"kind": "tls", "listen": f"{EDGE_IP}:{p}"} for p in sorted(tls)]
+        # tlsRefusal close: the suite wants a refused TLS connection closed, not a TLS alert (docs/edge.md).
+        listeners = [{"kind": "tls", "listen": f"{EDGE_IP}:{p}", "tlsRefusal": "close"} for p in sorted(tls)]
         listeners += [{"kind": "tcp", "listen": f"{EDGE_IP}:{p}"} for p in sorted(tcp)]
         listeners += [{"kind": "http", "listen": f"{EDGE_IP}:{p}"} for p in sorted(http)]
         config = {

@@ -11,6 +11,7 @@ FULL = """
 auth: {secretFile: /etc/mproxy/secret}
 listeners:
   - {kind: tls, listen: "0.0.0.0:443"}
+  - {kind: tls, listen: "0.0.0.0:4443", tlsRefusal: close}
   - {kind: http, listen: "0.0.0.0:80", proxyProtocol: true}
   - {kind: tcp, listen: "0.0.0.0:5050", publicPort: 6060}
 tunnel:
@@ -28,9 +29,11 @@ drainSeconds: 3
 
 def test_full_example_round_trips() -> None:
     cfg = load_edge_config(FULL)
-    assert [item.kind for item in cfg.listeners] == ["tls", "http", "tcp"]
-    assert cfg.listeners[2].public_port == 6060 and cfg.listeners[1].proxy_protocol
+    assert [item.kind for item in cfg.listeners] == ["tls", "tls", "http", "tcp"]
+    assert cfg.listeners[3].public_port == 6060 and cfg.listeners[2].proxy_protocol
     assert cfg.listeners[0].service == "https"
+    assert [item.tls_refusal for item in cfg.listeners] == ["alert", "close", "alert", "alert"]
+    assert "tlsRefusal" not in cfg.listeners[0].to_dict()  # the default is left out
     assert cfg.tunnel.tls and cfg.tunnel.path == "/tunnel"
     assert cfg.trusted_proxies == ("10.0.0.0/8", "::1/128")
     assert cfg.limits.streams_per_tunnel == 50 and cfg.limits.connection_rate == 5.0
@@ -53,6 +56,10 @@ def test_minimal_config_has_defaults() -> None:
         ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: 'nope'}]", "listeners[0].listen"),
         ("auth: {secretFile: s}\nlisteners: [{kind: tcp, listen: ':0'}]", "listeners[0].publicPort"),
         ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: ':1', prot: 1}]", "listeners[0].prot"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: ':1', tlsRefusal: reset}]",
+         "listeners[0].tlsRefusal"),
+        ("auth: {secretFile: s}\nlisteners: [{kind: http, listen: ':1', tlsRefusal: close}]",
+         "listeners[0].tlsRefusal"),
         ("auth: {secretFile: s}\nlisteners: [{kind: tcp, listen: ':1'}, {kind: tcp, listen: ':2', "
          "publicPort: 1}]", "listeners"),
         ("auth: {secretFile: s}\nlisteners: [{kind: tls, listen: ':9'}]\nhttp: {listen: ':9'}",

@@ -79,3 +79,35 @@ def test_replay_guard_refuses_a_second_use_and_stays_bounded() -> None:
     for i in range(1000):
         guard.check(i.to_bytes(32, "big"), 30.0)
     assert len(guard) <= 100
+
+
+def test_a_scoped_forward_carries_the_group_and_the_tls_refusal() -> None:
+    scoped = ForwardClaim("tls", 443, "app.example.com", "edge-1", int(NOW * 1000), "gw-a", False)
+    tlv = KEYS.forward_tlv(SRC, DST, scoped)
+    assert tlv[0] == 2 and KEYS.verify_forward(SRC, DST, tlv, NOW) == scoped
+    grouped = ForwardClaim("tcp", 5432, "", "e", int(NOW * 1000), "gw-b")
+    assert KEYS.verify_forward(SRC, DST, KEYS.forward_tlv(SRC, DST, grouped), NOW) == grouped
+    closing = ForwardClaim("tls", 443, "x.test", "e", int(NOW * 1000), None, False)
+    assert KEYS.verify_forward(SRC, DST, KEYS.forward_tlv(SRC, DST, closing), NOW) == closing
+    assert KEYS.forward_tlv(SRC, DST, CLAIM)[0] == 1  # no group, alert: version 1, as older edges read
+    for i in range(len(tlv)):  # every single flipped byte of a version 2 TLV
+        bad = bytearray(tlv)
+        bad[i] ^= 0x40
+        assert reason(lambda bad=bad: KEYS.verify_forward(SRC, DST, bytes(bad), NOW)) == "bad_auth"
+
+
+def test_a_scoped_forward_with_a_bad_group_or_length_is_refused() -> None:
+    import struct
+    import time
+
+    def signed(fields: bytes) -> bytes:
+        return fields + KEYS._forward_mac(SRC, DST, fields)
+
+    head = struct.pack("!BQBH", 2, int(time.time() * 1000), 1, 443)
+    now = time.time()
+    assert reason(lambda: KEYS.verify_forward(SRC, DST, signed(head + b"\x00\x03a b\x01x\x01e"), now)
+                  ) == "bad_header"  # "a b" is no group name
+    assert reason(lambda: KEYS.verify_forward(SRC, DST, signed(head + b"\x00\x09gw\x01x\x01e"), now)
+                  ) == "bad_header"  # the group's length runs past the end
+    unknown = signed(struct.pack("!BQBH", 3, 0, 1, 443) + b"\x00" * 4)  # a version 3
+    assert reason(lambda: KEYS.verify_forward(SRC, DST, unknown, now)) == "bad_header"

@@ -16,18 +16,34 @@ def answer(**fields: object) -> bytes:
 
 
 def test_a_good_answer() -> None:
-    edge_id, port, grant, draining = parse_answer(answer())
-    assert (edge_id, port, draining) == ("edge-1", 8444, False)
+    edge_id, port, grant, draining, groups = parse_answer(answer())
+    assert (edge_id, port, draining, groups) == ("edge-1", 8444, False, {})
     assert grant == Grant(frozenset({"example.com"}), frozenset({7022}))
     peer = Peer("10.0.0.5", edge_id, port, grant, draining, 0.0)
     assert peer.serves("a.b.example.com", 443) and not peer.serves("example.org", 7022)
     assert peer.serves("", 7022) and not peer.serves("", 7023)
+    assert peer.serves("a.example.com", 443, "gw-a")  # a tunnel that asked for no group serves every group
+
+
+def test_grants_per_listener_group() -> None:
+    body = answer(domains=[], ports=[], groups={"gw-a": {"domains": ["a.test"], "ports": [5432]},
+                                                "gw-b": {"domains": ["b.test"]}})
+    *_, grant, draining, groups = parse_answer(body)
+    assert grant == Grant() and set(groups) == {"gw-a", "gw-b"}
+    peer = Peer("10.0.0.5", "edge-1", 8444, grant, draining, 0.0, groups)
+    assert peer.serves("x.a.test", 443, "gw-a") and peer.serves("", 5432, "gw-a")
+    assert not peer.serves("x.a.test", 443, "gw-b") and not peer.serves("", 5432, "gw-b")
+    assert not peer.serves("x.a.test", 443) and not peer.serves("", 5432)  # not for an ungrouped listener
 
 
 @pytest.mark.parametrize("bad", [
     b"[]", b"not json", answer(id=""), answer(id=7), answer(forwardPort=0), answer(forwardPort=True),
     answer(domains="example.com"), answer(domains=["bad name!"]), answer(ports=[0]), answer(ports=["80"]),
     answer(draining="no"), answer(domains=[f"n{i}.test" for i in range(MAX_GRANT_KEYS)]),
+    answer(domains=5),
+    answer(groups=[]), answer(groups={"bad group!": {}}), answer(groups={"g": {"ports": [0]}}),
+    answer(groups={"g": []}),
+    answer(groups={"g": {"domains": [f"n{i}.test" for i in range(MAX_GRANT_KEYS)]}}),
 ])
 def test_bad_answers_are_refused(bad: bytes) -> None:
     with pytest.raises(ValueError):

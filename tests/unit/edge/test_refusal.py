@@ -38,3 +38,9 @@ def test_http_refusals_are_complete_responses(reason: str, status: bytes) -> Non
 def test_raw_tcp_refusals_are_a_close() -> None:
     assert refusal_bytes("tcp", "no_tunnel", "x") == b""
 
+
+
+@pytest.mark.parametrize("reason", ["no_tunnel", "no_name", "tunnel_full", "backend_failed", "sniff_timeout"])
+def test_a_close_tls_listener_sends_no_tls_bytes(reason: str) -> None:
+    assert refusal_bytes("tls", reason, "x", tls_alert=False) == b""
+    assert refusal_bytes("http", reason, "x", tls_alert=False).startswith(b"HTTP/1.1 ")  # TLS only

@@ -13,6 +13,7 @@ class FakeTunnel:
     label: str
     active_streams: int = 0
     accepting: bool = True
+    listener_groups: frozenset[str] | None = None
 
 
 def grant(*domains: str, ports: tuple[int, ...] = ()) -> Grant:
@@ -75,3 +76,35 @@ def test_regrant_replaces() -> None:
     assert table.pick_name("one.test") is None
     assert table.pick_name("two.test") is a
     assert table.names() == {"two.test": 1}
+
+
+def test_listener_groups_scope_which_tunnels_a_client_reaches() -> None:
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
+    a = FakeTunnel("a", listener_groups=frozenset({"gw-a"}))
+    b = FakeTunnel("b", listener_groups=frozenset({"gw-b", "gw-c"}))
+    anywhere = FakeTunnel("anywhere")
+    for t in (a, b):
+        table.set_grant(t, grant("shop.test", ports=(5432,)))
+    assert table.pick_name("www.shop.test", group="gw-a") is a
+    assert table.pick_name("www.shop.test", group="gw-c") is b
+    assert table.pick_name("www.shop.test", group="gw-d") is None
+    assert table.pick_name("www.shop.test") is None  # a listener with no group: only unscoped tunnels
+    assert table.pick_port(5432, group="gw-b") is b and table.pick_port(5432) is None
+    assert table.tunnels_for_port(5432, "gw-a") == [a]
+    table.set_grant(anywhere, grant("test"))
+    assert table.pick_name("www.shop.test") is anywhere  # the broader grant, since no scoped one applies
+    # The longest suffix among the tunnels this group may use: b's shop.test does not hide "test".
+    assert table.match_name("www.shop.test", "gw-d") == ("test", [anywhere])
+    assert table.match_name("www.shop.test", "gw-a") == ("shop.test", [a])
+    assert table.pick_name("www.shop.test", group="gw-a") is a
+
+
+def test_scoped_grants_for_peers() -> None:
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
+    table.set_grant(FakeTunnel("a", listener_groups=frozenset({"gw-a"})), grant("a.test", ports=(1,)))
+    table.set_grant(FakeTunnel("ab", listener_groups=frozenset({"gw-a", "gw-b"})), grant("ab.test"))
+    table.set_grant(FakeTunnel("any"), grant("any.test", ports=(2,)))
+    table.set_grant(FakeTunnel("nowhere", listener_groups=frozenset()), grant("nowhere.test"))
+    anywhere, groups = table.scoped()
+    assert anywhere == grant("any.test", ports=(2,))
+    assert groups == {"gw-a": grant("a.test", "ab.test", ports=(1,)), "gw-b": grant("ab.test")}

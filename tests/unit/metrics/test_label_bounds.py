@@ -39,7 +39,7 @@ def test_sidecar_series_stay_bounded_under_many_distinct_values() -> None:
     assert {dict(labels)["reason"] for labels in errors} == {"client_other", "backend_other"}
     assert len({dict(labels)["client"] for labels in errors}) <= 11  # 10 live clients + "other"
     assert {dict(labels)["reason"] for labels in series(reg, "mproxy_sidecar_streams_refused")} == {
-        "no_route", "limit", "draining", "other"}
+        "no_route", "refused_backend", "limit", "draining", "other"}
     assert {dict(labels)["reason"] for labels in series(reg, "mproxy_sidecar_tunnel_reconnects")} == {"other"}
     total = sum(1 for fam in reg.collect() for _ in fam.samples)
     assert total < 300, total

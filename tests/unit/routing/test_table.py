@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
 from mproxy.routing import Backend, Route, RouteTable
@@ -9,7 +12,7 @@ from mproxy.routing import Backend, Route, RouteTable
 
 def r(name: str, *, services: tuple[str, ...] = (), ports: tuple[int, ...] = (),
       hostnames: tuple[str, ...] = ()) -> Route:
-    return Route(name, Backend(f"{name}.svc", 1), frozenset(services), frozenset(ports), hostnames)
+    return Route(name, (Backend(f"{name}.svc", 1),), frozenset(services), frozenset(ports), hostnames)
 
 
 TABLE = RouteTable([
@@ -71,3 +74,47 @@ def test_bad_tables() -> None:
         RouteTable([r("a"), r("a")])
     with pytest.raises(ValueError, match="default"):
         RouteTable([r("a")], default="b")
+
+
+def weighted(*backends: Backend) -> Route:
+    return Route("w", backends, frozenset({"tcp"}))
+
+
+A, B = Backend("a.svc", 1, weight=3), Backend("b.svc", 1, weight=1)
+REFUSE = Backend("-", 1, weight=1, refuse=True)
+
+
+def test_pick_by_weight_with_a_seeded_rng() -> None:
+    table = RouteTable([weighted(A, B, Backend("never.svc", 1, weight=0))], rng=random.Random(17))
+    route = table.routes[0]
+    counts = Counter(b.host if b else None for b in (table.pick(route) for _ in range(40_000)))
+    assert set(counts) == {"a.svc", "b.svc"}  # weight 0: never
+    assert counts["a.svc"] / 40_000 == pytest.approx(0.75, abs=0.01)
+    one, two = (RouteTable([route], rng=random.Random(5)) for _ in range(2))
+    assert [one.pick(route) for _ in range(200)] == [two.pick(route) for _ in range(200)]  # reproducible
+
+
+def test_pick_boundaries() -> None:
+    route = weighted(A, Backend("zero.svc", 1, weight=0), B)  # cumulative 3, 3, 4
+    assert route.pick(0.0) == A
+    assert route.pick(0.7499) == A
+    assert route.pick(0.75) == B  # the weight-0 backend in between is skipped
+    assert route.pick(0.9999999) == B
+    assert weighted(A).pick(0.99) == A
+
+
+def test_a_refuse_share_and_all_zero_weights_refuse() -> None:
+    table = RouteTable([weighted(A, REFUSE)], rng=random.Random(3))
+    picks = [table.pick(table.routes[0]) for _ in range(8000)]
+    assert picks.count(None) / 8000 == pytest.approx(0.25, abs=0.02)
+    assert {p for p in picks if p is not None} == {A}
+    zero = weighted(Backend("a.svc", 1, weight=0), Backend("b.svc", 1, weight=0))
+    assert zero.total_weight == 0 and zero.pick(0.5) is None
+    assert weighted(REFUSE).pick(0.0) is None
+
+
+def test_bad_backends() -> None:
+    with pytest.raises(ValueError, match="no backend"):
+        Route("x", ())
+    with pytest.raises(ValueError, match=">= 0"):
+        weighted(Backend("a", 1, weight=-1))

@@ -1,0 +1,187 @@
+"""Listener groups (Gateway API TLSRouteHostnameIntersection): one edge, one port on two addresses, each
+address in its own group; two real `mproxy sidecar` processes with the same hostname and port routes but
+different backends, each asking for one group. Each address reaches only its own backend; names and ports
+the group has no tunnel for are refused there, never served by the other group's tunnel; a sidecar that
+asks for a group its token does not allow is refused, and says why."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from typing import Any
+
+import pytest
+from tests.e2e.multiedge.harness import free_port
+
+from mproxy.ca import CertificateAuthority
+
+from .harness import Parts, sidecar_process, status, token, tunnel_url
+
+pytestmark = pytest.mark.e2e
+
+A, B, NONE = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+LIMITS = {"connectionRate": 100000, "connectionBurst": 100000}
+
+
+def handshake_error(host: str, port: int, name: str, ca: CertificateAuthority) -> BaseException | None:
+    with socket.create_connection((host, port), timeout=10) as sock:
+        try:
+            with ca.client_context().wrap_socket(sock, server_hostname=name):
+                return None
+        except (OSError, ssl.SSLError) as exc:
+            return exc
+
+
+async def tcp_echo(host: str, port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(payload)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def tls_to(host: str, port: int, name: str, ca: CertificateAuthority) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port, ssl=ca.client_context(), server_hostname=name)
+    try:
+        writer.write(b"ping")
+        return await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
+async def until_status(relay: Any, check: Any, what: str, within: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while not check(got := await status(relay)):
+        assert time.monotonic() < deadline, f"{what}: {got}"
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def test_each_address_reaches_only_its_own_groups_tunnel(parts: Parts) -> None:
+    tls_port, tcp_port = free_port((A, B, NONE)), free_port((A, B, NONE))
+    relay = await parts.edge(listeners=[
+        {"kind": "tls", "listen": f"{A}:{tls_port}", "group": "gw-a", "tlsRefusal": "close"},
+        {"kind": "tls", "listen": f"{B}:{tls_port}", "group": "gw-b", "tlsRefusal": "close"},
+        {"kind": "tls", "listen": f"{NONE}:{tls_port}", "tlsRefusal": "close"},  # no group
+        {"kind": "tcp", "listen": f"{A}:{tcp_port}", "group": "gw-a"},
+        {"kind": "tcp", "listen": f"{B}:{tcp_port}", "group": "gw-b"},
+    ], limits=LIMITS)
+    back_a = await parts.backends(["app.test", "a-only.test"], label="A")
+    back_b = await parts.backends(["app.test", "a-only.test"], label="B", ca=back_a.ca)
+    ca = back_a.ca
+
+    def routes(back: Any) -> list[dict[str, Any]]:
+        return [{"name": "tls", "match": {"services": ["https"]},
+                 "backend": {"host": "127.0.0.1", "port": back.https_port}},
+                {"name": "echo", "match": {"services": ["tcp"]},
+                 "backend": {"host": "127.0.0.1", "port": back.echo_port}}]
+
+    url = tunnel_url(relay)
+    # A's token also grants a-only.test; B's token is limited to gw-b by its claim as well.
+    await sidecar_process(parts, "a", url, token(["app.test", "a-only.test"], [tcp_port]), routes(back_a),
+                          listenerGroups=["gw-a"])
+    await sidecar_process(parts, "b", url, token(["app.test"], [tcp_port], listener_groups=["gw-b"]),
+                          routes(back_b), listenerGroups=["gw-b"])
+    got = await until_status(relay, lambda s: s["names"].get("app.test") == 2, "both sidecars connect")
+    assert sorted(tuple(t["listenerGroups"]) for t in got["tunnels"]) == [("gw-a",), ("gw-b",)]
+    assert {item.get("group") for item in got["listeners"]} == {"gw-a", "gw-b", None}
+
+    for _ in range(20):  # not a balancing accident: every client of an address lands in its group
+        assert await tls_to(A, tls_port, "app.test", ca) == b"A:ping"
+        assert await tls_to(B, tls_port, "app.test", ca) == b"B:ping"
+        assert await tcp_echo(A, tcp_port, b"x") == b"x" and await tcp_echo(B, tcp_port, b"y") == b"y"
+    assert back_a.servers and back_b.servers
+    # a-only.test is granted to A's tunnel only: served at A's address, refused (closed) at B's, even
+    # though B's sidecar has a route that would take it.
+    assert await tls_to(A, tls_port, "a-only.test", ca) == b"A:ping"
+    err = await asyncio.to_thread(handshake_error, B, tls_port, "a-only.test", ca)
+    assert isinstance(err, ssl.SSLEOFError), err
+    # The listener with no group: both tunnels asked for a group, so nobody serves it.
+    err = await asyncio.to_thread(handshake_error, NONE, tls_port, "app.test", ca)
+    assert isinstance(err, ssl.SSLEOFError), err
+
+
+@pytest.mark.parametrize("token_in", ["header", "handshake"])
+async def test_a_group_the_token_does_not_allow_is_refused_with_the_reason(parts: Parts,
+                                                                          token_in: str) -> None:
+    port = free_port((A, B))
+    relay = await parts.edge(listeners=[{"kind": "tls", "listen": f"{A}:{port}", "group": "gw-a"},
+                                        {"kind": "tls", "listen": f"{B}:{port}", "group": "gw-b"}])
+    back = await parts.backends(["app.test"])
+    proc = await sidecar_process(parts, "x", tunnel_url(relay), token(["app.test"], listener_groups=["gw-a"]),
+                                 [{"name": "tls", "match": {"services": ["https"]},
+                                   "backend": {"host": "127.0.0.1", "port": back.https_port}}],
+                                 listenerGroups=["gw-b"], tokenIn=token_in)
+    assert proc.stderr is not None
+    async with asyncio.timeout(15):
+        while b"listener groups not allowed" not in (line := await proc.stderr.readline()):
+            assert line, "the sidecar exited without reporting the refusal"
+    text = line.decode()
+    assert "asked for gw-b" in text and "allows only gw-a" in text and "--listener-group" in text, text
+    # header: HTTP 403 before the upgrade; handshake: the add_token reply (E_AUTH), then the tunnel closes.
+    assert ("HTTP 403" in text) == (token_in == "header"), text
+    assert not any(t["domains"] for t in (await status(relay))["tunnels"])  # never granted anything
+    for host in (A, B):  # nothing serves either group
+        assert await tls_request_or_none(host, port, back.ca) is None
+
+
+async def tls_request_or_none(host: str, port: int, ca: CertificateAuthority) -> bytes | None:
+    try:
+        return await tls_to(host, port, "app.test", ca)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+async def test_a_forwarded_client_lands_only_on_a_tunnel_of_its_listeners_group(parts: Parts) -> None:
+    """Two edges with peers: both sidecars dial edge 1 only; clients of edge 2's group addresses are
+    forwarded to edge 1 and still reach only their own group's tunnel, refused there as on edge 2's
+    listener (`tlsRefusal: close`)."""
+    one, two = "127.0.0.2", "127.0.0.3"
+    t1, t2, f1, f2, port = (free_port((one, two, "127.0.0.5", "127.0.0.6", "127.0.0.7")) for _ in range(5))
+
+    def peers(listen: str, other: str) -> dict[str, Any]:
+        return {"listen": listen, "addresses": [other], "refreshSeconds": 0.2}
+
+    edge1 = await parts.edge(id="edge-1", listeners=[], tunnel={"listen": f"{one}:{t1}"},
+                             peers=peers(f"{one}:{f1}", f"{two}:{t2}"), limits=LIMITS)
+    edge2 = await parts.edge(id="edge-2", tunnel={"listen": f"{two}:{t2}"},
+                             peers=peers(f"{two}:{f2}", f"{one}:{t1}"), limits=LIMITS, listeners=[
+        {"kind": "tls", "listen": f"127.0.0.5:{port}", "group": "gw-a", "tlsRefusal": "close"},
+        {"kind": "tls", "listen": f"127.0.0.6:{port}", "group": "gw-b"},  # alert
+        {"kind": "tls", "listen": f"127.0.0.7:{port}", "tlsRefusal": "close"},  # no group
+    ])
+    back_a = await parts.backends(["app.test", "a-only.test", "gone.test"], label="A")
+    back_b = await parts.backends(["app.test"], label="B", ca=back_a.ca)
+    ca = back_a.ca
+    url = f"ws://{one}:{t1}/tunnel"
+    gone = {"name": "gone", "match": {"hostnames": ["gone.test"]},
+            "backends": [{"weight": 1, "refuse": True}]}
+    for label, back, names in (("a", back_a, ["app.test", "a-only.test", "gone.test"]),
+                               ("b", back_b, ["app.test"])):
+        await sidecar_process(parts, label, url, token(names), [gone, {
+            "name": "tls", "match": {"services": ["https"]},
+            "backend": {"host": "127.0.0.1", "port": back.https_port}}], listenerGroups=[f"gw-{label}"])
+    await until_status(edge1, lambda s: s["names"].get("app.test") == 2, "both sidecars reach edge 1")
+    got = await until_status(
+        edge2, lambda s: {p.get("id"): p.get("groups") for p in s["peering"]["peers"]}.get("edge-1") ==
+        {"gw-a": {"domains": ["a-only.test", "app.test", "gone.test"], "ports": []},
+         "gw-b": {"domains": ["app.test"], "ports": []}}, "edge 2 learns edge 1's grants per group")
+    assert got["names"] == {}  # edge 2 holds no tunnel itself
+
+    for _ in range(10):
+        assert await tls_to("127.0.0.5", port, "app.test", ca) == b"A:ping"
+        assert await tls_to("127.0.0.6", port, "app.test", ca) == b"B:ping"
+    # gw-b has no tunnel for a-only.test anywhere: refused on edge 2 (an alert: that listener's default).
+    err = await asyncio.to_thread(handshake_error, "127.0.0.6", port, "a-only.test", ca)
+    assert isinstance(err, ssl.SSLError) and err.reason == "TLSV1_UNRECOGNIZED_NAME", err
+    # No group: only unscoped tunnels, of which there are none.
+    err = await asyncio.to_thread(handshake_error, "127.0.0.7", port, "app.test", ca)
+    assert isinstance(err, ssl.SSLEOFError), err
+    # gone.test is forwarded (A's tunnel grants it in gw-a) and refused by A's sidecar on edge 1: a close,
+    # as edge 2's gw-a listener says, not edge 1's default alert.
+    err = await asyncio.to_thread(handshake_error, "127.0.0.5", port, "gone.test", ca)
+    assert isinstance(err, ssl.SSLEOFError), err
