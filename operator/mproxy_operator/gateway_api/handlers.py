@@ -38,6 +38,14 @@ def register(reg: kopf.OperatorRegistry, api: GatewayAPI) -> None:
         on_change
     )
 
+    def is_params_ref(namespace: str | None, name: str | None, **_: Any) -> bool:
+        return (namespace or "", name or "") in api.params_refs
+
+    # A class's parameters changed (another edge, token Secret, replicas): every Gateway of it.
+    @kopf.on.event("", "v1", "configmaps", registry=reg, id="gateway-api-parameters", when=is_params_ref)
+    def on_parameters(**_: Any) -> None:
+        run("gateway-api")
+
     def is_cert_ref(namespace: str | None, name: str | None, **_: Any) -> bool:
         return (namespace or "", name or "") in api.cert_refs
 

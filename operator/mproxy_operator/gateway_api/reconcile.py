@@ -62,6 +62,8 @@ class GatewayAPI:
     backends: set[tuple[str, str]] = field(default_factory=set)
     # Secrets some mproxy Gateway's HTTPS listener names in certificateRefs: the same.
     cert_refs: set[tuple[str, str]] = field(default_factory=set)
+    # The parametersRef ConfigMaps of mproxy GatewayClasses: the same.
+    params_refs: set[tuple[str, str]] = field(default_factory=set)
 
     # -- reads -------------------------------------------------------------------------------
     def _items(self, path: str) -> list[dict[str, Any]]:
@@ -99,6 +101,10 @@ class GatewayAPI:
         with self._lock:
             now = now_iso()
             classes = {c["metadata"]["name"]: c for c in self._ours()}
+            self.params_refs = {
+                (str(ref.get("namespace")), str(ref.get("name")))
+                for c in classes.values() if (ref := (c.get("spec") or {}).get("parametersRef"))
+            }
             params: dict[str, ClassParams | ParamsError] = {}
             for name, c in classes.items():
                 try:
@@ -308,8 +314,10 @@ class GatewayAPI:
         elif current.get("data") != desired["data"] or current.get("type") != desired["type"]:
             self.kube.replace(path, {**desired, "metadata": {
                 **desired["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}})
-        log.info("gateway api: %s/%s: certificates of %d Secret(s) in %s", meta["namespace"], meta["name"],
-                 len(served), secret_name)  # names only, never the contents
+        else:
+            return secret_name
+        log.info("gateway api: %s/%s: wrote the certificates of %s into Secret %s", meta["namespace"],
+                 meta["name"], ", ".join(f"{n}/{s}" for n, s in served), secret_name)  # names, never contents
         return secret_name
 
     def _apply_connector(

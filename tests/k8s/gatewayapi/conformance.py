@@ -335,6 +335,7 @@ class Harness:
                         for backend in rule.get("backends") or []:
                             self._rewrite(backend)
                 routers.append(router)
+        routes, routers = merge_http(routes, routers)
         # Most specific first across Gateways, as within one (exact names, wildcards, catch-alls).
         routes.sort(key=lambda r: (not r["match"].get("hostnames"),
                                    any(h.startswith("*.") for h in r["match"].get("hostnames") or [])))
@@ -363,6 +364,35 @@ class Harness:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def merge_http(
+    routes: list[dict[str, Any]], routers: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One connector serves every Gateway here, all on the edge's one address: HTTP listeners of
+    several Gateways with the same port and hostname would be the same stream route, and only the
+    first would ever match. Merge them into one router holding all their HTTPRoutes (and the union of
+    their certificates), as one Gateway with all those routes would be; a stand-in until each Gateway
+    has its own edge address."""
+    by_name = {r["name"]: r for r in routers}
+    out, first_of = [], {}
+    for r in routes:
+        if "http" not in r:
+            out.append(r)
+            continue
+        key = json.dumps(r["match"], sort_keys=True)
+        if key not in first_of:
+            first_of[key] = by_name[r["http"]]
+            out.append(r)
+            continue
+        into, extra = first_of[key], by_name[r["http"]]
+        into["routes"] = [*into.get("routes", []), *extra.get("routes", [])]
+        if extra.get("tls"):
+            have = {c["certFile"] for c in (into.get("tls") or {}).get("certificates") or []}
+            certs = [c for c in extra["tls"]["certificates"] if c["certFile"] not in have]
+            into.setdefault("tls", {"certificates": []})["certificates"] += certs
+    kept = {id(r) for r in first_of.values()}
+    return out, [r for r in routers if id(r) in kept]
 
 
 def summarize(log: Path) -> dict[str, int]:

@@ -310,3 +310,19 @@ def test_the_certs_secret_and_its_mount(tls_secret: dict[str, Any]) -> None:
                                   "secret": {"secretName": "mproxy-gateway-g-certs"}}
     assert pod["containers"][0]["volumeMounts"][-1] == {
         "name": names.CERTS_VOLUME, "mountPath": names.CERTS_DIR, "readOnly": True}
+
+
+def test_weighted_backends_pass_the_sidecar_schema(tls_secret: dict[str, Any]) -> None:
+    """With the sidecar's weighted backends, a TCPRoute's backendRefs are all rendered, an invalid one
+    as a refused share, and the connector's own loader takes the config."""
+    assert render.WEIGHTED_BACKENDS
+    inp = _inputs(tls_secret)
+    tcp = {"metadata": {"name": "db", "namespace": "app"},
+           "spec": {"parentRefs": [{"name": "g", "sectionName": "tcp"}],
+                    "rules": [{"backendRefs": [{"name": "pg", "port": 5432, "weight": 3},
+                                               {"name": "missing", "port": 5432, "weight": 1},
+                                               {"name": "pg", "port": 5432, "weight": 0}]}]}}
+    (route,) = render.gateway_config(PARAMS, attach(tcp, "TCPRoute", inp)[1]).routes
+    assert route.backend is None
+    assert [(b.weight, b.refuse) for b in route.backends] == [(3, False), (1, True), (0, False)]
+    assert {(b.host, b.port) for b in route.backends if not b.refuse} == {("pg.app.svc.cluster.local", 5432)}
