@@ -148,6 +148,9 @@ class Harness:
             "auth": {"secretFile": str(secret)},
             "listeners": listeners,
             "tunnel": {"listen": f"127.0.0.1:{self.tunnel_port}", "path": "/"},
+            # Every client of the suite is 127.0.0.1: the per-address limits would refuse its bursts
+            # (TCPRouteWeightedRouting opens hundreds of connections within a second).
+            "limits": {"connectionRate": 100000, "connectionBurst": 100000, "maxStreamsPerClient": 100000},
             "http": {"listen": f"127.0.0.1:{free_port()}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
@@ -343,6 +346,7 @@ class Harness:
             "edge": {"urls": [f"ws://127.0.0.1:{self.tunnel_port}/"], "tokenFile": str(self.work / "token")},
             "routes": routes,
             **({"httpRouters": routers} if routers else {}),
+            "limits": {"maxStreamsPerClient": 100000},  # every client is 127.0.0.1 (the edge's limits)
             "http": {"listen": f"127.0.0.1:{self.sidecar_http}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
