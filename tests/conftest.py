@@ -51,7 +51,8 @@ def loop_policy(name: str) -> asyncio.AbstractEventLoopPolicy:
     except ImportError:
         need(False, "uvloop (a dependency on Linux: pip install -e .)")
         raise
-    return uvloop.EventLoopPolicy()
+    policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+    return policy
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,7 @@ def ours(size: int) -> dict[str, float]:
     }
 
 
-def reference(node: str) -> dict[str, dict[str, float]]:
+def reference(node: str) -> dict[int, dict[str, float]]:
     args = {"meta": META, "sizes": list(SIZES), "frames": {s: frames_for(s) for s in SIZES},
             "chunk": CHUNK, "rounds": ROUNDS}
     out = subprocess.run([node, "-e", NODE_BENCH, json.dumps(args)], cwd=NODE_DIR, check=True,

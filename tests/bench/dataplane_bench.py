@@ -23,13 +23,17 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# The repo root, for what the benchmark shares with the test harnesses (tests.ports.free_port).
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "tests" / "interop" / "node"
@@ -77,11 +81,6 @@ async def _backend_main(port_file: str) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:

@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -145,7 +145,9 @@ def bench_reconcile(kube: KubeCluster, op: Operator, tunnels: int, concurrency: 
     created = time.perf_counter() - started
 
     def all_done() -> bool:
-        items = custom.list_namespaced_custom_object("mproxy.dev", "v1alpha1", ns, "tunnels")["items"]
+        listed = cast(dict[str, Any],  # custom objects come back as JSON dicts
+                      custom.list_namespaced_custom_object("mproxy.dev", "v1alpha1", ns, "tunnels"))
+        items = listed["items"]
         return sum(1 for t in items if (t.get("status") or {}).get("configHash")) == tunnels
 
     kube.wait_for(all_done, timeout=1800, interval=0.5, what=f"{tunnels} Tunnels reconciled")

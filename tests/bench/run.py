@@ -14,6 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+# The repo root, for what the benchmark shares with the test harnesses (tests.ports.free_port).
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+
 from mbench import build, extra, report, scenarios, udp, udp_report
 from mbench.cli import REPO, Options, parse_args
 from mbench.procs import BenchError, Proc, raise_nofile, recorded
@@ -52,8 +55,8 @@ class Profiler:
         self.outdir = outdir
         self.files: dict[str, list[Path]] = {}
 
-    def around(self, system: System, scenario: str, seconds: float):  # type: ignore[no-untyped-def]
-        procs = []
+    def around(self, system: System, scenario: str, seconds: float) -> list[subprocess.Popen[bytes]]:
+        procs: list[subprocess.Popen[bytes]] = []
         if self.py_spy is None or system.name != "mproxy":
             return procs
         for role, p in (("edge", system.edge), ("sidecar", system.device)):
@@ -282,9 +285,9 @@ def main(argv: list[str]) -> int:
     opts = parse_args(argv)
     if opts.render is not None:
         # Re-render the report and figures from a results file, measuring nothing.
-        result = json.loads(opts.render.read_text())
+        rendered = json.loads(opts.render.read_text())
         tools = build.tool_venv(opts.cache)
-        publish(result, tools, results_path=opts.results, out_md=opts.out_md, out_dir=opts.out_dir)
+        publish(rendered, tools, results_path=opts.results, out_md=opts.out_md, out_dir=opts.out_dir)
         return 0
     nofile = raise_nofile()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -50,7 +50,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    import atheris  # type: ignore[import-not-found]
+    import atheris  # untyped, and installed only for fuzzing (README.md): ignore_missing_imports
 
     with atheris.instrument_imports():
         import mproxy.codec  # noqa: F401

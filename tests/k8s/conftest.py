@@ -57,7 +57,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -75,6 +74,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need
+from tests.k8s.bodies import as_body
+from tests.ports import free_port
 
 from mproxy.ca import CertificateAuthority
 
@@ -135,12 +136,6 @@ def _make_pki(pki: Path) -> None:
     ca.write_cert(pki / "ca.crt")
     serving.write(pki, "apiserver")  # apiserver.crt (leaf + CA), apiserver.key (0600)
     _write_key(pki / "sa.key", rsa.generate_private_key(public_exponent=65537, key_size=2048))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -308,7 +303,7 @@ class KubeCluster:
                 },
             },
         }
-        core.create_node(body)
+        core.create_node(as_body(body))
         self.nodes.append(name)
         if wait:
             self.wait_node_ready(name)
@@ -321,8 +316,8 @@ class KubeCluster:
 
         def ready() -> bool:
             node = core.read_node(name)
-            conditions = node.status.conditions or []
-            taints = {t.key for t in node.spec.taints or []}
+            conditions = (node.status.conditions if node.status else None) or []
+            taints = {t.key for t in (node.spec.taints if node.spec else None) or []}
             return (
                 any(c.type == "Ready" and c.status == "True" for c in conditions)
                 and "node.kubernetes.io/not-ready" not in taints
@@ -345,7 +340,7 @@ class KubeCluster:
         )
         (self.pki / "tokens.csv").chmod(0o600)
 
-        etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{api_port}"
         self._write_kubeconfig(self.kubeconfig, "admin", self.admin_token)
         self._write_kubeconfig(self.user_kubeconfig, self.user_name, self.user_token)
@@ -612,7 +607,7 @@ def kube_namespace(kube: KubeCluster) -> Iterator[str]:
 
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube.api_client())
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(as_body({"metadata": {"name": name}}))
     kube.wait_for(
         lambda: core.read_namespaced_service_account("default", name),
         timeout=30,

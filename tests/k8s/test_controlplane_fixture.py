@@ -110,7 +110,7 @@ def test_a_component_that_cannot_start_is_reported_with_its_log(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         # Every "free" port is one that is taken: etcd cannot bind its client port.
-        monkeypatch.setattr(fixture, "_free_port", lambda: taken.getsockname()[1])
+        monkeypatch.setattr(fixture, "free_port", lambda: taken.getsockname()[1])
         cluster = fixture.KubeCluster(work_dir=tmp_path, log_dir=tmp_path / "logs")
         try:
             with pytest.raises(fixture.ControlPlaneError) as info:

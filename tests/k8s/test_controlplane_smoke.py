@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tests.k8s.bodies import as_body
 
 from mproxy.ca import CertificateAuthority
 
@@ -71,15 +72,14 @@ def _crd(plural: str) -> dict[str, Any]:
 def test_crd_schema_accepts_good_and_rejects_bad_custom_resources(kube: Any, kube_namespace: str) -> None:
     plural = f"widgets{uuid.uuid4().hex[:6]}"
     ext = client.ApiextensionsV1Api(kube.api_client())
-    ext.create_custom_resource_definition(_crd(plural))
+    ext.create_custom_resource_definition(as_body(_crd(plural)))
     try:
-        kube.wait_for(
-            lambda: any(
-                c.type == "Established" and c.status == "True"
-                for c in (ext.read_custom_resource_definition(f"{plural}.{GROUP}").status.conditions or [])
-            ),
-            what="the CRD to be Established",
-        )
+        def established() -> bool:
+            status = ext.read_custom_resource_definition(f"{plural}.{GROUP}").status
+            return status is not None and any(
+                c.type == "Established" and c.status == "True" for c in status.conditions or [])
+
+        kube.wait_for(established, what="the CRD to be Established")
         objs = client.CustomObjectsApi(kube.api_client())
 
         def widget(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -98,23 +98,23 @@ def test_crd_schema_accepts_good_and_rejects_bad_custom_resources(kube: Any, kub
             return True
 
         kube.wait_for(create_good, what="the custom resource endpoint")
-        got = objs.get_namespaced_custom_object(GROUP, "v1", kube_namespace, plural, "good")
+        got = cast(dict[str, Any],  # custom objects come back as the JSON dicts they are
+                   objs.get_namespaced_custom_object(GROUP, "v1", kube_namespace, plural, "good"))
         assert got["spec"] == {"port": 8080, "mode": "tcp"}
 
-        for name, spec, field_path in [
+        cases: list[tuple[str, dict[str, Any], str]] = [
             ("too-big", {"port": 70000}, "spec.port"),
             ("wrong-type", {"port": "eighty"}, "spec.port"),
             ("bad-enum", {"port": 80, "mode": "udp"}, "spec.mode"),
             ("missing", {"mode": "tcp"}, "spec.port"),
-        ]:
+        ]
+        for name, spec, field_path in cases:
             with pytest.raises(ApiException) as info:
                 objs.create_namespaced_custom_object(GROUP, "v1", kube_namespace, plural, widget(name, spec))
             assert info.value.status == 422, name
-            assert field_path in info.value.body, (name, info.value.body)
-        names = [
-            o["metadata"]["name"]
-            for o in objs.list_namespaced_custom_object(GROUP, "v1", kube_namespace, plural)["items"]
-        ]
+            assert field_path in (info.value.body or ""), (name, info.value.body)
+        listed = cast(dict[str, Any], objs.list_namespaced_custom_object(GROUP, "v1", kube_namespace, plural))
+        names = [o["metadata"]["name"] for o in listed["items"]]
         assert names == ["good"]
     finally:
         ext.delete_custom_resource_definition(f"{plural}.{GROUP}")
@@ -144,21 +144,22 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
 def test_deployment_becomes_running_pods_on_kwok_nodes(kube: Any, kube_namespace: str) -> None:
     apps = client.AppsV1Api(kube.api_client())
     core = client.CoreV1Api(kube.api_client())
-    apps.create_namespaced_deployment(kube_namespace, _deployment("web", 3))
+    apps.create_namespaced_deployment(kube_namespace, as_body(_deployment("web", 3)))
 
     def running() -> list[Any]:
         pods = core.list_namespaced_pod(kube_namespace, label_selector="app=web").items
-        up = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+        up = [p for p in pods if p.status is not None and p.status.phase == "Running" and p.status.pod_ip]
         return up if len(up) == 3 else []
 
     pods = kube.wait_for(running, what="3 Running pods of Deployment web")
     assert {p.spec.node_name for p in pods} <= set(kube.nodes)  # placed by kube-scheduler
     owners = {p.metadata.owner_references[0].kind for p in pods}
     assert owners == {"ReplicaSet"}  # made by the replicaset controller, not by us
-    kube.wait_for(
-        lambda: apps.read_namespaced_deployment("web", kube_namespace).status.available_replicas == 3,
-        what="the Deployment to report 3 available replicas",
-    )
+    def available() -> bool:
+        status = apps.read_namespaced_deployment("web", kube_namespace).status
+        return status is not None and status.available_replicas == 3
+
+    kube.wait_for(available, what="the Deployment to report 3 available replicas")
 
     # Scaling goes through the same controllers.
     apps.patch_namespaced_deployment_scale("web", kube_namespace, {"spec": {"replicas": 1}})
@@ -172,22 +173,24 @@ def test_garbage_collector_deletes_dependents_through_owner_references(
     kube: Any, kube_namespace: str
 ) -> None:
     core = client.CoreV1Api(kube.api_client())
-    owner = core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "owner"}})
+    owner = core.create_namespaced_config_map(kube_namespace, as_body({"metadata": {"name": "owner"}}))
+    assert owner.metadata is not None
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
     for name in ("child-a", "child-b"):
         core.create_namespaced_config_map(
-            kube_namespace, {"metadata": {"name": name, "ownerReferences": [ref]}}
+            kube_namespace, as_body({"metadata": {"name": name, "ownerReferences": [ref]}})
         )
-    core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "bystander"}})
+    core.create_namespaced_config_map(kube_namespace, as_body({"metadata": {"name": "bystander"}}))
 
     core.delete_namespaced_config_map("owner", kube_namespace, propagation_policy="Background")
 
     def children_gone() -> bool:
-        names = {c.metadata.name for c in core.list_namespaced_config_map(kube_namespace).items}
+        names = {c.metadata.name for c in core.list_namespaced_config_map(kube_namespace).items if c.metadata}
         return "child-a" not in names and "child-b" not in names
 
     kube.wait_for(children_gone, what="the garbage collector to delete the dependents")
-    assert core.read_namespaced_config_map("bystander", kube_namespace).metadata.name == "bystander"
+    bystander = core.read_namespaced_config_map("bystander", kube_namespace)
+    assert bystander.metadata is not None and bystander.metadata.name == "bystander"
 
 
 def test_foreground_deletion_of_a_deployment_removes_its_replicasets_and_pods(
@@ -195,7 +198,7 @@ def test_foreground_deletion_of_a_deployment_removes_its_replicasets_and_pods(
 ) -> None:
     apps = client.AppsV1Api(kube.api_client())
     core = client.CoreV1Api(kube.api_client())
-    apps.create_namespaced_deployment(kube_namespace, _deployment("gone", 2))
+    apps.create_namespaced_deployment(kube_namespace, as_body(_deployment("gone", 2)))
     kube.wait_for(
         lambda: len(core.list_namespaced_pod(kube_namespace, label_selector="app=gone").items) == 2,
         what="2 pods of Deployment gone",
@@ -220,6 +223,7 @@ def test_rbac_denies_an_unprivileged_token_until_a_role_allows_it(kube: Any, kub
     with pytest.raises(ApiException) as info:
         user.list_namespaced_pod(kube_namespace)
     assert info.value.status == 403
+    assert info.value.body is not None
     message = json.loads(info.value.body)["message"]
     assert f'User "{kube.user_name}" cannot list resource "pods"' in message
 
@@ -231,18 +235,18 @@ def test_rbac_denies_an_unprivileged_token_until_a_role_allows_it(kube: Any, kub
     rbac = client.RbacAuthorizationV1Api(kube.api_client())
     rbac.create_namespaced_role(
         kube_namespace,
-        {
+        as_body({
             "metadata": {"name": "pod-reader"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
-        },
+        }),
     )
     rbac.create_namespaced_role_binding(
         kube_namespace,
-        {
+        as_body({
             "metadata": {"name": "alice-reads-pods"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": kube.user_name}],
-        },
+        }),
     )
     kube.wait_for(
         lambda: user.list_namespaced_pod(kube_namespace) is not None, what="the RoleBinding to apply"
@@ -336,7 +340,7 @@ def test_mutating_webhook_served_by_the_test_is_called_by_the_apiserver(
     core = client.CoreV1Api(kube.api_client())
     name = f"smoke-{kube_namespace}"
     adm.create_mutating_webhook_configuration(
-        {
+        as_body({
             "metadata": {"name": name},
             "webhooks": [
                 {
@@ -361,25 +365,26 @@ def test_mutating_webhook_served_by_the_test_is_called_by_the_apiserver(
                     "timeoutSeconds": 5,
                 }
             ],
-        }
+        })
     )
     try:
         # The apiserver picks up webhook configurations from an informer: wait with dry-run creates.
         def mutated_dry_run() -> bool:
             cm = core.create_namespaced_config_map(
-                kube_namespace, {"metadata": {"name": "probe"}}, dry_run="All"
+                kube_namespace, as_body({"metadata": {"name": "probe"}}), dry_run="All"
             )
-            return (cm.metadata.labels or {}).get("smoke/mutated") == "yes"
+            return cm.metadata is not None and (cm.metadata.labels or {}).get("smoke/mutated") == "yes"
 
         kube.wait_for(mutated_dry_run, what="the webhook configuration to take effect")
         before = len(webhook.requests)
 
         cm = core.create_namespaced_config_map(
-            kube_namespace, {"metadata": {"name": "real", "labels": {"app": "x"}}, "data": {"k": "v"}}
+            kube_namespace,
+            as_body({"metadata": {"name": "real", "labels": {"app": "x"}}, "data": {"k": "v"}}),
         )
-        assert cm.metadata.labels == {"app": "x", "smoke/mutated": "yes"}
+        assert cm.metadata is not None and cm.metadata.labels == {"app": "x", "smoke/mutated": "yes"}
         stored = core.read_namespaced_config_map("real", kube_namespace)
-        assert stored.metadata.labels == {"app": "x", "smoke/mutated": "yes"}
+        assert stored.metadata is not None and stored.metadata.labels == {"app": "x", "smoke/mutated": "yes"}
         req = webhook.requests[before]
         assert req["operation"] == "CREATE"
         assert req["kind"] == {"group": "", "version": "v1", "kind": "ConfigMap"}
@@ -389,14 +394,16 @@ def test_mutating_webhook_served_by_the_test_is_called_by_the_apiserver(
 
         with pytest.raises(ApiException) as info:
             core.create_namespaced_config_map(
-                kube_namespace, {"metadata": {"name": "denied", "annotations": {"smoke/deny": "1"}}}
+                kube_namespace, as_body({"metadata": {"name": "denied", "annotations": {"smoke/deny": "1"}}})
             )
         assert info.value.status == 403
-        assert "denied by the smoke webhook" in info.value.body
+        assert "denied by the smoke webhook" in (info.value.body or "")
 
         # Outside the selected namespace the webhook is not called.
         calls = len(webhook.requests)
-        other = core.create_namespaced_config_map("default", {"metadata": {"generateName": "smoke-"}})
+        other = core.create_namespaced_config_map("default",
+                                                  as_body({"metadata": {"generateName": "smoke-"}}))
+        assert other.metadata is not None and other.metadata.name is not None
         core.delete_namespaced_config_map(other.metadata.name, "default")
         assert len(webhook.requests) == calls
         assert not (other.metadata.labels or {})
@@ -442,9 +449,10 @@ def test_server_kubectl_and_helm_versions_match_the_pins(kube: Any, tmp_path: Pa
 
 def test_kwok_nodes_are_ready_and_report_kwok(kube: Any) -> None:
     core = client.CoreV1Api(kube.api_client())
-    nodes = {n.metadata.name: n for n in core.list_node(label_selector="type=kwok").items}
+    nodes = {n.metadata.name: n for n in core.list_node(label_selector="type=kwok").items if n.metadata}
     assert set(kube.nodes) <= set(nodes)
     for name in kube.nodes:
         status = nodes[name].status
+        assert status is not None and status.conditions is not None and status.node_info is not None
         assert any(c.type == "Ready" and c.status == "True" for c in status.conditions)
         assert status.node_info.kubelet_version.startswith("kwok-")

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from tests.ports import free_port
 
 from mproxy.edge.auth import mint
 
@@ -33,12 +34,6 @@ pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "mproxy"
 SERVICE = "edges-tunnel"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _edge_rbac(kube: Any, namespace: str) -> str:
@@ -70,7 +65,7 @@ def _edge(kube: Any, tmp: Path, namespace: str, token: str, edge_id: str = "edge
           tunnel: int = 0) -> Iterator[tuple[str, str]]:
     (tmp / "secret").write_text("endpointslice-test-secret-0123456789\n")
     (tmp / "token").write_text(token)
-    tunnel, http = tunnel or _free_port(), _free_port()
+    tunnel, http = tunnel or free_port(), free_port()
     cfg = {
         "id": edge_id, "replicas": 5,
         "replicasFrom": {"endpointSlices": {"service": SERVICE, "namespace": namespace,
@@ -235,10 +230,10 @@ def test_a_sidecar_behind_a_balancer_follows_an_autoscaled_edge(kube: Any, kube_
     two = [("edges-0", "10.244.0.10", READY), ("edges-1", "10.244.0.11", READY)]
     kube.kubectl("apply", "-n", ns, "-f", "-", input=_slice("edges-v4", two))
     lb = Balancer()
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     (tmp_path / "tunnel-token").write_text(mint(b"endpointslice-test-secret-0123456789", domains=[],
                                                 ports=[7022]))
-    sidecar_http = _free_port()
+    sidecar_http = free_port()
     sidecar_cfg = {
         "edge": {"urls": [f"ws://127.0.0.1:{lb.port}/t"], "tokenFile": str(tmp_path / "tunnel-token"),
                  "probeSeconds": 0.3},

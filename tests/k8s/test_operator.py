@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.ports import free_port
 
 from mproxy.config.sidecar import load_sidecar_config
 
@@ -40,12 +40,6 @@ RELEASE = "optest"
 FULLNAME = f"{RELEASE}-mproxy"
 SA = f"{FULLNAME}-operator"
 INJECT = {"mproxy.dev/inject": "enabled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -152,7 +146,7 @@ def start_operator(kube: Any, work: Path, *extra: str, values: tuple[str, ...] =
         "templates/operator-peering.yaml", values=values,
     )
     _apply(kube, *docs, namespace=op_ns)
-    webhook_port, http_port = _free_port(), _free_port()
+    webhook_port, http_port = free_port(), free_port()
     webhook = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -387,6 +381,7 @@ def test_tunnel_renders_the_sidecar_config_and_status(kube: Any, operator: Opera
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Tunnel", "shop", t["metadata"]["uid"])
     config = load_sidecar_config(cm["data"]["config.yaml"])  # the sidecar's own schema accepts it
     (route,) = config.routes
+    assert route.backend is not None
     assert (route.backend.host, route.backend.port) == (f"web.{ns}.svc.cluster.local", 443)
     assert route.match.hostnames == ("*.shop.example.test",)
     assert config.edge.token_file == "/var/run/mproxy/token/token"
@@ -762,7 +757,8 @@ def test_a_gateway_mode_tunnel_from_before_the_rename_becomes_a_connector(
         lambda t: "gatewayReplicas" not in t["status"] and "connectorReplicas" in t["status"],
         timeout=45,
     )
-    assert _get(kube, "deployment", "mproxy-connector-old", ns)["spec"]["replicas"] == 1
+    connector = _get(kube, "deployment", "mproxy-connector-old", ns)
+    assert connector is not None and connector["spec"]["replicas"] == 1
     kube.wait_for(
         lambda: _get(kube, "deployment", "mproxy-gw-old", ns) is None,
         timeout=30,
@@ -793,7 +789,7 @@ def test_a_second_replica_stands_by_but_answers_the_webhook(
     kube: Any, operator: Operator, ns: str, tmp_path: Path
 ) -> None:
     """kopf peering: the lower-priority replica pauses Tunnel handling; admission is served by both."""
-    webhook_port, http_port = _free_port(), _free_port()
+    webhook_port, http_port = free_port(), free_port()
     cmd = list(operator.cmd)
     for flag, value in (
         ("--webhook-listen", f"127.0.0.1:{webhook_port}"),

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.e2e.multiedge.harness import free_port
 from tests.k8s.test_operator import (
     INJECT,
     NS_LABEL,
@@ -34,6 +33,7 @@ from tests.k8s.test_operator import (
     tunnel,
     wait_tunnel,
 )
+from tests.ports import free_port
 
 from mproxy.edge.auth import mint
 
@@ -64,10 +64,6 @@ def loopback_node(kube: Any) -> Iterator[tuple[str, str]]:
         kube.kubectl("delete", "node", name, "--wait=false", check=False)
 
 
-def _free_port(hosts: list[str]) -> int:
-    return free_port(tuple(hosts))  # never a port handed out before in this process
-
-
 class Procs:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -89,7 +85,7 @@ class Procs:
         self.start("edge", label, {
             "id": f"edge-{label}", "replicas": 1, "auth": {"secretFile": str(self.tmp / "secret")},
             "tunnel": {"listen": f"127.0.0.1:{port}", "path": "/t"},
-            "http": {"listen": f"127.0.0.1:{_free_port(['127.0.0.1'])}"},
+            "http": {"listen": f"127.0.0.1:{free_port(['127.0.0.1'])}"},
             "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3, "authTimeoutSeconds": 2},
             "logging": {"format": "text", "level": "warning"}, "drainSeconds": 0})
 
@@ -112,7 +108,7 @@ def test_edges_connected_follows_the_sidecars_own_view(kube: Any, operator: Oper
     kube.kubectl("label", "namespace", ns, f"{NS_LABEL}={operator.ns_label}")
     node, cidr = loopback_node
     base = cidr.rsplit(".", 1)[0]
-    admin_port = _free_port([f"{base}.{i}" for i in range(1, 7)])
+    admin_port = free_port([f"{base}.{i}" for i in range(1, 7)])
     _apply(kube, secret(), service("web", [("https", 443)]),
            tunnel(metrics={"port": admin_port}), namespace=ns)
     _apply(kube, {
@@ -132,7 +128,7 @@ def test_edges_connected_follows_the_sidecars_own_view(kube: Any, operator: Oper
 
     procs = Procs(tmp_path)
     try:
-        one, two = _free_port(["127.0.0.1"]), _free_port(["127.0.0.1"])
+        one, two = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
         procs.edge("a", one)
         procs.start("sidecar", "shop-0", {
             "edge": {"urls": [f"ws://127.0.0.1:{one}/t", f"ws://127.0.0.1:{two}/t"], "connectionsPerUrl": 1,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from tests.k8s.bodies import as_body
 
 from mproxy_operator.kube import Kube
 from mproxy_operator.webhook_certs import inject_ca_bundle
@@ -55,11 +56,12 @@ def test_the_ca_is_injected_into_a_webhook_configuration_created_after_start(kub
     try:
         time.sleep(1.5)  # the operator is up and waiting; now Helm gets to the webhook configuration
         assert worker.is_alive(), f"inject_ca_bundle gave up before the configuration existed: {result}"
-        adm.create_mutating_webhook_configuration(_config(name))
+        adm.create_mutating_webhook_configuration(as_body(_config(name)))
         worker.join(timeout=20)
         assert not worker.is_alive(), "inject_ca_bundle kept waiting after the configuration appeared"
         assert result == {"changed": 1}
         stored = adm.read_mutating_webhook_configuration(name)
+        assert stored.webhooks is not None
         assert stored.webhooks[0].client_config.ca_bundle == base64.b64encode(CA).decode()
     finally:
         worker.join(timeout=35)

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from tests.conftest import need
+from tests.ports import free_port
 from tests.prometheus.harness import PrometheusAPI, alert_files, wait_for
-from tests.prometheus.procs import ProcGroup, free_port
+from tests.prometheus.procs import ProcGroup
 from tests.prometheus.stack import Stack, start_stack
 
 SCRAPES_BEFORE = 2  # samples before any traffic, so that rate() sees the first burst as an increase
@@ -103,7 +104,11 @@ def prometheus(
         wait_for(lambda: scrapes() >= want, 20, f"{more} more successful scrapes of every mproxy target")
 
     try:
-        wait_for(lambda: proc.check_alive() or api.ready(), 20, "Prometheus to become ready")
+        def ready() -> bool:
+            proc.check_alive()  # raises, with its log, if Prometheus died
+            return api.ready()
+
+        wait_for(ready, 20, "Prometheus to become ready")
         wait_scrapes(SCRAPES_BEFORE)
         stack.drive_traffic()
         wait_scrapes(2)

@@ -247,7 +247,8 @@ class PrometheusAPI:
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.base_url}/-/ready", timeout=2) as resp:
-                return resp.status == 200
+                status: int = resp.status
+                return status == 200
         except OSError:
             return False
 

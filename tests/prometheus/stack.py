@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from tests.ports import free_port
 from tests.prometheus.harness import wait_for
-from tests.prometheus.procs import Proc, ProcGroup, free_port
+from tests.prometheus.procs import Proc, ProcGroup
 
 SECRET = b"prometheus-test-secret-0123456789abcdef"
 CLIENT_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # two clients: per-client series, and evictions into "other"
@@ -177,6 +178,9 @@ def start_stack(group: ProcGroup) -> Stack:
     stack.targets["mproxy-operator"] = [f"127.0.0.1:{operator_port}"]
 
     # Ready once the edge routes app.test through the tunnel to the backend.
-    wait_for(lambda: stack.check_alive() or stack.request("app.test") == 200, 20,
-             "app.test to answer 200 through edge, tunnel and sidecar")
+    def routed() -> bool:
+        stack.check_alive()  # raises, with the logs, if a process died
+        return stack.request("app.test") == 200
+
+    wait_for(routed, 20, "app.test to answer 200 through edge, tunnel and sidecar")
     return stack

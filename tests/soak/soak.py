@@ -43,13 +43,13 @@ from tests.e2e.faults.harness import (  # noqa: E402
     Proc,
     Transfer,
     fds,
-    free_port,
     get_json,
     get_text,
     mproxy_argv,
     rss_kib,
     threads,
 )
+from tests.ports import free_port  # noqa: E402
 
 from mproxy.codec.address import Address  # noqa: E402
 from mproxy.codec.packer import pack_control, pack_data, pack_raw_header  # noqa: E402
@@ -157,7 +157,7 @@ class System:
         wanted = ("mproxy_edge_rejects_total", "mproxy_edge_tunnel_rejects_total",
                   "mproxy_edge_client_connections_total", "mproxy_sidecar_stream_errors_total",
                   "mproxy_sidecar_streams_refused_total", "mproxy_sidecar_tunnel_reconnects_total")
-        out: Counter[str] = Counter()
+        out: dict[str, float] = {}
         for port in (self.edge_http, *self.sidecar_http):
             with contextlib.suppress(OSError, TimeoutError, ValueError):
                 text = await get_text(port, "/metrics")
@@ -168,7 +168,8 @@ class System:
                         keep = ",".join(part for part in labels.strip("{}").split(",")
                                         if part.split("=")[0] in ("reason", "result"))
                         if 'result="ok"' not in keep:
-                            out[f"{name}{{{keep}}}"] += float(metric.rsplit(" ", 1)[1])
+                            key = f"{name}{{{keep}}}"
+                            out[key] = out.get(key, 0.0) + float(metric.rsplit(" ", 1)[1])
         return {k: v for k, v in out.items() if v}
 
     def sample(self) -> dict[str, dict[str, int]]:

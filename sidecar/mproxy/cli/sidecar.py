@@ -45,7 +45,11 @@ def _run(args: argparse.Namespace) -> int:
     raise_nofile()  # each stream holds a backend socket
 
     async def main() -> int:
-        sidecar = Sidecar(cfg, config_path=None if args.no_reload else args.config)
+        try:
+            sidecar = Sidecar(cfg, config_path=None if args.no_reload else args.config)
+        except ConfigError as exc:  # a file the config names (an HTTP router's certificate) does not load
+            print(f"mproxy sidecar: invalid config: {exc}", file=sys.stderr)
+            return 2
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(sidecar.shutdown()))

@@ -21,6 +21,7 @@ from mproxy.config import fields as f
 from mproxy.config import schema as s
 from mproxy.config.common import HttpConfig, LoggingConfig, read_http, read_logging
 from mproxy.config.errors import ConfigError
+from mproxy.config.http_router import HttpRouterConfig, read_router_list
 
 __all__ = [
     "BackendConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "EdgeDialConfig",
     "HeartbeatConfig",
     "HttpConfig",
+    "HttpRouterConfig",
     "LimitsConfig",
     "LoggingConfig",
     "MatchConfig",
@@ -83,6 +85,12 @@ class BackendConfig(s.Section):
     # This share of streams is refused (an invalid backend); such an entry has no host or port.
     refuse: bool = s.flag(False, omit_default=True)
 
+    @classmethod
+    def refused(cls, weight: int) -> BackendConfig:
+        """A `{weight, refuse: true}` entry: host and port are never dialled, placeholders so that every
+        BackendConfig has the same shape."""
+        return cls(host="-", port=1, weight=weight, refuse=True)
+
     def to_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "refuse": True} if self.refuse else s.to_dict(self)
 
@@ -95,6 +103,7 @@ class RouteConfig(s.Section):
     backend: BackendConfig | None = s.custom(None, of=BackendConfig)
     backends: tuple[BackendConfig, ...] = s.custom((), of=BackendConfig, many=True)
     match: MatchConfig = s.custom(factory=MatchConfig, of=MatchConfig)
+    http: str | None = s.opt_string()  # the httpRouters entry that serves these streams
 
     @property
     def targets(self) -> tuple[BackendConfig, ...]:
@@ -104,8 +113,12 @@ class RouteConfig(s.Section):
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "match": self.match.to_dict()}
         if self.backend is not None:
-            return out | {"backend": self.backend.to_dict()}
-        return out | {"backends": [b.to_dict() for b in self.backends]}
+            out["backend"] = self.backend.to_dict()
+        elif self.backends:
+            out["backends"] = [b.to_dict() for b in self.backends]
+        if self.http is not None:
+            out["http"] = self.http
+        return out
 
 
 class SendBuffer(s.Spec):
@@ -176,6 +189,7 @@ class MetricsConfig(s.Section):
 class SidecarConfig(s.Section):
     edge: EdgeDialConfig = s.custom(of=EdgeDialConfig)
     routes: tuple[RouteConfig, ...] = s.custom((), of=RouteConfig, many=True)
+    http_routers: tuple[HttpRouterConfig, ...] = s.custom((), of=HttpRouterConfig, many=True)
     default_route: str | None = s.custom(None)
     limits: LimitsConfig = s.custom(factory=LimitsConfig, of=LimitsConfig)
     heartbeat: HeartbeatConfig = s.custom(factory=HeartbeatConfig, of=HeartbeatConfig)
@@ -200,7 +214,8 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
     """Validate YAML text (or an already parsed mapping) into a SidecarConfig; raises ConfigError."""
     root = f.root(source)
     f.only_keys(root, "", s.keys(SidecarConfig))
-    routes = _routes(root)
+    routers = read_router_list(root)
+    routes = _routes(root, {r.name for r in routers})
     default_route = f.opt_string(root, "defaultRoute", "")
     if default_route is not None and default_route not in {r.name for r in routes}:
         raise ConfigError("defaultRoute", f"names no route (got {default_route!r}; routes: "
@@ -217,6 +232,7 @@ def load_sidecar_config(source: str | bytes | Mapping[str, Any]) -> SidecarConfi
         SidecarConfig, root, "",
         edge=_edge(root),
         routes=routes,
+        http_routers=routers,
         default_route=default_route,
         limits=limits,
         heartbeat=heartbeat,
@@ -286,7 +302,7 @@ def _hostname(value: object, path: str) -> str:
     return name
 
 
-def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
+def _routes(root: Mapping[str, Any], routers: set[str]) -> tuple[RouteConfig, ...]:
     out: list[RouteConfig] = []
     seen: set[str] = set()
     for i, item in enumerate(f.seq(root, "routes", "")):
@@ -314,11 +330,25 @@ def _routes(root: Mapping[str, Any]) -> tuple[RouteConfig, ...]:
             _hostname(h, f"{path}.match.hostnames[{j}]")
             for j, h in enumerate(f.seq(m, "hostnames", f"{path}.match"))
         ]
-        backend, backends = _backends(obj, path)
-        if "udp" in services:
-            _udp_route(path, backend, backends, hostnames)
+        http = f.opt_string(obj, "http", path)
+        backend: BackendConfig | None = None
+        backends: tuple[BackendConfig, ...] = ()
+        if http is not None:
+            for key in ("backend", "backends"):
+                if key in obj:
+                    raise ConfigError(f"{path}.{key}", "must not be set with http (the HTTP router "
+                                      f"{http!r} picks the backend of each request)")
+            if http not in routers:
+                raise ConfigError(f"{path}.http", f"names no httpRouters entry (got {http!r}; routers: "
+                                  f"{', '.join(sorted(routers)) or 'none'})")
+            if "udp" in services:
+                raise ConfigError(f"{path}.http", "must not be set on a udp route (HTTP needs a byte stream)")
+        else:
+            backend, backends = _backends(obj, path)
+            if "udp" in services:
+                _udp_route(path, backend, backends, hostnames)
         out.append(RouteConfig(name=name, backend=backend, backends=backends,
-                               match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames))))
+                               match=MatchConfig(tuple(services), tuple(ports), tuple(hostnames)), http=http))
     return tuple(out)
 
 
@@ -331,7 +361,7 @@ def _backends(obj: Mapping[str, Any], path: str) -> tuple[BackendConfig | None, 
         raise ConfigError(f"{path}.backends", "give backend (one) or backends (weighted), not both")
     if "backend" not in obj and "backends" not in obj:
         raise ConfigError(f"{path}.backend", "is required (host and port of the Service), or backends (a "
-                          "weighted list of them)")
+                          "weighted list of them), or http (the name of an httpRouters entry)")
     if "backend" in obj:
         return _backend(obj["backend"], f"{path}.backend"), ()
     items = f.seq(obj, "backends", path)
@@ -352,9 +382,7 @@ def _backend(item: object, path: str) -> BackendConfig:
     if stray:
         raise ConfigError(f.join(path, stray[0]), "does not apply to a refuse: true backend (it stands for "
                           "a share of streams that is refused; give it only a weight)")
-    # host and port are never dialled: placeholders, so every BackendConfig has the same shape.
-    weight = s.read_field(BackendConfig, "weight", obj, path)
-    return BackendConfig(host="-", port=1, weight=weight, refuse=True)
+    return BackendConfig.refused(s.read_field(BackendConfig, "weight", obj, path))
 
 
 def _udp_route(path: str, backend: BackendConfig | None, backends: tuple[BackendConfig, ...],

@@ -495,6 +495,7 @@ class EdgeClient(asyncio.Protocol):
             self.front.on_lost(self)
         if self._watch is not None:
             self._watch.stop()
+        self.front.pending.discard(id(self))  # (a refused one lingers counted there)
         if self.stream is None:  # never relayed (refused, lingering, or still in its preamble)
             self._phase = _DONE
             self._leave_preamble()
@@ -651,6 +652,7 @@ class EdgeClient(asyncio.Protocol):
         else:  # it may still be sending: a close now would reset the connection and lose the answer
             self.set_reading(True)
             self._linger(t)
+            self.front.pending.add(id(self), self._shed)  # bounded with the other unrouted sockets
 
     def _cut(self) -> None:
         t = self.transport

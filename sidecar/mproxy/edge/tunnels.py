@@ -198,10 +198,11 @@ class TunnelEndpoint:
                 refused.append(reason)
                 self.metrics.tunnel_rejects.labels(reason).inc()
         if tokens and session.control.grant.empty:
-            log.warning("tunnel from %s refused: %s", remote, session.control.refusal)
             groups = set(refused) == {"listener_groups_not_allowed"}
-            return _refusal(403 if groups else 401, f"token refused: {session.control.refusal}",
-                            ErrorCode.AUTH)
+            why = session.control.refusal if len(refused) == 1 else (
+                f"{', '.join(refused)} (the last: {session.control.refusal})")
+            log.warning("tunnel from %s refused: %s", remote, why)
+            return _refusal(403 if groups else 401, f"token refused: {why}", ErrorCode.AUTH)
         lim = self.config.limits
         ws = web.WebSocketResponse(autoping=False, compress=False,
                                    max_msg_size=max(4 << 20, 2 * lim.max_frame_bytes + 65536))

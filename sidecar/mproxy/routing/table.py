@@ -10,6 +10,7 @@ otherwise the stream is refused (a stream never reaches an address that no route
 A route has one or more weighted backends: each new stream picks one with probability weight/sum
 (`RouteTable.pick`); a backend with `refuse` set stands for a share of streams that is refused (an invalid
 backend in Gateway API terms), and a route whose weights are all 0 refuses every stream.
+A route with `http` names the HTTP router that serves its streams (mproxy.sidecar.l7) instead of a backend.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ class Route:
     services: frozenset[str] = frozenset()
     ports: frozenset[int] = frozenset()
     hostnames: tuple[str, ...] = ()
+    http: str | None = None  # the HTTP router that serves the stream instead of a backend (backends empty)
     # Running sums of the backends' weights, for the pick (built once per route, not per stream).
     _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.backends:
+        if not self.backends and self.http is None:
             raise ValueError(f"route {self.name!r} has no backend")
         sums, total = [], 0
         for b in self.backends:
@@ -55,12 +57,12 @@ class Route:
 
     @property
     def total_weight(self) -> int:
-        return self._cumulative[-1]
+        return self._cumulative[-1] if self._cumulative else 0
 
     def pick(self, u: float) -> Backend | None:
         """The backend for a stream given a uniform `u` in [0, 1); None: the stream is refused (a refuse
         share, or every weight 0)."""
-        total = self._cumulative[-1]
+        total = self.total_weight
         if total == 0:
             return None
         if len(self.backends) == 1:

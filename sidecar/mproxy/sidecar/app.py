@@ -3,8 +3,9 @@
 `Sidecar(config, config_path=...)`; `await sidecar.start()`; `await sidecar.shutdown()` (what SIGTERM does:
 refuse new streams with E_SHUTTING_DOWN so the relay can use another replica, let streams in flight finish
 up to `drainSeconds`, then close every tunnel with 1001). A reloaded config swaps the route table for new
-streams (streams in flight keep their backend), applies limits, and adds or drains tunnel slots whose URL
-set changed. The metrics label tier and the HTTP listen address apply at the next restart.
+streams (streams in flight keep their backend), rebuilds the HTTP routers (a keep-alive connection routes
+its next request with the new rules), applies limits, and adds or drains tunnel slots whose URL set
+changed. The metrics label tier and the HTTP listen address apply at the next restart.
 
 Long-lived tasks (each tunnel slot, the metrics flush loop, the config watcher) are supervised: one that
 fails is logged once, counted in mproxy_sidecar_task_restarts_total{task}, shown in /status, and restarted
@@ -25,12 +26,14 @@ from prometheus_client import CollectorRegistry
 from mproxy.codec.errors import ErrorCode
 from mproxy.config.loader import ConfigWatcher
 from mproxy.config.sidecar import SidecarConfig, load_sidecar_config
+from mproxy.metrics.http import HttpMetrics
 from mproxy.metrics.sidecar import SidecarMetrics
 from mproxy.metrics.udp import UdpMetrics
 from mproxy.observe.http import ObserveServer
 from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sidecar.backend import BackendHandler, BackendOptions
 from mproxy.sidecar.edges import EdgePool
+from mproxy.sidecar.l7.front import L7Front
 from mproxy.sidecar.tunnel_client import TunnelClient, mux_limits
 from mproxy.sidecar.udp_backend import UdpBackend
 from mproxy.tunnel import Stream, StreamHandler
@@ -53,6 +56,7 @@ def build_table(cfg: SidecarConfig, rng: random.Random | None = None) -> RouteTa
             services=frozenset(r.match.services),
             ports=frozenset(r.match.ports),
             hostnames=r.match.hostnames,
+            http=r.http,
         )
         for r in cfg.routes
     ]
@@ -83,6 +87,9 @@ class Sidecar:
         self.metrics = SidecarMetrics(registry, tier=config.metrics.labels,
                                       max_clients=config.metrics.max_clients)
         self.udp_metrics = UdpMetrics(self.metrics.registry, "sidecar", "route")
+        # The HTTP routers (routes[].http); raises ConfigError when a router's certificate does not load.
+        self.l7 = L7Front(HttpMetrics(self.metrics.registry))
+        self.l7.update(config.http_routers)
         for r in config.routes:
             if "udp" in r.match.services:
                 self.udp_metrics.start(r.name)
@@ -115,7 +122,7 @@ class Sidecar:
         if stream.service == "udp":
             return UdpBackend(stream, self.table, self.metrics, self.udp_metrics,
                               self.config.limits.udp_idle_timeout_seconds, tunnel.label)
-        return BackendHandler(stream, self.table, self.metrics, self._backend_opts(), tunnel.label)
+        return BackendHandler(stream, self.table, self.metrics, self._backend_opts(), tunnel.label, self.l7)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -181,10 +188,17 @@ class Sidecar:
         self._supervise("metrics flush loop", "flush", self._flush_loop)
         if self.config_path:
             watcher = self.watcher = ConfigWatcher(
-                self.config_path, load_sidecar_config, self.apply_config, interval=self._reload_interval,
+                self.config_path, self._load_checked, self.apply_config, interval=self._reload_interval,
                 on_error=lambda _: self.metrics.config_reloads.labels("refused").inc(),
             )
             self._supervise("config watcher", "config_watcher", lambda: watcher.run())
+
+    def _load_checked(self, source: str | bytes) -> SidecarConfig:
+        """The schema, then what it cannot check: that every HTTP router's certificates load (so a bad
+        one is a refused reload, with its reason in /status, like a schema error)."""
+        cfg = load_sidecar_config(source)
+        self.l7.check(cfg.http_routers)
+        return cfg
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -205,12 +219,14 @@ class Sidecar:
             for stream in list(t.mux.streams.values()) if t.mux is not None else ():
                 if isinstance(stream.handler, UdpBackend):
                     stream.handler.drain()
-        await asyncio.gather(*(t.drain_and_stop(deadline) for t in self.tunnels))
+        await asyncio.gather(self.l7.drain(self.config.drain_seconds),
+                             *(t.drain_and_stop(deadline) for t in self.tunnels))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+        await self.l7.close()
         self._flush_metrics()
         if self.http is not None:
             await self.http.stop()
@@ -223,7 +239,8 @@ class Sidecar:
         old = self.config
         try:
             table = build_table(new)
-        except ValueError as exc:  # the schema already checks this; belt and braces
+            self.l7.update(new.http_routers)  # builds every router first: on failure nothing changed
+        except ValueError as exc:  # ConfigError: a certificate that does not load; the schema checks the rest
             log.error("config reload refused: %s", exc)
             self.metrics.config_reloads.labels("refused").inc()
             return
@@ -306,6 +323,7 @@ class Sidecar:
             "startedAt": self.started_at,
             "routes": [r.name for r in self.table.routes],
             "defaultRoute": self.table.default.name if self.table.default else None,
+            "httpRouters": self.l7.status(),
             "tunnels": tunnels,
             "edges": [{"edge": p.edge, **p.status()} for p in self.pools.values()],
             "streams": sum(t["streams"] for t in tunnels),

@@ -11,6 +11,8 @@
    relay data -> backend socket; backend data -> stream.write(). A backend whose write buffer passes the
    high-water mark makes us ask the relay to pause that client; a relay pause stops reading the backend.
    `end` both ways becomes a TCP half-close (write_eof) where the socket allows it.
+   A route with `http` is served by an HTTP router of this process (mproxy.sidecar.l7): the "backend"
+   is then our end of a socket pair whose other end the router serves; everything above applies as is.
    The E_BUFFER rule (mproxy.buffers, per stream and per tunnel) bounds what a client that keeps sending
    while paused can make us hold; a backend that resets while we are not reading it is noticed at once
    (mproxy.sockwatch) and the client is reset too.
@@ -23,7 +25,7 @@ import errno
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from mproxy.buffers import BufferRule, TunnelBuffers, buffers_of
 from mproxy.codec import MAX_SNIFF_BYTES, NEED_MORE, sniff_http_host, sniff_sni
@@ -34,7 +36,7 @@ from mproxy.routing import Backend, Route, RouteTable
 from mproxy.sockwatch import PausedWatch
 from mproxy.tunnel import Stream, StreamEnd, StreamHandler
 
-__all__ = ["BackendHandler", "BackendOptions"]
+__all__ = ["BackendHandler", "BackendOptions", "HttpFront"]
 
 log = logging.getLogger("mproxy.sidecar")
 
@@ -65,6 +67,15 @@ class BackendOptions:
     @property
     def hard_limit(self) -> int:
         return max(self.hard_buffer, self.soft_limit)
+
+
+class HttpFront(Protocol):
+    """Where a stream routed to an HTTP router goes (mproxy.sidecar.l7.front.L7Front)."""
+
+    def open(self, router: str, stream: Stream) -> socket.socket:
+        """Our end of a new connection to `router`, which serves the stream's requests; raises OSError
+        when there is no such router."""
+        ...
 
 
 def _errno_code(exc: BaseException) -> str:
@@ -124,6 +135,7 @@ class BackendHandler(StreamHandler):
         "_timed_out",
         "_watch",
         "backend",
+        "front",
         "meter",
         "metrics",
         "opts",
@@ -136,8 +148,9 @@ class BackendHandler(StreamHandler):
     )
 
     def __init__(self, stream: Stream, table: RouteTable, metrics: SidecarMetrics, opts: BackendOptions,
-                 tunnel: str) -> None:
+                 tunnel: str, front: HttpFront | None = None) -> None:
         self.stream = stream
+        self.front = front
         self.table = table
         self.metrics = metrics
         self.opts = opts
@@ -194,8 +207,8 @@ class BackendHandler(StreamHandler):
             s.abort(f"no route for service {s.service!r} port {s.serviceport!r} name {name!r}",
                     ErrorCode.NO_ROUTE)
             return
-        backend = self.table.pick(route)
-        if backend is None:
+        backend = None if route.http is not None else self.table.pick(route)
+        if backend is None and route.http is None:
             self.state = "closed"
             self.metrics.refuse("refused_backend")
             log.info("route %s refused the stream (its refuse share, or every backend weight 0)", route.name,
@@ -209,14 +222,24 @@ class BackendHandler(StreamHandler):
         self.meter = self.metrics.stream_opened(route.name, s.addr.address)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect(route, backend))
 
-    async def _connect(self, route: Route, b: Backend) -> None:
+    async def _connect(self, route: Route, b: Backend | None) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         # A timer that cancels this task, not asyncio.timeout(): every stream opens one connect, and the
         # context manager's Timeout object and checks cost about as much again as this handle (~10 us).
-        timer = loop.call_later(b.connect_timeout, self._connect_expired)
+        timer = loop.call_later(_timeout(b), self._connect_expired)
         try:
-            await loop.create_connection(lambda: _BackendProtocol(self), b.host, b.port)
+            if b is None:  # an HTTP router's stream: one end of a socket pair, the router holds the other
+                if self.front is None:
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, "no HTTP routers in this process")
+                sock = self.front.open(route.http or "", self.stream)
+                try:
+                    await loop.create_connection(lambda: _BackendProtocol(self), sock=sock)
+                except BaseException:  # the transport never took the socket over
+                    sock.close()
+                    raise
+            else:
+                await loop.create_connection(lambda: _BackendProtocol(self), b.host, b.port)
         except asyncio.CancelledError:
             if not self._timed_out:
                 raise
@@ -238,16 +261,17 @@ class BackendHandler(StreamHandler):
             self._timed_out = True
             task.cancel()
 
-    def _connect_failed(self, route: Route, b: Backend, exc: OSError) -> None:
+    def _connect_failed(self, route: Route, b: Backend | None, exc: OSError) -> None:
         if self.state == "closed":
             return
+        where = f"HTTP router {route.http}" if b is None else f"{b.host}:{b.port}"
         code = _errno_code(exc)
-        detail = (f"timed out after {b.connect_timeout:g} s" if isinstance(exc, TimeoutError)
+        detail = (f"timed out after {_timeout(b):g} s" if isinstance(exc, TimeoutError)
                   else (exc.strerror or str(exc)))
-        log.warning("backend %s:%d unreachable: %s", b.host, b.port, detail, extra=self._extra())
+        log.warning("backend %s unreachable: %s", where, detail, extra=self._extra())
         if self.meter:
             self.meter.error("backend_" + code.lower())
-        self.stream.abort(f"backend {b.host}:{b.port} of route {route.name!r}: {detail}", code)
+        self.stream.abort(f"backend {where} of route {route.name!r}: {detail}", code)
 
     def _connected(self, transport: asyncio.Transport) -> None:
         if self.state == "closed":
@@ -260,8 +284,7 @@ class BackendHandler(StreamHandler):
         high = self.opts.stream_buffer
         transport.set_write_buffer_limits(high=high, low=high // 4)
         b = self.backend
-        assert b is not None
-        if b.proxy_protocol != "none":
+        if b is not None and b.proxy_protocol != "none":
             peer = transport.get_extra_info("peername")
             dst = (peer[0], peer[1]) if isinstance(peer, tuple) else None
             src = (self.stream.addr.address, _port(self.stream.addr.port) or 0)
@@ -397,7 +420,12 @@ class BackendHandler(StreamHandler):
     # -- backend events ---------------------------------------------------------------------------
 
     def _backend_eof(self) -> None:
-        self.stream.write_eof()
+        if self.route is not None and self.route.http is not None:
+            # An HTTP router closes a connection whole, never half: end the stream both ways, so a client
+            # that keeps its side open does not hold it (and a drain) until the idle timeout.
+            self.stream.close()
+        else:
+            self.stream.write_eof()
 
     def _backend_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -415,6 +443,10 @@ class BackendHandler(StreamHandler):
             self._pause_relay()
         else:
             self._resume_relay()
+
+
+def _timeout(b: Backend | None) -> float:
+    return b.connect_timeout if b is not None else 5.0  # None: an HTTP router of this process
 
 
 def _port(value: str) -> int | None:

@@ -54,12 +54,6 @@ def raise_nofile(want: int = 65536) -> int:
     return soft
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_port(port: int, timeout: float = 15.0, proc: Proc | None = None) -> None:
     """Wait until 127.0.0.1:port accepts a TCP connection."""
     deadline = time.monotonic() + timeout

@@ -145,9 +145,9 @@ def idle(system: System, plan: Plan) -> Metrics:
         r = json.loads(line)
         time.sleep(1.0)  # let the roles settle their buffers before weighing them
         after = {role: rss_kib(pid) for role, pid in roles.items()}
-        for role in (system.edge, system.device):
-            if role is not None and not role.alive():
-                raise BenchError(f"{role.name} exited while opening the idle streams: {role.first_error()}")
+        for peer in (system.edge, system.device):
+            if peer is not None and not peer.alive():
+                raise BenchError(f"{peer.name} exited while opening the idle streams: {peer.first_error()}")
         ok = int(r["ok"])
         out: Metrics = {"idle_ok": float(ok), "idle_open_s": r["seconds"]}
         if ok < plan.idle_streams:

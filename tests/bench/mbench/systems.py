@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mbench.procs import BenchError, Proc, free_port, wait_port
+from tests.ports import free_port
+
+from mbench.procs import BenchError, Proc, wait_port
 
 TLS_NAME = "bench.test"  # the backend's own certificate name (tests/bench/loadgen/tlsmix.go)
 

@@ -11,13 +11,14 @@ stopped after it, so the TCP systems' configurations and figures are untouched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
+
+from tests.ports import free_port
 
 from mbench.procs import BenchError, Proc, recorded
 from mbench.scenarios import Metrics, Plan, loadgen
@@ -39,17 +40,6 @@ QUERY = (struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\x01h\x05bench\x04tes
          + struct.pack("!HH", 1, 1))  # id 1, RD; A IN h.bench.test
 
 
-def free_udp_port() -> int:
-    """A port free on 127.0.0.1 for UDP and TCP both (dnsmasq takes both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-            u.bind(("127.0.0.1", 0))
-            port: int = u.getsockname()[1]
-            with contextlib.suppress(OSError):
-                t.bind(("127.0.0.1", port))
-                return port
-
-
 def dns_once(port: int, timeout: float = 0.5) -> bool:
     """One DNS query through the entry port: True when an answer came back."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -66,7 +56,7 @@ def start_dnsmasq(ctx: Context) -> tuple[Proc, int]:
     exe = shutil.which("dnsmasq", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if exe is None:
         raise BenchError("dnsmasq is not installed (Debian dnsmasq-base: scripts/install-test-tools)")
-    port = free_udp_port()
+    port = free_port(udp=True)  # dnsmasq binds UDP and TCP
     argv = [exe, "--keep-in-foreground", "--conf-file=/dev/null", f"--port={port}",
             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
             "--address=/bench.test/10.9.8.7", "--pid-file=", "--user=root", "--group=root",
@@ -99,7 +89,7 @@ class UdpTunnel(UdpSystem, TunnelSystem):
         super().__init__(ctx, backend_port)
         self.logdir = ctx.work / f"{self.name}-udp"
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.entry = free_udp_port()
+        self.entry = free_port(udp=True)
 
 
 class UdpFrp(UdpTunnel, Frp):

@@ -9,6 +9,7 @@ import logging
 import socket
 
 import pytest
+from tests.ports import free_port
 
 from .harness import TCP_PUBLIC_PORT, ports, token, tunnel_url
 
@@ -22,12 +23,6 @@ async def connect_from(local_port: int, port: int) -> tuple[asyncio.StreamReader
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     return await asyncio.open_connection(sock=sock)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> bytes:

@@ -92,7 +92,8 @@ async def test_garbage_from_one_tunnel_closes_only_that_tunnel(parts, garbage) -
         while msg.type == aiohttp.WSMsgType.BINARY:
             msg = await asyncio.wait_for(bad.receive(), 5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1002
-        assert msg.extra.startswith("malformed M-PROXY data") and "byte" in msg.extra, msg.extra
+        reason = msg.extra or ""
+        assert reason.startswith("malformed M-PROXY data") and "byte" in reason, reason
     st = await status(relay)
     assert len(st["tunnels"]) == 1 and st["names"] == {"app.test": 1}
     p = ports(relay)

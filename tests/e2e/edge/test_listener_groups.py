@@ -13,11 +13,13 @@ import time
 from typing import Any
 
 import pytest
-from tests.e2e.multiedge.harness import free_port
+from tests.e2e.udp.harness import client as udp_client
+from tests.e2e.udp.harness import udp_echo
+from tests.ports import free_port
 
 from mproxy.ca import CertificateAuthority
 
-from .harness import Parts, sidecar_process, status, token, tunnel_url
+from .harness import Parts, metrics_text, sidecar_process, status, token, tunnel_url
 
 pytestmark = pytest.mark.e2e
 
@@ -185,3 +187,61 @@ async def test_a_forwarded_client_lands_only_on_a_tunnel_of_its_listeners_group(
     # as edge 2's gw-a listener says, not edge 1's default alert.
     err = await asyncio.to_thread(handshake_error, "127.0.0.5", port, "gone.test", ca)
     assert isinstance(err, ssl.SSLEOFError), err
+
+
+async def test_udp_listeners_of_one_port_in_two_groups(parts: Parts) -> None:
+    port = free_udp_port_on((A, B))
+    relay = await parts.edge(listeners=[{"kind": "udp", "listen": f"{A}:{port}", "group": "gw-a"},
+                                        {"kind": "udp", "listen": f"{B}:{port}", "group": "gw-b"}],
+                             limits=LIMITS)
+    echoes = {}
+    for label in ("a", "b"):
+        transport, echo, echo_port = await udp_echo()
+        parts.later(_close_later, transport)
+        echoes[label] = echo
+        await sidecar_process(parts, f"u{label}", tunnel_url(relay), token(ports_=[port]), [
+            {"name": "dns", "match": {"services": ["udp"]},
+             "backend": {"host": "127.0.0.1", "port": echo_port}}], listenerGroups=[f"gw-{label}"])
+    await until_status(relay, lambda s: s["ports"].get(str(port)) == 2, "both sidecars connect")
+    for host, n in ((A, 12), (B, 5)):
+        for i in range(n):  # a new client (source port) each time: a new stream, routed again
+            c = await udp_client(port, host)
+            try:
+                assert await c.ask(b"q%d" % i) == b"q%d" % i
+            finally:
+                c.close()
+    assert (echoes["a"].received, echoes["b"].received) == (12, 5)
+
+
+async def _close_later(transport: asyncio.DatagramTransport) -> None:
+    transport.close()
+
+
+def free_udp_port_on(hosts: tuple[str, ...]) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                    other.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no UDP port free on every address")
+
+
+async def test_a_malformed_groups_header_is_refused_before_the_upgrade(parts: Parts) -> None:
+    import aiohttp
+
+    relay = await parts.edge()
+    headers = {"X-Mproxy-Listener-Groups": "gw-a,not a group", "Authorization": f"Bearer {token(['a.test'])}"}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(tunnel_url(relay), headers=headers)
+    assert info.value.status == 400
+    assert info.value.headers is not None
+    why = info.value.headers["X-Mproxy-Error"]
+    assert "'not a group' is not a listener group name" in why and "edge.listenerGroups" in why
+    assert 'mproxy_edge_tunnel_rejects_total{reason="bad_listener_groups"} 1.0' in await metrics_text(relay)

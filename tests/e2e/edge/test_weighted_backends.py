@@ -8,6 +8,8 @@ import time
 from collections import Counter
 
 import pytest
+from tests.e2e.udp.harness import client as udp_client
+from tests.e2e.udp.harness import udp_echo
 
 from .harness import Parts, sidecar_process, status, tagged_echo, token, tunnel_url
 
@@ -78,3 +80,34 @@ async def test_streams_split_by_weight_and_a_refused_share(parts: Parts) -> None
     assert abs(got[b""] - 100) <= 30, got  # sd 7.1
     assert a_seen[0] - before == got[b"a:hi"]  # a refused stream never reached a backend
     assert (await many(split, 20)).keys() <= {b"a:hi", b"b:hi"}  # the tunnel carries on
+
+
+async def test_udp_clients_split_by_weight(parts: Parts) -> None:
+    relay = await parts.edge(listeners=[{"kind": "udp", "listen": "127.0.0.1:0", "publicPort": SPLIT}],
+                             limits=LIMITS)
+    echoes = []
+    for _ in range(2):
+        transport, echo, port = await udp_echo()
+        parts.later(_close, transport)
+        echoes.append((echo, port))
+    await sidecar_process(parts, "u", tunnel_url(relay), token(ports_=[SPLIT]), [
+        {"name": "dns", "match": {"services": ["udp"]}, "backends": [
+            {"host": "127.0.0.1", "port": echoes[0][1], "weight": 3},
+            {"host": "127.0.0.1", "port": echoes[1][1], "weight": 1},
+            {"weight": 0, "refuse": True}]}])
+    await wait_ports(relay, {SPLIT})
+    public = relay.listeners[0].port
+    for i in range(80):  # each client (a new source port) is one stream: one pick
+        c = await udp_client(public)
+        try:
+            assert await c.ask(b"q%d" % i) == b"q%d" % i
+            assert await c.ask(b"again") == b"again"  # a client keeps its backend
+        finally:
+            c.close()
+    a, b = (echo.received for echo, _ in echoes)
+    assert a + b == 160 and a % 2 == 0 and b % 2 == 0
+    assert abs(a // 2 - 60) <= 17, (a, b)  # 3:1 of 80 clients; sd 3.9
+
+
+async def _close(transport: asyncio.DatagramTransport) -> None:
+    transport.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.ports import free_port
 
 from mproxy.edge.auth import mint
 
@@ -34,13 +35,6 @@ PUBLIC_PORT = 7022
 SINK_PORT = 7023  # the public port of the listener whose route leads to a backend that never reads
 RECONNECT_BUDGET = 3.0  # s from the edge listening again to a tunnel carrying traffic (fast window: ~0.25 s)
 HEARTBEAT = {"intervalSeconds": 0.5, "timeoutSeconds": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

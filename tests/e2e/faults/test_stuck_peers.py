@@ -7,7 +7,9 @@ ends on both sides and every process is back to its baseline fds.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import cast
 
 import pytest
 
@@ -38,7 +40,7 @@ async def backend_never_reads(r: Rig, within: float) -> None:
     # The client gives up with a reset. A plain close would queue its FIN behind the megabytes its kernel
     # still holds for a receive window the edge keeps shut: no peer can see that FIN (docs/reliability.md);
     # only the idle timeout ends such a stream.
-    reset(writer.transport)
+    reset(cast(asyncio.Transport, writer.transport))  # typeshed says WriteTransport
     left_at = time.monotonic()
     # the sink backend never reads, so it never sees the close: the sidecar's socket to it is what counts
     await r.back_to(base, within=within)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -45,10 +46,10 @@ async def flood(send: Callable[[bytes], Awaitable[None]], message: bytes, second
     return None
 
 
-async def dial(url: str, **kw: object) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+async def dial(url: str, **kw: Any) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
     session = aiohttp.ClientSession()
     try:
-        ws = await session.ws_connect(url, autoping=False, max_msg_size=0, **kw)  # type: ignore[arg-type]
+        ws = await session.ws_connect(url, autoping=False, max_msg_size=0, **kw)
     except BaseException:
         await session.close()
         raise

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tests.ports import free_port
 
 from mproxy.codec import Parser, hello_message, pack_control
 
 from .peers import HostileEdge, dial, flood, unknown_commands
-from .procs import free_port, spawn, start_edge
+from .procs import spawn, start_edge
 
 pytestmark = pytest.mark.e2e
 

@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from tests.ports import free_port
 
 from mproxy.codec import Address, hello_message, pack_connection, pack_control
 
 from .peers import HostileEdge
-from .procs import free_port, spawn
+from .procs import spawn
 
 
 async def test_a_silent_non_reading_edge_is_dropped_and_redialled(tmp_path: Path, stack: Any) -> None:
-    async def flood(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def flood(_reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         chunk = b"d" * 65536
         try:
             for _ in range(512):  # 32 MiB toward the edge: far more than the socket buffers hold

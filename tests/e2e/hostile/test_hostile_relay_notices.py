@@ -9,11 +9,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from tests.ports import free_port
 
 from mproxy.codec import Control, Parser, hello_message, pack_control
 
 from .peers import HostileEdge
-from .procs import free_port, spawn
+from .procs import spawn
 
 
 async def test_the_sidecar_answers_hello_but_not_grant_or_access_token(tmp_path: Path, stack: Any) -> None:

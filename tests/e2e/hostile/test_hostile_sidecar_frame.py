@@ -13,11 +13,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from tests.ports import free_port
 
 from mproxy.codec import Address, hello_message, pack_control, pack_data
 
 from .peers import HostileEdge
-from .procs import free_port, spawn
+from .procs import spawn
 
 
 def long_header_data() -> bytes:

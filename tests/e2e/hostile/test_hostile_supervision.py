@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from tests.ports import free_port
 
 from mproxy.codec import hello_message, pack_control
 from mproxy.config.sidecar import load_sidecar_config
@@ -26,7 +27,6 @@ from mproxy.tunnel.supervisor import Supervised
 
 from ..edge.harness import Device, start_edge, token, tunnel_url
 from .peers import HostileEdge
-from .procs import free_port
 
 DOWN_AT_LEAST = 2.0  # the first restart delay in these tests: 1-2 s down, long enough to look at
 

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import yaml
@@ -216,6 +216,17 @@ class Firehose(StreamHandler):
             self.done_sending.set_result(asyncio.get_running_loop().time())
 
 
+def pause_reading(writer: asyncio.StreamWriter) -> None:
+    """Stop reading `writer`'s socket (typeshed types StreamWriter.transport as a WriteTransport only)."""
+    cast(asyncio.Transport, writer.transport).pause_reading()
+
+
+def abort_all(writers: list[asyncio.StreamWriter]) -> None:
+    """Abort every writer's transport (an ExitStack callback: `stack.callback(abort_all, held)`)."""
+    for writer in writers:
+        writer.transport.abort()
+
+
 async def silent_client(port: int, first: bytes = b"x") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A client that sends `first` and then never reads (a small receive buffer, so bytes pile up at the
     relay, not in the kernel)."""
@@ -226,7 +237,7 @@ async def silent_client(port: int, first: bytes = b"x") -> tuple[asyncio.StreamR
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock)
-    writer.transport.pause_reading()
+    pause_reading(writer)
     if first:
         writer.write(first)
         await writer.drain()

@@ -12,7 +12,7 @@ from mproxy import proxyproto
 from mproxy.codec import Address
 from mproxy.tunnel.mux import Stream, StreamEnd, StreamHandler
 
-from .harness import TCP_PORT, HostileEdge, start_edge, start_sidecar
+from .harness import TCP_PORT, HostileEdge, abort_all, start_edge, start_sidecar
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +67,7 @@ async def test_sidecar_counts_streams_per_client_per_64(tmp_path, stack) -> None
 
     server = await asyncio.start_server(backend, "127.0.0.1", 0)
     stack.callback(server.close)
-    stack.callback(lambda: [w.transport.abort() for w in held])
+    stack.callback(abort_all, held)
     edge = await HostileEdge().start()
     stack.push_async_callback(edge.close)
     sidecar = await start_sidecar(tmp_path, edge.port, server.sockets[0].getsockname()[1],

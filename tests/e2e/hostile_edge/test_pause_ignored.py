@@ -10,7 +10,17 @@ import pytest
 
 from mproxy.tunnel.mux import Stream, StreamHandler
 
-from .harness import Firehose, HostileEdge, HostileTunnel, MiB, silent_client, start_edge, start_sidecar
+from .harness import (
+    Firehose,
+    HostileEdge,
+    HostileTunnel,
+    MiB,
+    abort_all,
+    pause_reading,
+    silent_client,
+    start_edge,
+    start_sidecar,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +102,7 @@ class _Never:
         self.writers: list[asyncio.StreamWriter] = []
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.transport.pause_reading()
+        pause_reading(writer)
         self.writers.append(writer)
 
 
@@ -130,7 +140,7 @@ async def _sidecar_with_firehoses(tmp_path, stack, n: int, total: int,  # type: 
     never = _Never()
     server = await asyncio.start_server(never, "127.0.0.1", 0)
     stack.callback(server.close)
-    stack.callback(lambda: [w.transport.abort() for w in never.writers])
+    stack.callback(abort_all, never.writers)
     edge = await HostileEdge().start()
     stack.push_async_callback(edge.close)
     sidecar = await start_sidecar(tmp_path, edge.port, server.sockets[0].getsockname()[1], limits=limits)

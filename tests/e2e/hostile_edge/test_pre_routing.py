@@ -12,7 +12,7 @@ import pytest
 from mproxy import proxyproto
 from mproxy.tunnel.mux import Stream, StreamHandler
 
-from .harness import HostileTunnel, Proc, start_edge, token
+from .harness import HostileTunnel, Proc, abort_all, start_edge, token
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ async def _flood(stack, edge: Proc, n: int) -> list[asyncio.StreamWriter]:  # ty
     port = edge.listener("http")
     assert (await _honest(port, 999_000)).startswith(b"HTTP/1.1 200")
     held: list[asyncio.StreamWriter] = []
-    stack.callback(lambda: [w.transport.abort() for w in held])
+    stack.callback(abort_all, held)
     for start in range(0, n, 100):
         got = await asyncio.gather(*(_silent(port, i) for i in range(start, min(n, start + 100))))
         held += [w for w in got if w is not None]

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 from dnslib import QTYPE, RR, A, DNSRecord
+from tests.ports import free_port
 
 from mproxy.demo.backends import echo
 from mproxy.edge.auth import mint
@@ -28,31 +28,6 @@ PUBLIC_PORT = 7022
 HOSTNAME = "edges.test"
 EDGE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SCALE_HOSTS = (*EDGE_HOSTS, "127.0.0.5", "127.0.0.6")  # room to scale out to 5 edges
-
-
-_HANDED_OUT: set[int] = set()  # ports given out and maybe not bound yet (the cluster's tunnel port)
-
-
-def free_port(hosts: tuple[str, ...]) -> int:
-    """A TCP port free on every one of `hosts` (edges share one tunnel port, as pods do), and never one
-    handed out before in this process: a port chosen but not yet bound (the tunnel port, bound only when
-    each edge starts) is free to the kernel, which may give it out again (two listeners on one port, and
-    the edge refuses its config)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        if port in _HANDED_OUT:
-            continue
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        _HANDED_OUT.add(port)
-        return port
-    raise AssertionError("no port free on every edge address")
 
 
 class DnsServer(asyncio.DatagramProtocol):

@@ -90,7 +90,8 @@ async def test_a_telebit_device_next_to_sidecars_on_three_edges(cluster: Cluster
             break
 
     async def held() -> bool:
-        return sum([(await e.status())["ports"].get(str(PUBLIC_PORT), 0) for e in edges]) == 7
+        held: int = sum([(await e.status())["ports"].get(str(PUBLIC_PORT), 0) for e in edges])
+        return held == 7
 
     await until(held, 10, "the device's tunnel next to the 6 sidecar tunnels")
     holder = [e for e in edges if (await e.status())["ports"].get(str(PUBLIC_PORT)) == 3]

@@ -8,7 +8,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +120,11 @@ def relay_config(*listeners: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"host": "127.0.0.1", "wsPort": 0, "listeners": list(listeners), **extra}
 
 
+RelayFactory = Callable[..., contextlib.AbstractAsyncContextManager[NodeRelay]]  # the node_relay fixture
+
+
 @pytest.fixture
-def node_relay(node_bin: str) -> Callable[..., contextlib.AbstractAsyncContextManager[NodeRelay]]:
+def node_relay(node_bin: str) -> RelayFactory:
     @contextlib.asynccontextmanager
     async def make(*listeners: dict[str, Any], **extra: Any) -> AsyncIterator[NodeRelay]:
         relay = NodeRelay(node_bin, relay_config(*listeners, **extra))
@@ -185,8 +188,11 @@ def tagged_echo(tag: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWri
     return handle
 
 
+BackendFactory = Callable[..., Awaitable[Backend]]  # the backends fixture: (handle=echo, ssl_ctx=None)
+
+
 @pytest.fixture
-async def backends() -> AsyncIterator[Callable[..., Any]]:
+async def backends() -> AsyncIterator[BackendFactory]:
     started: list[Backend] = []
 
     async def make(handle: Callable[..., Any] = echo, ssl_ctx: Any = None) -> Backend:
@@ -232,8 +238,11 @@ def route(name: str, port: int, *, services: list[str] | None = None, ports: lis
     return {"name": name, "match": match, "backend": {"host": "127.0.0.1", "port": port, **backend}}
 
 
+SidecarFactory = Callable[..., contextlib.AbstractAsyncContextManager[Sidecar]]  # the run_sidecar fixture
+
+
 @pytest.fixture
-def run_sidecar(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Sidecar]]:
+def run_sidecar(tmp_path: Path) -> SidecarFactory:
     @contextlib.asynccontextmanager
     async def make(cfg: dict[str, Any], *, tunnels: int = 1, relay: NodeRelay | None = None,
                    reload_interval: float = 0.1,

@@ -5,27 +5,32 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
+from tests.ports import free_port
 
-from .conftest import child_env, python_cmd, route, sidecar_yaml, tagged_echo, tcp_roundtrip
+from .conftest import (
+    BackendFactory,
+    RelayFactory,
+    child_env,
+    python_cmd,
+    route,
+    sidecar_yaml,
+    tagged_echo,
+    tcp_roundtrip,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
 TOKEN = "tok-do-not-log-me"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def test_cli_endpoints_sigterm_drain_and_logs(node_relay, backends, tmp_path) -> None:
+async def test_cli_endpoints_sigterm_drain_and_logs(node_relay: RelayFactory, backends: BackendFactory,
+                                                    tmp_path: Path) -> None:
     b = await backends(tagged_echo(b"e"))
     http_port = free_port()
     (tmp_path / "token").write_text(TOKEN)
@@ -106,7 +111,7 @@ async def test_cli_endpoints_sigterm_drain_and_logs(node_relay, backends, tmp_pa
     assert TOKEN not in logs and "Traceback" not in logs
 
 
-async def test_cli_refuses_a_bad_config_with_the_field(tmp_path) -> None:
+async def test_cli_refuses_a_bad_config_with_the_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("edge: {urls: ['ws://127.0.0.1:1/']}\nroutes: [{name: a, backend: {host: h, port: 0}}]\n")
     proc = subprocess.run([*python_cmd(), "sidecar", "--config", str(path)], env=child_env(),

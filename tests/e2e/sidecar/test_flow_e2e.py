@@ -6,11 +6,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
 
-from .conftest import echo, route, sidecar_yaml, tagged_echo, tcp_roundtrip
+from .conftest import (
+    BackendFactory,
+    RelayFactory,
+    SidecarFactory,
+    echo,
+    route,
+    sidecar_yaml,
+    tagged_echo,
+    tcp_roundtrip,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
@@ -37,7 +48,8 @@ async def _settled(value: Callable[[], int], quiet: float = 0.6, timeout: float 
     raise AssertionError(f"still changing after {timeout:g} s (last {last})")
 
 
-async def test_slow_backend_pauses_its_client_only(node_relay, backends, run_sidecar) -> None:
+async def test_slow_backend_pauses_its_client_only(node_relay: RelayFactory, backends: BackendFactory,
+                                                   run_sidecar: SidecarFactory) -> None:
     release = asyncio.Event()
     received = [0]
 
@@ -97,7 +109,8 @@ async def test_slow_backend_pauses_its_client_only(node_relay, backends, run_sid
             fw.close()
 
 
-async def test_relay_pause_stops_reading_the_backend(node_relay, backends, run_sidecar) -> None:
+async def test_relay_pause_stops_reading_the_backend(node_relay: RelayFactory, backends: BackendFactory,
+                                                     run_sidecar: SidecarFactory) -> None:
     written = [0]
     done = asyncio.Event()
 
@@ -117,14 +130,15 @@ async def test_relay_pause_stops_reading_the_backend(node_relay, backends, run_s
         async with run_sidecar(cfg, relay=relay):
             mark = relay.mark()
             r, w = await asyncio.open_connection("127.0.0.1", relay.ports[0], limit=1 << 16)
-            w.transport.pause_reading()  # a client that does not read
+            transport = cast(asyncio.Transport, w.transport)  # typeshed says WriteTransport
+            transport.pause_reading()  # a client that does not read
             await relay.wait_event(lambda e: e["event"] == "pause_sent", start=mark)
             await asyncio.sleep(0.5)
             first = written[0]
             await asyncio.sleep(0.5)
             # The backend is stalled well before 64 MiB: the sidecar stopped reading it.
             assert written[0] == first < 48 << 20, (first, written[0])
-            w.transport.resume_reading()
+            transport.resume_reading()
             total = 0
             async with asyncio.timeout(30):
                 while total < 64 << 20:
@@ -136,7 +150,8 @@ async def test_relay_pause_stops_reading_the_backend(node_relay, backends, run_s
             w.close()
 
 
-async def test_a_thousand_concurrent_streams(node_relay, backends, run_sidecar) -> None:
+async def test_a_thousand_concurrent_streams(node_relay: RelayFactory, backends: BackendFactory,
+                                             run_sidecar: SidecarFactory) -> None:
     b = await backends(echo)
     async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
         cfg = sidecar_yaml(relay, [route("echo", b.port)],
@@ -161,22 +176,26 @@ async def test_a_thousand_concurrent_streams(node_relay, backends, run_sidecar) 
                     await asyncio.sleep(0.05)
 
 
-async def test_reconnects_after_the_relay_restarts(node_relay, backends, run_sidecar) -> None:
+async def test_reconnects_after_the_relay_restarts(node_relay: RelayFactory, backends: BackendFactory,
+                                                   run_sidecar: SidecarFactory) -> None:
     b = await backends(tagged_echo(b"e"))
     async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
         cfg = sidecar_yaml(relay, [route("echo", b.port)])
         async with run_sidecar(cfg, relay=relay) as sidecar:
+            def connected() -> bool:
+                return sidecar.tunnels[0].connected
+
             assert await tcp_roundtrip(relay.ports[0], b"1") == b"e:1"
             await relay.stop()
             async with asyncio.timeout(5):
-                while sidecar.tunnels[0].connected:
+                while connected():
                     await asyncio.sleep(0.02)
             assert not sidecar.ready()[0]
             await asyncio.sleep(0.5)  # a few failed attempts (connection refused), with backoff
             await relay.start()  # same ports
             await relay.wait_tunnels(1)
             async with asyncio.timeout(5):
-                while not sidecar.tunnels[0].connected:
+                while not connected():
                     await asyncio.sleep(0.02)
             assert await tcp_roundtrip(relay.ports[0], b"2") == b"e:2"
             reg = sidecar.metrics.registry
@@ -189,7 +208,8 @@ async def test_reconnects_after_the_relay_restarts(node_relay, backends, run_sid
             assert sidecar.tunnels[0].connects == 2
 
 
-async def test_reload_with_streams_in_flight(node_relay, backends, run_sidecar, tmp_path) -> None:
+async def test_reload_with_streams_in_flight(node_relay: RelayFactory, backends: BackendFactory,
+                                             run_sidecar: SidecarFactory, tmp_path: Path) -> None:
     old_b = await backends(tagged_echo(b"old"))
     new_b = await backends(tagged_echo(b"new"))
     async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
@@ -221,8 +241,9 @@ async def test_reload_with_streams_in_flight(node_relay, backends, run_sidecar, 
             w.close()
 
 
-async def test_malformed_frames_close_that_tunnel_then_it_reconnects(node_relay, backends, run_sidecar,
-                                                                    caplog) -> None:
+async def test_malformed_frames_close_that_tunnel_then_it_reconnects(
+        node_relay: RelayFactory, backends: BackendFactory, run_sidecar: SidecarFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
     b = await backends(tagged_echo(b"e"))
     caplog.set_level(logging.INFO)
     async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
@@ -262,7 +283,8 @@ async def test_malformed_frames_close_that_tunnel_then_it_reconnects(node_relay,
     assert not [r for r in caplog.records if r.exc_info]
 
 
-async def test_token_modes_and_refusal(node_relay, backends, run_sidecar, tmp_path) -> None:
+async def test_token_modes_and_refusal(node_relay: RelayFactory, backends: BackendFactory,
+                                       run_sidecar: SidecarFactory, tmp_path: Path) -> None:
     b = await backends(tagged_echo(b"e"))
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
@@ -283,7 +305,8 @@ async def test_token_modes_and_refusal(node_relay, backends, run_sidecar, tmp_pa
             assert "wrong" not in str(status)  # never the token itself
 
 
-async def test_stream_limits_answer_the_client_and_count(node_relay, backends, run_sidecar) -> None:
+async def test_stream_limits_answer_the_client_and_count(node_relay: RelayFactory, backends: BackendFactory,
+                                                         run_sidecar: SidecarFactory) -> None:
     b = await backends(echo)
     async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
         cfg = sidecar_yaml(relay, [route("echo", b.port)], limits={"maxStreamsPerClient": 2})
@@ -307,7 +330,8 @@ async def test_stream_limits_answer_the_client_and_count(node_relay, backends, r
                 w.close()
 
 
-async def test_reload_adds_and_drains_tunnel_connections(node_relay, backends, run_sidecar, tmp_path) -> None:
+async def test_reload_adds_and_drains_tunnel_connections(node_relay: RelayFactory, backends: BackendFactory,
+                                                         run_sidecar: SidecarFactory, tmp_path: Path) -> None:
     b = await backends(tagged_echo(b"e"))
     async with node_relay({"service": "tcp", "serviceport": 1}) as relay:
         cfg = sidecar_yaml(relay, [route("echo", b.port)], drainSeconds=0.5)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -15,12 +16,24 @@ from aiohttp import web
 from mproxy.proxyproto import ProxyHeader, decode
 
 from .certs import CertAuthority
-from .conftest import echo, route, serve_handler, sidecar_yaml, tagged_echo, tcp_roundtrip
+from .conftest import (
+    BackendFactory,
+    RelayFactory,
+    SidecarFactory,
+    echo,
+    route,
+    serve_handler,
+    sidecar_yaml,
+    tagged_echo,
+    tcp_roundtrip,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
 
-async def test_tcp_and_ssh_by_service_and_port_with_half_close(node_relay, backends, run_sidecar) -> None:
+async def test_tcp_and_ssh_by_service_and_port_with_half_close(node_relay: RelayFactory,
+                                                               backends: BackendFactory,
+                                                               run_sidecar: SidecarFactory) -> None:
     tcp5050 = await backends(tagged_echo(b"tcp5050"))
     tcpany = await backends(tagged_echo(b"tcpany"))
     ssh = await backends(tagged_echo(b"ssh"))
@@ -42,8 +55,8 @@ async def test_tcp_and_ssh_by_service_and_port_with_half_close(node_relay, backe
             assert await tcp_roundtrip(p22, b"SSH-2.0-test\r\n") == b"ssh:SSH-2.0-test\r\n"
 
 
-async def test_unknown_name_gets_an_error_frame_and_no_backend_connection(node_relay, backends,
-                                                                          run_sidecar) -> None:
+async def test_unknown_name_gets_an_error_frame_and_no_backend_connection(
+        node_relay: RelayFactory, backends: BackendFactory, run_sidecar: SidecarFactory) -> None:
     web_b = await backends(tagged_echo(b"web"))
     async with node_relay({"service": "https", "serviceport": 443, "name": "unknown.example.org"},
                           {"service": "smtp", "serviceport": 25}) as relay:
@@ -62,8 +75,9 @@ async def test_unknown_name_gets_an_error_frame_and_no_backend_connection(node_r
                 "mproxy_sidecar_streams_refused_total", {"reason": "no_route"}) == 2
 
 
-async def test_backend_refused_or_timing_out_errors_that_stream_only(node_relay, backends,
-                                                                    run_sidecar) -> None:
+async def test_backend_refused_or_timing_out_errors_that_stream_only(node_relay: RelayFactory,
+                                                                     backends: BackendFactory,
+                                                                     run_sidecar: SidecarFactory) -> None:
     good = await backends(tagged_echo(b"good"))
     # A port with nothing listening: connection refused.
     probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
@@ -115,10 +129,11 @@ async def test_backend_refused_or_timing_out_errors_that_stream_only(node_relay,
     blackhole.close()
 
 
-async def test_tls_passthrough_routed_by_sni(node_relay, backends, run_sidecar, tmp_path: Path) -> None:
+async def test_tls_passthrough_routed_by_sni(node_relay: RelayFactory, backends: BackendFactory,
+                                             run_sidecar: SidecarFactory, tmp_path: Path) -> None:
     ca = CertAuthority.create(tmp_path / "ca")
 
-    async def whoami(tag: bytes):
+    async def whoami(tag: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             await r.readexactly(4)
             w.write(tag)
@@ -153,7 +168,8 @@ async def test_tls_passthrough_routed_by_sni(node_relay, backends, run_sidecar, 
                 await hello(relay.ports[0], "x.y.example.com")  # routed to wild, not in its cert
 
 
-async def test_http_routed_by_host_with_a_real_client(node_relay, run_sidecar) -> None:
+async def test_http_routed_by_host_with_a_real_client(node_relay: RelayFactory,
+                                                      run_sidecar: SidecarFactory) -> None:
     runners = []
     ports = []
     for tag in ("alpha", "beta"):
@@ -182,7 +198,8 @@ async def test_http_routed_by_host_with_a_real_client(node_relay, run_sidecar) -
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-async def test_proxy_protocol_carries_the_client_address(node_relay, backends, run_sidecar, version) -> None:
+async def test_proxy_protocol_carries_the_client_address(node_relay: RelayFactory, backends: BackendFactory,
+                                                         run_sidecar: SidecarFactory, version: str) -> None:
     seen: list[ProxyHeader] = []
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -210,7 +227,9 @@ async def test_proxy_protocol_carries_the_client_address(node_relay, backends, r
     assert seen[0].destination == ("127.0.0.1", b.port)
 
 
-async def test_wildcard_against_exact_precedence_and_default_route(node_relay, backends, run_sidecar) -> None:
+async def test_wildcard_against_exact_precedence_and_default_route(node_relay: RelayFactory,
+                                                                   backends: BackendFactory,
+                                                                   run_sidecar: SidecarFactory) -> None:
     exact = await backends(tagged_echo(b"exact"))
     wild = await backends(tagged_echo(b"wild"))
     fallback = await backends(tagged_echo(b"default"))

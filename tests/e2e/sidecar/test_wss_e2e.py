@@ -13,7 +13,7 @@ from mproxy.codec import Address, hello_message
 from mproxy.tunnel import Heartbeat, Multiplexer, StreamHandler, run_tunnel
 
 from .certs import CertAuthority
-from .conftest import echo, serve_handler
+from .conftest import BackendFactory, SidecarFactory, echo, serve_handler
 
 pytestmark = [pytest.mark.e2e]
 
@@ -30,7 +30,8 @@ class Collect(StreamHandler):
         self.more.set()
 
 
-async def test_wss_with_private_ca_and_bearer_token(tmp_path: Path, backends, run_sidecar) -> None:
+async def test_wss_with_private_ca_and_bearer_token(tmp_path: Path, backends: BackendFactory,
+                                                    run_sidecar: SidecarFactory) -> None:
     ca = CertAuthority.create(tmp_path / "ca")
     backend = await backends(echo)
     seen_auth: list[str] = []
@@ -82,7 +83,8 @@ async def test_wss_with_private_ca_and_bearer_token(tmp_path: Path, backends, ru
         await runner.cleanup()
 
 
-async def test_a_relay_that_ignores_pause_gets_that_client_cut_off(backends, run_sidecar) -> None:
+async def test_a_relay_that_ignores_pause_gets_that_client_cut_off(backends: BackendFactory,
+                                                                   run_sidecar: SidecarFactory) -> None:
     """Our own edge-side mux whose handler ignores pause_writing: the sidecar pauses, waits out the grace
     period, then answers E_BUFFER for that client only; the tunnel and another stream carry on."""
     from mproxy.sidecar.backend import BackendOptions

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from pathlib import Path
 from typing import Any, cast
+
+from tests.ports import free_port
 
 from mproxy.config.edge import load_edge_config
 from mproxy.config.sidecar import load_sidecar_config
@@ -48,16 +49,7 @@ async def udp_echo(host: str = "127.0.0.1") -> tuple[asyncio.DatagramTransport, 
 def free_udp_port() -> int:
     """A port free on 127.0.0.1 for UDP and TCP both (dnsmasq takes both): nothing listens there, so
     datagrams to it get ICMP port unreachable."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            u.bind(("127.0.0.1", 0))
-            port: int = u.getsockname()[1]
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # taken for TCP: try another
-            return port
+    return free_port(udp=True)
 
 
 class Client(asyncio.DatagramProtocol):

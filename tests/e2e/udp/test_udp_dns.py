@@ -99,7 +99,8 @@ async def test_1000_dns_queries_through_edge_and_sidecar_are_answered_correctly(
     client = {"route": "dns", "client": "127.0.0.1"}
     # dig picks random source ports: a few queries reuse a port whose stream is still open, so count
     # the streams the edge opened rather than assume 1,000.
-    opened = sum(s.mux.streams_opened for s in stack.edge.sessions if s.mux)  # type: ignore[union-attr]
+    assert stack.edge is not None
+    opened = sum(s.mux.streams_opened for s in stack.edge.sessions if s.mux is not None)
     assert 0 < opened <= NAMES
     assert sidecar_reg.get_sample_value("mproxy_sidecar_streams_opened_total", client) == opened
     for tiered, direction in (("received", "in"), ("sent", "out")):

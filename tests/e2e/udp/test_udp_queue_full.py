@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tests.e2e.faults.harness import Proc, eventually, free_port, get_json, get_text, rss_kib
+from tests.e2e.faults.harness import Proc, eventually, get_json, get_text, rss_kib
+from tests.ports import free_port
 
 from mproxy.edge.auth import mint
 

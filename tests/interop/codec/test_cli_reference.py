@@ -156,7 +156,7 @@ FRAME_META = st.fixed_dictionaries(
         min_size=1, max_size=5,
     )
 )
-def test_unpack_matches_reference_parser(oracle: Any, frames: list[tuple]) -> None:
+def test_unpack_matches_reference_parser(oracle: Any, frames: list[tuple[Any, ...]]) -> None:
     stream = b"".join(oracle.pack(fn, dict(meta), body, kind) for meta, kind, body, fn in frames)
     theirs = oracle.parse([stream])
     assert theirs["error"] is None

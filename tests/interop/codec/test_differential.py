@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +71,16 @@ def ours(f: dict[str, Any]) -> bytes:
     service = f["service"] if f["kind"] == "data" else f["kind"]
     servicename = f["service"] if f["kind"] == "connection" else ""
     kw = {"serviceport": f["serviceport"], "name": f["name"], "servicename": servicename}
+    body: bytes = f["body"]
     if f["fn"] == "pack":
-        return pack(addr, f["body"], service, **kw)
-    return pack_header(addr, service, len(f["body"]), **kw) + f["body"]
+        return pack(addr, body, service, **kw)
+    return pack_header(addr, service, len(body), **kw) + body
 
 
 def reference(oracle: Any, f: dict[str, Any]) -> bytes:
     meta = {k: f[k] for k in ("family", "address", "port", "service", "serviceport", "name")}
-    return oracle.pack(f["fn"], meta, f["body"], None if f["kind"] == "data" else f["kind"])
+    packed: bytes = oracle.pack(f["fn"], meta, f["body"], None if f["kind"] == "data" else f["kind"])
+    return packed
 
 
 @SETTINGS
@@ -139,7 +142,8 @@ def _packable(f: dict[str, Any]) -> bool:
 
 @SETTINGS
 @given(fs=st.lists(frames(), min_size=1, max_size=6), cuts=st.lists(st.integers(0, 10**6), max_size=8))
-def test_reference_stream_parses_identically(oracle: Any, norm: Any, fs: list[dict], cuts: list[int]) -> None:
+def test_reference_stream_parses_identically(oracle: Any, norm: Any, fs: list[dict[str, Any]],
+                                            cuts: list[int]) -> None:
     fs = [f for f in fs if _packable(f)]
     stream = b"".join(reference(oracle, f) for f in fs)
     chunks = _chunks(stream, cuts)
@@ -152,7 +156,7 @@ def test_reference_stream_parses_identically(oracle: Any, norm: Any, fs: list[di
 
 @settings(max_examples=40, deadline=None)
 @given(fs=st.lists(frames(), min_size=1, max_size=3))
-def test_one_byte_at_a_time_in_both(oracle: Any, norm: Any, fs: list[dict]) -> None:
+def test_one_byte_at_a_time_in_both(oracle: Any, norm: Any, fs: list[dict[str, Any]]) -> None:
     fs = [f for f in fs if _packable(f)]
     stream = b"".join(ours(f) for f in fs)
     chunks = [stream[i:i + 1] for i in range(len(stream))]
@@ -174,7 +178,7 @@ def test_frame_helpers_match_packheader(
     a = Address(fam, address, port)
     meta = {"family": fam, "address": address, "port": port, "serviceport": serviceport, "name": name}
     kw = {"serviceport": serviceport, "name": name}
-    pairs = [
+    pairs: list[tuple[Callable[[], bytes], tuple[Any, Any, str]]] = [
         (
             lambda: pack_connection(a, service=service, **kw),
             ({**meta, "service": service}, None, "connection"),
@@ -213,7 +217,8 @@ VECTORS = json.loads((Path(__file__).parents[2] / "unit/codec/vectors/vectors.js
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
-def test_vectors_parse_identically_in_the_reference(oracle: Any, norm: Any, vector: dict) -> None:
+def test_vectors_parse_identically_in_the_reference(oracle: Any, norm: Any,
+                                                     vector: dict[str, Any]) -> None:
     """Every expected event in the vector table is what the reference's parser reports too."""
     vdir = Path(__file__).parents[2] / "unit/codec/vectors"
     if "wire_hex" in vector:

@@ -49,7 +49,7 @@ def test_ratio_is_taken_within_each_run_then_medianed() -> None:
 
 
 def test_summary_skips_failed_runs_and_zero_baselines() -> None:
-    runs = [
+    runs: list[dict[str, dict[str, float | None]]] = [
         {"direct": {"x": 0.0}, "frp": {"x": 5.0}},
         {"direct": {"x": 10.0}, "frp": {"x": None}},
         {"direct": {"x": 10.0}},

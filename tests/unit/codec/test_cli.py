@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_pack_reference_input_gives_reference_output(tmp_path: Path) -> None:
     assert (tmp_path / "out.bin").read_bytes() == (VECTORS / "output.bin").read_bytes()
 
 
-def _spec(tmp_path: Path, spec: dict, payload: bytes | None = None) -> str:
+def _spec(tmp_path: Path, spec: dict[str, Any], payload: bytes | None = None) -> str:
     if payload is not None:
         (tmp_path / "payload.bin").write_bytes(payload)
         spec = {**spec, "filepath": "payload.bin"}
@@ -67,7 +68,7 @@ ADDR = {"family": "IPv4", "address": "10.0.0.2", "port": 5555, "service": "http"
         ({"address": ADDR, "kind": "pause", "json": 1048576}, None, b"IPv4,10.0.0.2,5555,7,pause,80,"),
     ],
 )
-def test_pack_kinds(tmp_path: Path, spec: dict, payload: bytes | None, expected: bytes) -> None:
+def test_pack_kinds(tmp_path: Path, spec: dict[str, Any], payload: bytes | None, expected: bytes) -> None:
     src = _spec(tmp_path, spec, payload)
     code, _, err = inproc("pack", src, str(tmp_path / "out.bin"))
     assert code == 0, err
@@ -88,7 +89,8 @@ def test_pack_kinds(tmp_path: Path, spec: dict, payload: bytes | None, expected:
         ({"filepath": "x"}, b"x", "no \"address\""),
     ],
 )
-def test_pack_failures_are_one_line(tmp_path: Path, spec: dict, payload: bytes | None, message: str) -> None:
+def test_pack_failures_are_one_line(tmp_path: Path, spec: dict[str, Any], payload: bytes | None,
+                                    message: str) -> None:
     code, _, err = inproc("pack", _spec(tmp_path, spec, payload), str(tmp_path / "out.bin"))
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("mproxy pack: ")
@@ -103,7 +105,7 @@ def test_pack_bad_json_in_a_real_process(tmp_path: Path) -> None:
     assert err.count("\n") == 1 and "Traceback" not in err and "Expecting property name" in err
 
 
-def _lines(stdout: str) -> list[dict]:
+def _lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines()]
 
 

@@ -29,9 +29,11 @@ def test_shapes() -> None:
     grant = [["https", "example.com"]]
     assert parse_control([2, "grant", grant]) == Request(2, "grant", (grant,))
     assert parse_control([-1, None]) == Reply(1, None)
-    assert parse_control([-1, None]).ok
+    ok = parse_control([-1, None])
+    assert isinstance(ok, Reply) and ok.ok
     assert parse_control([-7, {}]) == Reply(7, {})
-    assert not parse_control([-7, {}]).ok
+    refused = parse_control([-7, {}])
+    assert isinstance(refused, Reply) and not refused.ok
     assert parse_control([-3, None, {"jwt": "x"}]) == Reply(3, None, {"jwt": "x"})
     assert parse_control([0, "[Error] out-of-band"]) == Notice("[Error] out-of-band")
     assert parse_control([3.0, "x"]) == Request(3, "x", ())
@@ -61,10 +63,10 @@ def test_bad_shapes(value: object, reason: str) -> None:
 def test_builders() -> None:
     assert c.reply(5) == [-5, None]
     assert c.reply(5, {"a": 1}) == [-5, None, {"a": 1}]
-    assert c.error_reply(5, "unknown command 'x'", c.ErrorCode.UNKNOWN_COMMAND) == [
+    assert c.error_reply(5, "unknown command 'x'", ErrorCode.UNKNOWN_COMMAND) == [
         -5, {"message": "unknown command 'x'", "code": ErrorCode.UNKNOWN_COMMAND}
     ]
-    assert c.notice("bad", c.ErrorCode.BAD_COMMAND) == [0, {"message": "bad", "code": ErrorCode.BAD_COMMAND}]
+    assert c.notice("bad", ErrorCode.BAD_COMMAND) == [0, {"message": "bad", "code": ErrorCode.BAD_COMMAND}]
     assert c.hello_ack() == [-1, None]
     assert c.request(9, "add_token", "jwt") == [9, "add_token", "jwt"]
     assert c.unknown_command(Request(4, "frob", ()))[1]["code"] == ErrorCode.UNKNOWN_COMMAND

@@ -27,6 +27,7 @@ def test_no_module_defines_its_own_error_code_constant() -> None:
 def test_codes_compare_and_serialise_as_their_wire_strings() -> None:
     import json
 
-    assert ErrorCode.LIMIT == "E_LIMIT"
+    wire: str = ErrorCode.LIMIT  # a str subclass: it is its wire string
+    assert wire == "E_LIMIT"
     assert json.dumps({"code": ErrorCode.LIMIT}) == '{"code": "E_LIMIT"}'
     assert f"{ErrorCode.NO_ROUTE}" == "E_NO_ROUTE"

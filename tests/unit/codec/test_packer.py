@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +13,7 @@ from mproxy.codec import (
     MAX_HEADER,
     VERSION_BYTE,
     Address,
+    Error,
     LocalProtocolError,
     data_header_packer,
     header_room,
@@ -62,6 +66,7 @@ def test_json_bodies() -> None:
     assert pack_resume(A, 5) == pack_header(A, "resume", 1) + b"5"
     assert pack_control([-1, None]).hex() == "fe0c2c2c2c392c636f6e74726f6c5b2d312c6e756c6c5d"
     [e] = parse_all(err)
+    assert isinstance(e, Error)
     assert (e.message, e.code) == ("no matching connection", "E_NO_CONN")
 
 
@@ -78,7 +83,7 @@ def test_json_bodies() -> None:
         ({"name": "exämple.com"}, "name"),
     ],
 )
-def test_refuses_commas_and_non_ascii_naming_the_field(kwargs: dict, field: str) -> None:
+def test_refuses_commas_and_non_ascii_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
     args = {"addr": A, "service": "https", "serviceport": "443", "name": "x.io", **kwargs}
     with pytest.raises(LocalProtocolError, match=rf"^field {field}="):
         pack_header(args.pop("addr"), args.pop("service"), 1, **args)
@@ -94,7 +99,7 @@ def test_refuses_non_canonical_ports_the_parser_refuses(field: str, bad: str) ->
     if bad.isascii():  # the parser refuses the same header
         with pytest.raises(RemoteProtocolError, match="canonical"):
             parse_all(h(f"IPv4,127.0.1.1,{addr.port},1,https,{serviceport},x.io") + b"z")
-    packers = [
+    packers: list[Callable[[], object]] = [
         lambda: pack_header(addr, "https", 1, serviceport=serviceport, name="x.io"),
         lambda: pack_connection(addr, service="https", serviceport=serviceport, name="x.io"),
         lambda: pack_data_header(addr, 1, service="https", serviceport=serviceport),

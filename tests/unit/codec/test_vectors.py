@@ -4,36 +4,39 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mproxy.codec import Connection, Parser, pack_header, parse_all
+from mproxy.codec import Connection, Event, Parser, pack_header, parse_all
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 
 
-def _load() -> list[dict]:
+def _load() -> list[dict[str, Any]]:
     table = json.loads((VECTORS_DIR / "vectors.json").read_text())
-    def wire(v: dict) -> bytes:
+    def wire(v: dict[str, Any]) -> bytes:
         if "wire_hex" in v:
             return bytes.fromhex(v["wire_hex"])
-        return (VECTORS_DIR / v["wire_file"]).read_bytes()
+        return (VECTORS_DIR / str(v["wire_file"])).read_bytes()
 
     return [{**v, "wire": wire(v)} for v in table["vectors"]]
 
 
+EventJson = Callable[[Event], dict[str, Any]]  # the event_json fixture (conftest.py)
 VECTORS = _load()
 IDS = [v["name"] for v in VECTORS]
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=IDS)
-def test_whole(vector: dict, event_json) -> None:
+def test_whole(vector: dict[str, Any], event_json: EventJson) -> None:
     assert [event_json(e) for e in parse_all(vector["wire"])] == vector["events"]
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=IDS)
-def test_one_byte_at_a_time(vector: dict, event_json) -> None:
+def test_one_byte_at_a_time(vector: dict[str, Any], event_json: EventJson) -> None:
     parser = Parser()
     events = []
     for i in range(len(vector["wire"])):
@@ -44,7 +47,7 @@ def test_one_byte_at_a_time(vector: dict, event_json) -> None:
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=IDS)
-def test_every_two_way_split(vector: dict, event_json) -> None:
+def test_every_two_way_split(vector: dict[str, Any], event_json: EventJson) -> None:
     wire = vector["wire"]
     for cut in range(len(wire) + 1):
         parser = Parser()
@@ -53,7 +56,7 @@ def test_every_two_way_split(vector: dict, event_json) -> None:
 
 
 @pytest.mark.parametrize("vector", [v for v in VECTORS if v["canonical"]], ids=lambda v: v["name"])
-def test_round_trip(vector: dict) -> None:
+def test_round_trip(vector: dict[str, Any]) -> None:
     out = b""
     for e in parse_all(vector["wire"]):
         service = "connection" if isinstance(e, Connection) else e.service

@@ -48,11 +48,12 @@ def test_full_config_loads_and_round_trips() -> None:
     assert cfg.edge.urls == ("wss://edge.example.com/mproxy", "ws://127.0.0.1:8080/")
     assert cfg.edge.connections_per_url == 2
     assert cfg.edge.token_in == "query"
-    web = cfg.routes[0]
+    web, ssh = cfg.routes[0], cfg.routes[1]
     assert web.match.hostnames == ("example.com", "*.example.com")  # lowercased
+    assert web.backend is not None and ssh.backend is not None
     assert web.backend.proxy_protocol == "v2"
     assert web.backend.connect_timeout_seconds == 2.5
-    assert cfg.routes[1].backend.connect_timeout_seconds == 5.0
+    assert ssh.backend.connect_timeout_seconds == 5.0
     assert cfg.default_route == "ssh"
     assert cfg.limits.max_frame_bytes == 65536
     assert cfg.http.host_port == ("::1", 9091)

@@ -96,4 +96,6 @@ def test_udp_routes_take_weighted_backends() -> None:
 
 
 def test_a_refuse_entry_needs_no_host() -> None:
-    assert BackendConfig(host="-", port=1, refuse=True, weight=4).to_dict() == {"weight": 4, "refuse": True}
+    assert BackendConfig.refused(4).to_dict() == {"weight": 4, "refuse": True}
+    assert load_sidecar_config(BASE + "routes: [{name: a, backends: [{weight: 4, refuse: true}]}]").routes[
+        0].backends == (BackendConfig.refused(4),)

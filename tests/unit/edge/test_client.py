@@ -6,8 +6,9 @@ client's admission."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sized
 
 import pytest
 
@@ -18,7 +19,7 @@ from mproxy.config.edge import ListenerConfig
 from mproxy.edge.client import EdgeClient, Tunnel
 from mproxy.edge.limits import ClientLimiter
 from mproxy.edge.listener import PublicListener
-from mproxy.edge.refusal import Refused
+from mproxy.edge.refusal import Forwarding, Refused
 from mproxy.tunnel.mux import Multiplexer, Stream
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\nbody after the head"
@@ -45,6 +46,9 @@ class _Router:
         client.tunnel = self
         return self.mux.open_stream(client.addr, client.handler, service=client.service,
                                     serviceport=client.serviceport, name=client.name)
+
+    def forward(self, client: EdgeClient, signal: Forwarding) -> None:
+        raise AssertionError("no forward expected")
 
     def refused(self, client: EdgeClient, tunnel: Tunnel, code: str) -> None:
         raise AssertionError("no retry expected")
@@ -214,3 +218,34 @@ async def test_a_fresh_stream_moves_only_when_the_peer_went_away(limiter: Client
             await _until(lambda: bool(router.results), "the client to finish")
             assert router.results == ["tunnel_closed"] and len(router.opened) == 1
             writer.close()
+
+
+async def test_a_sidecar_refusal_reaches_a_client_whose_request_is_still_arriving(
+        limiter: ClientLimiter) -> None:
+    """The sidecar refuses the stream (here E_NO_ROUTE, e.g. a weighted route's refuse share) while the
+    request's body is still arriving: the 502 goes out, then FIN, and the edge reads on (counted as
+    pending meanwhile) until the client closes, so the close is no reset that loses the answer."""
+    from mproxy.codec import pack_error
+
+    router = _Router()
+    async for listener in _listener(router, limiter):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        head = b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4194304\r\n\r\n"
+        writer.write(proxyproto.encode("v1", ("10.1.2.3", 40000), ("10.0.0.1", 80)) + head)
+        await _until(lambda: bool(router.opened), "the stream")
+        client = router.opened[0]
+        router.mux.feed(pack_error(client.addr, "route 'r' refuses this stream", "E_NO_ROUTE",
+                                   serviceport=client.serviceport))
+        writer.write(bytes(4 << 20))  # the body keeps coming after the refusal
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 502 ") and b"(E_NO_ROUTE)" in answer, answer
+        assert b"route 'r'" not in answer  # the sidecar's message stays inside
+        pending = listener.front.pending
+        assert len(pending) == 1  # lingering, bounded with the unrouted sockets
+        writer.close()
+        await _until(functools.partial(_empty, pending), "the lingering socket to go")
+        assert router.results == ["error"] and limiter.open_count("10.1.2.3") == 0
+
+
+def _empty(items: Sized) -> bool:
+    return len(items) == 0

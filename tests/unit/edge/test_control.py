@@ -54,6 +54,7 @@ def test_unknown_and_malformed_commands() -> None:
     assert ctl.handle([9, "frobnicate"]).replies == [
         [-9, {"message": "unknown command 'frobnicate'", "code": "E_UNKNOWN_COMMAND"}]
     ]
+    junk: object
     for junk in (None, {}, [], ["x"], [1.5, "y"]):
         res = ctl.handle(junk)
         assert res.replies[0][0] == 0 and res.replies[0][1]["code"] == "E_BAD_COMMAND"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from mproxy.edge.limits import ClientLimiter
 
 
@@ -67,7 +69,7 @@ def test_pending_clients_shed_the_oldest() -> None:
     shed: list[int] = []
     pending = PendingClients(2)
     for i in range(4):
-        pending.add(i, lambda i=i: shed.append(i))
+        pending.add(i, functools.partial(shed.append, i))
     assert shed == [0, 1] and len(pending) == 2 and pending.shed == 2
     pending.discard(2)
     pending.add(9, lambda: shed.append(9))

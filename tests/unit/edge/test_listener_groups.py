@@ -22,13 +22,13 @@ SECRET = b"groups-secret"
 def test_the_claim_limits_and_tokens_intersect() -> None:
     token = mint(SECRET, domains=["a.test"], listener_groups=["gw-b", "gw-a", "gw-a"])
     grant = verify(token, SECRET)
-    assert grant.groups == {"gw-a", "gw-b"}
+    assert grant.groups == frozenset({"gw-a", "gw-b"})
     assert verify(mint(SECRET, domains=["a.test"]), SECRET).groups is None  # no claim: any group
     assert grant.allows(frozenset({"gw-a"})) and grant.allows(None)
     assert not grant.allows(frozenset({"gw-a", "gw-c"}))
     other = Grant(frozenset({"b.test"}), groups=frozenset({"gw-b", "gw-c"}))
-    assert grant.union(other).groups == {"gw-b"}  # no token widens another's limit
-    assert grant.union(Grant(frozenset({"c.test"}))).groups == {"gw-a", "gw-b"}
+    assert grant.union(other).groups == frozenset({"gw-b"})  # no token widens another's limit
+    assert grant.union(Grant(frozenset({"c.test"}))).groups == frozenset({"gw-a", "gw-b"})
     assert Grant().union(Grant()).groups is None
     for bad in (["bad group!"], "gw-a", [7], [f"g{i}" for i in range(65)]):
         with pytest.raises(TokenError, match="listenerGroups") as info:
@@ -38,7 +38,7 @@ def test_the_claim_limits_and_tokens_intersect() -> None:
 
 def test_the_header() -> None:
     assert parse_groups(None) is None and parse_groups("  ") is None
-    assert parse_groups("gw-a, gw-b") == {"gw-a", "gw-b"}
+    assert parse_groups("gw-a, gw-b") == frozenset({"gw-a", "gw-b"})
     assert groups_value(["gw-b", "gw-a"]) == "gw-a,gw-b"
     with pytest.raises(ValueError, match="not a listener group name"):
         parse_groups("gw-a,,gw-b")
@@ -53,7 +53,7 @@ def test_a_token_that_does_not_allow_the_asked_groups_is_refused_with_why() -> N
     message = res.replies[0][1]["message"]
     assert "asked for gw-b" in message and "allows only gw-a" in message and "--listener-group" in message
     assert ctl.add_token(mint(SECRET, domains=["a.test"], listener_groups=["gw-a", "gw-b"])) is None
-    assert ctl.scope == {"gw-b"}  # what it asked for
+    assert ctl.scope == frozenset({"gw-b"})  # what it asked for
 
 
 def test_the_scope() -> None:
@@ -62,12 +62,12 @@ def test_the_scope() -> None:
     assert free.scope is None  # asked for none, no limit: every listener, as before
     limited = EdgeControl(SECRET)
     limited.add_token(mint(SECRET, domains=["a.test"], listener_groups=["gw-a"]))
-    assert limited.scope == {"gw-a"}  # asked for none: the token's groups
+    assert limited.scope == frozenset({"gw-a"})  # asked for none: the token's groups
     limited.add_token(mint(SECRET, domains=["b.test"], listener_groups=["gw-b"]))
     assert limited.scope == frozenset()  # two limits that do not meet: no listener at all
     asked = EdgeControl(SECRET, asked_groups=frozenset({"gw-a"}))
     asked.add_token(mint(SECRET, domains=["a.test"]))
-    assert asked.scope == {"gw-a"}
+    assert asked.scope == frozenset({"gw-a"})
 
 
 def test_edge_listener_groups() -> None:
@@ -110,7 +110,7 @@ def test_the_token_cli(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def
     assert main(["token", "--secret-file", str(secret), "--domain", "a.test", "--listener-group", "gw-a",
                  "--listener-group", "gw-b"]) == 0
     token = capsys.readouterr().out.strip()
-    assert verify(token, b"cli-secret").groups == {"gw-a", "gw-b"}
+    assert verify(token, b"cli-secret").groups == frozenset({"gw-a", "gw-b"})
     assert main(["token", "--secret-file", str(secret), "--verify", token]) == 0
     assert json.loads(capsys.readouterr().out)["listenerGroups"] == ["gw-a", "gw-b"]
     assert main(["token", "--secret-file", str(secret), "--domain", "a.test", "--listener-group", "a b"]) == 2

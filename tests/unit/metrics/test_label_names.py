@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mproxy.metrics.edge import EdgeMetrics
+from mproxy.metrics.http import HttpMetrics
 from mproxy.metrics.sidecar import SidecarMetrics
 
 TARGET_LABELS = {"service", "namespace", "pod", "job", "instance", "container", "endpoint", "tunnel"}
@@ -40,6 +41,10 @@ def _sidecar() -> CollectorRegistry:
     m.observe_connect("web", 0.01)
     m.tunnel_up("edge.test:443", "0")
     m.tunnel_down("edge.test:443", "0", "dead_peer")
+    http = HttpMetrics(m.registry)
+    http.configure([("web", ("route-a",))])
+    http.answered("web", "route-a", 200)
+    http.duration.labels("web").observe(0.01)
     return m.registry
 
 

@@ -17,7 +17,7 @@ import yaml
 CHART = Path(__file__).resolve().parents[3] / "charts" / "mproxy"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
-TYPES = {
+TYPES: dict[str, type | tuple[type, ...]] = {
     "object": dict,
     "array": list,
     "string": str,

@@ -46,7 +46,8 @@ def _with(path: list[Any], value: Any) -> dict[str, Any]:
         del node[path[-1]]
     else:
         node[path[-1]] = value
-    return body["spec"]
+    spec: dict[str, Any] = body["spec"]
+    return spec
 
 
 BAD = [
@@ -108,7 +109,8 @@ def test_udp_routes_take_no_proxy_header_and_no_hostnames() -> None:
         body = tunnel()
         body["spec"]["routes"] = [{"name": "dns", "match": {"services": ["udp"], "ports": [53]},
                                    "backend": {"service": "kube-dns", "port": 53}, **extra}]
-        return body["spec"]
+        spec: dict[str, Any] = body["spec"]
+        return spec
 
     spec = parse_spec(udp_route())
     assert spec.routes[0].services == ("udp",)

@@ -12,7 +12,8 @@ from mproxy.proxyproto import NEED_MORE, V2_SIGNATURE, ProxyHeader, ProxyProtoco
 
 ports = st.integers(min_value=0, max_value=65535)
 ipv4 = st.ip_addresses(v=4).map(str)
-ipv6 = st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None).map(str)
+ipv6 = st.ip_addresses(v=6).filter(
+    lambda a: isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is None).map(str)
 
 
 @given(version=st.sampled_from(["v1", "v2"]), family=st.sampled_from([ipv4, ipv6]), data=st.data(),

@@ -3,7 +3,7 @@ ids a dial must avoid, and what it retires when edges go away."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -166,7 +166,8 @@ async def test_behind_one_address_a_probe_slot_learns_the_count_and_goes() -> No
     probe = p.slots[2]
     assert p.saturated(probe) == {"edge-a", "edge-b"}  # any edge it holds answers 409
     p.duplicate(probe, Announced("edge-a", 2, live=True))  # same count: the spare slot is retired
-    assert retired == [probe] and not p.probing and len([s for s in p.slots if not s.stopping]) == 2
+    assert retired == [cast(Slot, probe)]
+    assert (p.probing, len([s for s in p.slots if not s.stopping])) == (False, 2)
     # The next probe finds the count grew (an HPA scaled the edges out): the slots follow.
     p._probed_at -= 31
     p.probe()

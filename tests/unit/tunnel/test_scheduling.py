@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mproxy.codec import Address, Message, parse_all
+from mproxy.codec import Address, Event, Message, parse_all
 from mproxy.tunnel import Backoff, Multiplexer, MuxLimits, StreamHandler
 
 
@@ -10,7 +10,7 @@ def _mux(**kw: int) -> Multiplexer:
     return Multiplexer(limits=MuxLimits(**kw), clock=lambda: 0.0)
 
 
-def _frames(batch: list[bytes | memoryview]) -> list[object]:
+def _frames(batch: list[bytes | memoryview]) -> list[Event]:
     return parse_all(b"".join(batch))
 
 

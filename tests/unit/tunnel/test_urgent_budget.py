@@ -10,7 +10,7 @@ import pytest
 from mproxy.codec import Address, pack_control, pack_data
 from mproxy.codec.control import Request as Req
 from mproxy.codec.control import unknown_command
-from mproxy.tunnel import ControlChannel, Multiplexer, MuxLimits
+from mproxy.tunnel import ControlChannel, Multiplexer, MuxLimits, Stream, StreamHandler
 from mproxy.tunnel.mux import TunnelOverflow
 from mproxy.tunnel.urgent import UrgentQueue
 
@@ -74,7 +74,12 @@ async def test_an_unpackable_reply_is_dropped_and_counted() -> None:
 
 async def test_a_stream_whose_replies_cannot_be_packed_is_never_opened() -> None:
     opened: list[Any] = []
-    mux = Multiplexer(on_stream=lambda s: opened.append(s), implicit_open=True, clock=lambda: 0.0)
+
+    def accept(stream: Stream) -> StreamHandler:
+        opened.append(stream)
+        return StreamHandler()
+
+    mux = Multiplexer(on_stream=accept, implicit_open=True, clock=lambda: 0.0)
     # A long address, not a long port: the parser refuses a port that is not canonical 0-65535.
     address = "9" * (255 - len("IPv4,,1,1,tcp,,"))
     mux.feed(pack_data(Address("IPv4", address, "1"), b"x", service="tcp"))
