@@ -330,9 +330,16 @@ class Harness:
             files = self._cert_files(ns, gw) if config.get("httpRouters") else {}
             for router in config.get("httpRouters") or []:
                 router["name"] = f"{ns}.{gw}.{router['name']}"
-                for cert in (router.get("tls") or {}).get("certificates") or []:
-                    cert["certFile"] = files.get(cert["certFile"], cert["certFile"])
-                    cert["keyFile"] = files.get(cert["keyFile"], cert["keyFile"])
+                if router.get("tls"):
+                    # Only certificates already materialised here (the certs Secret is read once per
+                    # round): a path the connector cannot load would make it refuse the whole config.
+                    certs = [{"certFile": files[c["certFile"]], "keyFile": files[c["keyFile"]]}
+                             for c in router["tls"].get("certificates") or []
+                             if c["certFile"] in files and c["keyFile"] in files]
+                    if not certs:
+                        routes = [r for r in routes if r.get("http") != router["name"]]
+                        continue
+                    router["tls"]["certificates"] = certs
                 for route in router.get("routes") or []:
                     for rule in route.get("rules") or []:
                         for backend in rule.get("backends") or []:
