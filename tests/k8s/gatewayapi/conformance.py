@@ -418,7 +418,7 @@ def summarize(log: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP")
+    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-HTTP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
     ap.add_argument("--report", default=str(REPO / "docs" / "conformance" / "mproxy-report.yaml"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
