@@ -123,8 +123,11 @@ def test_full_render_with_every_option(kube: Any) -> None:
     assert "--gateway-api" in args  # gatewayAPI.enabled, with its RBAC
     gw_rules = [r for r in by[("ClusterRole", "mproxy-operator")]["rules"]
                 if "gateway.networking.k8s.io" in r["apiGroups"]]
-    assert {"gateways", "tlsroutes", "tcproutes", "referencegrants", "gateways/status"} <= {
-        res for r in gw_rules for res in r["resources"]}
+    assert {"gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants", "gateways/status",
+            "httproutes/status"} <= {res for r in gw_rules for res in r["resources"]}
+    # HTTPS listeners' certificateRefs: Secrets cluster-wide, only with gatewayAPI.enabled.
+    assert any("secrets" in r["resources"] and "watch" in r["verbs"]
+               for r in by[("ClusterRole", "mproxy-operator")]["rules"])
     assert not [a for a in args if a.startswith("--webhook-config")], "cert-manager injects the CA"
     hook = by[("MutatingWebhookConfiguration", "mproxy")]
     assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mproxy-system/mproxy-webhook"

@@ -21,7 +21,9 @@ import yaml
 from tests.conftest import need
 from tests.k8s.test_operator import Operator, _apply, _get, start_operator, stop_operator
 
+from mproxy.ca import CertificateAuthority
 from mproxy.config.sidecar import load_sidecar_config
+from mproxy_operator.gateway_api.render import HTTP_ROUTERS
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(300)]
 
@@ -44,7 +46,7 @@ def _crd_dir() -> Path:
 @pytest.fixture(scope="module")
 def gwop(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     kube.kubectl("apply", "--server-side", "-f", str(_crd_dir()))
-    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "referencegrants"):
+    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
         kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}.gateway.networking.k8s.io",
                      "--timeout=30s")
     op = start_operator(kube, tmp_path_factory.mktemp("gwop"), "--gateway-api",
@@ -52,6 +54,9 @@ def gwop(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operat
     try:
         yield op
         op.alive()
+        # Every watch the Gateway API needs is allowed by the chart's RBAC (a refused one only logs).
+        forbidden = [ln for ln in op.log.read_text(errors="replace").splitlines() if "Forbidden" in ln]
+        assert not forbidden, forbidden[:3]
     finally:
         stop_operator(op)
 
@@ -135,7 +140,8 @@ def test_doc_examples_tls_and_tcp_gateways(kube: Any, gwop: Operator, kube_names
     (r,) = _config(kube, ns, "shop").routes
     assert r.match.services == ("https",) and r.match.ports == (443,)
     assert r.match.hostnames == ("www.shop.example.com",)
-    assert (r.backend.host, r.backend.port) == (f"web.{ns}.svc.cluster.local", 443)
+    (b,) = r.targets
+    assert (b.host, b.port, b.weight) == (f"web.{ns}.svc.cluster.local", 443, 1)
     dep = _get(kube, "deployment", "mproxy-gateway-shop", ns)
     assert dep is not None and dep["metadata"]["ownerReferences"][0]["kind"] == "Gateway"
 
@@ -143,7 +149,7 @@ def test_doc_examples_tls_and_tcp_gateways(kube: Any, gwop: Operator, kube_names
     assert _listener(db, "postgres")["attachedRoutes"] == 1
     (r,) = _config(kube, ns, "db").routes
     assert r.match.services == ("tcp",) and r.match.ports == (5432,) and not r.match.hostnames
-    assert (r.backend.host, r.backend.port) == (f"postgres.{ns}.svc.cluster.local", 5432)
+    assert [(b.host, b.port) for b in r.targets] == [(f"postgres.{ns}.svc.cluster.local", 5432)]
 
     kube.kubectl("delete", "gateway", "shop", "-n", ns, "--timeout=60s")
     kube.wait_for(lambda: _get(kube, "deployment", "mproxy-gateway-shop", ns) is None, timeout=60,
@@ -192,10 +198,13 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
         # Accepted with some invalid listeners (the spec allows True here); the valid one is served.
         assert _cond(st["conditions"], "Accepted")["reason"] == "ListenersNotValid"
         assert _cond(st["conditions"], "Accepted")["status"] == "True"
-        assert _cond(_listener(st, "http")["conditions"], "Accepted")["reason"] == "UnsupportedProtocol"
+        assert _cond(_listener(st, "http")["conditions"], "Accepted")["status"] == "True"
+        assert _listener(st, "http")["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
         assert _cond(_listener(st, "term")["conditions"], "Accepted")["reason"] == "UnsupportedValue"
         assert _cond(_listener(st, "tcp")["conditions"], "Accepted")["status"] == "True"
-        assert _config(kube, ns, "g").routes == ()  # the refused backend is not rendered
+        # The refused backendRef keeps its share, refused: the listener's streams are closed.
+        (r,) = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
+        assert [(b.weight, b.refuse) for b in r.targets] == [(1, True)]
 
         grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
                  "metadata": {"name": "tcproutes"},
@@ -204,8 +213,8 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
         _apply(kube, grant, namespace=other)
         kube.wait_for(lambda: parent("x", "ResolvedRefs", "ResolvedRefs"), timeout=45,
                       what="ResolvedRefs once the ReferenceGrant exists")
-        (r,) = _config(kube, ns, "g").routes
-        assert r.backend.host == f"db.{other}.svc.cluster.local"
+        (r,) = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
+        assert [b.host for b in r.targets] == [f"db.{other}.svc.cluster.local"]
         assert _listener(_status(kube, "gateway", "g", ns), "tcp")["attachedRoutes"] == 1
 
         _class(kube, gwop, cls, edgeURLs="https://not-a-tunnel")
@@ -217,5 +226,107 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
             timeout=45, what="InvalidParameters on the class and its Gateway",
         )
         assert "edgeURLs" in _cond(_status(kube, "gatewayclass", cls)["conditions"], "Accepted")["message"]
+    finally:
+        kube.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_doc_example_http_and_https_with_an_httproute(
+    kube: Any, gwop: Operator, kube_namespace: str
+) -> None:
+    """The HTTPRoute example as written: both listeners accepted with the route attached, the HTTPS
+    listener's certificate resolved and copied into the Gateway's certs Secret that its connector
+    mounts; a certificateRef to another namespace is RefNotPermitted until a ReferenceGrant allows it."""
+    ns, cls = kube_namespace, f"mproxy-{uuid.uuid4().hex[:6]}"
+    other = f"t-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", other)
+    try:
+        _class(kube, gwop, cls)
+        leaf = CertificateAuthority.create().issue(["*.shop.example.com"])
+        crt, key = leaf.cert_pem.decode(), leaf.key_pem.decode()
+
+        def tls_secret(name: str) -> dict[str, Any]:
+            return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                    "type": "kubernetes.io/tls", "stringData": {"tls.crt": crt, "tls.key": key}}
+
+        svcs = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": n},
+                 "spec": {"selector": {"app": n}, "ports": [{"port": 8080}]}}
+                for n in ("api", "api-canary", "store")]
+        docs = _examples()["httproute"]
+        for d in docs:
+            if d["kind"] == "Gateway":
+                d["spec"]["gatewayClassName"] = cls
+        _apply(kube, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-token"},
+                      "stringData": {"token": "x.y.z"}}, tls_secret("shop-cert"), *svcs, *docs, namespace=ns)
+
+        def attached() -> dict[str, Any] | None:
+            st = _status(kube, "gateway", "storefront", ns)
+            ok = all(_listener(st, n).get("attachedRoutes") == 1 for n in ("http", "https"))
+            return st if ok else None
+
+        st = kube.wait_for(attached, timeout=60, what="the HTTPRoute attached to both listeners")
+        assert _cond(st["conditions"], "Accepted")["reason"] == "Accepted"
+        https = _listener(st, "https")
+        assert _cond(https["conditions"], "ResolvedRefs")["status"] == "True"
+        assert https["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
+        parent = _parent(_status(kube, "httproute", "store", ns))
+        assert _cond(parent["conditions"], "Accepted")["status"] == "True"
+        assert _cond(parent["conditions"], "ResolvedRefs")["status"] == "True"
+
+        certs = kube.wait_for(lambda: _get(kube, "secret", "mproxy-gateway-storefront-certs", ns), timeout=30,
+                              what="the Gateway's certs Secret")
+        assert certs["metadata"]["ownerReferences"][0]["kind"] == "Gateway"
+        assert sorted(certs["data"]) == [f"{ns}.shop-cert.crt", f"{ns}.shop-cert.key"]
+        dep = _get(kube, "deployment", "mproxy-gateway-storefront", ns)
+        assert dep is not None
+        pod = dep["spec"]["template"]["spec"]
+        assert {"name": "mproxy-certs", "secret": {"secretName": "mproxy-gateway-storefront-certs",
+                                                   "defaultMode": 420}} in pod["volumes"]
+        assert any(m["mountPath"] == "/var/run/mproxy/certs" and m.get("readOnly")
+                   for m in pod["containers"][0]["volumeMounts"])
+
+        cm = _get(kube, "configmap", "mproxy-gateway-storefront", ns)
+        assert cm is not None
+        raw = yaml.safe_load(cm["data"]["config.yaml"])
+        if HTTP_ROUTERS:  # the connector has its HTTP router: the rendered routers, through its schema
+            load_sidecar_config(raw)
+            routers = {r["name"]: r for r in raw["httpRouters"]}
+            (route,) = routers["https"]["routes"]
+            assert route["hostnames"] == ["www.shop.example.com"]
+            assert [b["weight"] for b in route["rules"][0]["backends"]] == [9, 1]
+            assert routers["https"]["tls"]["certificates"] == [
+                {"certFile": f"/var/run/mproxy/certs/{ns}.shop-cert.crt",
+                 "keyFile": f"/var/run/mproxy/certs/{ns}.shop-cert.key"}]
+            assert _cond(https["conditions"], "Programmed")["status"] == "True"
+        else:
+            assert "httpRouters" not in raw
+            assert _cond(https["conditions"], "Programmed")["reason"] == "Pending"
+
+        # The certificate moved to another namespace: refused until a ReferenceGrant allows it.
+        _apply(kube, tls_secret("shared-cert"), namespace=other)
+        gw = next(d for d in docs if d["kind"] == "Gateway")
+        gw["spec"]["listeners"][1]["tls"]["certificateRefs"] = [
+            {"kind": "Secret", "name": "shared-cert", "namespace": other}]
+        _apply(kube, gw, namespace=ns)
+
+        def https_reason() -> str:
+            lst = _listener(_status(kube, "gateway", "storefront", ns), "https")
+            return str(_cond(lst.get("conditions") or [], "ResolvedRefs").get("reason"))
+
+        kube.wait_for(lambda: https_reason() == "RefNotPermitted", timeout=45, what="RefNotPermitted")
+        assert _listener(_status(kube, "gateway", "storefront", ns), "https")["attachedRoutes"] == 1
+        grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                 "metadata": {"name": "certs"},
+                 "spec": {"from": [{"group": GROUP, "kind": "Gateway", "namespace": ns}],
+                          "to": [{"group": "", "kind": "Secret", "name": "shared-cert"}]}}
+        _apply(kube, grant, namespace=other)
+        kube.wait_for(lambda: https_reason() == "ResolvedRefs", timeout=45,
+                      what="ResolvedRefs with the grant")
+
+        def cert_keys() -> list[str]:
+            secret = _get(kube, "secret", "mproxy-gateway-storefront-certs", ns) or {}
+            return sorted(secret.get("data") or {})
+
+        kube.wait_for(lambda: cert_keys() == [f"{other}.shared-cert.crt", f"{other}.shared-cert.key"],
+                      timeout=30, what="the certs Secret follows the certificateRef")
     finally:
         kube.kubectl("delete", "namespace", other, "--wait=false", check=False)

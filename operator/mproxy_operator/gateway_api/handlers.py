@@ -38,6 +38,23 @@ def register(reg: kopf.OperatorRegistry, api: GatewayAPI) -> None:
         on_change
     )
 
+    def is_params_ref(namespace: str | None, name: str | None, **_: Any) -> bool:
+        return (namespace or "", name or "") in api.params_refs
+
+    # A class's parameters changed (another edge, token Secret, replicas): every Gateway of it.
+    @kopf.on.event("", "v1", "configmaps", registry=reg, id="gateway-api-parameters", when=is_params_ref)
+    def on_parameters(**_: Any) -> None:
+        run("gateway-api")
+
+    def is_cert_ref(namespace: str | None, name: str | None, **_: Any) -> bool:
+        return (namespace or "", name or "") in api.cert_refs
+
+    # Secrets are watched only for the certificateRefs of HTTPS listeners (read access to Secrets is
+    # granted only with gatewayAPI.enabled); their contents are never logged.
+    @kopf.on.event("", "v1", "secrets", registry=reg, id="gateway-api-certificates", when=is_cert_ref)
+    def on_certificate(**_: Any) -> None:
+        run("gateway-api")
+
     @kopf.on.event(
         "apps", "v1", "deployments", registry=reg, id="gateway-api-connectors",
         labels={names.GATEWAY_LABEL: kopf.PRESENT},

@@ -12,18 +12,37 @@ CONTROLLER_NAME = "mproxy.dev/gateway-controller"
 # (kind, plural, the listener protocol whose routes it is)
 TLS_ROUTE = "TLSRoute"
 TCP_ROUTE = "TCPRoute"
-ROUTE_PLURALS = {TLS_ROUTE: "tlsroutes", TCP_ROUTE: "tcproutes"}
-ROUTE_KIND_FOR_PROTOCOL = {"TLS": TLS_ROUTE, "TCP": TCP_ROUTE}
+HTTP_ROUTE = "HTTPRoute"
+ROUTE_PLURALS = {TLS_ROUTE: "tlsroutes", TCP_ROUTE: "tcproutes", HTTP_ROUTE: "httproutes"}
+# HTTP and HTTPS listeners both take HTTPRoutes: HTTPS ones terminate TLS in the connector first.
+ROUTE_KIND_FOR_PROTOCOL = {"TLS": TLS_ROUTE, "TCP": TCP_ROUTE, "HTTP": HTTP_ROUTE, "HTTPS": HTTP_ROUTE}
 
 # On the connector Deployment and ConfigMap of a Gateway: the Gateway's name.
 GATEWAY_LABEL = "mproxy.dev/gateway-api-gateway"
 
 # Every feature the conformance suite may test that mproxy implements (the spec's names).
 SUPPORTED_FEATURES = ("Gateway", "ReferenceGrant", "TLSRoute", "TCPRoute")
+# Claimed only when the connector has its HTTP router (mproxy.config: httpRouters).
+HTTP_FEATURES = ("HTTPRoute",)
 
 
 def connector_name(gateway: str) -> str:
     return f"mproxy-gateway-{gateway}"
+
+
+def certs_secret_name(gateway: str) -> str:
+    """The Secret the operator owns per Gateway: the certificateRefs' tls.crt/tls.key, as files."""
+    return f"{connector_name(gateway)}-certs"
+
+
+CERTS_VOLUME = "mproxy-certs"
+CERTS_DIR = "/var/run/mproxy/certs"
+
+
+def cert_files(namespace: str, name: str) -> tuple[str, str]:
+    """The keys in the certs Secret (and file names under CERTS_DIR) of one referenced Secret. A
+    namespace has no dots, so `<namespace>.<name>` is unique."""
+    return f"{namespace}.{name}.crt", f"{namespace}.{name}.key"
 
 
 def path(plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:

@@ -1,8 +1,9 @@
 """Reconcile the Gateway API objects of mproxy's GatewayClasses: read, compute (the pure modules), write.
 
-Level-triggered: any change to a GatewayClass, Gateway, route, ReferenceGrant, a backend Service or a
-connector Deployment reconciles every mproxy Gateway again (one lock: route statuses are shared by the
-Gateways a route names). Problems become status conditions, never exceptions; API failures propagate.
+Level-triggered: any change to a GatewayClass, Gateway, route, ReferenceGrant, a backend Service, a
+certificateRef Secret or a connector Deployment reconciles every mproxy Gateway again (one lock: route
+statuses are shared by the Gateways a route names). Problems become status conditions, never exceptions;
+API failures propagate.
 """
 
 from __future__ import annotations
@@ -18,19 +19,27 @@ from mproxy.config.errors import ConfigError
 from mproxy_operator import kube
 from mproxy_operator.connector import build_connector
 from mproxy_operator.gateway_api import names
-from mproxy_operator.gateway_api.listeners import parse_listeners
+from mproxy_operator.gateway_api.listeners import CertInputs, Listener, certificate_refs, parse_listeners
 from mproxy_operator.gateway_api.params import ClassParams, ParamsError, parse_params
-from mproxy_operator.gateway_api.render import connector_spec, gateway_config
+from mproxy_operator.gateway_api.render import (
+    HTTP_PROTOCOLS,
+    HTTP_ROUTERS,
+    certs_secret,
+    connector_spec,
+    gateway_config,
+    with_certs,
+)
 from mproxy_operator.gateway_api.routes import (
     MAX_RULES,
     Binding,
+    HttpBinding,
     Inputs,
     age,
     attach,
     parent_status,
     refs_gateway,
 )
-from mproxy_operator.gateway_api.status import class_status, gateway_status
+from mproxy_operator.gateway_api.status import class_status, gateway_accepted, gateway_status
 from mproxy_operator.kube import Kube, KubeError
 from mproxy_operator.podspec import SidecarDefaults
 from mproxy_operator.reconcile import SPEC_HASH, _apply_config_map
@@ -51,6 +60,10 @@ class GatewayAPI:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Services some mproxy route names: a change to one of them reconciles again.
     backends: set[tuple[str, str]] = field(default_factory=set)
+    # Secrets some mproxy Gateway's HTTPS listener names in certificateRefs: the same.
+    cert_refs: set[tuple[str, str]] = field(default_factory=set)
+    # The parametersRef ConfigMaps of mproxy GatewayClasses: the same.
+    params_refs: set[tuple[str, str]] = field(default_factory=set)
 
     # -- reads -------------------------------------------------------------------------------
     def _items(self, path: str) -> list[dict[str, Any]]:
@@ -88,6 +101,10 @@ class GatewayAPI:
         with self._lock:
             now = now_iso()
             classes = {c["metadata"]["name"]: c for c in self._ours()}
+            self.params_refs = {
+                (str(ref.get("namespace")), str(ref.get("name")))
+                for c in classes.values() if (ref := (c.get("spec") or {}).get("parametersRef"))
+            }
             params: dict[str, ClassParams | ParamsError] = {}
             for name, c in classes.items():
                 try:
@@ -106,6 +123,7 @@ class GatewayAPI:
                 k: sorted(self._items(names.path(p)), key=age) for k, p in names.ROUTE_PLURALS.items()
             }
             backends: set[tuple[str, str]] = set()
+            self.cert_refs = set().union(*(certificate_refs(g) for g in gateways))
             for gw in gateways:
                 backends |= self._gateway(gw, params[gw["spec"]["gatewayClassName"]], routes, now)
             self._detach_stale(gateways, routes)
@@ -117,7 +135,9 @@ class GatewayAPI:
         if isinstance(p, ParamsError):
             st = class_status(gen, False, "InvalidParameters", str(p), prev, now)
         else:
-            st = class_status(gen, True, "Accepted", f"connectors dial {', '.join(p.edge_urls)}", prev, now)
+            features = names.SUPPORTED_FEATURES + (names.HTTP_FEATURES if HTTP_ROUTERS else ())
+            st = class_status(gen, True, "Accepted", f"connectors dial {', '.join(p.edge_urls)}", prev, now,
+                              features=features)
         self._patch_status(names.path("gatewayclasses", name=c["metadata"]["name"], sub="status"), c, st)
 
     def _patch_status(self, path: str, obj: Mapping[str, Any], st: Mapping[str, Any]) -> None:
@@ -137,7 +157,11 @@ class GatewayAPI:
     ) -> set[tuple[str, str]]:
         meta = gw["metadata"]
         ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation") or 0)
-        listeners = parse_listeners(gw)
+        refs = sorted(certificate_refs(gw))
+        secrets = {k: s for k in refs if (s := self.kube.get(kube.core(k[0], "secrets", k[1]))) is not None}
+        certs = CertInputs(secrets, {n: self._items(names.reference_grants(n)) for n in {k[0] for k in refs}
+                                     if n != ns})
+        listeners = _pending_http(parse_listeners(gw, certs))
         previous = gw.get("status") or {}
         path = names.path("gateways", ns, name, "status")
         if isinstance(p, ParamsError):
@@ -160,7 +184,7 @@ class GatewayAPI:
             namespace_labels=self._namespace_labels(listeners, routes),
             cluster_domain=self.cluster_domain,
         )
-        bindings: list[Binding] = []
+        bindings: list[Binding | HttpBinding] = []
         attached: dict[str, int] = {}
         for kind, items in routes.items():
             for route in items:
@@ -181,25 +205,19 @@ class GatewayAPI:
                 self._write_route_parents(route, kind, gw, results, now)
 
         try:
-            text = gateway_config(p, bindings).to_yaml()
+            text = gateway_config(p, bindings, listeners).to_yaml()
         except ConfigError as exc:  # a bug of ours, or names the sidecar refuses: say so, keep the old one
             programmed = (False, "Invalid", f"the connector would refuse this config: {exc}")
         else:
-            ready = self._apply_connector(gw, p, text)
+            served = sorted({c for lst in listeners if lst.served and lst.protocol == "HTTPS"
+                             for c in lst.certificates})
+            ready = self._apply_connector(gw, p, text, secrets, served)
             programmed = (
                 (True, "Programmed", f"{ready} connector replica(s) ready")
                 if ready
                 else (False, "Pending", f"waiting for the connector Deployment {names.connector_name(name)}")
             )
-        if (gw.get("spec") or {}).get("addresses"):
-            accepted = (False, "UnsupportedAddress",
-                        "spec.addresses cannot be chosen: the Gateway's addresses are the edge's")
-        elif any(not lst.valid for lst in listeners):
-            # True: the spec lets a Gateway with invalid listeners be Accepted with this reason, and the
-            # valid ones (if any) are served; each invalid one says why in status.listeners.
-            accepted = (True, "ListenersNotValid", "some listeners are not valid (see status.listeners)")
-        else:
-            accepted = (True, "Accepted", "the Gateway is served by an mproxy connector")
+        accepted = gateway_accepted(gw, listeners)
         st = gateway_status(
             generation=gen, listeners=listeners, attached=attached, addresses=p.addresses,
             accepted=accepted, programmed=programmed, previous=previous, now=now,
@@ -277,13 +295,42 @@ class GatewayAPI:
                         route, {"parents": keep},
                     )
 
-    def _apply_connector(self, gw: Mapping[str, Any], p: ClassParams, text: str) -> int:
-        """The ConfigMap and Deployment, owned by the Gateway; returns the ready replicas."""
+    def _apply_certs(
+        self, gw: Mapping[str, Any], owner: Mapping[str, Any],
+        secrets: Mapping[tuple[str, str], Mapping[str, Any]], served: list[tuple[str, str]],
+    ) -> str | None:
+        """The Gateway's certs Secret (the served certificateRefs as files), or none; returns its name."""
+        meta = gw["metadata"]
+        secret_name = names.certs_secret_name(meta["name"])
+        path = kube.core(meta["namespace"], "secrets", secret_name)
+        current = self.kube.get(path)
+        if not served:
+            if current is not None:
+                self.kube.delete(path)
+            return None
+        desired = certs_secret(gw, owner, secrets, served)
+        if current is None:
+            self.kube.create(kube.core(meta["namespace"], "secrets"), desired)
+        elif current.get("data") != desired["data"] or current.get("type") != desired["type"]:
+            self.kube.replace(path, {**desired, "metadata": {
+                **desired["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}})
+        else:
+            return secret_name
+        log.info("gateway api: %s/%s: wrote the certificates of %s into Secret %s", meta["namespace"],
+                 meta["name"], ", ".join(f"{n}/{s}" for n, s in served), secret_name)  # names, never contents
+        return secret_name
+
+    def _apply_connector(
+        self, gw: Mapping[str, Any], p: ClassParams, text: str,
+        secrets: Mapping[tuple[str, str], Mapping[str, Any]], served: list[tuple[str, str]],
+    ) -> int:
+        """The ConfigMap, certs Secret and Deployment, owned by the Gateway; returns the ready replicas."""
         meta = gw["metadata"]
         ns, name = meta["namespace"], meta["name"]
         owner = owner_reference(gw, names.API_VERSION, "Gateway")
         labels = {names.GATEWAY_LABEL: name}
         obj_name = names.connector_name(name)
+        certs = self._apply_certs(gw, owner, secrets, served)
         _apply_config_map(self.kube, config_map(gw, text, name=obj_name, owner=owner, labels=labels))
         desired = build_connector(
             name=obj_name, namespace=ns, owner=owner,
@@ -291,6 +338,8 @@ class GatewayAPI:
                       "app.kubernetes.io/instance": name, **labels},
             pod_labels={}, config_map=obj_name, spec=connector_spec(p), defaults=self.defaults,
         )
+        if certs is not None:
+            desired = with_certs(desired, certs)
         wanted = digest(desired)
         desired["metadata"]["annotations"] = {SPEC_HASH: wanted}
         path = kube.apps(ns, "deployments", obj_name)
@@ -301,3 +350,18 @@ class GatewayAPI:
             current = self.kube.merge_patch(path, {"metadata": desired["metadata"], "spec": desired["spec"]})
         return int((current.get("status") or {}).get("readyReplicas") or 0)
 
+
+
+def _pending_http(listeners: list[Listener]) -> list[Listener]:
+    """Without the connector's HTTP router (a sidecar schema with no httpRouters), HTTP and HTTPS
+    listeners are accepted and take routes, but nothing serves them: Programmed False, Pending."""
+    if HTTP_ROUTERS:
+        return listeners
+    from dataclasses import replace
+
+    return [
+        replace(lst, problems=(*lst.problems, (
+            "Programmed", "Pending", "this mproxy build's connector has no HTTP router yet (httpRouters)",
+        ))) if lst.protocol in HTTP_PROTOCOLS and lst.served else lst
+        for lst in listeners
+    ]

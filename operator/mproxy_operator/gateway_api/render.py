@@ -1,22 +1,42 @@
-"""A Gateway's bindings as the sidecar config a Tunnel renders to (pure).
+"""A Gateway's bindings as the sidecar config a Tunnel renders to, plus its HTTP routers (pure).
 
 TLS listeners match the edge's `https` service (SNI passthrough) on the listener's port and the route's
-hostnames; TCP listeners match `tcp` on the port. The connector tries routes in order and the first match
-wins, so exact names come before wildcards and those before catch-alls: the most specific route wins,
-as the spec asks.
+hostnames; TCP listeners match `tcp` on the port. Each served HTTP or HTTPS listener is one stream route
+(`http` on the port, or `https` on the port: the edge passes TLS through by SNI and the connector
+terminates it) with the listener's hostname, pointing at one HTTP router per listener (`httpRouters[]`,
+docs/sidecar.md) that holds the HTTPRoutes attached there, oldest first (the spec's tie-break). The
+connector tries stream routes in order and the first match wins, so exact names come before wildcards
+and those before catch-alls: the most specific route wins, as the spec asks.
+
+Until the sidecar schema has weighted `backends:` on stream routes, a TLS/TCP rule renders its heaviest
+valid backend as `backend:`; until it has `httpRouters`, HTTP and HTTPS listeners render nothing and
+report Programmed False (Pending). Both are detected from the schema, so the operator never ships a
+config the connector refuses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from mproxy.config.sidecar import SidecarConfig
+from mproxy.config.sidecar import RouteConfig, SidecarConfig, load_sidecar_config
+from mproxy_operator.gateway_api import names
+from mproxy_operator.gateway_api.listeners import Listener
 from mproxy_operator.gateway_api.names import TLS_ROUTE
 from mproxy_operator.gateway_api.params import ClassParams
-from mproxy_operator.gateway_api.routes import Binding
-from mproxy_operator.model import Edge, KeyRef, Route, TunnelSpec
-from mproxy_operator.render import render_config
-from mproxy_operator.resolve import Resolved
+from mproxy_operator.gateway_api.routes import Binding, HttpBinding
+from mproxy_operator.model import Edge, KeyRef, TunnelSpec
+from mproxy_operator.render import sidecar_config_dict
+
+
+def _has_field(cls: type[Any], name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cls))
+
+
+WEIGHTED_BACKENDS = _has_field(RouteConfig, "backends")
+HTTP_ROUTERS = _has_field(SidecarConfig, "http_routers")
+HTTP_PROTOCOLS = ("HTTP", "HTTPS")
 
 
 def connector_spec(params: ClassParams) -> TunnelSpec:
@@ -28,31 +48,131 @@ def connector_spec(params: ClassParams) -> TunnelSpec:
     )
 
 
-def _specificity(b: Binding) -> tuple[int, int]:
-    if not b.hostnames:
+def _specificity(hostnames: Sequence[str]) -> tuple[int, int]:
+    if not hostnames:
         return (2, 0)
-    wild = all(h.startswith("*.") for h in b.hostnames)
-    return (1 if wild else 0, -max(len(h) for h in b.hostnames))
+    wild = all(h.startswith("*.") for h in hostnames)
+    return (1 if wild else 0, -max(len(h) for h in hostnames))
 
 
-def resolved_routes(bindings: Sequence[Binding]) -> list[Resolved]:
-    out = []
-    for b in sorted(bindings, key=_specificity):
-        out.append(Resolved(
-            route=Route(
-                name=f"{b.route_kind.lower()}.{b.route_ns}.{b.route_name}.{b.rule}.{b.listener.name}",
-                service=b.backend.host,
-                port=b.backend.port,
-                services=("https",) if b.route_kind == TLS_ROUTE else ("tcp",),
-                ports=(b.listener.port,),
-                hostnames=b.hostnames,
-            ),
-            host=b.backend.host,
-            port=b.backend.port,
-        ))
+def _match(services: str, listener: Listener, hostnames: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"services": [services], "ports": [listener.port]}
+    if hostnames:
+        out["hostnames"] = list(hostnames)
     return out
 
 
-def gateway_config(params: ClassParams, bindings: Sequence[Binding]) -> SidecarConfig:
+def _stream_route(b: Binding) -> dict[str, Any] | None:
+    route: dict[str, Any] = {
+        "name": f"{b.route_kind.lower()}.{b.route_ns}.{b.route_name}.{b.rule}.{b.listener.name}",
+        "match": _match("https" if b.route_kind == TLS_ROUTE else "tcp", b.listener, b.hostnames),
+    }
+    if WEIGHTED_BACKENDS:
+        route["backends"] = [
+            {"host": x.host, "port": x.port, "weight": x.weight} if x.valid
+            else {"weight": x.weight, "refuse": True}
+            for x in b.backends
+        ]
+        return route
+    best = b.backend
+    if best is None:
+        return None  # nothing to dial: unmatched streams are refused
+    route["backend"] = {"host": best.host, "port": best.port}
+    return route
+
+
+def cert_paths(ns: str, name: str) -> dict[str, str]:
+    crt, key = names.cert_files(ns, name)
+    return {"certFile": f"{names.CERTS_DIR}/{crt}", "keyFile": f"{names.CERTS_DIR}/{key}"}
+
+
+def http_router(listener: Listener, bindings: Sequence[HttpBinding]) -> dict[str, Any]:
+    router: dict[str, Any] = {
+        "name": listener.name,
+        "routes": [
+            {"name": f"httproute.{b.route_ns}.{b.route_name}", "hostnames": list(b.hostnames),
+             "rules": [dict(r) for r in b.rules]}
+            for b in bindings if b.listener.name == listener.name
+        ],
+    }
+    if listener.protocol == "HTTPS":
+        router["tls"] = {"certificates": [cert_paths(ns, n) for ns, n in listener.certificates]}
+    return router
+
+
+def gateway_config_dict(
+    params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = ()
+) -> dict[str, Any]:
+    """The camelCase config before validation: the Tunnel renderer's base plus this Gateway's routes."""
+    base = sidecar_config_dict(connector_spec(params), [])
+    keyed: list[tuple[tuple[int, int], dict[str, Any]]] = []
+    for b in bindings:
+        if isinstance(b, Binding) and (route := _stream_route(b)) is not None:
+            keyed.append((_specificity(b.hostnames), route))
+    routers = []
+    if HTTP_ROUTERS:
+        http = [b for b in bindings if isinstance(b, HttpBinding)]
+        for lst in listeners:
+            if lst.protocol not in HTTP_PROTOCOLS or not lst.served:
+                continue
+            hosts = (lst.hostname,) if lst.hostname else ()
+            keyed.append((_specificity(hosts), {
+                "name": f"{lst.protocol.lower()}.{lst.name}",
+                "match": _match(lst.protocol.lower(), lst, hosts),
+                "http": lst.name,
+            }))
+            routers.append(http_router(lst, http))
+    keyed.sort(key=lambda kv: kv[0])  # stable: the oldest route first within one specificity
+    base["routes"] = [r for _k, r in keyed]
+    if routers:
+        base["httpRouters"] = routers
+    return base
+
+
+def gateway_config(
+    params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = ()
+) -> SidecarConfig:
     """Validated by the sidecar's own schema; raises mproxy.config.ConfigError."""
-    return render_config(connector_spec(params), resolved_routes(bindings))
+    return load_sidecar_config(gateway_config_dict(params, bindings, listeners))
+
+
+def certs_secret(
+    gateway: Mapping[str, Any],
+    owner: Mapping[str, Any],
+    secrets: Mapping[tuple[str, str], Mapping[str, Any]],
+    refs: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    """The Secret the connector mounts at CERTS_DIR: each referenced Secret's tls.crt and tls.key as
+    `<namespace>.<name>.crt/.key` (the values are copied, base64 as they are; never logged)."""
+    meta = gateway["metadata"]
+    data = {}
+    for ns, name in sorted(set(refs)):
+        src = secrets[(ns, name)].get("data") or {}
+        crt, key = names.cert_files(ns, name)
+        data[crt], data[key] = src["tls.crt"], src["tls.key"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": names.certs_secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {"app.kubernetes.io/name": "mproxy", "app.kubernetes.io/component": "gateway-certs",
+                       names.GATEWAY_LABEL: meta["name"]},
+            "ownerReferences": [dict(owner)],
+        },
+        "data": data,
+    }
+
+
+def with_certs(deployment: dict[str, Any], secret_name: str) -> dict[str, Any]:
+    """The connector Deployment with the certs Secret mounted read-only at CERTS_DIR."""
+    pod = deployment["spec"]["template"]["spec"]
+    pod["volumes"] = [*(pod.get("volumes") or []), {
+        "name": names.CERTS_VOLUME,
+        "secret": {"secretName": secret_name},
+    }]
+    for c in pod["containers"]:
+        c["volumeMounts"] = [*(c.get("volumeMounts") or []),
+                             {"name": names.CERTS_VOLUME, "mountPath": names.CERTS_DIR, "readOnly": True}]
+    return deployment

@@ -1,34 +1,54 @@
-"""TLSRoutes and TCPRoutes against one Gateway: which listeners each attaches to, where its backends are,
-and the status the spec asks for (pure: every object comes in as a dict).
+"""TLSRoutes, TCPRoutes and HTTPRoutes against one Gateway: which listeners each attaches to, where its
+backends are, and the status the spec asks for (pure: every object comes in as a dict).
 
 A backendRef is a Service (core group) with a port; another namespace's Service needs a ReferenceGrant
-there. Of a rule's backendRefs the one with the highest weight is used (the connector dials one backend
-per route; weighted splitting is not supported yet and is said so in the route's status).
+there. Every backendRef of a rule is kept with its weight; one that does not resolve keeps its share
+of the traffic, refused (TLS, TCP) or answered 500 (HTTP), as the spec asks.
+
+An HTTPRoute is served whole on each listener it attaches to: its rules become one entry of that
+listener's HTTP router (the connector's L7 config), in the spec's shapes (matches, filters, weighted
+backends, timeouts). A filter mproxy does not implement makes the route not Accepted (UnsupportedValue).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mproxy_operator.gateway_api.listeners import Listener, intersect
-from mproxy_operator.gateway_api.names import GROUP, TLS_ROUTE
+from mproxy_operator.gateway_api.names import GROUP, HTTP_ROUTE, TCP_ROUTE
 from mproxy_operator.model import Selector
 from mproxy_operator.selectors import matches
 
 MAX_RULES = 128  # rendered routes per Gateway: the Tunnel's own bound
 
+# HTTPRoute filter types the connector implements, and the field holding each one's settings.
+HTTP_FILTERS = {
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+    "RequestRedirect": "requestRedirect",
+    "URLRewrite": "urlRewrite",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    host: str
-    port: int
+    """A resolved backendRef; host None is one that did not resolve (its share is refused)."""
+
+    host: str | None
+    port: int | None
+    weight: int = 1
+
+    @property
+    def valid(self) -> bool:
+        return self.host is not None
 
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """One route rule served on one listener."""
+    """One TLSRoute/TCPRoute rule served on one listener."""
 
     route_kind: str
     route_ns: str
@@ -36,7 +56,24 @@ class Binding:
     rule: int
     listener: Listener
     hostnames: tuple[str, ...]
-    backend: Backend
+    backends: tuple[Backend, ...]
+
+    @property
+    def backend(self) -> Backend | None:
+        """The heaviest valid backend (for a data plane without weighted backends)."""
+        valid = [b for b in self.backends if b.valid and b.weight > 0]
+        return max(valid, key=lambda b: b.weight) if valid else None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBinding:
+    """One HTTPRoute served on one listener: an entry of that listener's HTTP router."""
+
+    route_ns: str
+    route_name: str
+    listener: Listener
+    hostnames: tuple[str, ...]
+    rules: tuple[Mapping[str, Any], ...]  # the router contract's rules[] (docs/sidecar.md httpRouters)
 
 
 @dataclass
@@ -125,36 +162,119 @@ def resolve_backend(
     if port is None or not any(p.get("port") == port for p in ports):
         have = ", ".join(str(p.get("port")) for p in ports) or "none"
         return "BackendNotFound", f"backendRef Service {ns}/{name} has no TCP port {port} (its ports: {have})"
-    return Backend(f"{name}.{ns}.svc.{inp.cluster_domain}", int(port))
+    return Backend(f"{name}.{ns}.svc.{inp.cluster_domain}", int(port), _weight(ref))
 
 
-def _rule_backend(
+def _weight(ref: Mapping[str, Any]) -> int:
+    return int(ref.get("weight", 1))
+
+
+def _rule_backends(
     rule: Mapping[str, Any], kind: str, route_ns: str, inp: Inputs
-) -> tuple[Backend | None, list[tuple[str, str]]]:
-    refs = sorted(rule.get("backendRefs") or [], key=lambda r: -int(r.get("weight", 1)))
-    best, problems = None, []
-    for ref in refs:
+) -> tuple[tuple[Backend, ...], list[tuple[str, str]]]:
+    """Every backendRef of a rule in order, weighted (an unresolved one is Backend(None, None, w))."""
+    out, problems = [], []
+    for ref in rule.get("backendRefs") or []:
         got = resolve_backend(ref, kind, route_ns, inp)
         if isinstance(got, Backend):
-            if best is None and int(ref.get("weight", 1)) > 0:
-                best = got
+            out.append(got)
         else:
+            out.append(Backend(None, None, _weight(ref)))
             problems.append(got)
-    return best, problems
+    return tuple(out), problems
+
+
+def _regex_problem(kind: str, value: Any) -> str | None:
+    try:
+        re.compile(str(value))
+    except re.error as exc:
+        return f"{kind} RegularExpression {str(value)[:100]!r} does not compile: {exc}"
+    return None
+
+
+def _http_matches(rule: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    out, unsupported = [], []
+    for m in rule.get("matches") or []:
+        one: dict[str, Any] = {}
+        path = m.get("path")
+        if path:
+            one["path"] = {"type": path.get("type", "PathPrefix"), "value": path.get("value", "/")}
+            if one["path"]["type"] == "RegularExpression":
+                unsupported.append(_regex_problem("path", one["path"]["value"]) or "")
+        for key in ("headers", "queryParams"):
+            items = [{"type": h.get("type", "Exact"), "name": h.get("name"), "value": h.get("value")}
+                     for h in m.get(key) or []]
+            for h in items:
+                if h["type"] == "RegularExpression":
+                    unsupported.append(_regex_problem(key, h["value"]) or "")
+            if items:
+                one[key] = items
+        if m.get("method"):
+            one["method"] = m["method"]
+        out.append(one)
+    return out, [u for u in unsupported if u]
+
+
+def _http_filters(filters: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    out, unsupported = [], []
+    for f in filters:
+        type_ = str(f.get("type"))
+        key = HTTP_FILTERS.get(type_)
+        if key is None:
+            unsupported.append(f"filter {type_} is not supported by mproxy "
+                               f"(supported: {', '.join(HTTP_FILTERS)})")
+            continue
+        out.append({"type": type_, key: dict(f.get(key) or {})})
+    return out, unsupported
+
+
+def http_rule(
+    rule: Mapping[str, Any], route_ns: str, inp: Inputs
+) -> tuple[dict[str, Any], list[tuple[str, str]], list[str]]:
+    """One HTTPRoute rule as the router contract's rule: (rule, ResolvedRefs problems, unsupported)."""
+    matches_, unsupported = _http_matches(rule)
+    filters, bad = _http_filters(rule.get("filters") or [])
+    unsupported += bad
+    backends: list[dict[str, Any]] = []
+    problems: list[tuple[str, str]] = []
+    for ref in rule.get("backendRefs") or []:
+        if ref.get("filters"):
+            unsupported.append("filters on a backendRef are not supported by mproxy (put them on the rule)")
+        got = resolve_backend(ref, HTTP_ROUTE, route_ns, inp)
+        if isinstance(got, Backend):
+            backends.append({"host": got.host, "port": got.port, "weight": got.weight})
+        else:
+            backends.append({"weight": _weight(ref), "status": 500})
+            problems.append(got)
+    out: dict[str, Any] = {"matches": matches_, "filters": filters, "backends": backends}
+    timeouts = {k: v for k, v in (rule.get("timeouts") or {}).items() if k in ("request", "backendRequest")}
+    if timeouts:
+        out["timeouts"] = timeouts
+    return out, problems, unsupported
 
 
 def attach(
     route: Mapping[str, Any], kind: str, inp: Inputs
-) -> tuple[list[ParentResult], list[Binding]]:
-    """This Gateway's parent results for the route, and the rules it serves on which listeners."""
+) -> tuple[list[ParentResult], list[Binding | HttpBinding]]:
+    """This Gateway's parent results for the route, and what it serves on which listeners (a Binding
+    per TLSRoute/TCPRoute rule, an HttpBinding per HTTPRoute). A listener that is accepted but not
+    served (an HTTPS one without a usable certificate) counts the route as attached, serves nothing."""
     meta = route["metadata"]
     route_ns, gw_ns = meta["namespace"], inp.gateway["metadata"]["namespace"]
     spec = route.get("spec") or {}
-    route_hosts = tuple(str(h).lower() for h in spec.get("hostnames") or []) if kind == TLS_ROUTE else ()
+    route_hosts = () if kind == TCP_ROUTE else tuple(str(h).lower() for h in spec.get("hostnames") or [])
     rules = spec.get("rules") or []
-    resolved = [_rule_backend(r, kind, route_ns, inp) for r in rules]
-    problems = [p for _b, ps in resolved for p in ps]
-    results, bindings = [], []
+    unsupported: list[str] = []
+    if kind == HTTP_ROUTE:
+        http_rules = [http_rule(r, route_ns, inp) for r in rules]
+        problems = [p for _r, ps, _u in http_rules for p in ps]
+        unsupported = [u for _r, _p, us in http_rules for u in us]
+        stream_rules: list[tuple[tuple[Backend, ...], list[tuple[str, str]]]] = []
+    else:
+        stream_rules = [_rule_backends(r, kind, route_ns, inp) for r in rules]
+        problems = [p for _b, ps in stream_rules for p in ps]
+    results: list[ParentResult] = []
+    bindings: list[Binding | HttpBinding] = []
     for ref in spec.get("parentRefs") or []:
         if not refs_gateway(ref, route_ns, inp.gateway):
             continue
@@ -169,19 +289,29 @@ def attach(
             res.accepted = (False, "NoMatchingParent", "no listener of the Gateway has that sectionName/port")
             results.append(res)
             continue
+        if unsupported:
+            res.accepted = (False, "UnsupportedValue", "; ".join(dict.fromkeys(unsupported))[:1024])
+            results.append(res)
+            continue
         why = "NotAllowedByListeners", "no listener of the Gateway allows this route (kind or namespace)"
         for lst in candidates:
             allowed = _allowed(lst, route_ns, gw_ns, inp.namespace_labels)
-            if not lst.valid or kind not in lst.kinds or not allowed:
+            if not lst.accepted or kind not in lst.kinds or not allowed:
                 continue
             hosts = intersect(lst.hostname, route_hosts)
             if hosts is None:
                 why = "NoMatchingListenerHostname", "no hostname of the route matches the listener's"
                 continue
             res.listeners.append(lst.name)
-            for i, (backend, _p) in enumerate(resolved):
-                if backend is not None:
-                    bindings.append(Binding(kind, route_ns, meta["name"], i, lst, hosts, backend))
+            if not lst.served:
+                continue
+            if kind == HTTP_ROUTE:
+                bindings.append(HttpBinding(route_ns, meta["name"], lst, hosts,
+                                            tuple(r for r, _p, _u in http_rules)))
+                continue
+            for i, (backends, _p) in enumerate(stream_rules):
+                if backends:
+                    bindings.append(Binding(kind, route_ns, meta["name"], i, lst, hosts, backends))
         if not res.listeners:
             res.accepted = (False, *why)
         results.append(res)

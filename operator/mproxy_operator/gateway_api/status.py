@@ -19,12 +19,13 @@ def condition(
 
 
 def class_status(
-    generation: int, ok: bool, reason: str, message: str, previous: Iterable[Mapping[str, Any]], now: str
+    generation: int, ok: bool, reason: str, message: str, previous: Iterable[Mapping[str, Any]], now: str,
+    features: Iterable[str] = SUPPORTED_FEATURES,
 ) -> dict[str, Any]:
     prev = list(previous)
     return {
         "conditions": [condition("Accepted", ok, reason, message, generation, prev, now)],
-        "supportedFeatures": [{"name": f} for f in sorted(SUPPORTED_FEATURES)],
+        "supportedFeatures": [{"name": f} for f in sorted(features)],
     }
 
 
@@ -39,11 +40,16 @@ def _listener_status(
             return condition(type_, bad_is_true, reason, message, generation, prev, now)
         return condition(type_, not bad_is_true, ok_reason, ok_message, generation, prev, now)
 
-    programmed = (
-        condition("Programmed", True, "Programmed", "the connector serves it", generation, prev, now)
-        if lst.valid
-        else condition("Programmed", False, "Invalid", "the listener is not valid", generation, prev, now)
-    )
+    if "Programmed" in problems:  # served in principle, not by this connector build
+        programmed = condition("Programmed", False, *problems["Programmed"], generation, prev, now)
+    elif lst.served:
+        programmed = condition("Programmed", True, "Programmed", "the connector serves it", generation, prev,
+                               now)
+    else:
+        why = ("it has no usable certificate" if lst.accepted and lst.kinds
+               else "it takes no route kind" if lst.accepted else "it is not accepted")
+        programmed = condition("Programmed", False, "Invalid", f"the listener is not served: {why}",
+                               generation, prev, now)
     return {
         "name": lst.name,
         "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.kinds],
@@ -55,6 +61,21 @@ def _listener_status(
             programmed,
         ],
     }
+
+
+def gateway_accepted(gateway: Mapping[str, Any], listeners: Sequence[Listener]) -> tuple[bool, str, str]:
+    """The Gateway's Accepted condition: False when nothing of it can be served."""
+    if (gateway.get("spec") or {}).get("addresses"):
+        return (False, "UnsupportedAddress",
+                "spec.addresses cannot be chosen: the Gateway's addresses are the edge's")
+    bad = [lst.name for lst in listeners if not lst.accepted]
+    if listeners and len(bad) == len(listeners):
+        return (False, "ListenersNotValid", f"no listener is valid: {', '.join(bad)} (see status.listeners)")
+    if bad:
+        # True: the spec lets a Gateway with invalid listeners be Accepted with this reason, and the
+        # valid ones are served; each invalid one says why in status.listeners.
+        return (True, "ListenersNotValid", f"listeners not valid: {', '.join(bad)} (see status.listeners)")
+    return (True, "Accepted", "the Gateway is served by an mproxy connector")
 
 
 def gateway_status(

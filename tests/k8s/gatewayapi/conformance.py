@@ -46,7 +46,8 @@ from tests.k8s.conftest import BUILD_SH, KubeCluster  # noqa: E402
 CACHE = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
 GW_CACHE = CACHE / "gateway-api"
 HERE = Path(__file__).resolve().parent
-EDGE_IP = "127.0.77.1"
+# The edge's address (every Gateway's status address); another loopback address keeps a second run apart.
+EDGE_IP = os.environ.get("MPROXY_CONFORMANCE_EDGE_IP", "127.0.77.1")
 CLASS = "mproxy"
 GROUP = "gateway.networking.k8s.io"
 LABEL = "mproxy.dev/gateway-api-gateway"
@@ -87,32 +88,45 @@ def suite_dir() -> Path:
     return Path(out.stdout.strip())
 
 
-def listener_ports(suite: Path) -> tuple[set[int], set[int], set[str]]:
-    """TLS ports, TCP ports and the DNS suffixes of every Gateway and TLSRoute in the suite's tests."""
-    tls, tcp, names = set(), set(), set()
-    for f in sorted((suite / "tests").glob("*.yaml")):
+def listener_ports(suite: Path) -> tuple[set[int], set[int], set[int], set[str]]:
+    """The edge listeners the suite's Gateways need: `tls` ports (TLS and HTTPS listeners: the edge
+    passes both through by SNI), `tcp` ports, `http` ports, and the DNS suffixes of every listener
+    hostname and route hostname (what the edge token must grant)."""
+    tls, tcp, http, names = set(), set(), set(), set()
+    files = [suite / "base" / "manifests.yaml", *sorted((suite / "tests").glob("*.yaml"))]
+    for f in files:
+        if not f.exists():
+            continue
         for doc in yaml.safe_load_all(f.read_text().replace("{GATEWAY_CLASS_NAME}", CLASS)):
             if not isinstance(doc, dict):
                 continue
             spec = doc.get("spec") or {}
             if doc.get("kind") == "Gateway":
                 for lst in spec.get("listeners") or []:
-                    if lst.get("protocol") == "TLS":
+                    protocol = lst.get("protocol")
+                    if protocol in ("TLS", "HTTPS"):
                         tls.add(int(lst["port"]))
-                    elif lst.get("protocol") == "TCP":
+                    elif protocol == "TCP":
                         tcp.add(int(lst["port"]))
+                    elif protocol == "HTTP":
+                        http.add(int(lst["port"]))
                     if lst.get("hostname"):
                         names.add(str(lst["hostname"]))
-            if doc.get("kind") == "TLSRoute":
+            if doc.get("kind") in ("TLSRoute", "HTTPRoute"):
                 names.update(str(h) for h in spec.get("hostnames") or [])
-    suffixes = {".".join(n.lstrip("*.").split(".")[-2:]) for n in names}
-    return tls, tcp, suffixes
+    suffixes = {".".join(n.lstrip("*.").split(".")[-2:]) for n in names if n.strip("*.")}
+    # HTTP requests without a Host name carry the Gateway's address: the edge looks it up as a name.
+    suffixes.add(EDGE_IP)
+    return tls, tcp - tls, http - tls - tcp, suffixes
 
 
 class Harness:
-    def __init__(self, work: Path, cluster: KubeCluster) -> None:
+    def __init__(self, work: Path, cluster: KubeCluster, http_echoes: bool = False) -> None:
         self.work = work
         self.cluster = cluster
+        self.http_echoes = http_echoes  # echo-basic in HTTP mode too (profile GATEWAY-HTTP)
+        self.certs = work / "certs"
+        self.cert_cache: dict[tuple[str, str], dict[str, str]] = {}
         self.mproxy = shutil.which("mproxy") or str(Path(sys.executable).parent / "mproxy")
         self.echo_bin = GW_CACHE / "bin" / "echo-basic"
         self.echoes: dict[tuple[str, str], tuple[subprocess.Popen[bytes], dict[int, int]]] = {}
@@ -124,17 +138,21 @@ class Harness:
         self.errors: list[str] = []
 
     # -- the fixed parts -------------------------------------------------------------------------
-    def start_edge(self, tls: set[int], tcp: set[int], domains: set[str]) -> None:
+    def start_edge(self, tls: set[int], tcp: set[int], http: set[int], domains: set[str]) -> None:
         secret = self.work / "edge-secret"
         secret.write_text(os.urandom(24).hex())
         # tlsRefusal close: the suite wants a refused TLS connection closed, not a TLS alert (docs/edge.md).
         listeners = [{"kind": "tls", "listen": f"{EDGE_IP}:{p}", "tlsRefusal": "close"} for p in sorted(tls)]
         listeners += [{"kind": "tcp", "listen": f"{EDGE_IP}:{p}"} for p in sorted(tcp)]
+        listeners += [{"kind": "http", "listen": f"{EDGE_IP}:{p}"} for p in sorted(http)]
         config = {
             "id": "edge-0",
             "auth": {"secretFile": str(secret)},
             "listeners": listeners,
             "tunnel": {"listen": f"127.0.0.1:{self.tunnel_port}", "path": "/"},
+            # Every client of the suite is 127.0.0.1: the per-address limits would refuse its bursts
+            # (TCPRouteWeightedRouting opens hundreds of connections within a second).
+            "limits": {"connectionRate": 100000, "connectionBurst": 100000, "maxStreamsPerClient": 100000},
             "http": {"listen": f"127.0.0.1:{free_port()}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
@@ -198,7 +216,11 @@ class Harness:
                 continue
             (c,) = spec["containers"][:1] or [{}]
             env = {e["name"]: e.get("value") for e in c.get("env") or []}
-            if "echo-basic" not in str(c.get("image")) or env.get("TCP_ECHO_SERVER") != "1":
+            if "echo-basic" not in str(c.get("image")):
+                continue
+            tcp_mode = env.get("TCP_ECHO_SERVER") == "1"
+            http_mode = not any(env.get(f"{k}_ECHO_SERVER") for k in ("TCP", "UDP", "GRPC"))
+            if not (tcp_mode or (http_mode and self.http_echoes)):
                 continue
             key = (meta["namespace"], meta["name"])
             seen.add(key)
@@ -222,9 +244,13 @@ class Harness:
         meta = pod["metadata"]
         d = self.work / "echo" / f"{meta['namespace']}-{meta['name']}"
         d.mkdir(parents=True, exist_ok=True)
-        tcp_port, tls_port = echo_port(), echo_port()
-        run_env = {"POD_NAME": meta["name"], "NAMESPACE": meta["namespace"], "TCP_ECHO_SERVER": "1",
-                   "TCP_PORT": str(tcp_port), "TLS_PORT": str(tls_port), "PATH": os.environ["PATH"]}
+        tcp_mode = env.get("TCP_ECHO_SERVER") == "1"
+        tcp_port, tls_port, h2c_port = echo_port(), echo_port(), echo_port()
+        run_env = {"POD_NAME": meta["name"], "NAMESPACE": meta["namespace"], "PATH": os.environ["PATH"]}
+        if tcp_mode:
+            run_env.update(TCP_ECHO_SERVER="1", TCP_PORT=str(tcp_port), TLS_PORT=str(tls_port))
+        else:  # HTTP mode: HTTP_PORT, H2C_PORT, and HTTPS_PORT when it has a certificate
+            run_env.update(HTTP_PORT=str(tcp_port), HTTPS_PORT=str(tls_port), H2C_PORT=str(h2c_port))
         for vol in pod["spec"].get("volumes") or []:
             secret = (vol.get("secret") or {}).get("secretName")
             if not secret:
@@ -234,12 +260,19 @@ class Harness:
                 if item["key"] not in data:
                     return None
                 (d / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
-            run_env["TLS_SERVER_CERT"], run_env["TLS_SERVER_PRIV_KEY"] = str(d / "crt"), str(d / "key")
+            run_env["TLS_SERVER_CERT"] = str(d / "crt")
+            # The TCP echo server reads TLS_SERVER_PRIV_KEY, the HTTP one TLS_SERVER_PRIVKEY.
+            run_env["TLS_SERVER_PRIV_KEY" if tcp_mode else "TLS_SERVER_PRIVKEY"] = str(d / "key")
         log = (self.cluster.log_dir / f"echo-{meta['namespace']}-{meta['name']}.log").open("ab")
         proc = subprocess.Popen([str(self.echo_bin)], env=run_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         # The pod's ports (the echo-basic defaults unless its env says otherwise) -> this process's.
-        ports = {int(env.get("TCP_PORT") or 3000): tcp_port, int(env.get("TLS_PORT") or 8443): tls_port}
+        if tcp_mode:
+            ports = {int(env.get("TCP_PORT") or 3000): tcp_port, int(env.get("TLS_PORT") or 8443): tls_port}
+        else:
+            ports = {int(env.get("HTTP_PORT") or 3000): tcp_port,
+                     int(env.get("HTTPS_PORT") or 8443): tls_port,
+                     int(env.get("H2C_PORT") or 3001): h2c_port}
         return proc, ports
 
     def _backend(self, host: str, port: int) -> tuple[str, int]:
@@ -262,22 +295,70 @@ class Harness:
                 return "127.0.0.1", served[1][target]
         return "127.0.0.1", 1
 
+    def _rewrite(self, backend: dict[str, Any]) -> None:
+        if "host" in backend:  # not a refused share ({weight, refuse} / {weight, status})
+            backend["host"], backend["port"] = self._backend(backend["host"], backend["port"])
+
+    def _cert_files(self, ns: str, gw: str) -> dict[str, str]:
+        """The Gateway's certs Secret (what its connector pod mounts at /var/run/mproxy/certs) as files
+        here: mounted path -> local path."""
+        secret = self._json("get", "secret", f"mproxy-gateway-{gw}-certs", "-n", ns)
+        if not secret.get("data"):  # not there yet, or kubectl failed this round: the last good files
+            return self.cert_cache.get((ns, gw), {})
+        d = self.certs / f"{ns}.{gw}"
+        d.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for key, value in (secret.get("data") or {}).items():
+            path = d / key
+            data = base64.b64decode(value)
+            if not path.exists() or path.read_bytes() != data:
+                tmp = path.with_suffix(".new")
+                tmp.write_bytes(data)
+                tmp.chmod(0o600)
+                tmp.replace(path)
+            out[f"/var/run/mproxy/certs/{key}"] = str(path)
+        self.cert_cache[(ns, gw)] = out
+        return out
+
     def sync_connector(self) -> None:
-        routes = []
+        routes, routers = [], []
         for cm in self._json("get", "configmaps", "-A", "-l", LABEL)["items"]:
             config = yaml.safe_load(cm["data"]["config.yaml"])
-            gw = cm["metadata"]["labels"][LABEL]
+            gw, ns = cm["metadata"]["labels"][LABEL], cm["metadata"]["namespace"]
             for r in config.get("routes") or []:
-                r["name"] = f"{cm['metadata']['namespace']}.{gw}.{r['name']}"
-                backend = r["backend"]
-                backend["host"], backend["port"] = self._backend(backend["host"], backend["port"])
+                r["name"] = f"{ns}.{gw}.{r['name']}"
+                for backend in [r["backend"]] if "backend" in r else r.get("backends") or []:
+                    self._rewrite(backend)
+                if "http" in r:
+                    r["http"] = f"{ns}.{gw}.{r['http']}"
                 routes.append(r)
+            files = self._cert_files(ns, gw) if config.get("httpRouters") else {}
+            for router in config.get("httpRouters") or []:
+                router["name"] = f"{ns}.{gw}.{router['name']}"
+                if router.get("tls"):
+                    # Only certificates already materialised here (the certs Secret is read once per
+                    # round): a path the connector cannot load would make it refuse the whole config.
+                    certs = [{"certFile": files[c["certFile"]], "keyFile": files[c["keyFile"]]}
+                             for c in router["tls"].get("certificates") or []
+                             if c["certFile"] in files and c["keyFile"] in files]
+                    if not certs:
+                        routes = [r for r in routes if r.get("http") != router["name"]]
+                        continue
+                    router["tls"]["certificates"] = certs
+                for route in router.get("routes") or []:
+                    for rule in route.get("rules") or []:
+                        for backend in rule.get("backends") or []:
+                            self._rewrite(backend)
+                routers.append(router)
+        routes, routers = merge_http(routes, routers)
         # Most specific first across Gateways, as within one (exact names, wildcards, catch-alls).
         routes.sort(key=lambda r: (not r["match"].get("hostnames"),
                                    any(h.startswith("*.") for h in r["match"].get("hostnames") or [])))
         config = {
             "edge": {"urls": [f"ws://127.0.0.1:{self.tunnel_port}/"], "tokenFile": str(self.work / "token")},
             "routes": routes,
+            **({"httpRouters": routers} if routers else {}),
+            "limits": {"maxStreamsPerClient": 100000},  # every client is 127.0.0.1 (the edge's limits)
             "http": {"listen": f"127.0.0.1:{self.sidecar_http}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
@@ -301,6 +382,35 @@ class Harness:
             proc.wait()
 
 
+def merge_http(
+    routes: list[dict[str, Any]], routers: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One connector serves every Gateway here, all on the edge's one address: HTTP listeners of
+    several Gateways with the same port and hostname would be the same stream route, and only the
+    first would ever match. Merge them into one router holding all their HTTPRoutes (and the union of
+    their certificates), as one Gateway with all those routes would be; a stand-in until each Gateway
+    has its own edge address."""
+    by_name = {r["name"]: r for r in routers}
+    out, first_of = [], {}
+    for r in routes:
+        if "http" not in r:
+            out.append(r)
+            continue
+        key = json.dumps(r["match"], sort_keys=True)
+        if key not in first_of:
+            first_of[key] = by_name[r["http"]]
+            out.append(r)
+            continue
+        into, extra = first_of[key], by_name[r["http"]]
+        into["routes"] = [*into.get("routes", []), *extra.get("routes", [])]
+        if extra.get("tls"):
+            have = {c["certFile"] for c in (into.get("tls") or {}).get("certificates") or []}
+            certs = [c for c in extra["tls"]["certificates"] if c["certFile"] not in have]
+            into.setdefault("tls", {"certificates": []})["certificates"] += certs
+    kept = {id(r) for r in first_of.values()}
+    return out, [r for r in routers if id(r) in kept]
+
+
 def summarize(log: Path) -> dict[str, int]:
     text = log.read_text(errors="replace")
     out = {}
@@ -312,7 +422,7 @@ def summarize(log: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP")
+    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-HTTP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
     ap.add_argument("--report", default=str(REPO / "docs" / "conformance" / "mproxy-report.yaml"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -323,7 +433,7 @@ def main() -> int:
             print(f"conformance: `{' '.join(cmd)}` failed; build the control plane first", file=sys.stderr)
             return 1
     suite = suite_dir()
-    tls, tcp, domains = listener_ports(suite)
+    tls, tcp, http, domains = listener_ports(suite)
     work = Path(tempfile.mkdtemp(prefix="mproxy-conformance-"))
     cluster = KubeCluster(work_dir=work / "k8s", log_dir=work / "logs")
     harness: Harness | None = None
@@ -332,10 +442,12 @@ def main() -> int:
         cluster.start()
         crds = GW_CACHE / "crds" / "standard"
         cluster.kubectl("apply", "--server-side", "-f", str(crds))
-        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "referencegrants"):
+        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
-        harness = Harness(work, cluster)
-        harness.start_edge(tls, tcp, domains)
+        # HTTP echo backends always: the suite runs every test whose features the GatewayClass claims
+        # (HTTPRoute once the connector has its HTTP router), whatever the profiles.
+        harness = Harness(work, cluster, http_echoes=True)
+        harness.start_edge(tls, tcp, http, domains)
         harness.start_operator()
         threading.Thread(target=harness.loop, daemon=True).start()
         report = Path(args.report)

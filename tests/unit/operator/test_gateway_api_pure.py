@@ -10,7 +10,7 @@ import pytest
 from mproxy_operator.gateway_api.listeners import intersect, parse_listeners
 from mproxy_operator.gateway_api.params import Address, ParamsError, parse_params
 from mproxy_operator.gateway_api.render import gateway_config
-from mproxy_operator.gateway_api.routes import Inputs, age, attach
+from mproxy_operator.gateway_api.routes import Binding, Inputs, age, attach
 
 G = "gateway.networking.k8s.io"
 
@@ -54,9 +54,9 @@ def test_listener_refusals_carry_the_spec_reasons() -> None:
         {"name": "ok", "protocol": "TLS", "port": 8443, "tls": {"mode": "Passthrough"}},
     ))}
     reasons = {n: {c: r for c, r, _m in x.problems} for n, x in ls.items()}
-    assert reasons["http"] == {"Accepted": "UnsupportedProtocol"}
+    assert reasons["http"] == {} and ls["http"].kinds == ("HTTPRoute",) and ls["http"].served
     assert reasons["term"] == {"Accepted": "UnsupportedValue"}
-    assert ls["term"].kinds == ls["http"].kinds == ()  # what cannot be served lists no supportedKinds
+    assert ls["term"].kinds == ()  # what cannot be served lists no supportedKinds
     assert reasons["a"] == reasons["b"] == {"Conflicted": "ProtocolConflict"}
     assert reasons["kinds"] == {"ResolvedRefs": "InvalidRouteKinds"} and ls["kinds"].kinds == ("TCPRoute",)
     assert ls["ok"].valid and ls["ok"].kinds == ("TLSRoute",)
@@ -123,7 +123,10 @@ def test_refusals_of_routes() -> None:
     (res,), got = attach(_route("x", "app", [{"name": "g", "sectionName": "tcp"}],
                                 [{"name": "web", "port": 80}, {"kind": "Pod", "name": "p"}]), "TCPRoute", inp)
     assert res.resolved[:2] == (False, "BackendNotFound") and "InvalidKind" not in res.resolved[1]
-    assert "only Services" in res.resolved[2] and not got
+    assert "only Services" in res.resolved[2]
+    # The rule stays, every share refused: the route's streams are closed, not sent elsewhere.
+    (b,) = got
+    assert isinstance(b, Binding) and [x.valid for x in b.backends] == [False, False] and b.backend is None
     assert attach(_route("x", "app", [{"name": "other-gw"}], []), "TCPRoute", inp) == ([], [])
 
 
@@ -131,7 +134,8 @@ def test_cross_namespace_backends_need_a_reference_grant() -> None:
     route = _route("x", "app", [{"name": "g", "sectionName": "tcp"}],
                    [{"name": "pg", "namespace": "db", "port": 5432}])
     (res,), got = attach(route, "TCPRoute", _inputs())
-    assert res.resolved[:2] == (False, "RefNotPermitted") and not got
+    assert res.resolved[:2] == (False, "RefNotPermitted")
+    assert all(isinstance(b, Binding) and b.backend is None for b in got)
     grant = {"spec": {"from": [{"group": G, "kind": "TCPRoute", "namespace": "app"}],
                       "to": [{"group": "", "kind": "Service", "name": "pg"}]}}
     wrong_kind = {"spec": {"from": [{"group": G, "kind": "TLSRoute", "namespace": "app"}],
@@ -139,6 +143,7 @@ def test_cross_namespace_backends_need_a_reference_grant() -> None:
     (res,), _ = attach(route, "TCPRoute", _inputs({"db": [wrong_kind]}))
     assert res.resolved[1] == "RefNotPermitted"
     (res,), (b,) = attach(route, "TCPRoute", _inputs({"db": [grant]}))
+    assert isinstance(b, Binding) and b.backend is not None
     assert res.resolved[0] and (b.backend.host, b.backend.port) == ("pg.db.svc.cluster.local", 5432)
 
 
