@@ -270,3 +270,80 @@ async def test_a_malformed_groups_header_is_refused_before_the_upgrade(parts: Pa
     why = info.value.headers["X-Mproxy-Error"]
     assert "'not a group' is not a listener group name" in why and "edge.listenerGroups" in why
     assert 'mproxy_edge_tunnel_rejects_total{reason="bad_listener_groups"} 1.0' in await metrics_text(relay)
+
+
+async def http_to(host: str, port: int, name: str) -> tuple[int, str, str]:
+    """(status, body, X-Mproxy-Reason) of a GET with Host `name` to `host:port`."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://{host}:{port}/", headers={"Host": name}, timeout=timeout) as resp:
+        return resp.status, await resp.text(), resp.headers.get("X-Mproxy-Reason", "")
+
+
+def web_routes(back: Any) -> list[dict[str, Any]]:
+    return [{"name": "web", "match": {"services": ["http"]},
+             "backend": {"host": "127.0.0.1", "port": back.http_port}},
+            {"name": "echo", "match": {"services": ["tcp"]},
+             "backend": {"host": "127.0.0.1", "port": back.echo_port}}]
+
+
+async def group_edge(parts: Parts) -> tuple[Any, int, int]:
+    http_port, tcp_port = free_port((A, B, NONE)), free_port((A, B))
+    relay = await parts.edge(listeners=[
+        {"kind": "http", "listen": f"{A}:{http_port}", "group": "gw-a"},
+        {"kind": "http", "listen": f"{B}:{http_port}", "group": "gw-b"},
+        {"kind": "http", "listen": f"{NONE}:{http_port}"},  # no group
+        {"kind": "tcp", "listen": f"{A}:{tcp_port}", "group": "gw-a"},
+        {"kind": "tcp", "listen": f"{B}:{tcp_port}", "group": "gw-b"},
+    ], limits=LIMITS)
+    return relay, http_port, tcp_port
+
+
+async def test_a_token_that_lists_a_group_gets_every_name_and_port_of_its_listeners(parts: Parts) -> None:
+    """A Gateway owns its address: the connector whose token lists gw-a answers names no grant names
+    on gw-a's listeners (its route answers; a Gateway's HTTP router would 404). A token without the
+    claim never captures such names, and gw-b's listeners stay gw-b's."""
+    relay, http_port, tcp_port = await group_edge(parts)
+    url = tunnel_url(relay)
+    # First a tunnel on gw-a whose token has no listenerGroups claim: only its own name, nothing more.
+    back_s = await parts.backends(["app.test"], label="S")
+    await sidecar_process(parts, "s", url, token(["app.test"]), web_routes(back_s), listenerGroups=["gw-a"])
+    got = await until_status(relay, lambda s: s["names"].get("app.test") == 1,
+                             "the unclaimed sidecar connects")
+    assert [t["groupWide"] for t in got["tunnels"]] == [[]]
+    assert (await http_to(A, http_port, "app.test"))[1].startswith("hello S host=app.test")
+    code, body, reason = await http_to(A, http_port, "unknown.test")
+    assert (code, reason) == (404, "no_tunnel") and "no tunnel" in body
+    assert await tcp_echo(A, tcp_port, b"x") == b""  # no port granted: closed
+
+    back_w = await parts.backends(["app.test"], label="W")
+    await sidecar_process(parts, "w", url, token(listener_groups=["gw-a"]), web_routes(back_w))  # asks none
+    got = await until_status(relay, lambda s: len(s["tunnels"]) == 2, "the gateway's sidecar connects")
+    wide = [t for t in got["tunnels"] if t["groupWide"]]
+    assert [(t["groupWide"], t["listenerGroups"], t["domains"]) for t in wide] == [(["gw-a"], ["gw-a"], [])]
+    for name in ("unknown.test", "no.matching.host", "x.y.example.org"):
+        code, body, _ = await http_to(A, http_port, name)
+        assert (code, body) == (200, f"hello W host={name} path=/"), (code, body)
+    assert await tcp_echo(A, tcp_port, b"any port") == b"any port"  # TCP too: any port of gw-a's
+    # Not another group's listener, nor one without a group.
+    for host in (B, NONE):
+        assert (await http_to(host, http_port, "unknown.test"))[::2] == (404, "no_tunnel")
+    assert await tcp_echo(B, tcp_port, b"y") == b""
+
+
+async def test_a_specific_grant_wins_over_the_group_wide_one(parts: Parts) -> None:
+    relay, http_port, _ = await group_edge(parts)
+    url = tunnel_url(relay)
+    back_w = await parts.backends(["app.test"], label="W")
+    back_s = await parts.backends(["app.test"], label="S")
+    await sidecar_process(parts, "w", url, token(listener_groups=["gw-a"]), web_routes(back_w))
+    await sidecar_process(parts, "s", url, token(["api.test"]), web_routes(back_s), listenerGroups=["gw-a"])
+    await until_status(relay, lambda s: len(s["tunnels"]) == 2 and s["names"].get("api.test") == 1,
+                       "both sidecars connect")
+    for _ in range(10):  # not a balancing accident
+        assert (await http_to(A, http_port, "v1.api.test"))[1].startswith("hello S host=v1.api.test")
+        assert (await http_to(A, http_port, "www.shop.test"))[1].startswith("hello W host=www.shop.test")
+    # It asked for gw-a only: its name is not served on gw-b.
+    assert (await http_to(B, http_port, "api.test"))[::2] == (404, "no_tunnel")
