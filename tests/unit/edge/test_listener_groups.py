@@ -115,6 +115,11 @@ def test_the_token_cli(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def
     assert json.loads(capsys.readouterr().out)["listenerGroups"] == ["gw-a", "gw-b"]
     assert main(["token", "--secret-file", str(secret), "--domain", "a.test", "--listener-group", "a b"]) == 2
     assert "listenerGroups" in capsys.readouterr().err
+    # A group alone is a grant (every name and port of its listeners); nothing at all is not.
+    assert main(["token", "--secret-file", str(secret), "--listener-group", "gw-a"]) == 0
+    assert verify(capsys.readouterr().out.strip(), b"cli-secret").wide == frozenset({"gw-a"})
+    assert main(["token", "--secret-file", str(secret)]) == 2
+    assert "--listener-group" in capsys.readouterr().err
 
 
 def test_the_claim_grants_its_groups_whole_and_no_claim_grants_none() -> None:
