@@ -39,8 +39,8 @@ def register(subparsers: Any) -> None:
         "--port", action="append", type=int, default=[], help="a TCP and UDP port to grant (repeatable)"
     )
     parser.add_argument("--listener-group", action="append", default=None, dest="listener_groups",
-                        metavar="GROUP", help="limit the tunnel to the edge listeners of this group, and grant it "
-                        "every name and port on them that no other tunnel is granted specifically "
+                        metavar="GROUP", help="limit the tunnel to the edge listeners of this group, and "
+                        "grant it every name and port on them that no other tunnel is granted specifically "
                         "(repeatable; default: any listener, no group-wide grant)")
     parser.add_argument("--ttl", type=parse_duration, default=None,
                         help="lifetime, e.g. 3600, 90m, 12h, 30d (default: no expiry)")

@@ -1,7 +1,8 @@
 """Listener groups (Gateway API TLSRouteHostnameIntersection): one edge, one port on two addresses, each
 address in its own group; two real `mproxy sidecar` processes with the same hostname and port routes but
 different backends, each asking for one group. Each address reaches only its own backend; names and ports
-the group has no tunnel for are refused there, never served by the other group's tunnel; a sidecar that
+the group has no tunnel for are refused there, never served by the other group's tunnel; a token that lists
+its group is granted every name and port of that group's listeners (below specific grants); a sidecar that
 asks for a group its token does not allow is refused, and says why."""
 
 from __future__ import annotations
@@ -97,10 +98,12 @@ async def test_each_address_reaches_only_its_own_groups_tunnel(parts: Parts) -> 
         assert await tls_to(B, tls_port, "app.test", ca) == b"B:ping"
         assert await tcp_echo(A, tcp_port, b"x") == b"x" and await tcp_echo(B, tcp_port, b"y") == b"y"
     assert back_a.servers and back_b.servers
-    # a-only.test is granted to A's tunnel only: served at A's address, refused (closed) at B's, even
-    # though B's sidecar has a route that would take it.
+    # a-only.test is granted to A's tunnel only: served at A's address, never by A at B's. B's token
+    # lists gw-b, so B owns gw-b's address (a group-wide grant): its sidecar gets the name there.
     assert await tls_to(A, tls_port, "a-only.test", ca) == b"A:ping"
-    err = await asyncio.to_thread(handshake_error, B, tls_port, "a-only.test", ca)
+    assert await tls_to(B, tls_port, "a-only.test", ca) == b"B:ping"
+    # A's token has no listenerGroups claim: it asked for gw-a, but gets only its names there.
+    err = await asyncio.to_thread(handshake_error, A, tls_port, "b-only.test", ca)
     assert isinstance(err, ssl.SSLEOFError), err
     # The listener with no group: both tunnels asked for a group, so nobody serves it.
     err = await asyncio.to_thread(handshake_error, NONE, tls_port, "app.test", ca)
