@@ -132,7 +132,7 @@ def stack(tmp_path: Path, containers: Containers) -> Iterator[Stack]:
         sidecar = containers.run("sidecar", "sidecar", "--config", "/etc/mproxy/config.yaml", volumes={
             sidecar_config: "/etc/mproxy", token_dir: "/var/run/mproxy/token"})
 
-        # Until the sidecar's tunnel is up the edge answers 502 (no tunnel for the name).
+        # Until the sidecar's tunnel is up the edge answers 404 (no tunnel for the name).
         url = f"http://127.0.0.1:{listeners['http']}/"
         deadline = time.monotonic() + 30
         while True:
@@ -175,7 +175,7 @@ def test_edge_and_sidecar_containers_carry_tls_http_and_tcp(stack: Stack, contai
     assert (got.returncode, got.stdout) == (0, b"hello http host=www.shop.test"), got
     refused = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: other.test",
                    f"http://127.0.0.1:{stack.http_port}/")
-    assert refused.stdout == b"502", refused
+    assert refused.stdout == b"404", refused
 
     # Raw TCP: the edge maps the port to the tunnel whose token grants it; openssl talks TLS end to end.
     request = b"GET / HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n"

@@ -169,7 +169,7 @@ def test_image_pods_carry_traffic_on_the_real_node(kube: Any, kube_namespace: st
           f"{time.monotonic() - started:.1f} s")
     refused = real_node.in_netns("curl", "--silent", "-o", "/dev/null", "-w", "%{http_code}",
                                  "-H", "Host: other.test", f"http://{edge_ip}:8080/")
-    assert refused.stdout == b"502", refused
+    assert refused.stdout == b"404", refused
 
 
 
@@ -328,8 +328,8 @@ def test_helm_install_to_curl_through_an_injected_sidecar(kube: Any, real_node: 
         kube.kubectl("delete", "tunnel", "shop", "-n", app, "--timeout=60s")
         wait_ready_pod(kube, app, "app=web", real_node, "a pod without the sidecar",
                        accept=lambda p: not has_sidecar(p))
-        kube.wait_for(lambda: through_edge().stdout.endswith(b"\n502"), timeout=60,
-                      what="the edge answering 502 once no sidecar serves shop.test")
+        kube.wait_for(lambda: through_edge().stdout.endswith(b"\n404"), timeout=60,
+                      what="the edge answering 404 once no sidecar serves shop.test")
     finally:
         kube.kubectl("delete", "tunnel", "--all", "-n", app, "--timeout=30s", check=False)
         kube.run_helm("uninstall", release, "--namespace", ns, "--wait", "--timeout=60s", check=False,

@@ -39,8 +39,9 @@ def register(subparsers: Any) -> None:
         "--port", action="append", type=int, default=[], help="a TCP and UDP port to grant (repeatable)"
     )
     parser.add_argument("--listener-group", action="append", default=None, dest="listener_groups",
-                        metavar="GROUP", help="limit the tunnel to the edge listeners of this group "
-                        "(repeatable; default: any listener)")
+                        metavar="GROUP", help="limit the tunnel to the edge listeners of this group, and "
+                        "grant it every name and port on them that no other tunnel is granted specifically "
+                        "(repeatable; default: any listener, no group-wide grant)")
     parser.add_argument("--ttl", type=parse_duration, default=None,
                         help="lifetime, e.g. 3600, 90m, 12h, 30d (default: no expiry)")
     parser.add_argument("--subject", default=None, help="optional 'sub' claim naming the holder")
@@ -55,8 +56,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.verify is not None:
         return _verify(args)
-    if not args.domain and not args.port:
-        print("mproxy token: grant at least one --domain or --port", file=sys.stderr)
+    if not args.domain and not args.port and not args.listener_groups:
+        print("mproxy token: grant at least one --domain, --port or --listener-group", file=sys.stderr)
         return 2
     try:
         secret = read_secret(args.secret_file)

@@ -5,6 +5,9 @@ A token's `domains` claim grants each listed name and every name under it (`exam
 traffic for what its tokens grant, so one customer can never claim another's name. An optional
 `listenerGroups` claim limits the edge listeners the tunnel may serve on to those groups (docs/edge.md,
 "Listener groups"); several tokens that limit it intersect, so no token's limit is ever widened.
+The groups such a claim lists are also group-wide grants (`wide`): every client of those groups'
+listeners, whatever its name or port, when no tunnel grants the name or port itself. A token without the
+claim grants no group-wide anything: an unrestricted token never captures names it was not given.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class Grant:
     domains: frozenset[str] = field(default_factory=frozenset)
     ports: frozenset[int] = field(default_factory=frozenset)
     groups: frozenset[str] | None = None  # the listener groups allowed; None: any
+    # Groups whose every client this grant takes (below specific grants): those a listenerGroups claim
+    # lists, always within `groups`.
+    wide: frozenset[str] = field(default_factory=frozenset)
 
     def allows(self, asked: frozenset[str] | None) -> bool:
         """Whether a tunnel may ask for the listener groups `asked`; asking for none (None) is always
@@ -68,18 +74,22 @@ class Grant:
             if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
                 raise TokenError("token claim 'ports' must hold numbers from 1 to 65535", "bad_claims")
             ports.add(port)
-        return cls(frozenset(domains), frozenset(ports), _groups_claim(claims))
+        groups = _groups_claim(claims)
+        return cls(frozenset(domains), frozenset(ports), groups, groups or frozenset())
 
     def union(self, other: Grant) -> Grant:
         if self.groups is None or other.groups is None:
             groups = self.groups if other.groups is None else other.groups
         else:
             groups = self.groups & other.groups
-        return Grant(self.domains | other.domains, self.ports | other.ports, groups)
+        wide = self.wide | other.wide
+        if groups is not None:
+            wide &= groups  # a group another token forbids is never granted whole
+        return Grant(self.domains | other.domains, self.ports | other.ports, groups, wide)
 
     @property
     def empty(self) -> bool:
-        return not self.domains and not self.ports
+        return not self.domains and not self.ports and not self.wide
 
     def covers_name(self, name: str) -> bool:
         """True when `name` is a granted domain or lies under one."""

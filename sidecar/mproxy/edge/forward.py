@@ -48,7 +48,7 @@ from mproxy.edge.peer_auth import (
     ReplayGuard,
 )
 from mproxy.edge.peer_endpoint import LogThrottle, grants_handler
-from mproxy.edge.peers import GRANTS_PATH, Peer, PeerSet
+from mproxy.edge.peers import GRANTS_PATH, Peer, PeerSet, grant_json
 from mproxy.edge.refusal import Forwarding, Refused
 from mproxy.edge.splice import Splice
 from mproxy.edge.table import TunnelDirectory
@@ -176,8 +176,7 @@ class Peering:
                                "draining": self.relay.draining, "domains": sorted(anywhere.domains),
                                "ports": sorted(anywhere.ports)}
         if groups:  # tunnels that serve only some listener groups: forwarded only clients of those
-            out["groups"] = {g: {"domains": sorted(v.domains), "ports": sorted(v.ports)}
-                             for g, v in sorted(groups.items())}
+            out["groups"] = {g: grant_json(v) for g, v in sorted(groups.items())}
         return out
 
     def status(self) -> dict[str, Any]:

@@ -62,6 +62,20 @@ class Peer:
         return any(g.covers_name(name) if name else g.covers_port(port)
                    for g in (self.grant, scoped) if g is not None)
 
+    def serves_all(self, group: str | None) -> bool:
+        """Whether a tunnel there takes every client of listener group `group` (a group-wide grant)."""
+        scoped = self.groups.get(group) if group is not None else None
+        return scoped is not None and group in scoped.wide
+
+
+def grant_json(grant: Grant) -> dict[str, Any]:
+    """One group's entry in a grants answer: {domains, ports} and `all: true` when a tunnel takes every
+    client of the group (a group-wide grant)."""
+    out: dict[str, Any] = {"domains": sorted(grant.domains), "ports": sorted(grant.ports)}
+    if grant.wide:
+        out["all"] = True
+    return out
+
 
 def _grant(obj: Mapping[str, Any], what: str) -> Grant:
     domains, ports = obj.get("domains", []), obj.get("ports", [])
@@ -90,7 +104,7 @@ def parse_answer(body: bytes) -> tuple[str, int, Grant, bool, dict[str, Grant]]:
         raise ValueError("draining must be a boolean")
     raw_groups = data.get("groups", {})
     if not isinstance(raw_groups, dict) or not all(isinstance(v, dict) for v in raw_groups.values()):
-        raise ValueError("groups must map group names to {domains, ports}")
+        raise ValueError("groups must map group names to {domains, ports, all}")
     keys = sum(len(v) for g in [data, *raw_groups.values()] for k in ("domains", "ports")
                if isinstance(v := g.get(k), list))
     if keys > MAX_GRANT_KEYS or len(raw_groups) > MAX_GRANT_KEYS:
@@ -99,8 +113,17 @@ def parse_answer(body: bytes) -> tuple[str, int, Grant, bool, dict[str, Grant]]:
     for name, value in raw_groups.items():
         if not LISTENER_GROUP.fullmatch(name):
             raise ValueError("groups must be named like listener groups")
-        groups[name] = _grant(value, f"groups.{name}.")
+        everyone = value.get("all", False)
+        if not isinstance(everyone, bool):
+            raise ValueError(f"groups.{name}.all must be a boolean")
+        plain = _grant(value, f"groups.{name}.")
+        groups[name] = Grant(plain.domains, plain.ports, wide=frozenset({name}) if everyone else frozenset())
     return edge_id, port, _grant(data, ""), draining, groups
+
+
+def _rotated(peers: list[Peer], turn: int) -> list[Peer]:
+    k = turn % len(peers) if peers else 0
+    return peers[k:] + peers[:k]
 
 
 def static_targets(addresses: tuple[str, ...], default_port: int) -> list[Target]:
@@ -161,15 +184,17 @@ class PeerSet:
 
     def candidates(self, name: str, port: int, group: str | None = None) -> list[Peer]:
         """Fresh, non-draining peers with a tunnel for `name` (or `port` when there is no name) that takes
-        clients of listener group `group`, rotated so that forwarded clients spread over them."""
+        clients of listener group `group`, rotated so that forwarded clients spread over them; then those
+        whose tunnel takes every client of `group` (a group-wide grant ranks below a specific one)."""
         now = time.monotonic()
-        fresh = [p for p in self.peers.values() if now - p.fetched <= self.config.expire_seconds
-                 and not p.draining and p.serves(name, port, group)]
-        if not fresh:
+        live = [p for p in self.peers.values() if now - p.fetched <= self.config.expire_seconds
+                and not p.draining]
+        specific = [p for p in live if p.serves(name, port, group)]
+        wide = [p for p in live if p not in specific and p.serves_all(group)]
+        if not specific and not wide:
             return []
         self._turn += 1
-        k = self._turn % len(fresh)
-        return fresh[k:] + fresh[:k]
+        return _rotated(specific, self._turn) + _rotated(wide, self._turn)
 
     def status(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -184,8 +209,7 @@ class PeerSet:
                          "ageSeconds": round(now - peer.fetched, 1), "domains": sorted(peer.grant.domains),
                          "ports": sorted(peer.grant.ports)}
                 if peer.groups:
-                    item["groups"] = {g: {"domains": sorted(v.domains), "ports": sorted(v.ports)}
-                                      for g, v in sorted(peer.groups.items())}
+                    item["groups"] = {g: grant_json(v) for g, v in sorted(peer.groups.items())}
             if target in self.errors:
                 item["error"] = self.errors[target]
             out.append(item)

@@ -41,7 +41,7 @@ def refusal_bytes(kind: str, reason: str, message: str, *, tls_alert: bool = Tru
         return _ALERT_HANDSHAKE_FAILURE
     if kind == "http":
         status = {
-            "no_tunnel": "502 Bad Gateway",
+            "no_tunnel": "404 Not Found",  # nothing here serves the name: not an upstream failure
             "tunnel_full": "503 Service Unavailable",
             "tunnel_failed": "502 Bad Gateway",
             "backend_failed": "502 Bad Gateway",

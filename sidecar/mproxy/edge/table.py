@@ -11,6 +11,11 @@ Listener groups: a client of a listener in group G (`group`) goes only to tunnel
 holds G or is None (they asked for no group); a client of a listener with no group goes only to tunnels
 with None. The longest suffix is looked up among those tunnels, so another group's more specific grant
 never hides a broader one this client may use.
+
+Group-wide grants: a tunnel whose tokens' `listenerGroups` claim lists G, and that serves on G, takes every
+client of G's listeners (any name, any port) that no tunnel there grants specifically: the name's suffixes
+and the port are looked up first, and only when none matches do the group-wide tunnels get the client
+(docs/edge.md, "Listener groups": a Gateway owns its address).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class TunnelDirectory(Generic[T]):
         self._keys: dict[str | int, list[T]] = {}
         self._grants: dict[int, tuple[T, Grant]] = {}
         self._turn: dict[str | int, int] = {}
+        self._wide: dict[str, list[T]] = {}  # group -> the tunnels granted every client of its listeners
+        self._wide_of: dict[int, frozenset[str]] = {}
 
     @staticmethod
     def _keys_of(grant: Grant) -> list[str | int]:
@@ -54,6 +61,11 @@ class TunnelDirectory(Generic[T]):
         self._grants[id(tunnel)] = (tunnel, grant)
         for key in self._keys_of(grant):
             self._keys.setdefault(key, []).append(tunnel)
+        wide = grant.wide & (tunnel.listener_groups or frozenset())
+        if wide:
+            self._wide_of[id(tunnel)] = wide
+            for group in wide:
+                self._wide.setdefault(group, []).append(tunnel)
 
     def remove(self, tunnel: T) -> None:
         """Forget `tunnel` at once: no new client is routed to it after this returns."""
@@ -68,6 +80,11 @@ class TunnelDirectory(Generic[T]):
             tunnels[:] = [t for t in tunnels if t is not tunnel]
             if not tunnels:
                 del self._keys[key]
+        for group in self._wide_of.pop(id(tunnel), ()):
+            tunnels = self._wide.get(group, [])
+            tunnels[:] = [t for t in tunnels if t is not tunnel]
+            if not tunnels:
+                self._wide.pop(group, None)
 
     @staticmethod
     def _suffixes(name: str) -> Iterator[str]:
@@ -83,11 +100,14 @@ class TunnelDirectory(Generic[T]):
         return [t for t in tunnels if t.listener_groups is None or group in t.listener_groups]
 
     def match_name(self, name: str, group: str | None = None) -> tuple[str | None, list[T]]:
-        """The most specific granted domain covering `name` for clients of `group`, and its tunnels."""
+        """The most specific granted domain covering `name` for clients of `group`, and its tunnels; else
+        (`wide_key(group)`, the tunnels granted all of `group`)."""
         for key in self._suffixes(name):
             tunnels = self._of_group(self._keys.get(key, []), group)
             if tunnels:
                 return key, tunnels
+        if group is not None and (wide := self._wide.get(group)):
+            return wide_key(group), list(wide)
         return None, []
 
     def pick_name(self, name: str, exclude: set[int] | None = None, group: str | None = None) -> T | None:
@@ -95,14 +115,26 @@ class TunnelDirectory(Generic[T]):
         return self._pick(key, tunnels, exclude) if key is not None else None
 
     def tunnels_for_port(self, port: int, group: str | None = None) -> list[T]:
-        return self._of_group(self._keys.get(port, []), group)
+        """The tunnels granted `port` for clients of `group`; else those granted all of `group`."""
+        return self._port_match(port, group)[1]
 
     def pick_port(self, port: int, exclude: set[int] | None = None, group: str | None = None) -> T | None:
-        return self._pick(port, self.tunnels_for_port(port, group), exclude)
+        return self._pick(*self._port_match(port, group), exclude)
+
+    def _port_match(self, port: int, group: str | None) -> tuple[str | int, list[T]]:
+        tunnels = self._of_group(self._keys.get(port, []), group)
+        if not tunnels and group is not None and (wide := self._wide.get(group)):
+            return wide_key(group), list(wide)
+        return port, tunnels
+
+    def wide_groups(self, tunnel: T) -> frozenset[str]:
+        """The groups whose every client `tunnel` is granted (for status)."""
+        return self._wide_of.get(id(tunnel), frozenset())
 
     def scoped(self) -> tuple[Grant, dict[str, Grant]]:
-        """What the tunnels here serve: (for every listener, {group: for that group's listeners only}),
-        the grants peer edges forward by (mproxy.edge.forward)."""
+        """What the tunnels here serve: (for every listener, {group: for that group's listeners only,
+        `wide` = {group} when some tunnel takes every client of it}), the grants peer edges forward by
+        (mproxy.edge.forward)."""
         anywhere = Grant()
         groups: dict[str, Grant] = {}
         for tunnel, grant in self._grants.values():
@@ -110,8 +142,10 @@ class TunnelDirectory(Generic[T]):
             scope = tunnel.listener_groups
             if scope is None:
                 anywhere = anywhere.union(plain)
+            wide = self._wide_of.get(id(tunnel), frozenset())
             for group in scope or ():
-                groups[group] = groups.get(group, Grant()).union(plain)
+                mine = Grant(plain.domains, plain.ports, wide=frozenset({group}) & wide)
+                groups[group] = groups.get(group, Grant()).union(mine)
         return anywhere, groups
 
     def _pick(self, key: str | int, tunnels: list[T], exclude: set[int] | None = None) -> T | None:
@@ -134,3 +168,8 @@ class TunnelDirectory(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._grants)
+
+
+def wide_key(group: str) -> str:
+    """The round-robin key of a group-wide grant: never a DNS name (`*`), so never a granted domain's."""
+    return "*" + group

@@ -106,6 +106,8 @@ class TunnelSession:
             "domains": sorted(grant.domains),
             "ports": sorted(grant.ports),
             "listenerGroups": None if self.listener_groups is None else sorted(self.listener_groups),
+            # groups whose every client (any name or port) this tunnel takes, below specific grants
+            "groupWide": sorted(self.endpoint.table.wide_groups(self)),
             "streams": self.active_streams,
             "draining": self.draining,
             "connectedSeconds": round(time.time() - self.connected_at, 1),

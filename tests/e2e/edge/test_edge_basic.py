@@ -71,7 +71,7 @@ async def test_unknown_names_are_refused_in_their_protocol(parts) -> None:  # ty
     with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
         await tls_request(p["tls"], "notapp.test", back.ca)
     code, body, headers = await http_get(p["http"], "other.test")
-    assert code == 502 and "no tunnel" in body and headers["X-Mproxy-Reason"] == "no_tunnel"
+    assert code == 404 and "no tunnel" in body and headers["X-Mproxy-Reason"] == "no_tunnel"
     # a tcp port nobody was granted: closed at once
     assert await closed_at_once(p["tcp"], b"hello")
     # plain text on the TLS port

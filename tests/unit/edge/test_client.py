@@ -127,7 +127,7 @@ async def test_a_refused_client_is_answered_and_released(limiter: ClientLimiter)
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(proxyproto.encode("v1", ("10.1.2.3", 40000), ("10.0.0.1", 80)) + REQUEST)
         answer = await asyncio.wait_for(reader.read(), 5)
-        assert answer.startswith(b"HTTP/1.1 502 ") and b"X-Mproxy-Reason: no_tunnel" in answer
+        assert answer.startswith(b"HTTP/1.1 404 ") and b"X-Mproxy-Reason: no_tunnel" in answer
         assert router.rejects == ["no_tunnel"] and limiter.open_count("10.1.2.3") == 0
         writer.close()
 

@@ -115,3 +115,42 @@ def test_the_token_cli(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def
     assert json.loads(capsys.readouterr().out)["listenerGroups"] == ["gw-a", "gw-b"]
     assert main(["token", "--secret-file", str(secret), "--domain", "a.test", "--listener-group", "a b"]) == 2
     assert "listenerGroups" in capsys.readouterr().err
+    # A group alone is a grant (every name and port of its listeners); nothing at all is not.
+    assert main(["token", "--secret-file", str(secret), "--listener-group", "gw-a"]) == 0
+    assert verify(capsys.readouterr().out.strip(), b"cli-secret").wide == frozenset({"gw-a"})
+    assert main(["token", "--secret-file", str(secret)]) == 2
+    assert "--listener-group" in capsys.readouterr().err
+
+
+def test_the_claim_grants_its_groups_whole_and_no_claim_grants_none() -> None:
+    listed = verify(mint(SECRET, listener_groups=["gw-a", "gw-b"]), SECRET)
+    assert listed.wide == frozenset({"gw-a", "gw-b"}) and not listed.empty  # a token may grant a group only
+    assert verify(mint(SECRET, domains=["a.test"]), SECRET).wide == frozenset()  # unrestricted: no capture
+    assert verify(mint(SECRET), SECRET).empty
+    # Another token's limit narrows the group-wide part as it narrows the groups; a token without the
+    # claim adds nothing to it.
+    assert listed.union(Grant(groups=frozenset({"gw-b"}), wide=frozenset({"gw-b"}))).wide == {"gw-b"}
+    assert listed.union(Grant(frozenset({"c.test"}))).wide == frozenset({"gw-a", "gw-b"})
+    assert Grant(frozenset({"c.test"})).union(Grant(frozenset({"d.test"}))).wide == frozenset()
+
+
+def test_a_tunnel_served_on_its_token_groups_is_granted_them_whole() -> None:
+    from mproxy.edge.table import TunnelDirectory
+
+    class Session:
+        def __init__(self, control: EdgeControl) -> None:
+            self.control, self.active_streams, self.accepting = control, 0, True
+
+        @property
+        def listener_groups(self) -> frozenset[str] | None:
+            return self.control.scope
+
+    table: TunnelDirectory[Session] = TunnelDirectory()
+    none_asked = Session(EdgeControl(SECRET))
+    assert none_asked.control.add_token(mint(SECRET, listener_groups=["gw-a"])) is None
+    table.set_grant(none_asked, none_asked.control.grant)
+    assert table.pick_name("anything.test", group="gw-a") is none_asked
+    free = Session(EdgeControl(SECRET))
+    free.control.add_token(mint(SECRET, domains=["a.test"]))
+    table.set_grant(free, free.control.grant)
+    assert table.wide_groups(free) == frozenset() and table.pick_name("a.test", group="gw-a") is free

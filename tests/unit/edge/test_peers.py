@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mproxy.edge.auth import Grant
-from mproxy.edge.peers import MAX_GRANT_KEYS, Peer, parse_answer, static_targets
+from mproxy.edge.peers import MAX_GRANT_KEYS, Peer, grant_json, parse_answer, static_targets
 
 
 def answer(**fields: object) -> bytes:
@@ -53,3 +53,17 @@ def test_bad_answers_are_refused(bad: bytes) -> None:
 def test_static_targets() -> None:
     assert static_targets(("10.0.0.5", "10.0.0.6:9443", "[fd00::1]:8443", "fd00::2"), 8443) == [
         ("10.0.0.5", 8443), ("10.0.0.6", 9443), ("fd00::1", 8443), ("fd00::2", 8443)]
+
+
+def test_a_group_wide_grant_between_edges() -> None:
+    body = answer(domains=[], ports=[], groups={"gw-a": {"domains": ["a.test"], "ports": [], "all": True},
+                                                "gw-b": {"domains": ["b.test"]}})
+    *_, grant, draining, groups = parse_answer(body)
+    assert groups["gw-a"].wide == frozenset({"gw-a"}) and groups["gw-b"].wide == frozenset()
+    peer = Peer("10.0.0.5", "edge-1", 8444, grant, draining, 0.0, groups)
+    assert peer.serves_all("gw-a") and not peer.serves_all("gw-b") and not peer.serves_all(None)
+    assert not peer.serves("x.test", 443, "gw-a")  # not specifically: it ranks below a specific peer
+    assert grant_json(groups["gw-a"]) == {"domains": ["a.test"], "ports": [], "all": True}
+    assert grant_json(groups["gw-b"]) == {"domains": ["b.test"], "ports": []}
+    with pytest.raises(ValueError, match="all must be a boolean"):
+        parse_answer(answer(groups={"gw-a": {"all": "yes"}}))

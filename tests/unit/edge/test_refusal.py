@@ -22,7 +22,7 @@ def test_plain_text_on_a_tls_port_gets_no_tls_bytes() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "status"),
-    [("no_tunnel", b"502"), ("tunnel_full", b"503"), ("draining", b"503"), ("rate_limited", b"429"),
+    [("no_tunnel", b"404"), ("tunnel_full", b"503"), ("draining", b"503"), ("rate_limited", b"429"),
      ("too_many_connections", b"429"), ("no_name", b"400"), ("name_too_long", b"400"),
      ("bad_proxy_header", b"400")],
 )

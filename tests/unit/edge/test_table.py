@@ -108,3 +108,41 @@ def test_scoped_grants_for_peers() -> None:
     anywhere, groups = table.scoped()
     assert anywhere == grant("any.test", ports=(2,))
     assert groups == {"gw-a": grant("a.test", "ab.test", ports=(1,)), "gw-b": grant("ab.test")}
+
+
+def test_a_group_wide_grant_takes_every_client_of_its_group_below_specific_grants() -> None:
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
+    gw = FakeTunnel("gw", listener_groups=frozenset({"gw-a"}))
+    table.set_grant(gw, Grant(frozenset({"shop.test"}), groups=frozenset({"gw-a"}),
+                              wide=frozenset({"gw-a"})))
+    assert table.pick_name("unknown.test", group="gw-a") is gw  # any name on gw-a's listeners
+    assert table.match_name("unknown.test", "gw-a")[0] == "*gw-a"  # never a granted domain's key
+    assert table.pick_port(9999, group="gw-a") is gw and table.tunnels_for_port(80, "gw-a") == [gw]
+    assert table.pick_name("unknown.test", group="gw-b") is None  # not another group's
+    assert table.pick_name("unknown.test") is None and table.pick_port(9999) is None  # nor ungrouped
+    assert table.wide_groups(gw) == frozenset({"gw-a"})
+    # A tunnel granted the name (or the port) itself wins; the group-wide one keeps the rest.
+    named = FakeTunnel("named", listener_groups=frozenset({"gw-a"}))
+    table.set_grant(named, grant("api.test", ports=(5432,)))
+    assert table.pick_name("v1.api.test", group="gw-a") is named
+    assert table.pick_port(5432, group="gw-a") is named
+    assert table.pick_name("shop.test", group="gw-a") is gw and table.pick_name("x.test", group="gw-a") is gw
+    # A specific tunnel that is full is tunnel_full, not a fallback to the group-wide one.
+    named.accepting = False
+    assert table.pick_name("api.test", group="gw-a") is None
+    assert table.match_name("api.test", "gw-a") == ("api.test", [named])
+    table.remove(gw)
+    assert table.pick_name("x.test", group="gw-a") is None and table.wide_groups(gw) == frozenset()
+
+
+def test_a_group_wide_grant_needs_the_tunnel_to_serve_that_group() -> None:
+    table: TunnelDirectory[FakeTunnel] = TunnelDirectory()
+    # The token lists gw-a and gw-b, the tunnel asked for gw-b only: gw-b is granted whole, gw-a not.
+    t = FakeTunnel("t", listener_groups=frozenset({"gw-b"}))
+    table.set_grant(t, Grant(groups=frozenset({"gw-a", "gw-b"}), wide=frozenset({"gw-a", "gw-b"})))
+    assert table.pick_name("x.test", group="gw-b") is t and table.pick_name("x.test", group="gw-a") is None
+    anywhere, groups = table.scoped()
+    assert anywhere == Grant() and groups == {"gw-b": Grant(wide=frozenset({"gw-b"}))}
+    # A re-grant replaces the group-wide part too.
+    table.set_grant(t, grant("only.test"))
+    assert table.pick_name("x.test", group="gw-b") is None and table.pick_name("only.test", group="gw-b") is t
