@@ -101,10 +101,14 @@ def http_router(listener: Listener, bindings: Sequence[HttpBinding]) -> dict[str
 
 
 def gateway_config_dict(
-    params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = ()
+    params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = (),
+    group: str | None = None,
 ) -> dict[str, Any]:
-    """The camelCase config before validation: the Tunnel renderer's base plus this Gateway's routes."""
+    """The camelCase config before validation: the Tunnel renderer's base plus this Gateway's routes;
+    with a listener group (addresses.py), the connector asks the edge for that group's clients only."""
     base = sidecar_config_dict(connector_spec(params), [])
+    if group is not None:
+        base["edge"]["listenerGroups"] = [group]
     keyed: list[tuple[tuple[int, int], dict[str, Any]]] = []
     for b in bindings:
         if isinstance(b, Binding) and (route := _stream_route(b)) is not None:
@@ -130,10 +134,11 @@ def gateway_config_dict(
 
 
 def gateway_config(
-    params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = ()
+    params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = (),
+    group: str | None = None,
 ) -> SidecarConfig:
     """Validated by the sidecar's own schema; raises mproxy.config.ConfigError."""
-    return load_sidecar_config(gateway_config_dict(params, bindings, listeners))
+    return load_sidecar_config(gateway_config_dict(params, bindings, listeners, group))
 
 
 def certs_secret(
