@@ -389,15 +389,19 @@ class GatewayAPI:
 
 
     def _remove_connector(self, gw: Mapping[str, Any]) -> None:
-        """A Gateway that holds no listener group runs no connector: delete its Deployment, ConfigMap
-        (the record of the group it held) and certs Secret, if any."""
+        """A Gateway that holds no listener group runs no connector: delete its Deployment and certs
+        Secret, if any, and drop the group its ConfigMap records (the ConfigMap stays: the operator may
+        patch ConfigMaps, not delete them; it goes with the Gateway)."""
         meta = gw["metadata"]
         ns, name = meta["namespace"], meta["name"]
         for path in (kube.apps(ns, "deployments", names.connector_name(name)),
-                     kube.core(ns, "configmaps", names.connector_name(name)),
                      kube.core(ns, "secrets", names.certs_secret_name(name))):
             if self.kube.delete(path):
                 log.info("gateway api: %s/%s holds no listener group: deleted %s", ns, name, path)
+        path = kube.core(ns, "configmaps", names.connector_name(name))
+        cm = self.kube.get(path) or {}
+        if addresses.GROUP_ANNOTATION in ((cm.get("metadata") or {}).get("annotations") or {}):
+            self.kube.merge_patch(path, {"metadata": {"annotations": {addresses.GROUP_ANNOTATION: None}}})
 
 
 def _pending_http(listeners: list[Listener]) -> list[Listener]:
