@@ -203,7 +203,7 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
         assert _cond(_listener(st, "term")["conditions"], "Accepted")["reason"] == "UnsupportedValue"
         assert _cond(_listener(st, "tcp")["conditions"], "Accepted")["status"] == "True"
         # The refused backendRef keeps its share, refused: the listener's streams are closed.
-        (r,) = _config(kube, ns, "g").routes
+        (r,) = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
         assert [(b.weight, b.refuse) for b in r.targets] == [(1, True)]
 
         grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
@@ -213,7 +213,7 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
         _apply(kube, grant, namespace=other)
         kube.wait_for(lambda: parent("x", "ResolvedRefs", "ResolvedRefs"), timeout=45,
                       what="ResolvedRefs once the ReferenceGrant exists")
-        (r,) = _config(kube, ns, "g").routes
+        (r,) = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
         assert [b.host for b in r.targets] == [f"db.{other}.svc.cluster.local"]
         assert _listener(_status(kube, "gateway", "g", ns), "tcp")["attachedRoutes"] == 1
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mproxy.ca import CertificateAuthority
+from mproxy.config.sidecar import load_sidecar_config
 from mproxy_operator.gateway_api import names, render
 from mproxy_operator.gateway_api.listeners import CertInputs, certificate_refs, parse_listeners
 from mproxy_operator.gateway_api.params import parse_params
@@ -47,7 +48,7 @@ def _reasons(lst: Any) -> dict[str, str]:
 
 
 def test_https_certificate_refs_resolve_as_the_spec_says(tls_secret: dict[str, Any]) -> None:
-    other = {"type": "kubernetes.io/tls", "data": dict(tls_secret["data"])}
+    other: dict[str, Any] = {"type": "kubernetes.io/tls", "data": dict(tls_secret["data"])}
     key_of_another = CertificateAuthority.create().issue(["x.test"]).key_pem
     cases: list[tuple[dict[str, Any], dict[tuple[str, str], Any], str | None]] = [
         (_https(), {("app", "cert"): tls_secret}, None),
@@ -276,6 +277,41 @@ def test_the_gateway_config_routes_routers_and_weights(
     assert routers["https"]["tls"] == {"certificates": [
         {"certFile": f"{names.CERTS_DIR}/{crt}", "keyFile": f"{names.CERTS_DIR}/{key}"}]}
     assert "tls" not in routers["http"]
+    # The connector's own loader takes it: the stream routes, routers, rules and certificate paths.
+    loaded = load_sidecar_config(config)
+    assert {r.name for r in loaded.http_routers} == {"http", "shop", "https"}
+    assert {r.name: r.http for r in loaded.routes}["http.shop"] == "shop"
+
+
+def test_an_httproute_with_every_supported_filter_passes_the_sidecar_schema(
+    tls_secret: dict[str, Any],
+) -> None:
+    inp = _inputs(tls_secret)
+    rules: list[dict[str, Any]] = [
+        {"matches": [{"path": {"type": "Exact", "value": "/a"},
+                      "headers": [{"type": "RegularExpression", "name": "X-R", "value": "^v[0-9]+$"}]}],
+         "filters": [{"type": "RequestHeaderModifier",
+                      "requestHeaderModifier": {"set": [{"name": "X-A", "value": "1"}], "remove": ["X-B"]}},
+                     {"type": "ResponseHeaderModifier",
+                      "responseHeaderModifier": {"add": [{"name": "X-C", "value": "2"}]}}],
+         "backendRefs": [{"name": "web", "port": 8080}],
+         "timeouts": {"request": "10s", "backendRequest": "5s"}},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+         "filters": [{"type": "RequestRedirect", "requestRedirect": {
+             "scheme": "https", "statusCode": 301,
+             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+         "filters": [{"type": "URLRewrite", "urlRewrite": {
+             "hostname": "api.internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+         "backendRefs": [{"name": "web", "port": 8080, "weight": 1},
+                         {"name": "nope", "port": 1, "weight": 1}]},
+        {"matches": [{"method": "POST", "queryParams": [{"name": "v", "value": "2"}]}]},  # no backends: 500
+    ]
+    bindings = attach(_hr("all", [{"name": "g", "sectionName": "http"}], rules), "HTTPRoute", inp)[1]
+    loaded = load_sidecar_config(gateway_config_dict(PARAMS, bindings, inp.listeners))
+    (router,) = [r for r in loaded.http_routers if r.name == "http"]
+    (route,) = router.routes
+    assert len(route.rules) == 4
 
 
 def test_without_weighted_backends_the_heaviest_valid_one_is_rendered(
@@ -292,7 +328,7 @@ def test_without_weighted_backends_the_heaviest_valid_one_is_rendered(
     assert config["routes"] == [{"name": "tcproute.app.db.0.tcp",
                                  "match": {"services": ["tcp"], "ports": [5432]},
                                  "backend": {"host": "pg.app.svc.cluster.local", "port": 5432}}]
-    assert "httpRouters" not in config
+    assert not config.get("httpRouters")
 
 
 def test_the_certs_secret_and_its_mount(tls_secret: dict[str, Any]) -> None:
