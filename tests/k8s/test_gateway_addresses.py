@@ -77,7 +77,9 @@ def test_one_group_per_gateway_exhaustion_and_release(
     assert _cond(three["conditions"], "Accepted")["status"] == "True"
     assert _get(kube, "deployment", "mproxy-gateway-gw3", ns) is None  # no address: no connector
 
-    # Deleting gw1 frees gw-a: gw3 gets it, gw2 keeps its own.
+    # Deleting gw1 frees gw-a: gw3 gets it, gw2 keeps its own. By age alone gw2 would now take gw-a:
+    # it keeps gw-b because the operator reads the assignment back from the apiserver (its connector
+    # ConfigMap) on every reconcile, as a restarted operator or another replica does.
     kube.kubectl("delete", "gateway", "gw1", "-n", ns, "--timeout=60s")
     three = kube.wait_for(lambda: programmed("gw3"), timeout=60, what="Gateway gw3 Programmed after gw1 left")
     assert three["addresses"] == A and group("gw3") == "gw-a"
