@@ -141,6 +141,7 @@ class Harness:
         self.echoes: dict[tuple[str, str], tuple[subprocess.Popen[bytes], dict[int, int]]] = {}
         self.stop = threading.Event()
         self.connectors: dict[tuple[str, str], Connector] = {}
+        self.lock = threading.Lock()  # the loop's round against close()
         self.tunnel_port = free_port()
         self.errors: list[str] = []
 
@@ -207,11 +208,14 @@ class Harness:
     # -- the stand-ins, refreshed every second ---------------------------------------------------
     def loop(self) -> None:
         while not self.stop.wait(1.0):
-            try:
-                self.sync_echoes()
-                self.sync_connectors()
-            except Exception as exc:  # keep going: the suite's own checks will show what broke
-                self.errors.append(repr(exc))
+            with self.lock:
+                if self.stop.is_set():
+                    return
+                try:
+                    self.sync_echoes()
+                    self.sync_connectors()
+                except Exception as exc:  # keep going: the suite's own checks will show what broke
+                    self.errors.append(repr(exc))
 
     def _json(self, *args: str) -> Any:
         res = self.cluster.kubectl(*args, "-o", "json", check=False)
@@ -232,7 +236,8 @@ class Harness:
                 continue
             tcp_mode = env.get("TCP_ECHO_SERVER") == "1"
             http_mode = not any(env.get(f"{k}_ECHO_SERVER") for k in ("TCP", "UDP", "GRPC"))
-            if not (tcp_mode or (http_mode and self.http_echoes)):
+            # HTTP-mode echoes with a certificate serve the TLS profile's backends (tls-backend) too.
+            if not (tcp_mode or (http_mode and (self.http_echoes or "TLS_SERVER_CERT" in env))):
                 continue
             key = (meta["namespace"], meta["name"])
             seen.add(key)
@@ -342,19 +347,28 @@ class Harness:
             for backend in [r["backend"]] if "backend" in r else r.get("backends") or []:
                 self._rewrite(backend)
         files = self._cert_files(ns, gw) if config.get("httpRouters") else {}
+        routes, routers = config.get("routes") or [], []
         for router in config.get("httpRouters") or []:
-            for cert in (router.get("tls") or {}).get("certificates") or []:
-                cert["certFile"] = files.get(cert["certFile"], cert["certFile"])
-                cert["keyFile"] = files.get(cert["keyFile"], cert["keyFile"])
+            if router.get("tls"):
+                # Only certificates already materialised here (the certs Secret is read once per
+                # round): a path the connector cannot load would make it refuse the whole config.
+                certs = [{"certFile": files[c["certFile"]], "keyFile": files[c["keyFile"]]}
+                         for c in router["tls"].get("certificates") or []
+                         if c["certFile"] in files and c["keyFile"] in files]
+                if not certs:
+                    routes = [r for r in routes if r.get("http") != router["name"]]
+                    continue
+                router["tls"]["certificates"] = certs
             for route in router.get("routes") or []:
                 for rule in route.get("rules") or []:
                     for backend in rule.get("backends") or []:
                         self._rewrite(backend)
+            routers.append(router)
         return {
             "edge": {"urls": [f"ws://127.0.0.1:{self.tunnel_port}/"], "tokenFile": str(self.work / "token"),
                      "listenerGroups": groups},
-            "routes": config.get("routes") or [],
-            **({"httpRouters": config["httpRouters"]} if config.get("httpRouters") else {}),
+            "routes": routes,
+            **({"httpRouters": routers} if routers else {}),
             "limits": {"maxStreamsPerClient": 100000},  # every client is 127.0.0.1 (the edge's limits)
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
@@ -393,12 +407,13 @@ class Harness:
 
     def close(self) -> None:
         self.stop.set()
-        for conn in self.connectors.values():
-            conn.stop()
-        for proc, _ports in self.echoes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with self.lock:
+            for conn in self.connectors.values():
+                conn.stop()
+            for proc, _ports in self.echoes.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 class Connector:
