@@ -99,3 +99,24 @@ def test_one_group_per_gateway_exhaustion_and_release(
     )
     assert _cond(five["conditions"], "Accepted")["status"] == "False"
     assert group("gw2") == "gw-b"  # nobody took it over
+
+    # gw3 asks for an address outside the pool: it loses gw-a and its connector; asking for nothing
+    # again, it gets gw-a back, recorded again although its ConfigMap's data is what it was.
+    def patch(name: str, spec: dict[str, Any]) -> None:
+        kube.kubectl("patch", "gateway", name, "-n", ns, "--type", "merge", "-p", json.dumps({"spec": spec}))
+
+    def annotations() -> dict[str, str]:
+        cm = _get(kube, "configmap", "mproxy-gateway-gw3", ns) or {}
+        return dict(cm.get("metadata", {}).get("annotations") or {})
+
+    patch("gw3", {"addresses": [{"type": "IPAddress", "value": "192.0.2.1"}]})
+    kube.wait_for(lambda: GROUP_ANNOTATION not in annotations()
+                  and _get(kube, "deployment", "mproxy-gateway-gw3", ns) is None
+                  and _cond(_status(kube, "gateway", "gw3", ns)["conditions"], "Accepted")
+                  .get("reason") == "UnsupportedAddress",
+                  timeout=60, what="gw3 UnsupportedAddress, without connector or group record")
+    patch("gw3", {"addresses": None})
+    kube.wait_for(lambda: programmed("gw3"), timeout=60, what="Gateway gw3 Programmed again")
+    kube.wait_for(lambda: annotations().get(GROUP_ANNOTATION) == "gw-a", timeout=30,
+                  what="gw3's group recorded again")
+    assert group("gw3") == "gw-a" and _status(kube, "gateway", "gw3", ns)["addresses"] == A

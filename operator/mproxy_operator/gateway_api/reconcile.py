@@ -64,6 +64,9 @@ class GatewayAPI:
     cert_refs: set[tuple[str, str]] = field(default_factory=set)
     # The parametersRef ConfigMaps of mproxy GatewayClasses: the same.
     params_refs: set[tuple[str, str]] = field(default_factory=set)
+    # The listener group each Gateway's connector ConfigMap records (addresses.GROUP_ANNOTATION), as
+    # read at the start of this reconcile.
+    held: dict[tuple[str, str], str] = field(default_factory=dict)
 
     # -- reads -------------------------------------------------------------------------------
     def _items(self, path: str) -> list[dict[str, Any]]:
@@ -136,9 +139,10 @@ class GatewayAPI:
     ) -> dict[tuple[str, str], addresses.Assignment]:
         """The listener group of every Gateway of a class with a pool (addresses.py); none without."""
         pooled = {c for c, p in params.items() if isinstance(p, ClassParams) and p.listener_groups}
+        self.held = {}
         if not pooled:
             return {}
-        held = {
+        self.held = held = {
             (cm["metadata"]["namespace"], labels[names.GATEWAY_LABEL]): group
             for cm in self.kube.items("/api/v1/configmaps", names.GATEWAY_LABEL)
             if (labels := cm["metadata"].get("labels") or {}).get(names.GATEWAY_LABEL)
@@ -369,6 +373,11 @@ class GatewayAPI:
         if group is not None:
             cm["metadata"]["annotations"][addresses.GROUP_ANNOTATION] = group
         _apply_config_map(self.kube, cm)
+        if group is not None and self.held.get((ns, name)) != group:
+            # _apply_config_map leaves metadata alone when the data is unchanged (a group dropped by
+            # _remove_connector and assigned again): write the record itself.
+            self.kube.merge_patch(kube.core(ns, "configmaps", obj_name),
+                                  {"metadata": {"annotations": {addresses.GROUP_ANNOTATION: group}}})
         desired = build_connector(
             name=obj_name, namespace=ns, owner=owner,
             selector={"app.kubernetes.io/name": "mproxy", "app.kubernetes.io/component": "gateway-connector",
@@ -386,7 +395,6 @@ class GatewayAPI:
         elif ((current.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH) != wanted:
             current = self.kube.merge_patch(path, {"metadata": desired["metadata"], "spec": desired["spec"]})
         return int((current.get("status") or {}).get("readyReplicas") or 0)
-
 
     def _remove_connector(self, gw: Mapping[str, Any]) -> None:
         """A Gateway that holds no listener group runs no connector: delete its Deployment and certs
