@@ -471,6 +471,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
+    ap.add_argument("--match", default="",
+                    help="only the tests whose ShortName matches this Go regexp, e.g. ^TLSRoute (-test.run)")
     ap.add_argument("--report", default=str(REPO / "docs" / "conformance" / "mproxy-report.yaml"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = ap.parse_args()
@@ -500,7 +502,8 @@ def main() -> int:
         log = cluster.log_dir / "conformance.log"
         cmd = [
             str(GW_CACHE / "bin" / "conformance.test"), "-test.v", "-test.timeout=60m",
-            "-test.run=TestConformance", f"-gateway-class={CLASS}", f"-conformance-profiles={args.profiles}",
+            f"-test.run=TestConformance/{args.match}" if args.match else "-test.run=TestConformance",
+            f"-gateway-class={CLASS}", f"-conformance-profiles={args.profiles}",
             "-organization=mproxy", "-project=mproxy", "-url=https://github.com/mproxy/mproxy",
             "-version=main", "-contact=@mproxy/maintainers", f"-report-output={report}",
             "-disable-parallel-tests", "-cleanup-base-resources=true",
