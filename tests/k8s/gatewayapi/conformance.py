@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -51,9 +52,10 @@ from mproxy_operator.gateway_api.addresses import GROUP_ANNOTATION  # noqa: E402
 CACHE = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
 GW_CACHE = CACHE / "gateway-api"
 HERE = Path(__file__).resolve().parent
-# The edge's address pool: one listener group per address (GatewayClass parameters `listenerGroups`).
-POOL = [f"127.0.77.{i}" for i in range(1, 17)]
-EDGE_IP = POOL[0]
+# The edge's address pool: 16 consecutive loopback addresses from MPROXY_CONFORMANCE_EDGE_IP (another
+# start keeps a second run apart), one listener group each (GatewayClass parameters `listenerGroups`).
+EDGE_IP = os.environ.get("MPROXY_CONFORMANCE_EDGE_IP", "127.0.77.1")
+POOL = [str(ipaddress.IPv4Address(EDGE_IP) + i) for i in range(16)]
 CLASS = "mproxy"
 GROUP = "gateway.networking.k8s.io"
 LABEL = "mproxy.dev/gateway-api-gateway"
@@ -236,8 +238,7 @@ class Harness:
                 continue
             tcp_mode = env.get("TCP_ECHO_SERVER") == "1"
             http_mode = not any(env.get(f"{k}_ECHO_SERVER") for k in ("TCP", "UDP", "GRPC"))
-            # HTTP-mode echoes with a certificate serve the TLS profile's backends (tls-backend) too.
-            if not (tcp_mode or (http_mode and (self.http_echoes or "TLS_SERVER_CERT" in env))):
+            if not (tcp_mode or (http_mode and self.http_echoes)):
                 continue
             key = (meta["namespace"], meta["name"])
             seen.add(key)
@@ -469,7 +470,7 @@ def summarize(log: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP")
+    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-HTTP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
     ap.add_argument("--match", default="",
                     help="only the tests whose ShortName matches this Go regexp, e.g. ^TLSRoute (-test.run)")
@@ -493,7 +494,9 @@ def main() -> int:
         cluster.kubectl("apply", "--server-side", "-f", str(crds))
         for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
-        harness = Harness(work, cluster, http_echoes="GATEWAY-HTTP" in args.profiles)
+        # HTTP echo backends always: the suite runs every test whose features the GatewayClass claims
+        # (HTTPRoute once the connector has its HTTP router), whatever the profiles.
+        harness = Harness(work, cluster, http_echoes=True)
         harness.start_edge(tls, tcp, http, domains)
         harness.start_operator()
         threading.Thread(target=harness.loop, daemon=True).start()
