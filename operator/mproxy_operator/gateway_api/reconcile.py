@@ -18,7 +18,7 @@ from typing import Any
 from mproxy.config.errors import ConfigError
 from mproxy_operator import kube
 from mproxy_operator.connector import build_connector
-from mproxy_operator.gateway_api import names
+from mproxy_operator.gateway_api import addresses, names
 from mproxy_operator.gateway_api.listeners import CertInputs, Listener, certificate_refs, parse_listeners
 from mproxy_operator.gateway_api.params import ClassParams, ParamsError, parse_params
 from mproxy_operator.gateway_api.render import (
@@ -39,7 +39,7 @@ from mproxy_operator.gateway_api.routes import (
     parent_status,
     refs_gateway,
 )
-from mproxy_operator.gateway_api.status import class_status, gateway_accepted, gateway_status
+from mproxy_operator.gateway_api.status import class_status, gateway_status
 from mproxy_operator.kube import Kube, KubeError
 from mproxy_operator.podspec import SidecarDefaults
 from mproxy_operator.reconcile import SPEC_HASH, _apply_config_map
@@ -64,6 +64,9 @@ class GatewayAPI:
     cert_refs: set[tuple[str, str]] = field(default_factory=set)
     # The parametersRef ConfigMaps of mproxy GatewayClasses: the same.
     params_refs: set[tuple[str, str]] = field(default_factory=set)
+    # The listener group each Gateway's connector ConfigMap records (addresses.GROUP_ANNOTATION), as
+    # read at the start of this reconcile.
+    held: dict[tuple[str, str], str] = field(default_factory=dict)
 
     # -- reads -------------------------------------------------------------------------------
     def _items(self, path: str) -> list[dict[str, Any]]:
@@ -124,10 +127,33 @@ class GatewayAPI:
             }
             backends: set[tuple[str, str]] = set()
             self.cert_refs = set().union(*(certificate_refs(g) for g in gateways))
+            assigned = self._assignments(gateways, params)
             for gw in gateways:
-                backends |= self._gateway(gw, params[gw["spec"]["gatewayClassName"]], routes, now)
+                backends |= self._gateway(gw, params[gw["spec"]["gatewayClassName"]], routes, now,
+                                          assigned.get((gw["metadata"]["namespace"], gw["metadata"]["name"])))
             self._detach_stale(gateways, routes)
             self.backends = backends
+
+    def _assignments(
+        self, gateways: list[dict[str, Any]], params: Mapping[str, ClassParams | ParamsError]
+    ) -> dict[tuple[str, str], addresses.Assignment]:
+        """The listener group of every Gateway of a class with a pool (addresses.py); none without."""
+        pooled = {c for c, p in params.items() if isinstance(p, ClassParams) and p.listener_groups}
+        self.held = {}
+        if not pooled:
+            return {}
+        self.held = held = {
+            (cm["metadata"]["namespace"], labels[names.GATEWAY_LABEL]): group
+            for cm in self.kube.items("/api/v1/configmaps", names.GATEWAY_LABEL)
+            if (labels := cm["metadata"].get("labels") or {}).get(names.GATEWAY_LABEL)
+            and (group := (cm["metadata"].get("annotations") or {}).get(addresses.GROUP_ANNOTATION))
+        }
+        out: dict[tuple[str, str], addresses.Assignment] = {}
+        for c in sorted(pooled):
+            p = params[c]
+            assert isinstance(p, ClassParams)
+            out |= addresses.assign([g for g in gateways if g["spec"]["gatewayClassName"] == c], p.pool, held)
+        return out
 
     def _write_class(self, c: Mapping[str, Any], p: ClassParams | ParamsError, now: str) -> None:
         gen = int(c["metadata"].get("generation") or 0)
@@ -154,7 +180,9 @@ class GatewayAPI:
     def _gateway(
         self, gw: dict[str, Any], p: ClassParams | ParamsError,
         routes: Mapping[str, list[dict[str, Any]]], now: str,
+        assignment: addresses.Assignment | None = None,
     ) -> set[tuple[str, str]]:
+        """`assignment`: the Gateway's listener group when its class has a pool (addresses.py)."""
         meta = gw["metadata"]
         ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation") or 0)
         refs = sorted(certificate_refs(gw))
@@ -204,22 +232,30 @@ class GatewayAPI:
                         attached[lst] = attached.get(lst, 0) + 1
                 self._write_route_parents(route, kind, gw, results, now)
 
-        try:
-            text = gateway_config(p, bindings, listeners).to_yaml()
-        except ConfigError as exc:  # a bug of ours, or names the sidecar refuses: say so, keep the old one
-            programmed = (False, "Invalid", f"the connector would refuse this config: {exc}")
+        group = assignment.group if assignment is not None else None
+        no_group = addresses.programmed(assignment)
+        text: str | None = None
+        if no_group is not None:  # no address: no connector (one left from before would share another's)
+            self._remove_connector(gw)
+            programmed = no_group
         else:
+            try:
+                text = gateway_config(p, bindings, listeners, group).to_yaml()
+            except ConfigError as exc:  # a bug of ours, or names the sidecar refuses: say so, keep the old
+                programmed = (False, "Invalid", f"the connector would refuse this config: {exc}")
+        if text is not None:
             served = sorted({c for lst in listeners if lst.served and lst.protocol == "HTTPS"
                              for c in lst.certificates})
-            ready = self._apply_connector(gw, p, text, secrets, served)
+            ready = self._apply_connector(gw, p, text, secrets, served, group)
             programmed = (
                 (True, "Programmed", f"{ready} connector replica(s) ready")
                 if ready
                 else (False, "Pending", f"waiting for the connector Deployment {names.connector_name(name)}")
             )
-        accepted = gateway_accepted(gw, listeners)
+        accepted = addresses.accepted(assignment, gw, listeners)
         st = gateway_status(
-            generation=gen, listeners=listeners, attached=attached, addresses=p.addresses,
+            generation=gen, listeners=listeners, attached=attached,
+            addresses=p.addresses if assignment is None else assignment.addresses,
             accepted=accepted, programmed=programmed, previous=previous, now=now,
         )
         self._patch_status(path, gw, st)
@@ -323,15 +359,25 @@ class GatewayAPI:
     def _apply_connector(
         self, gw: Mapping[str, Any], p: ClassParams, text: str,
         secrets: Mapping[tuple[str, str], Mapping[str, Any]], served: list[tuple[str, str]],
+        group: str | None = None,
     ) -> int:
-        """The ConfigMap, certs Secret and Deployment, owned by the Gateway; returns the ready replicas."""
+        """The ConfigMap, certs Secret and Deployment, owned by the Gateway; returns the ready replicas.
+        The ConfigMap records the Gateway's listener group (addresses.GROUP_ANNOTATION)."""
         meta = gw["metadata"]
         ns, name = meta["namespace"], meta["name"]
         owner = owner_reference(gw, names.API_VERSION, "Gateway")
         labels = {names.GATEWAY_LABEL: name}
         obj_name = names.connector_name(name)
         certs = self._apply_certs(gw, owner, secrets, served)
-        _apply_config_map(self.kube, config_map(gw, text, name=obj_name, owner=owner, labels=labels))
+        cm = config_map(gw, text, name=obj_name, owner=owner, labels=labels)
+        if group is not None:
+            cm["metadata"]["annotations"][addresses.GROUP_ANNOTATION] = group
+        _apply_config_map(self.kube, cm)
+        if group is not None and self.held.get((ns, name)) != group:
+            # _apply_config_map leaves metadata alone when the data is unchanged (a group dropped by
+            # _remove_connector and assigned again): write the record itself.
+            self.kube.merge_patch(kube.core(ns, "configmaps", obj_name),
+                                  {"metadata": {"annotations": {addresses.GROUP_ANNOTATION: group}}})
         desired = build_connector(
             name=obj_name, namespace=ns, owner=owner,
             selector={"app.kubernetes.io/name": "mproxy", "app.kubernetes.io/component": "gateway-connector",
@@ -350,6 +396,20 @@ class GatewayAPI:
             current = self.kube.merge_patch(path, {"metadata": desired["metadata"], "spec": desired["spec"]})
         return int((current.get("status") or {}).get("readyReplicas") or 0)
 
+    def _remove_connector(self, gw: Mapping[str, Any]) -> None:
+        """A Gateway that holds no listener group runs no connector: delete its Deployment and certs
+        Secret, if any, and drop the group its ConfigMap records (the ConfigMap stays: the operator may
+        patch ConfigMaps, not delete them; it goes with the Gateway)."""
+        meta = gw["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        for path in (kube.apps(ns, "deployments", names.connector_name(name)),
+                     kube.core(ns, "secrets", names.certs_secret_name(name))):
+            if self.kube.delete(path):
+                log.info("gateway api: %s/%s holds no listener group: deleted %s", ns, name, path)
+        path = kube.core(ns, "configmaps", names.connector_name(name))
+        cm = self.kube.get(path) or {}
+        if addresses.GROUP_ANNOTATION in ((cm.get("metadata") or {}).get("annotations") or {}):
+            self.kube.merge_patch(path, {"metadata": {"annotations": {addresses.GROUP_ANNOTATION: None}}})
 
 
 def _pending_http(listeners: list[Listener]) -> list[Listener]:

@@ -4,17 +4,20 @@ What runs, all on this machine, no containers:
 - the test control plane (tests/k8s/conftest.py: kube-apiserver, controllers, scheduler, kwok) with the
   Gateway API v1.6.3 standard CRDs;
 - `mproxy operator --gateway-api` and the GatewayClass `mproxy` (parameters: the edge below);
-- a real `mproxy edge` on 127.0.77.1, with a `tls` listener on each TLS port and a `tcp` listener on
-  each TCP port the suite's Gateways use; its address is every Gateway's status address;
-- a real connector (`mproxy sidecar`) serving the routes the operator rendered into the Gateways'
-  ConfigMaps (the connector Deployments' pods are kwok's, so they run nothing);
+- a real `mproxy edge` on a pool of loopback addresses (127.0.77.1-16), each its own listener group
+  (docs/edge.md, "Listener groups") with a `tls` listener on each TLS/HTTPS port, a `tcp` listener on
+  each TCP port and an `http` listener on each HTTP port the suite's Gateways use; the GatewayClass's
+  parameters carry that pool (`listenerGroups`), so each Gateway gets one address of its own;
+- one real connector (`mproxy sidecar`) per Gateway, serving the config the operator rendered into that
+  Gateway's ConfigMap (its routes, and `edge.listenerGroups`: its group), started and stopped as
+  Gateways come and go (the connector Deployments' pods are kwok's, so they run nothing);
 - a real echo-basic process (built from the suite's source) for each Ready TCP echo pod of the suite.
 
 Two stand-ins for what a cluster's network would do, both here and nowhere in the operator: the
 connector's backend `<svc>.<ns>.svc.cluster.local:<port>` is rewritten to the loopback address of the
 echo-basic process serving one Ready pod of that Service (no cluster DNS, no kube-proxy here), and the
-connector config is the union of every Gateway's (one edge token grants all their names and ports, so
-one connector must serve them all).
+connectors' certificate paths point at local copies of the Gateways' certs Secrets. One edge token
+grants every name and port; the listener groups keep each Gateway's clients on its own connector.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -41,16 +45,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from tests.k8s.conftest import BUILD_SH, KubeCluster  # noqa: E402
+from tests.k8s.conftest import BUILD_SH, KubeCluster, _die_with_parent  # noqa: E402
+
+from mproxy_operator.gateway_api.addresses import GROUP_ANNOTATION  # noqa: E402
 
 CACHE = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
 GW_CACHE = CACHE / "gateway-api"
 HERE = Path(__file__).resolve().parent
-# The edge's address (every Gateway's status address); another loopback address keeps a second run apart.
+# The edge's address pool: 16 consecutive loopback addresses from MPROXY_CONFORMANCE_EDGE_IP (another
+# start keeps a second run apart), one listener group each (GatewayClass parameters `listenerGroups`).
 EDGE_IP = os.environ.get("MPROXY_CONFORMANCE_EDGE_IP", "127.0.77.1")
+POOL = [str(ipaddress.IPv4Address(EDGE_IP) + i) for i in range(16)]
 CLASS = "mproxy"
 GROUP = "gateway.networking.k8s.io"
 LABEL = "mproxy.dev/gateway-api-gateway"
+
+
+def group_of(ip: str) -> str:
+    return "gw-" + ip.rsplit(".", 1)[1]
 
 
 def free_port() -> int:
@@ -116,7 +128,7 @@ def listener_ports(suite: Path) -> tuple[set[int], set[int], set[int], set[str]]
                 names.update(str(h) for h in spec.get("hostnames") or [])
     suffixes = {".".join(n.lstrip("*.").split(".")[-2:]) for n in names if n.strip("*.")}
     # HTTP requests without a Host name carry the Gateway's address: the edge looks it up as a name.
-    suffixes.add(EDGE_IP)
+    suffixes.update(POOL)
     return tls, tcp - tls, http - tls - tcp, suffixes
 
 
@@ -131,10 +143,9 @@ class Harness:
         self.echo_bin = GW_CACHE / "bin" / "echo-basic"
         self.echoes: dict[tuple[str, str], tuple[subprocess.Popen[bytes], dict[int, int]]] = {}
         self.stop = threading.Event()
-        self.config_path = work / "connector.yaml"
-        self.sidecar_started = False
+        self.connectors: dict[tuple[str, str], Connector] = {}
+        self.lock = threading.Lock()  # the loop's round against close()
         self.tunnel_port = free_port()
-        self.sidecar_http = free_port()
         self.errors: list[str] = []
 
     # -- the fixed parts -------------------------------------------------------------------------
@@ -142,9 +153,13 @@ class Harness:
         secret = self.work / "edge-secret"
         secret.write_text(os.urandom(24).hex())
         # tlsRefusal close: the suite wants a refused TLS connection closed, not a TLS alert (docs/edge.md).
-        listeners = [{"kind": "tls", "listen": f"{EDGE_IP}:{p}", "tlsRefusal": "close"} for p in sorted(tls)]
-        listeners += [{"kind": "tcp", "listen": f"{EDGE_IP}:{p}"} for p in sorted(tcp)]
-        listeners += [{"kind": "http", "listen": f"{EDGE_IP}:{p}"} for p in sorted(http)]
+        listeners = []
+        for ip in POOL:  # every port on every address of the pool, each address its own group
+            g = group_of(ip)
+            listeners += [{"kind": "tls", "listen": f"{ip}:{p}", "group": g, "tlsRefusal": "close"}
+                          for p in sorted(tls)]
+            listeners += [{"kind": "tcp", "listen": f"{ip}:{p}", "group": g} for p in sorted(tcp)]
+            listeners += [{"kind": "http", "listen": f"{ip}:{p}", "group": g} for p in sorted(http)]
         config = {
             "id": "edge-0",
             "auth": {"secretFile": str(secret)},
@@ -177,7 +192,8 @@ class Harness:
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "mproxy-edge", "namespace": "default"},
             "data": {"edgeURLs": f"ws://127.0.0.1:{self.tunnel_port}/", "tokenSecret": "edge-token",
-                     "addresses": EDGE_IP, "replicas": "1"},
+                     "listenerGroups": yaml.safe_dump({group_of(ip): [ip] for ip in POOL}, sort_keys=False),
+                     "replicas": "1"},
         }
         gc = {
             "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": CLASS},
@@ -195,11 +211,14 @@ class Harness:
     # -- the stand-ins, refreshed every second ---------------------------------------------------
     def loop(self) -> None:
         while not self.stop.wait(1.0):
-            try:
-                self.sync_echoes()
-                self.sync_connector()
-            except Exception as exc:  # keep going: the suite's own checks will show what broke
-                self.errors.append(repr(exc))
+            with self.lock:
+                if self.stop.is_set():
+                    return
+                try:
+                    self.sync_echoes()
+                    self.sync_connectors()
+                except Exception as exc:  # keep going: the suite's own checks will show what broke
+                    self.errors.append(repr(exc))
 
     def _json(self, *args: str) -> Any:
         res = self.cluster.kubectl(*args, "-o", "json", check=False)
@@ -320,95 +339,128 @@ class Harness:
         self.cert_cache[(ns, gw)] = out
         return out
 
-    def sync_connector(self) -> None:
-        routes, routers = [], []
-        for cm in self._json("get", "configmaps", "-A", "-l", LABEL)["items"]:
-            config = yaml.safe_load(cm["data"]["config.yaml"])
-            gw, ns = cm["metadata"]["labels"][LABEL], cm["metadata"]["namespace"]
-            for r in config.get("routes") or []:
-                r["name"] = f"{ns}.{gw}.{r['name']}"
-                for backend in [r["backend"]] if "backend" in r else r.get("backends") or []:
-                    self._rewrite(backend)
-                if "http" in r:
-                    r["http"] = f"{ns}.{gw}.{r['http']}"
-                routes.append(r)
-            files = self._cert_files(ns, gw) if config.get("httpRouters") else {}
-            for router in config.get("httpRouters") or []:
-                router["name"] = f"{ns}.{gw}.{router['name']}"
-                if router.get("tls"):
-                    # Only certificates already materialised here (the certs Secret is read once per
-                    # round): a path the connector cannot load would make it refuse the whole config.
-                    certs = [{"certFile": files[c["certFile"]], "keyFile": files[c["keyFile"]]}
-                             for c in router["tls"].get("certificates") or []
-                             if c["certFile"] in files and c["keyFile"] in files]
-                    if not certs:
-                        routes = [r for r in routes if r.get("http") != router["name"]]
-                        continue
-                    router["tls"]["certificates"] = certs
-                for route in router.get("routes") or []:
-                    for rule in route.get("rules") or []:
-                        for backend in rule.get("backends") or []:
-                            self._rewrite(backend)
-                routers.append(router)
-        routes, routers = merge_http(routes, routers)
-        # Most specific first across Gateways, as within one (exact names, wildcards, catch-alls).
-        routes.sort(key=lambda r: (not r["match"].get("hostnames"),
-                                   any(h.startswith("*.") for h in r["match"].get("hostnames") or [])))
-        config = {
-            "edge": {"urls": [f"ws://127.0.0.1:{self.tunnel_port}/"], "tokenFile": str(self.work / "token")},
+    def connector_config(self, cm: dict[str, Any]) -> dict[str, Any] | None:
+        """The config of one Gateway's connector: the operator's, with the backends rewritten to the
+        echo-basic processes and the certificate paths to local copies; None while the Gateway holds no
+        listener group (the operator runs no connector for it then)."""
+        config = yaml.safe_load(cm["data"]["config.yaml"])
+        gw, ns = cm["metadata"]["labels"][LABEL], cm["metadata"]["namespace"]
+        groups = (config.get("edge") or {}).get("listenerGroups") or []
+        if not groups or GROUP_ANNOTATION not in (cm["metadata"].get("annotations") or {}):
+            return None
+        for r in config.get("routes") or []:
+            for backend in [r["backend"]] if "backend" in r else r.get("backends") or []:
+                self._rewrite(backend)
+        files = self._cert_files(ns, gw) if config.get("httpRouters") else {}
+        routes, routers = config.get("routes") or [], []
+        for router in config.get("httpRouters") or []:
+            if router.get("tls"):
+                # Only certificates already materialised here (the certs Secret is read once per
+                # round): a path the connector cannot load would make it refuse the whole config.
+                certs = [{"certFile": files[c["certFile"]], "keyFile": files[c["keyFile"]]}
+                         for c in router["tls"].get("certificates") or []
+                         if c["certFile"] in files and c["keyFile"] in files]
+                if not certs:
+                    routes = [r for r in routes if r.get("http") != router["name"]]
+                    continue
+                router["tls"]["certificates"] = certs
+            for route in router.get("routes") or []:
+                for rule in route.get("rules") or []:
+                    for backend in rule.get("backends") or []:
+                        self._rewrite(backend)
+            routers.append(router)
+        return {
+            "edge": {"urls": [f"ws://127.0.0.1:{self.tunnel_port}/"], "tokenFile": str(self.work / "token"),
+                     "listenerGroups": groups},
             "routes": routes,
             **({"httpRouters": routers} if routers else {}),
             "limits": {"maxStreamsPerClient": 100000},  # every client is 127.0.0.1 (the edge's limits)
-            "http": {"listen": f"127.0.0.1:{self.sidecar_http}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
         }
-        text = yaml.safe_dump(config)
-        if not self.config_path.exists() or self.config_path.read_text() != text:
-            tmp = self.config_path.with_suffix(".new")
-            tmp.write_text(text)
-            tmp.replace(self.config_path)
-        if not self.sidecar_started:
-            self.sidecar_started = True
-            self.cluster._spawn(
-                "connector", "sidecar", "--config", str(self.config_path), exe=Path(self.mproxy)
-            )
+
+    def sync_connectors(self) -> None:
+        """One `mproxy sidecar` per Gateway that holds a listener group; its config file is rewritten
+        when the operator's changes (the sidecar reloads routes), and it is restarted when its group
+        changes and stopped when the Gateway is gone."""
+        wanted = {}
+        gateways = {(g["metadata"]["namespace"], g["metadata"]["name"])
+                    for g in self._json("get", "gateways", "-A")["items"]
+                    if not g["metadata"].get("deletionTimestamp")}
+        for cm in self._json("get", "configmaps", "-A", "-l", LABEL)["items"]:
+            key = (cm["metadata"]["namespace"], cm["metadata"]["labels"][LABEL])
+            if key not in gateways:
+                continue  # its Gateway is gone; the ConfigMap goes with it
+            config = self.connector_config(cm)
+            if config is not None:
+                wanted[key] = config
+        for key in set(self.connectors) - set(wanted):
+            self.connectors.pop(key).stop()
+        for key, config in wanted.items():
+            conn = self.connectors.get(key)
+            if conn is not None and (conn.groups != config["edge"]["listenerGroups"] or not conn.alive()):
+                self.connectors.pop(key).stop()
+                conn = None
+            if conn is None:
+                conn = self.connectors[key] = Connector(
+                    self.work / "connectors" / f"{key[0]}.{key[1]}.yaml",
+                    self.cluster.log_dir / f"connector-{key[0]}.{key[1]}.log",
+                    list(config["edge"]["listenerGroups"]), free_port(),
+                )
+            conn.write({**config, "http": {"listen": f"127.0.0.1:{conn.http_port}"}})
+            conn.start(self.mproxy, self.cluster.env())
 
     def close(self) -> None:
         self.stop.set()
-        for proc, _ports in self.echoes.values():
+        with self.lock:
+            for conn in self.connectors.values():
+                conn.stop()
+            for proc, _ports in self.echoes.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class Connector:
+    """One Gateway's `mproxy sidecar`: its config file, log and process."""
+
+    def __init__(self, config_path: Path, log: Path, groups: list[str], http_port: int) -> None:
+        self.config_path, self.log, self.groups, self.http_port = config_path, log, groups, http_port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, config: dict[str, Any]) -> None:
+        text = yaml.safe_dump(config)
+        if self.config_path.exists() and self.config_path.read_text() == text:
+            return
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".new")
+        tmp.write_text(text)
+        tmp.replace(self.config_path)
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def start(self, mproxy: str, env: dict[str, str]) -> None:
+        if self.proc is not None:
+            return
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [mproxy, "sidecar", "--config", str(self.config_path)], stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, env={**env, "KUBECONFIG": ""},
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def merge_http(
-    routes: list[dict[str, Any]], routers: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One connector serves every Gateway here, all on the edge's one address: HTTP listeners of
-    several Gateways with the same port and hostname would be the same stream route, and only the
-    first would ever match. Merge them into one router holding all their HTTPRoutes (and the union of
-    their certificates), as one Gateway with all those routes would be; a stand-in until each Gateway
-    has its own edge address."""
-    by_name = {r["name"]: r for r in routers}
-    out, first_of = [], {}
-    for r in routes:
-        if "http" not in r:
-            out.append(r)
-            continue
-        key = json.dumps(r["match"], sort_keys=True)
-        if key not in first_of:
-            first_of[key] = by_name[r["http"]]
-            out.append(r)
-            continue
-        into, extra = first_of[key], by_name[r["http"]]
-        into["routes"] = [*into.get("routes", []), *extra.get("routes", [])]
-        if extra.get("tls"):
-            have = {c["certFile"] for c in (into.get("tls") or {}).get("certificates") or []}
-            certs = [c for c in extra["tls"]["certificates"] if c["certFile"] not in have]
-            into.setdefault("tls", {"certificates": []})["certificates"] += certs
-    kept = {id(r) for r in first_of.values()}
-    return out, [r for r in routers if id(r) in kept]
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def summarize(log: Path) -> dict[str, int]:
@@ -424,6 +476,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-HTTP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
+    ap.add_argument("--match", default="",
+                    help="only the tests whose ShortName matches this Go regexp, e.g. ^TLSRoute (-test.run)")
     ap.add_argument("--report", default=str(REPO / "docs" / "conformance" / "mproxy-report.yaml"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = ap.parse_args()
@@ -455,7 +509,8 @@ def main() -> int:
         log = cluster.log_dir / "conformance.log"
         cmd = [
             str(GW_CACHE / "bin" / "conformance.test"), "-test.v", "-test.timeout=60m",
-            "-test.run=TestConformance", f"-gateway-class={CLASS}", f"-conformance-profiles={args.profiles}",
+            f"-test.run=TestConformance/{args.match}" if args.match else "-test.run=TestConformance",
+            f"-gateway-class={CLASS}", f"-conformance-profiles={args.profiles}",
             "-organization=mproxy", "-project=mproxy", "-url=https://github.com/mproxy/mproxy",
             "-version=main", "-contact=@mproxy/maintainers", f"-report-output={report}",
             "-disable-parallel-tests", "-cleanup-base-resources=true",
