@@ -25,7 +25,10 @@ CACHE = Path(os.environ.get("MPROXY_CACHE", Path.home() / ".cache" / "mproxy"))
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
+SUITE_TIMEOUT = 45 * 60  # the whole suite: about 7 minutes on 2 cores
 
+
+@pytest.mark.timeout(SUITE_TIMEOUT + 60)
 def test_no_claimed_conformance_regresses(tmp_path: Path) -> None:
     bins = CACHE / "gateway-api" / "bin"
     need((bins / "conformance.test").exists() and (bins / "echo-basic").exists(),
@@ -35,7 +38,7 @@ def test_no_claimed_conformance_regresses(tmp_path: Path) -> None:
     report = tmp_path / "report.yaml"
     run = subprocess.run(
         [sys.executable, str(HERE / "conformance.py"), "--profiles", profiles, "--report", str(report)],
-        cwd=REPO, capture_output=True, text=True, timeout=45 * 60, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT, check=False,
     )
     tail = (run.stdout + run.stderr)[-4000:]
     assert report.exists(), f"the suite wrote no report (exit {run.returncode}):\n{tail}"
