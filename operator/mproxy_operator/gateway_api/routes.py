@@ -162,6 +162,16 @@ def resolve_backend(
     if port is None or not any(p.get("port") == port for p in ports):
         have = ", ".join(str(p.get("port")) for p in ports) or "none"
         return "BackendNotFound", f"backendRef Service {ns}/{name} has no TCP port {port} (its ports: {have})"
+    if (service.get("spec") or {}).get("clusterIP") == "None":
+        # A headless Service's name resolves to its endpoints' addresses, which listen on the target
+        # port: no cluster IP translates the Service port.
+        target = next(p for p in ports if p.get("port") == port).get("targetPort", port)
+        if not isinstance(target, int):
+            return "BackendNotFound", (
+                f"backendRef Service {ns}/{name} is headless and its port {port} has the named targetPort "
+                f"{target!r}, which mproxy cannot resolve: use a numeric targetPort or a Service with a "
+                "cluster IP")
+        port = target
     return Backend(f"{name}.{ns}.svc.{inp.cluster_domain}", int(port), _weight(ref))
 
 

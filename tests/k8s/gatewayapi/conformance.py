@@ -304,9 +304,11 @@ class Harness:
             return host, port
         svc = self._json("get", "service", m.group(1), "-n", m.group(2))
         target: Any = None
+        headless = (svc.get("spec") or {}).get("clusterIP") == "None"
         for p in (svc.get("spec") or {}).get("ports") or []:
-            if p.get("port") == port:
-                target = p.get("targetPort", port)
+            # A headless Service's backends are dialled on the target port (the operator renders it).
+            if (p.get("targetPort", p.get("port")) if headless else p.get("port")) == port:
+                target = p.get("targetPort", p.get("port"))
         selector = (svc.get("spec") or {}).get("selector") or {}
         if target is None or not selector:
             return "127.0.0.1", 1  # nothing serves it: the connection is refused

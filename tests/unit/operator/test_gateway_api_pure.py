@@ -10,7 +10,7 @@ import pytest
 from mproxy_operator.gateway_api.listeners import intersect, parse_listeners
 from mproxy_operator.gateway_api.params import Address, ParamsError, parse_params
 from mproxy_operator.gateway_api.render import gateway_config
-from mproxy_operator.gateway_api.routes import Binding, Inputs, age, attach
+from mproxy_operator.gateway_api.routes import Backend, Binding, Inputs, age, attach, resolve_backend
 
 G = "gateway.networking.k8s.io"
 
@@ -162,3 +162,16 @@ def test_the_oldest_of_two_tcp_routes_on_one_listener_is_served() -> None:
         bindings += attach(r, "TCPRoute", inp)[1]
     config = gateway_config(parse_params(_cm()), bindings)
     assert [r.name.split(".")[2] for r in config.routes] == ["z-older", "a-newer"]
+
+
+def test_a_headless_backend_is_dialled_on_its_target_port() -> None:
+    headless = {"spec": {"clusterIP": "None", "ports": [{"port": 8080, "targetPort": 3000}]}}
+    named = {"spec": {"clusterIP": "None", "ports": [{"port": 8080, "targetPort": "http"}]}}
+    inp = Inputs(gateway=GW, listeners=parse_listeners(GW), grants={}, namespace_labels={},
+                 services={("app", "h"): headless, ("app", "n"): named, ("app", "c"): _svc(8080)})
+    got = resolve_backend({"name": "h", "port": 8080}, "TCPRoute", "app", inp)
+    assert isinstance(got, Backend) and (got.host, got.port) == ("h.app.svc.cluster.local", 3000)
+    got = resolve_backend({"name": "c", "port": 8080}, "TCPRoute", "app", inp)
+    assert isinstance(got, Backend) and got.port == 8080  # a cluster IP translates the Service port
+    got = resolve_backend({"name": "n", "port": 8080}, "TCPRoute", "app", inp)
+    assert isinstance(got, tuple) and got[0] == "BackendNotFound" and "named targetPort 'http'" in got[1]
