@@ -46,7 +46,8 @@ def _crd_dir() -> Path:
 @pytest.fixture(scope="module")
 def gwop(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     kube.kubectl("apply", "--server-side", "-f", str(_crd_dir()))
-    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
+    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "udproutes", "httproutes",
+                "referencegrants"):
         kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}.gateway.networking.k8s.io",
                      "--timeout=30s")
     op = start_operator(kube, tmp_path_factory.mktemp("gwop"), "--gateway-api",

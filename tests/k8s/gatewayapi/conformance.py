@@ -492,7 +492,8 @@ def main() -> int:
         cluster.start()
         crds = GW_CACHE / "crds" / "standard"
         cluster.kubectl("apply", "--server-side", "-f", str(crds))
-        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
+        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "udproutes", "httproutes",
+                    "referencegrants"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
         # HTTP echo backends always: the suite runs every test whose features the GatewayClass claims
         # (HTTPRoute once the connector has its HTTP router), whatever the profiles.
