@@ -187,7 +187,7 @@ class Harness:
         secret = self.work / "edge-secret"
         secret.write_text(os.urandom(24).hex())
         # tlsRefusal close: the suite wants a refused TLS connection closed, not a TLS alert (docs/edge.md).
-        listeners = []
+        listeners: list[dict[str, Any]] = []
         for ip in POOL:  # every port on every address of the pool, each address its own group
             g = group_of(ip)
             listeners += [{"kind": "tls", "listen": f"{ip}:{p}", "group": g, "tlsRefusal": "close"}
