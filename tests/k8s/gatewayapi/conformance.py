@@ -536,7 +536,7 @@ def summarize(log: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-HTTP")
+    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-UDP,GATEWAY-HTTP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
     ap.add_argument("--match", default="",
                     help="only the tests whose ShortName matches this Go regexp, e.g. ^TLSRoute (-test.run)")
