@@ -104,6 +104,29 @@ def http_router(listener: Listener, bindings: Sequence[HttpBinding]) -> dict[str
     return router
 
 
+def _own_address_defaults(listeners: Sequence[Listener]) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+    """A Gateway with an address of its own (a listener group) answers every request to its HTTP and
+    HTTPS ports: a Host (or SNI) no listener's hostname matches goes to the router of the port's first
+    listener, whose routes do not match it either, so it gets 404 (the spec's answer) instead of being
+    refused. Without a group the port is shared with other Gateways and such a catch-all would take
+    their names; ports with a catch-all listener already need none."""
+    out: list[tuple[tuple[int, int], dict[str, Any]]] = []
+    seen: set[tuple[str, int]] = set()
+    served = [lst for lst in listeners if lst.protocol in HTTP_PROTOCOLS and lst.served]
+    covered = {(lst.protocol, lst.port) for lst in served if not lst.hostname}
+    for lst in served:
+        key = (lst.protocol, lst.port)
+        if key in covered or key in seen:
+            continue
+        seen.add(key)
+        out.append((_specificity(()), {
+            "name": f"{lst.protocol.lower()}.{lst.port}.unmatched",
+            "match": _match(lst.protocol.lower(), lst, ()),
+            "http": lst.name,
+        }))
+    return out
+
+
 def gateway_config_dict(
     params: ClassParams, bindings: Sequence[Binding | HttpBinding], listeners: Sequence[Listener] = (),
     group: str | None = None,
@@ -130,6 +153,8 @@ def gateway_config_dict(
                 "http": lst.name,
             }))
             routers.append(http_router(lst, http))
+        if group is not None:
+            keyed += _own_address_defaults(listeners)
     keyed.sort(key=lambda kv: kv[0])  # stable: the oldest route first within one specificity
     base["routes"] = [r for _k, r in keyed]
     if routers:

@@ -170,6 +170,7 @@ class Harness:
         self.cluster = cluster
         self.http_echoes = http_echoes  # echo-basic in HTTP mode too (profile GATEWAY-HTTP)
         self.certs = work / "certs"
+        self.cert_cache: dict[tuple[str, str], dict[str, str]] = {}
         self.mproxy = shutil.which("mproxy") or str(Path(sys.executable).parent / "mproxy")
         self.echo_bin = GW_CACHE / "bin" / "echo-basic"
         self.echoes: dict[tuple[str, str], tuple[subprocess.Popen[bytes], dict[int, int]]] = {}
@@ -386,6 +387,8 @@ class Harness:
         """The Gateway's certs Secret (what its connector pod mounts at /var/run/mproxy/certs) as files
         here: mounted path -> local path."""
         secret = self._json("get", "secret", f"mproxy-gateway-{gw}-certs", "-n", ns)
+        if not secret.get("data"):  # not there yet, or kubectl failed this round: the last good files
+            return self.cert_cache.get((ns, gw), {})
         d = self.certs / f"{ns}.{gw}"
         d.mkdir(parents=True, exist_ok=True)
         out = {}
@@ -398,6 +401,7 @@ class Harness:
                 tmp.chmod(0o600)
                 tmp.replace(path)
             out[f"/var/run/mproxy/certs/{key}"] = str(path)
+        self.cert_cache[(ns, gw)] = out
         return out
 
     def connector_config(self, cm: dict[str, Any]) -> dict[str, Any] | None:

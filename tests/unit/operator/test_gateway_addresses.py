@@ -152,3 +152,28 @@ def test_the_connector_asks_for_its_group() -> None:
     assert gateway_config_dict(p, [], [], "gw-b")["edge"]["listenerGroups"] == ["gw-b"]
     assert gateway_config(p, [], [], "gw-b").edge.listener_groups == ("gw-b",)
     assert "listenerGroups" not in gateway_config_dict(p, [], [])["edge"]  # no pool: as before
+
+
+def test_own_address_answers_unmatched_hosts_with_the_first_router() -> None:
+    from mproxy_operator.gateway_api.listeners import parse_listeners
+    from mproxy_operator.gateway_api.render import HTTP_ROUTERS
+
+    if not HTTP_ROUTERS:
+        pytest.fail("this connector schema has no httpRouters")
+    p = parse_params(_cm(listenerGroups=POOL_TEXT))
+    gw = {"metadata": {"name": "g", "namespace": "app"}, "spec": {"listeners": [
+        {"name": "a", "protocol": "HTTP", "port": 80, "hostname": "a.example.com"},
+        {"name": "b", "protocol": "HTTP", "port": 80, "hostname": "*.example.com"},
+        {"name": "any", "protocol": "HTTP", "port": 8080},
+    ]}}
+    listeners = parse_listeners(gw)
+    routes = gateway_config_dict(p, [], listeners, "gw-a")["routes"]
+    # Exact, wildcard, then the catch-alls: port 80's unmatched names go to listener a's router (404);
+    # port 8080 has a catch-all listener and gets no extra route.
+    assert [(r["name"], r["http"], r["match"].get("hostnames")) for r in routes] == [
+        ("http.a", "a", ["a.example.com"]), ("http.b", "b", ["*.example.com"]),
+        ("http.any", "any", None), ("http.80.unmatched", "a", None)]
+    gateway_config(p, [], listeners, "gw-a")  # the sidecar's schema takes it
+    # Without a group the port is shared with other Gateways: no catch-all.
+    shared = gateway_config_dict(p, [], listeners)["routes"]
+    assert [r["name"] for r in shared] == ["http.a", "http.b", "http.any"]
