@@ -152,8 +152,8 @@ def build_parser(prog: str = "mproxy operator") -> argparse.ArgumentParser:
         "--gateway-api",
         action="store_true",
         help="also serve Gateway API GatewayClasses with controllerName mproxy.dev/gateway-controller, "
-        "their Gateways, TLSRoutes and TCPRoutes (the Gateway API CRDs must be installed; "
-        "docs/gateway-api.md)",
+        "their Gateways, HTTPRoutes, TLSRoutes, TCPRoutes and UDPRoutes (the Gateway API CRDs must be "
+        "installed; docs/gateway-api.md)",
     )
     p.add_argument("--log-format", default="json", choices=("json", "text"))
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

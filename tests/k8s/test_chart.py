@@ -123,8 +123,9 @@ def test_full_render_with_every_option(kube: Any) -> None:
     assert "--gateway-api" in args  # gatewayAPI.enabled, with its RBAC
     gw_rules = [r for r in by[("ClusterRole", "mproxy-operator")]["rules"]
                 if "gateway.networking.k8s.io" in r["apiGroups"]]
-    assert {"gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants", "gateways/status",
-            "httproutes/status"} <= {res for r in gw_rules for res in r["resources"]}
+    assert {"gateways", "tlsroutes", "tcproutes", "udproutes", "httproutes", "referencegrants",
+            "gateways/status", "httproutes/status", "udproutes/status"} <= {
+                res for r in gw_rules for res in r["resources"]}
     # HTTPS listeners' certificateRefs: Secrets cluster-wide, only with gatewayAPI.enabled.
     assert any("secrets" in r["resources"] and "watch" in r["verbs"]
                for r in by[("ClusterRole", "mproxy-operator")]["rules"])

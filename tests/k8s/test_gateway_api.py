@@ -46,7 +46,8 @@ def _crd_dir() -> Path:
 @pytest.fixture(scope="module")
 def gwop(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     kube.kubectl("apply", "--server-side", "-f", str(_crd_dir()))
-    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
+    for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "udproutes", "httproutes",
+                "referencegrants"):
         kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}.gateway.networking.k8s.io",
                      "--timeout=30s")
     op = start_operator(kube, tmp_path_factory.mktemp("gwop"), "--gateway-api",
@@ -159,6 +160,50 @@ def test_doc_examples_tls_and_tcp_gateways(kube: Any, gwop: Operator, kube_names
                   what="the connector garbage-collected with its Gateway")
     kube.wait_for(lambda: not _parent(_status(kube, "tlsroute", "web", ns)), timeout=30,
                   what="the TLSRoute's status entry for the deleted Gateway removed")
+
+
+def test_doc_example_udp_gateway(kube: Any, gwop: Operator, kube_namespace: str) -> None:
+    """docs/gateway-api.md's UDPRoute: a `udp` route on the listener's port to the Service's UDP port;
+    the same Service with only a TCP port 53 is BackendNotFound for the UDPRoute."""
+    ns, cls = kube_namespace, f"mproxy-{uuid.uuid4().hex[:6]}"
+    _class(kube, gwop, cls)
+    st = kube.wait_for(
+        lambda: (s := _status(kube, "gatewayclass", cls)) and s.get("supportedFeatures") and s,
+        timeout=30, what="the GatewayClass's supportedFeatures",
+    )
+    assert "UDPRoute" in {f["name"] for f in st["supportedFeatures"]}
+    coredns: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "coredns"},
+        "spec": {"selector": {"app": "dns"}, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]},
+    }
+    docs = [coredns, *_examples()["udproute"]]
+    for d in docs:
+        if d["kind"] == "Gateway":
+            d["spec"]["gatewayClassName"] = cls
+    _apply(kube, *docs, namespace=ns)
+
+    def programmed() -> dict[str, Any] | None:
+        s = _status(kube, "gateway", "dns", ns)
+        return s if _cond(s.get("conditions") or [], "Programmed").get("status") == "True" else None
+
+    gw = kube.wait_for(programmed, timeout=60, what="Gateway dns Programmed")
+    lst = _listener(gw, "dns")
+    assert lst["attachedRoutes"] == 1 and [k["kind"] for k in lst["supportedKinds"]] == ["UDPRoute"]
+    conds = _parent(_status(kube, "udproute", "dns", ns))["conditions"]
+    assert _cond(conds, "Accepted")["status"] == "True" and _cond(conds, "ResolvedRefs")["status"] == "True"
+    (r,) = _config(kube, ns, "dns").routes
+    assert r.match.services == ("udp",) and r.match.ports == (53,) and not r.match.hostnames
+    assert [(b.host, b.port) for b in r.targets] == [(f"coredns.{ns}.svc.cluster.local", 53)]
+
+    coredns["spec"]["ports"] = [{"name": "dns-tcp", "port": 53, "protocol": "TCP"}]
+    _apply(kube, coredns, namespace=ns)
+    conds = kube.wait_for(
+        lambda: (c := _parent(_status(kube, "udproute", "dns", ns)).get("conditions") or [])
+        and _cond(c, "ResolvedRefs").get("reason") == "BackendNotFound" and c,
+        timeout=30, what="the UDPRoute's ResolvedRefs False once the Service has no UDP port 53",
+    )
+    assert _cond(conds, "ResolvedRefs")["status"] == "False"
+    assert "no UDP port 53" in _cond(conds, "ResolvedRefs")["message"]
 
 
 def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace: str) -> None:

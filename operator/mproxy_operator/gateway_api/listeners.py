@@ -1,7 +1,7 @@
 """A Gateway's listeners: which mproxy can serve, and each one's status conditions (pure).
 
 mproxy serves `TLS` listeners in `Passthrough` mode (the edge routes by SNI, TLS ends at the backend),
-`TCP` listeners (by port), `HTTP` listeners (the edge routes by Host, the connector's HTTP router
+`TCP` and `UDP` listeners (by port), `HTTP` listeners (the edge routes by Host, the connector's HTTP router
 matches HTTPRoutes) and `HTTPS` listeners (`tls.mode: Terminate`: the edge passes TLS through by SNI
 and the connector terminates it with the listener's certificateRefs, then routes like HTTP).
 Everything else is refused with the spec's reason, per listener; the other listeners keep working.
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mproxy_operator.gateway_api.names import GROUP, ROUTE_KIND_FOR_PROTOCOL
+from mproxy_operator.gateway_api.names import GROUP, PORT_PROTOCOLS, ROUTE_KIND_FOR_PROTOCOL
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 (a Secret type)
 
@@ -200,7 +200,8 @@ def parse_listeners(gateway: Mapping[str, Any], certs: CertInputs | None = None)
         if protocol not in ROUTE_KIND_FOR_PROTOCOL:
             problems.append((
                 "Accepted", "UnsupportedProtocol",
-                f"protocol {protocol} is not supported by mproxy; use HTTP, HTTPS, TLS (Passthrough) or TCP",
+                f"protocol {protocol} is not supported by mproxy; use HTTP, HTTPS, TLS (Passthrough), TCP "
+                "or UDP",
             ))
         elif protocol == "TLS" and mode != "Passthrough":
             problems.append((
@@ -237,15 +238,17 @@ def parse_listeners(gateway: Mapping[str, Any], certs: CertInputs | None = None)
 
 
 def _conflicts(listeners: list[Listener]) -> list[Listener]:
-    """Two listeners on one port must share a protocol; TCP ones cannot share a port at all, the others
-    only with distinct hostnames (the edge tells them apart by SNI or Host)."""
+    """Two listeners on one port must share a protocol; TCP (or UDP) ones cannot share a port at all, the
+    others only with distinct hostnames (the edge tells them apart by SNI or Host). A UDP listener and
+    the TCP-borne ones (TCP, TLS, HTTP, HTTPS) never clash: the edge binds a UDP and a TCP socket."""
     out = []
     for lst in listeners:
-        others = [o for o in listeners if o is not lst and o.port == lst.port]
+        others = [o for o in listeners if o is not lst and o.port == lst.port
+                  and (o.protocol == "UDP") == (lst.protocol == "UDP")]
         reason = ""
         if any(o.protocol != lst.protocol for o in others):
             reason = "ProtocolConflict"
-        elif any(lst.protocol == "TCP" or o.hostname == lst.hostname for o in others):
+        elif any(lst.protocol in PORT_PROTOCOLS or o.hostname == lst.hostname for o in others):
             reason = "HostnameConflict"
         if reason:
             lst = replace(lst, problems=(

@@ -12,16 +12,23 @@ CONTROLLER_NAME = "mproxy.dev/gateway-controller"
 # (kind, plural, the listener protocol whose routes it is)
 TLS_ROUTE = "TLSRoute"
 TCP_ROUTE = "TCPRoute"
+UDP_ROUTE = "UDPRoute"
 HTTP_ROUTE = "HTTPRoute"
-ROUTE_PLURALS = {TLS_ROUTE: "tlsroutes", TCP_ROUTE: "tcproutes", HTTP_ROUTE: "httproutes"}
+ROUTE_PLURALS = {TLS_ROUTE: "tlsroutes", TCP_ROUTE: "tcproutes", UDP_ROUTE: "udproutes",
+                 HTTP_ROUTE: "httproutes"}
 # HTTP and HTTPS listeners both take HTTPRoutes: HTTPS ones terminate TLS in the connector first.
-ROUTE_KIND_FOR_PROTOCOL = {"TLS": TLS_ROUTE, "TCP": TCP_ROUTE, "HTTP": HTTP_ROUTE, "HTTPS": HTTP_ROUTE}
+ROUTE_KIND_FOR_PROTOCOL = {
+    "TLS": TLS_ROUTE, "TCP": TCP_ROUTE, "UDP": UDP_ROUTE, "HTTP": HTTP_ROUTE, "HTTPS": HTTP_ROUTE,
+}
+# The listener protocols whose routes carry no hostnames and match on the port alone.
+PORT_PROTOCOLS = ("TCP", "UDP")
+PORT_ROUTES = (TCP_ROUTE, UDP_ROUTE)
 
 # On the connector Deployment and ConfigMap of a Gateway: the Gateway's name.
 GATEWAY_LABEL = "mproxy.dev/gateway-api-gateway"
 
 # Every feature the conformance suite may test that mproxy implements (the spec's names).
-SUPPORTED_FEATURES = ("Gateway", "ReferenceGrant", "TLSRoute", "TCPRoute")
+SUPPORTED_FEATURES = ("Gateway", "ReferenceGrant", "TLSRoute", "TCPRoute", "UDPRoute")
 # Claimed only when the connector has its HTTP router (mproxy.config: httpRouters).
 HTTP_FEATURES = ("HTTPRoute",)
 

@@ -1,14 +1,15 @@
 """A Gateway's bindings as the sidecar config a Tunnel renders to, plus its HTTP routers (pure).
 
 TLS listeners match the edge's `https` service (SNI passthrough) on the listener's port and the route's
-hostnames; TCP listeners match `tcp` on the port. Each served HTTP or HTTPS listener is one stream route
-(`http` on the port, or `https` on the port: the edge passes TLS through by SNI and the connector
-terminates it) with the listener's hostname, pointing at one HTTP router per listener (`httpRouters[]`,
-docs/sidecar.md) that holds the HTTPRoutes attached there, oldest first (the spec's tie-break). The
-connector tries stream routes in order and the first match wins, so exact names come before wildcards
-and those before catch-alls: the most specific route wins, as the spec asks.
+hostnames; TCP listeners match `tcp` on the port, UDP listeners `udp` on the port (a `udp` stream is one
+client address of the edge's `udp` listener; it only takes a route that lists `udp`). Each served HTTP or
+HTTPS listener is one stream route (`http` on the port, or `https` on the port: the edge passes TLS
+through by SNI and the connector terminates it) with the listener's hostname, pointing at one HTTP router
+per listener (`httpRouters[]`, docs/sidecar.md) that holds the HTTPRoutes attached there, oldest first
+(the spec's tie-break). The connector tries stream routes in order and the first match wins, so exact
+names come before wildcards and those before catch-alls: the most specific route wins, as the spec asks.
 
-Until the sidecar schema has weighted `backends:` on stream routes, a TLS/TCP rule renders its heaviest
+Until the sidecar schema has weighted `backends:` on stream routes, a TLS/TCP/UDP rule renders its heaviest
 valid backend as `backend:`; until it has `httpRouters`, HTTP and HTTPS listeners render nothing and
 report Programmed False (Pending). Both are detected from the schema, so the operator never ships a
 config the connector refuses.
@@ -23,7 +24,7 @@ from typing import Any
 from mproxy.config.sidecar import RouteConfig, SidecarConfig, load_sidecar_config
 from mproxy_operator.gateway_api import names
 from mproxy_operator.gateway_api.listeners import Listener
-from mproxy_operator.gateway_api.names import TLS_ROUTE
+from mproxy_operator.gateway_api.names import TLS_ROUTE, UDP_ROUTE
 from mproxy_operator.gateway_api.params import ClassParams
 from mproxy_operator.gateway_api.routes import Binding, HttpBinding
 from mproxy_operator.model import Edge, KeyRef, TunnelSpec
@@ -62,10 +63,13 @@ def _match(services: str, listener: Listener, hostnames: Sequence[str]) -> dict[
     return out
 
 
+STREAM_SERVICES = {TLS_ROUTE: "https", UDP_ROUTE: "udp"}  # the edge's service name; others: tcp
+
+
 def _stream_route(b: Binding) -> dict[str, Any] | None:
     route: dict[str, Any] = {
         "name": f"{b.route_kind.lower()}.{b.route_ns}.{b.route_name}.{b.rule}.{b.listener.name}",
-        "match": _match("https" if b.route_kind == TLS_ROUTE else "tcp", b.listener, b.hostnames),
+        "match": _match(STREAM_SERVICES.get(b.route_kind, "tcp"), b.listener, b.hostnames),
     }
     if WEIGHTED_BACKENDS:
         route["backends"] = [

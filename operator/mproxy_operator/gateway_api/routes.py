@@ -1,9 +1,10 @@
-"""TLSRoutes, TCPRoutes and HTTPRoutes against one Gateway: which listeners each attaches to, where its
-backends are, and the status the spec asks for (pure: every object comes in as a dict).
+"""TLSRoutes, TCPRoutes, UDPRoutes and HTTPRoutes against one Gateway: which listeners each attaches to,
+where its backends are, and the status the spec asks for (pure: every object comes in as a dict).
 
-A backendRef is a Service (core group) with a port; another namespace's Service needs a ReferenceGrant
-there. Every backendRef of a rule is kept with its weight; one that does not resolve keeps its share
-of the traffic, refused (TLS, TCP) or answered 500 (HTTP), as the spec asks.
+A backendRef is a Service (core group) with a port (a UDP port for a UDPRoute, a TCP one otherwise);
+another namespace's Service needs a ReferenceGrant there. Every backendRef of a rule is kept with its
+weight; one that does not resolve keeps its share of the traffic, refused (TLS, TCP; a UDP client's
+datagrams are dropped) or answered 500 (HTTP), as the spec asks.
 
 An HTTPRoute is served whole on each listener it attaches to: its rules become one entry of that
 listener's HTTP router (the connector's L7 config), in the spec's shapes (matches, filters, weighted
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mproxy_operator.gateway_api.listeners import Listener, intersect
-from mproxy_operator.gateway_api.names import GROUP, HTTP_ROUTE, TCP_ROUTE
+from mproxy_operator.gateway_api.names import GROUP, HTTP_ROUTE, PORT_ROUTES, UDP_ROUTE
 from mproxy_operator.model import Selector
 from mproxy_operator.selectors import matches
 
@@ -48,7 +49,7 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """One TLSRoute/TCPRoute rule served on one listener."""
+    """One TLSRoute/TCPRoute/UDPRoute rule served on one listener."""
 
     route_kind: str
     route_ns: str
@@ -156,12 +157,15 @@ def resolve_backend(
     port = ref.get("port")
     if service is None:
         return "BackendNotFound", f"backendRef Service {ns}/{name} does not exist"
+    proto = "UDP" if kind == UDP_ROUTE else "TCP"
     ports = [
-        p for p in (service.get("spec") or {}).get("ports") or [] if (p.get("protocol") or "TCP") == "TCP"
+        p for p in (service.get("spec") or {}).get("ports") or [] if (p.get("protocol") or "TCP") == proto
     ]
     if port is None or not any(p.get("port") == port for p in ports):
         have = ", ".join(str(p.get("port")) for p in ports) or "none"
-        return "BackendNotFound", f"backendRef Service {ns}/{name} has no TCP port {port} (its ports: {have})"
+        return "BackendNotFound", (
+            f"backendRef Service {ns}/{name} has no {proto} port {port} (its {proto} ports: {have})"
+        )
     if (service.get("spec") or {}).get("clusterIP") == "None":
         # A headless Service's name resolves to its endpoints' addresses, which listen on the target
         # port: no cluster IP translates the Service port.
@@ -267,12 +271,12 @@ def attach(
     route: Mapping[str, Any], kind: str, inp: Inputs
 ) -> tuple[list[ParentResult], list[Binding | HttpBinding]]:
     """This Gateway's parent results for the route, and what it serves on which listeners (a Binding
-    per TLSRoute/TCPRoute rule, an HttpBinding per HTTPRoute). A listener that is accepted but not
+    per TLSRoute/TCPRoute/UDPRoute rule, an HttpBinding per HTTPRoute). A listener that is accepted but not
     served (an HTTPS one without a usable certificate) counts the route as attached, serves nothing."""
     meta = route["metadata"]
     route_ns, gw_ns = meta["namespace"], inp.gateway["metadata"]["namespace"]
     spec = route.get("spec") or {}
-    route_hosts = () if kind == TCP_ROUTE else tuple(str(h).lower() for h in spec.get("hostnames") or [])
+    route_hosts = () if kind in PORT_ROUTES else tuple(str(h).lower() for h in spec.get("hostnames") or [])
     rules = spec.get("rules") or []
     unsupported: list[str] = []
     if kind == HTTP_ROUTE:

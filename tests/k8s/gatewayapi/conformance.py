@@ -6,12 +6,15 @@ What runs, all on this machine, no containers:
 - `mproxy operator --gateway-api` and the GatewayClass `mproxy` (parameters: the edge below);
 - a real `mproxy edge` on a pool of loopback addresses (127.0.77.1-16), each its own listener group
   (docs/edge.md, "Listener groups") with a `tls` listener on each TLS/HTTPS port, a `tcp` listener on
-  each TCP port and an `http` listener on each HTTP port the suite's Gateways use; the GatewayClass's
+  each TCP port, a `udp` listener on each UDP port and an `http` listener on each HTTP port the suite's
+  Gateways use; the GatewayClass's
   parameters carry that pool (`listenerGroups`), so each Gateway gets one address of its own;
 - one real connector (`mproxy sidecar`) per Gateway, serving the config the operator rendered into that
   Gateway's ConfigMap (its routes, and `edge.listenerGroups`: its group), started and stopped as
   Gateways come and go (the connector Deployments' pods are kwok's, so they run nothing);
-- a real echo-basic process (built from the suite's source) for each Ready TCP echo pod of the suite.
+- a real echo-basic process (built from the suite's source) for each Ready TCP, UDP or HTTP echo pod
+  of the suite, and for the suite's `coredns` pod (UDPRoute) a minimal DNS responder
+  (dns_responder.py: coredns is an image this machine cannot run).
 
 Two stand-ins for what a cluster's network would do, both here and nowhere in the operator: the
 connector's backend `<svc>.<ns>.svc.cluster.local:<port>` is rewritten to the loopback address of the
@@ -132,6 +135,35 @@ def listener_ports(suite: Path) -> tuple[set[int], set[int], set[int], set[str]]
     return tls, tcp - tls, http - tls - tcp, suffixes
 
 
+def udp_listener_ports(suite: Path) -> set[int]:
+    """The UDP ports of the suite's Gateways' listeners (an edge `udp` listener each)."""
+    out: set[int] = set()
+    files = [suite / "base" / "manifests.yaml", *sorted((suite / "tests").glob("*.yaml"))]
+    for f in files:
+        if not f.exists():
+            continue
+        for doc in yaml.safe_load_all(f.read_text().replace("{GATEWAY_CLASS_NAME}", CLASS)):
+            if isinstance(doc, dict) and doc.get("kind") == "Gateway":
+                out.update(int(lst["port"]) for lst in (doc.get("spec") or {}).get("listeners") or []
+                           if lst.get("protocol") == "UDP")
+    return out
+
+
+def udp_port() -> int:
+    """A free UDP port for a UDP echo backend (echo-basic binds it on all addresses), from the same
+    range below the ephemeral ports as echo_port()."""
+    global _next_echo_port
+    while _next_echo_port < 32000:
+        port, _next_echo_port = _next_echo_port, _next_echo_port + 1
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("::", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port left for a UDP echo backend in 20000-32000")
+
+
 class Harness:
     def __init__(self, work: Path, cluster: KubeCluster, http_echoes: bool = False) -> None:
         self.work = work
@@ -149,17 +181,24 @@ class Harness:
         self.errors: list[str] = []
 
     # -- the fixed parts -------------------------------------------------------------------------
-    def start_edge(self, tls: set[int], tcp: set[int], http: set[int], domains: set[str]) -> None:
+    def start_edge(
+        self, tls: set[int], tcp: set[int], http: set[int], domains: set[str], udp: set[int] | None = None
+    ) -> None:
+        udp = udp or set()
         secret = self.work / "edge-secret"
         secret.write_text(os.urandom(24).hex())
         # tlsRefusal close: the suite wants a refused TLS connection closed, not a TLS alert (docs/edge.md).
-        listeners = []
+        listeners: list[dict[str, Any]] = []
         for ip in POOL:  # every port on every address of the pool, each address its own group
             g = group_of(ip)
             listeners += [{"kind": "tls", "listen": f"{ip}:{p}", "group": g, "tlsRefusal": "close"}
                           for p in sorted(tls)]
             listeners += [{"kind": "tcp", "listen": f"{ip}:{p}", "group": g} for p in sorted(tcp)]
             listeners += [{"kind": "http", "listen": f"{ip}:{p}", "group": g} for p in sorted(http)]
+            # Each probe of the suite is a new client (a new source port) that sends once: a short idle
+            # timer ends its stream soon after (UDPRouteWeightedRouting makes 500 per attempt).
+            listeners += [{"kind": "udp", "listen": f"{ip}:{p}", "group": g, "idleTimeoutSeconds": 5}
+                          for p in sorted(udp)]
         config = {
             "id": "edge-0",
             "auth": {"secretFile": str(secret)},
@@ -167,7 +206,8 @@ class Harness:
             "tunnel": {"listen": f"127.0.0.1:{self.tunnel_port}", "path": "/"},
             # Every client of the suite is 127.0.0.1: the per-address limits would refuse its bursts
             # (TCPRouteWeightedRouting opens hundreds of connections within a second).
-            "limits": {"connectionRate": 100000, "connectionBurst": 100000, "maxStreamsPerClient": 100000},
+            "limits": {"connectionRate": 100000, "connectionBurst": 100000, "maxStreamsPerClient": 100000,
+                       "maxStreamsPerTunnel": 100000},
             "http": {"listen": f"127.0.0.1:{free_port()}"},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
@@ -175,11 +215,15 @@ class Harness:
         (self.work / "edge.yaml").write_text(yaml.safe_dump(config))
         args = ["token", "--secret-file", str(secret), "--ttl", "1d"]
         args += [a for d in sorted(domains) for a in ("--domain", d)]
+<<<<<<< HEAD
         args += [a for p in sorted(tcp) for a in ("--port", str(p))]
         # The class's one token names every group of the pool: a connector asks for its Gateway's group
         # only and is then granted everything on that group's listeners (docs/edge.md, "A group is a
         # grant"), so a Host or SNI no route serves reaches the Gateway's connector, which answers 404.
         args += [a for ip in POOL for a in ("--listener-group", group_of(ip))]
+=======
+        args += [a for p in sorted(tcp | udp) for a in ("--port", str(p))]  # a port grant covers UDP too
+>>>>>>> wip/udproute
         minted = subprocess.run([self.mproxy, *args], capture_output=True, text=True, check=True)
         token = minted.stdout.strip()
         (self.work / "token").write_text(token)
@@ -239,18 +283,20 @@ class Harness:
                 continue
             (c,) = spec["containers"][:1] or [{}]
             env = {e["name"]: e.get("value") for e in c.get("env") or []}
-            if "echo-basic" not in str(c.get("image")):
+            dns = "coredns" in str(c.get("image"))  # the suite's UDPRoute backend: a stand-in responder
+            if "echo-basic" not in str(c.get("image")) and not dns:
                 continue
             tcp_mode = env.get("TCP_ECHO_SERVER") == "1"
+            udp_mode = env.get("UDP_ECHO_SERVER") == "1"
             http_mode = not any(env.get(f"{k}_ECHO_SERVER") for k in ("TCP", "UDP", "GRPC"))
-            if not (tcp_mode or (http_mode and self.http_echoes)):
+            if not dns and not (tcp_mode or udp_mode or (http_mode and self.http_echoes)):
                 continue
             key = (meta["namespace"], meta["name"])
             seen.add(key)
             if key in self.echoes and self.echoes[key][0].poll() is not None:
                 self.echoes.pop(key)  # it exited: start it again
             if key not in self.echoes:
-                started = self._start_echo(pod, env)
+                started = self._start_dns(pod) if dns else self._start_echo(pod, env)
                 if started is not None:
                     self.echoes[key] = started
         for key in set(self.echoes) - seen:
@@ -265,6 +311,13 @@ class Harness:
         """None while the pod's Secret volume cannot be filled yet (kwok marks pods Ready before the
         suite has created their Secrets; echo-basic without its certificate would hang)."""
         meta = pod["metadata"]
+        if env.get("UDP_ECHO_SERVER") == "1":  # UDP_PORT (8080 by default), one JSON reply per datagram
+            port = udp_port()
+            proc = self._spawn_echo(pod, [str(self.echo_bin)], {
+                "UDP_ECHO_SERVER": "1", "UDP_PORT": str(port),
+                "SERVICE_NAME": str(env.get("SERVICE_NAME") or ""),
+            })
+            return proc, {int(env.get("UDP_PORT") or 8080): port}
         d = self.work / "echo" / f"{meta['namespace']}-{meta['name']}"
         d.mkdir(parents=True, exist_ok=True)
         tcp_mode = env.get("TCP_ECHO_SERVER") == "1"
@@ -297,6 +350,22 @@ class Harness:
                      int(env.get("HTTPS_PORT") or 8443): tls_port,
                      int(env.get("H2C_PORT") or 3001): h2c_port}
         return proc, ports
+
+    def _spawn_echo(
+        self, pod: dict[str, Any], argv: list[str], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        meta = pod["metadata"]
+        run_env = {"POD_NAME": meta["name"], "NAMESPACE": meta["namespace"], "PATH": os.environ["PATH"],
+                   **env}
+        with (self.cluster.log_dir / f"echo-{meta['namespace']}-{meta['name']}.log").open("ab") as log:
+            return subprocess.Popen(argv, env=run_env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def _start_dns(self, pod: dict[str, Any]) -> tuple[subprocess.Popen[bytes], dict[int, int]]:
+        """The suite's coredns pod (UDP 53): dns_responder.py on a free UDP port."""
+        port = udp_port()
+        proc = self._spawn_echo(pod, [sys.executable, str(HERE / "dns_responder.py"), str(port)], {})
+        return proc, {53: port}
 
     def _backend(self, host: str, port: int) -> tuple[str, int]:
         m = re.match(r"^([^.]+)\.([^.]+)\.svc\.cluster\.local$", host)
@@ -380,7 +449,8 @@ class Harness:
                      "listenerGroups": groups},
             "routes": routes,
             **({"httpRouters": routers} if routers else {}),
-            "limits": {"maxStreamsPerClient": 100000},  # every client is 127.0.0.1 (the edge's limits)
+            # every client is 127.0.0.1 (the edge's limits); UDP clients linger until their idle timer
+            "limits": {"maxStreamsPerClient": 100000, "maxStreamsPerTunnel": 100000},
             "logging": {"format": "text", "level": "info"},
             "drainSeconds": 1,
         }
@@ -480,7 +550,7 @@ def summarize(log: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-HTTP")
+    ap.add_argument("--profiles", default="GATEWAY-TLS,GATEWAY-TCP,GATEWAY-UDP,GATEWAY-HTTP")
     ap.add_argument("--run-test", default="", help="one test by its ShortName (default: all of the profiles)")
     ap.add_argument("--match", default="",
                     help="only the tests whose ShortName matches this Go regexp, e.g. ^TLSRoute (-test.run)")
@@ -502,12 +572,13 @@ def main() -> int:
         cluster.start()
         crds = GW_CACHE / "crds" / "standard"
         cluster.kubectl("apply", "--server-side", "-f", str(crds))
-        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "httproutes", "referencegrants"):
+        for crd in ("gatewayclasses", "gateways", "tlsroutes", "tcproutes", "udproutes", "httproutes",
+                    "referencegrants"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
         # HTTP echo backends always: the suite runs every test whose features the GatewayClass claims
         # (HTTPRoute once the connector has its HTTP router), whatever the profiles.
         harness = Harness(work, cluster, http_echoes=True)
-        harness.start_edge(tls, tcp, http, domains)
+        harness.start_edge(tls, tcp, http, domains, udp_listener_ports(suite))
         harness.start_operator()
         threading.Thread(target=harness.loop, daemon=True).start()
         report = Path(args.report)
