@@ -215,15 +215,11 @@ class Harness:
         (self.work / "edge.yaml").write_text(yaml.safe_dump(config))
         args = ["token", "--secret-file", str(secret), "--ttl", "1d"]
         args += [a for d in sorted(domains) for a in ("--domain", d)]
-<<<<<<< HEAD
-        args += [a for p in sorted(tcp) for a in ("--port", str(p))]
+        args += [a for p in sorted(tcp | udp) for a in ("--port", str(p))]  # a port grant covers UDP too
         # The class's one token names every group of the pool: a connector asks for its Gateway's group
         # only and is then granted everything on that group's listeners (docs/edge.md, "A group is a
         # grant"), so a Host or SNI no route serves reaches the Gateway's connector, which answers 404.
         args += [a for ip in POOL for a in ("--listener-group", group_of(ip))]
-=======
-        args += [a for p in sorted(tcp | udp) for a in ("--port", str(p))]  # a port grant covers UDP too
->>>>>>> wip/udproute
         minted = subprocess.run([self.mproxy, *args], capture_output=True, text=True, check=True)
         token = minted.stdout.strip()
         (self.work / "token").write_text(token)
