@@ -29,8 +29,19 @@ GATEWAY_LABEL = "mproxy.dev/gateway-api-gateway"
 
 # Every feature the conformance suite may test that mproxy implements (the spec's names).
 SUPPORTED_FEATURES = ("Gateway", "ReferenceGrant", "TLSRoute", "TCPRoute", "UDPRoute")
-# Claimed only when the connector has its HTTP router (mproxy.config: httpRouters).
-HTTP_FEATURES = ("HTTPRoute",)
+# Claimed only when the connector has its HTTP router (mproxy.config: httpRouters). Each extended feature
+# here passes its conformance tests (docs/conformance/); not claimed: backendRef filters
+# (HTTPRouteBackendRequestHeaderModification), mirrors, CORS, retries, H2C, destination-port matching.
+HTTP_FEATURES = (
+    "HTTPRoute",
+    "HTTPRouteQueryParamMatching", "HTTPRouteMethodMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRoutePortRedirect", "HTTPRouteSchemeRedirect", "HTTPRoutePathRedirect",
+    "HTTPRoute303RedirectStatusCode", "HTTPRoute307RedirectStatusCode", "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteHostRewrite", "HTTPRoutePathRewrite",
+    "HTTPRouteRequestTimeout", "HTTPRouteBackendTimeout",
+    "HTTPRouteParentRefPort", "HTTPRouteBackendProtocolWebSocket",
+)
 
 
 def connector_name(gateway: str) -> str:
