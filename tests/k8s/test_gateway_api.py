@@ -238,10 +238,20 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
             c = _cond(_parent(_status(kube, "tcproute", name, ns)).get("conditions") or [], type_)
             return bool(c.get("reason") == reason)
 
-        kube.wait_for(lambda: parent("x", "ResolvedRefs", "RefNotPermitted"), timeout=45,
-                      what="RefNotPermitted without a ReferenceGrant")
-        assert parent("stray", "Accepted", "NoMatchingParent")
-        assert parent("stray", "ResolvedRefs", "BackendNotFound")
+        def refused_config() -> bool:
+            tcp = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
+            return len(tcp) == 1 and [(b.weight, b.refuse) for b in tcp[0].targets] == [(1, True)]
+
+        # One reconcile writes the routes' statuses one by one, then the ConfigMap, then the Gateway's
+        # status: wait for all of them, not the first.
+        kube.wait_for(lambda: parent("x", "ResolvedRefs", "RefNotPermitted")
+                      and parent("stray", "Accepted", "NoMatchingParent")
+                      and parent("stray", "ResolvedRefs", "BackendNotFound")
+                      and _cond(_status(kube, "gateway", "g", ns).get("conditions") or [], "Accepted")
+                      .get("reason") == "ListenersNotValid"
+                      and refused_config(), timeout=45,
+                      what="RefNotPermitted without a ReferenceGrant, the stray route refused, the Gateway's "
+                      "status and the refused share in the config")
         st = _status(kube, "gateway", "g", ns)
         # Accepted with some invalid listeners (the spec allows True here); the valid one is served.
         assert _cond(st["conditions"], "Accepted")["reason"] == "ListenersNotValid"
@@ -259,11 +269,13 @@ def test_refusals_and_reference_grants(kube: Any, gwop: Operator, kube_namespace
                  "spec": {"from": [{"group": GROUP, "kind": "TCPRoute", "namespace": ns}],
                           "to": [{"group": "", "kind": "Service"}]}}
         _apply(kube, grant, namespace=other)
-        kube.wait_for(lambda: parent("x", "ResolvedRefs", "ResolvedRefs"), timeout=45,
-                      what="ResolvedRefs once the ReferenceGrant exists")
-        (r,) = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
-        assert [b.host for b in r.targets] == [f"db.{other}.svc.cluster.local"]
-        assert _listener(_status(kube, "gateway", "g", ns), "tcp")["attachedRoutes"] == 1
+        def granted_config() -> bool:
+            tcp = [x for x in _config(kube, ns, "g").routes if x.match.services == ("tcp",)]
+            return len(tcp) == 1 and [b.host for b in tcp[0].targets] == [f"db.{other}.svc.cluster.local"]
+
+        kube.wait_for(lambda: parent("x", "ResolvedRefs", "ResolvedRefs") and granted_config()
+                      and _listener(_status(kube, "gateway", "g", ns), "tcp").get("attachedRoutes") == 1,
+                      timeout=45, what="ResolvedRefs once the ReferenceGrant exists, its backend rendered")
 
         _class(kube, gwop, cls, edgeURLs="https://not-a-tunnel")
         kube.wait_for(

@@ -14,7 +14,8 @@ replica reads the same assignment back. Each reconcile computes the whole class'
 2. a Gateway whose spec.addresses name pool addresses gets the group holding them, if free (else
    Programmed False, AddressNotUsable); addresses not in the pool are UnsupportedAddress, as without one;
 3. the others, oldest first, get the first free group in pool order; none left: Programmed False,
-   AddressNotAssigned. A deleted Gateway's group is free at once (it is no longer listed).
+   AddressNotAssigned. A deleted Gateway's group is free at once (it is no longer listed), but is given
+   out after every other free group while its record remains (its connector may still be draining).
 """
 
 from __future__ import annotations
@@ -117,9 +118,14 @@ def assign(
         group = held.get(key)
         if group is not None and group in pool and group not in taken and wants[key] in (None, group):
             give(key, group)
+    # A group whose record outlives its Gateway (the connector ConfigMap awaiting garbage collection) may
+    # still be served by that Gateway's connector while it drains: hand it out last, so a new Gateway
+    # does not share its address with the old one's tunnels.
+    listed = set(wants) | set(out)
+    lingering = {g for k, g in held.items() if k not in listed}
     # 2. Requested groups, then 3. the first free group, each oldest first.
     for by_request in (True, False):
-        free = [g for g in pool if g not in taken]
+        free = sorted((g for g in pool if g not in taken), key=lambda g: g in lingering)
         for gw in ordered:
             key = _key(gw)
             if key in out or key not in wants or (wants[key] is not None) != by_request:

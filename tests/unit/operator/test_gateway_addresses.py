@@ -95,6 +95,16 @@ def test_deleting_a_gateway_frees_its_group() -> None:
     assert out[("app", "b")].group == "gw-b" and out[("app", "c")].group == "gw-a"
 
 
+def test_a_deleted_gateways_group_is_handed_out_last() -> None:
+    """Its connector ConfigMap (awaiting garbage collection) still records it: the old connector may be
+    draining on that address, so a new Gateway gets another free group first."""
+    held = {("app", "gone"): "gw-a"}
+    out = assign([_gw("new", "2026-01-03T00:00:00Z")], POOL, held)
+    assert out[("app", "new")].group == "gw-b"
+    out = assign([_gw("new", "2026-01-03T00:00:00Z"), _gw("newer", "2026-01-04T00:00:00Z")], POOL, held)
+    assert out[("app", "newer")].group == "gw-a"  # the last free one: still given, not withheld
+
+
 def test_a_group_that_left_the_pool_is_reassigned() -> None:
     out = assign([_gw("a", "2026-01-01T00:00:00Z")], POOL, {("app", "a"): "gone"})
     assert out[("app", "a")].group == "gw-a"
