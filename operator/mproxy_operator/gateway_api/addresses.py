@@ -13,7 +13,8 @@ replica reads the same assignment back. Each reconcile computes the whole class'
    its spec.addresses now name another group's address or the group left the pool;
 2. a Gateway whose spec.addresses name pool addresses gets the group holding them, if free (else
    Programmed False, AddressNotUsable); addresses not in the pool are UnsupportedAddress, as without one;
-3. the others, oldest first, get the first free group in pool order; none left: Programmed False,
+3. the others, oldest first, get the next free group round robin (after the class's last one, recorded
+   on the GatewayClass); none left: Programmed False,
    AddressNotAssigned. A deleted Gateway's group is free at once (it is no longer listed), but is given
    out after every other free group while its record remains (its connector may still be draining).
 """
@@ -30,6 +31,8 @@ from mproxy_operator.gateway_api.status import gateway_accepted
 
 # On a Gateway's connector ConfigMap: the listener group the Gateway holds.
 GROUP_ANNOTATION = "mproxy.dev/listener-group"
+# On the GatewayClass: the listener group it handed out last (free groups go round robin from there).
+LAST_ANNOTATION = "mproxy.dev/last-listener-group"
 
 Key = tuple[str, str]  # (namespace, name) of a Gateway
 
@@ -87,13 +90,26 @@ def _wanted_group(
     return (groups.pop() if groups else None), None
 
 
+def rotated(pool: Sequence[str], after: str | None) -> list[str]:
+    """The pool's groups starting just after `after` (the group handed out last; LAST_ANNOTATION)."""
+    groups = list(pool)
+    if after in groups:
+        i = groups.index(after) + 1
+        groups = groups[i:] + groups[:i]
+    return groups
+
+
 def assign(
     gateways: Iterable[Mapping[str, Any]],
     pool: Mapping[str, Sequence[Address]],
     held: Mapping[Key, str],
+    after: str | None = None,
 ) -> dict[Key, Assignment]:
     """Every Gateway of one class -> its Assignment. `pool` is in the ConfigMap's order; `held` is the
-    group each Gateway's connector ConfigMap says it holds (GROUP_ANNOTATION)."""
+    group each Gateway's connector ConfigMap says it holds (GROUP_ANNOTATION); `after` the group the
+    class handed out last (LAST_ANNOTATION): free groups are handed out round robin from there, so a
+    group a deleted Gateway just gave back (its connector may still be draining on that address) is
+    the last to be given again."""
     ordered = sorted(gateways, key=_age)
     out: dict[Key, Assignment] = {}
     taken: dict[str, Key] = {}
@@ -125,7 +141,7 @@ def assign(
     lingering = {g for k, g in held.items() if k not in listed}
     # 2. Requested groups, then 3. the first free group, each oldest first.
     for by_request in (True, False):
-        free = sorted((g for g in pool if g not in taken), key=lambda g: g in lingering)
+        free = sorted((g for g in rotated(list(pool), after) if g not in taken), key=lambda g: g in lingering)
         for gw in ordered:
             key = _key(gw)
             if key in out or key not in wants or (wants[key] is not None) != by_request:

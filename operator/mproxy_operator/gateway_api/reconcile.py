@@ -127,7 +127,7 @@ class GatewayAPI:
             }
             backends: set[tuple[str, str]] = set()
             self.cert_refs = set().union(*(certificate_refs(g) for g in gateways))
-            assigned = self._assignments(gateways, params)
+            assigned = self._assignments(gateways, params, classes)
             for gw in gateways:
                 backends |= self._gateway(gw, params[gw["spec"]["gatewayClassName"]], routes, now,
                                           assigned.get((gw["metadata"]["namespace"], gw["metadata"]["name"])))
@@ -135,7 +135,8 @@ class GatewayAPI:
             self.backends = backends
 
     def _assignments(
-        self, gateways: list[dict[str, Any]], params: Mapping[str, ClassParams | ParamsError]
+        self, gateways: list[dict[str, Any]], params: Mapping[str, ClassParams | ParamsError],
+        classes: Mapping[str, Mapping[str, Any]],
     ) -> dict[tuple[str, str], addresses.Assignment]:
         """The listener group of every Gateway of a class with a pool (addresses.py); none without."""
         pooled = {c for c, p in params.items() if isinstance(p, ClassParams) and p.listener_groups}
@@ -152,7 +153,15 @@ class GatewayAPI:
         for c in sorted(pooled):
             p = params[c]
             assert isinstance(p, ClassParams)
-            out |= addresses.assign([g for g in gateways if g["spec"]["gatewayClassName"] == c], p.pool, held)
+            meta = classes[c]["metadata"]
+            last = (meta.get("annotations") or {}).get(addresses.LAST_ANNOTATION)
+            got = addresses.assign([g for g in gateways if g["spec"]["gatewayClassName"] == c], p.pool, held,
+                                   after=last)
+            given = [a.group for k, a in got.items() if a.group is not None and held.get(k) != a.group]
+            if given and given[-1] != last:  # where the next free group is looked for
+                self.kube.merge_patch(names.path("gatewayclasses", name=c),
+                                      {"metadata": {"annotations": {addresses.LAST_ANNOTATION: given[-1]}}})
+            out |= got
         return out
 
     def _write_class(self, c: Mapping[str, Any], p: ClassParams | ParamsError, now: str) -> None:

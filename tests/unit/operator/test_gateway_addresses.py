@@ -105,6 +105,17 @@ def test_a_deleted_gateways_group_is_handed_out_last() -> None:
     assert out[("app", "newer")].group == "gw-a"  # the last free one: still given, not withheld
 
 
+def test_free_groups_go_round_robin_after_the_last_one_given() -> None:
+    """A group a deleted Gateway just gave back is the last to be given again, even once its record is
+    gone: the class remembers the group it handed out last."""
+    out = assign([_gw("new", "2026-01-03T00:00:00Z")], POOL, {}, after="gw-a")
+    assert out[("app", "new")].group == "gw-b"
+    out = assign([_gw("new", "2026-01-03T00:00:00Z")], POOL, {}, after="gw-b")
+    assert out[("app", "new")].group == "gw-a"  # wraps around
+    out = assign([_gw("new", "2026-01-03T00:00:00Z")], POOL, {}, after="left-the-pool")
+    assert out[("app", "new")].group == "gw-a"  # pool order
+
+
 def test_a_group_that_left_the_pool_is_reassigned() -> None:
     out = assign([_gw("a", "2026-01-01T00:00:00Z")], POOL, {("app", "a"): "gone"})
     assert out[("app", "a")].group == "gw-a"
