@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mproxy_operator.gateway_api.grants import granted
 from mproxy_operator.gateway_api.names import GROUP, PORT_PROTOCOLS, ROUTE_KIND_FOR_PROTOCOL
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 (a Secret type)
@@ -86,23 +87,6 @@ def _kinds(spec: Mapping[str, Any], protocol: str) -> tuple[tuple[str, ...], lis
     return tuple(dict.fromkeys(kinds)), problems
 
 
-def secret_granted(grants: Sequence[Mapping[str, Any]], from_ns: str, secret: str) -> bool:
-    """A ReferenceGrant in the Secret's namespace lets Gateways of `from_ns` refer to it."""
-    for g in grants:
-        spec = g.get("spec") or {}
-        src = any(
-            f.get("group") == GROUP and f.get("kind") == "Gateway" and f.get("namespace") == from_ns
-            for f in spec.get("from") or []
-        )
-        dst = any(
-            t.get("group", "") == "" and t.get("kind") == "Secret" and t.get("name", secret) == secret
-            for t in spec.get("to") or []
-        )
-        if src and dst:
-            return True
-    return False
-
-
 def tls_secret_problem(secret: Mapping[str, Any]) -> str | None:
     """Why a Secret cannot serve as a listener certificate, or None. Never quotes the contents."""
     import base64
@@ -152,7 +136,7 @@ def _certificates(
         if group != "" or kind != "Secret":
             invalid.append(f"{where}: only core Secrets of type {TLS_SECRET_TYPE} are supported")
             continue
-        if ns != gw_ns and not secret_granted(inp.grants.get(ns) or [], gw_ns, name):
+        if ns != gw_ns and not granted(inp.grants.get(ns) or [], "Gateway", gw_ns, "Secret", name):
             denied.append(f"{where}: no ReferenceGrant in {ns} lets Gateways of {gw_ns} refer to it")
             continue
         secret = inp.secrets.get((ns, name))

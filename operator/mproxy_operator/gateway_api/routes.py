@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mproxy_operator.gateway_api.grants import granted
 from mproxy_operator.gateway_api.listeners import Listener, intersect
 from mproxy_operator.gateway_api.names import GROUP, HTTP_ROUTE, PORT_ROUTES, UDP_ROUTE
 from mproxy_operator.model import Selector
@@ -123,22 +124,6 @@ def _allowed(listener: Listener, route_ns: str, gw_ns: str, labels: Mapping[str,
     return route_ns == gw_ns
 
 
-def _granted(grants: Sequence[Mapping[str, Any]], kind: str, from_ns: str, service: str) -> bool:
-    for g in grants:
-        spec = g.get("spec") or {}
-        src = any(
-            f.get("group") == GROUP and f.get("kind") == kind and f.get("namespace") == from_ns
-            for f in spec.get("from") or []
-        )
-        dst = any(
-            t.get("group", "") == "" and t.get("kind") == "Service" and t.get("name", service) == service
-            for t in spec.get("to") or []
-        )
-        if src and dst:
-            return True
-    return False
-
-
 def resolve_backend(
     ref: Mapping[str, Any], kind: str, route_ns: str, inp: Inputs
 ) -> Backend | tuple[str, str]:
@@ -148,7 +133,7 @@ def resolve_backend(
     if group != "" or bkind != "Service":
         return "InvalidKind", f"backendRef {group or 'core'}/{bkind} {name}: only Services are supported"
     ns = str(ref.get("namespace") or route_ns)
-    if ns != route_ns and not _granted(inp.grants.get(ns) or [], kind, route_ns, name):
+    if ns != route_ns and not granted(inp.grants.get(ns) or [], kind, route_ns, "Service", name):
         return "RefNotPermitted", (
             f"backendRef Service {ns}/{name}: no ReferenceGrant in {ns} lets {kind}s of {route_ns} "
             "refer to it"

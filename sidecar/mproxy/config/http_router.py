@@ -184,6 +184,14 @@ def _hostname(value: object, path: str) -> str:
     return name
 
 
+def _exact_hostname(value: str | None, path: str) -> None:
+    """A redirect's or rewrite's hostname, if given: a host name, not a pattern."""
+    if value is not None:
+        _hostname(value, path)
+        if value.startswith("*."):
+            raise ConfigError(path, "must be a host name, not a wildcard")
+
+
 def _field_name(value: object, path: str) -> str:
     if not isinstance(value, str) or not _TOKEN.match(value) or len(value) > 256:
         raise ConfigError(path, f"must be an HTTP header name such as X-Env (got {value!r})")
@@ -301,10 +309,7 @@ class RedirectConfig(s.Section):
     path: PathModifierConfig | None = nested(PathModifierConfig, optional=True)
 
     def check(self, path: str) -> None:
-        if self.hostname is not None:
-            _hostname(self.hostname, f"{path}.hostname")
-            if self.hostname.startswith("*."):
-                raise ConfigError(f"{path}.hostname", "must be a host name, not a wildcard")
+        _exact_hostname(self.hostname, f"{path}.hostname")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +318,7 @@ class RewriteConfig(s.Section):
     path: PathModifierConfig | None = nested(PathModifierConfig, optional=True)
 
     def check(self, path: str) -> None:
-        if self.hostname is not None:
-            _hostname(self.hostname, f"{path}.hostname")
-            if self.hostname.startswith("*."):
-                raise ConfigError(f"{path}.hostname", "must be a host name, not a wildcard")
+        _exact_hostname(self.hostname, f"{path}.hostname")
 
 
 _FILTER_KEYS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier":
